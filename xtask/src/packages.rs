@@ -1,0 +1,65 @@
+//! Debian packages the tests and the demo need, installed with apt-get when missing.
+
+use std::process::Command;
+
+use anyhow::bail;
+use omnirelay_test_support::caps::find_in_path;
+
+use crate::{run, toolchain::Outcome};
+
+/// Each entry: a program the project runs, and the Debian package that provides it.
+/// The one list of system tools; add to it when a test starts needing a new one.
+pub const REQUIRED: &[(&str, &str)] = &[
+    ("ip", "iproute2"),        // network namespaces and veth pairs
+    ("setpriv", "util-linux"), // running a test binary without privileges
+];
+
+/// Installs the packages of every missing program in [`REQUIRED`].
+pub fn ensure() -> anyhow::Result<Outcome> {
+    let missing: Vec<&str> = REQUIRED
+        .iter()
+        .filter(|(program, _)| find_in_path(program).is_none())
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        let names: Vec<&str> = REQUIRED.iter().map(|(p, _)| *p).collect();
+        return Ok(Outcome::Present(format!(
+            "system tools: {}",
+            names.join(", ")
+        )));
+    }
+    if !nix_is_root() {
+        bail!(
+            "missing Debian packages {}; install them as root: apt-get install -y {}",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    println!("    installing Debian packages: {}", missing.join(" "));
+    run::run(
+        Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    run::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    Ok(Outcome::Installed(format!(
+        "Debian packages: {}",
+        missing.join(", ")
+    )))
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
