@@ -176,3 +176,36 @@ pub fn ensure_host_components() -> anyhow::Result<Outcome> {
     run::run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
     Ok(Outcome::Installed("rustfmt and clippy".into()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `cargo xtask test` runs setup before the tests, so here everything is in place and a
+    /// second setup must find it all and change nothing.
+    #[test]
+    fn setup_is_idempotent_once_installed() {
+        if output(Command::new("rustup").arg("--version")).is_none() {
+            omnirelay_test_support::skip::report("needs rustup");
+            return;
+        }
+        if !bpf_linker_path().is_file() {
+            omnirelay_test_support::skip::report("needs `cargo xtask setup` to have run once");
+            return;
+        }
+        assert!(matches!(ensure_nightly().unwrap(), Outcome::Present(_)));
+        assert!(matches!(ensure_bpf_linker().unwrap(), Outcome::Present(_)));
+        assert!(matches!(ensure_host_components().unwrap(), Outcome::Present(_)));
+    }
+
+    #[test]
+    fn libllvm_is_found_in_the_nightly_sysroot() {
+        let Some(sysroot) = nightly_sysroot() else {
+            omnirelay_test_support::skip::report("needs the eBPF nightly (cargo xtask setup)");
+            return;
+        };
+        let lib = nightly_libllvm(&sysroot).unwrap();
+        assert!(lib.is_file(), "{}", lib.display());
+        assert!(nightly_llvm_major().unwrap() >= 19);
+    }
+}
