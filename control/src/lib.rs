@@ -7,4 +7,11 @@
 //!
 //! This crate must not depend on the data plane or on any provider crate.
 
+pub mod config;
+pub mod daemon;
 pub mod kernel;
+pub mod snapshot;
+
+/// The example config shipped with the binary (`omnirelay-control example-config`), also
+/// what the demo runs on.
+pub const EXAMPLE_CONFIG: &str = include_str!("../omnirelay.example.toml");

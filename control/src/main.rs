@@ -1,8 +1,9 @@
 //! `omnirelay-control`: the control daemon's command line.
 //!
-//! Today it drives the kernel side: `xdp-count` attaches the XDP counter to an interface
-//! and prints what it counts. The snapshot compiler and publisher join it with the
-//! control-plane slice.
+//! - `run`: the daemon (publishes signed snapshots of the config, watches it for changes).
+//! - `validate FILE`: checks a config and lists every error with its field path.
+//! - `example-config`: prints the embedded example config.
+//! - `xdp-count`: attaches the XDP counter to an interface and prints what it counts.
 
 use std::{
     sync::atomic::{AtomicBool, Ordering},
@@ -27,6 +28,28 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the control daemon.
+    Run {
+        /// The config file (TOML); `example-config` prints a starting point.
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// Directory for the signing key and the snapshot history (created if missing).
+        #[arg(long, default_value = "/var/lib/omnirelay")]
+        state_dir: std::path::PathBuf,
+        /// Overrides `[control].grpc_listen`.
+        #[arg(long)]
+        grpc_listen: Option<std::net::SocketAddr>,
+        /// Overrides `[control].admin_listen`.
+        #[arg(long)]
+        admin_listen: Option<std::net::SocketAddr>,
+    },
+    /// Check a config file; prints every error with its field path, exits 1 if any.
+    Validate {
+        /// The config file.
+        file: std::path::PathBuf,
+    },
+    /// Print the embedded example config.
+    ExampleConfig,
     /// Attach the XDP packet counter to an interface and print its counters.
     XdpCount {
         /// Interface to attach to (in this process's network namespace).
@@ -74,12 +97,58 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Run {
+            config,
+            state_dir,
+            grpc_listen,
+            admin_listen,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(omnirelay_control::daemon::run(
+                omnirelay_control::daemon::DaemonOptions {
+                    config,
+                    state_dir,
+                    grpc_listen,
+                    admin_listen,
+                },
+            ))
+        }
+        Command::Validate { file } => validate(&file),
+        Command::ExampleConfig => {
+            print!("{}", omnirelay_control::EXAMPLE_CONFIG);
+            Ok(())
+        }
         Command::XdpCount {
             iface,
             mode,
             interval,
             duration,
         } => xdp_count(&iface, mode, interval, duration),
+    }
+}
+
+fn validate(file: &std::path::Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    match omnirelay_control::config::parse(&text, &file.display().to_string()) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} listeners, {} routes, {} clusters, {} budgets)",
+                file.display(),
+                c.listeners.len(),
+                c.routes.len(),
+                c.clusters.len(),
+                c.budgets.len()
+            );
+            Ok(())
+        }
+        Err(errors) => {
+            eprint!("{errors}");
+            std::process::exit(1);
+        }
     }
 }
 

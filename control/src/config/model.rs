@@ -1,0 +1,261 @@
+//! The validated config: what `omnirelay.toml` means once every check has passed.
+
+use std::net::SocketAddr;
+
+/// The whole config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Where the control daemon listens.
+    pub control: ControlSection,
+    /// Listeners, in file order.
+    pub listeners: Vec<Listener>,
+    /// Routes, in file order (match order within a listener).
+    pub routes: Vec<Route>,
+    /// Upstream clusters.
+    pub clusters: Vec<Cluster>,
+    /// Kernel rate-limit budgets.
+    pub budgets: Vec<Budget>,
+}
+
+/// `[control]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ControlSection {
+    /// gRPC control API (Watch/Get).
+    pub grpc_listen: SocketAddr,
+    /// Admin HTTP: /healthz, /metrics, /control/*, and the HTTP pull of snapshots.
+    pub admin_listen: SocketAddr,
+}
+
+/// `[[listeners]]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Listener {
+    /// Unique name.
+    pub name: String,
+    /// Bound by every worker with SO_REUSEPORT.
+    pub address: SocketAddr,
+    /// Route names served, in match order (default: every route, in file order).
+    pub routes: Vec<String>,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+/// `[listeners.limits]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Maximum request head size (431 beyond).
+    pub max_header_bytes: u32,
+    /// Maximum header count (431 beyond).
+    pub max_headers: u32,
+    /// Maximum request body (413 beyond).
+    pub max_body_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_body_bytes: 1 << 30,
+        }
+    }
+}
+
+/// How a route matches the path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathMatch {
+    /// Path starts with this.
+    Prefix(String),
+    /// Path equals this (query excluded).
+    Exact(String),
+}
+
+/// How a route matches one header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderMatch {
+    /// Lowercase name.
+    pub name: String,
+    /// The condition.
+    pub condition: HeaderCondition,
+}
+
+/// A header condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderCondition {
+    /// Value equals.
+    Exact(String),
+    /// Value starts with.
+    Prefix(String),
+    /// Header is present (any value).
+    Present,
+}
+
+/// What hash-based balancing hashes on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashOn {
+    /// A request header's value.
+    Header(String),
+    /// The client's IP address.
+    ClientIp,
+}
+
+/// `[[routes]]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    /// Unique name.
+    pub name: String,
+    /// Hosts (lowercase; `*.` prefix for subdomains); empty matches any.
+    pub hosts: Vec<String>,
+    /// Path condition.
+    pub path: PathMatch,
+    /// Header conditions, all of which must hold.
+    pub headers: Vec<HeaderMatch>,
+    /// Target cluster name.
+    pub cluster: String,
+    /// Overrides of the cluster's timeouts.
+    pub timeouts: Timeouts,
+    /// Retry policy.
+    pub retry: Retry,
+    /// Hash key for ring-hash and rendezvous clusters.
+    pub hash_on: HashOn,
+}
+
+/// Timeouts in milliseconds; 0 means inherit / default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect to an upstream.
+    pub connect_ms: u32,
+    /// Whole request, first byte in to last byte out.
+    pub request_ms: u32,
+    /// Idle keep-alive connection.
+    pub idle_ms: u32,
+}
+
+/// Retry policy of a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retry {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Retry budget: percent of requests.
+    pub budget_percent: u32,
+    /// Retry budget: floor per second.
+    pub min_retries_per_second: u32,
+    /// Backoff base.
+    pub base_backoff_ms: u32,
+    /// Backoff cap.
+    pub max_backoff_ms: u32,
+    /// Retry when the connection to the upstream fails.
+    pub on_connect_failure: bool,
+    /// Retry on a 5xx response.
+    pub on_5xx: bool,
+    /// Retry on an upstream timeout.
+    pub on_timeout: bool,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            max_retries: 1,
+            budget_percent: 20,
+            min_retries_per_second: 3,
+            base_backoff_ms: 25,
+            max_backoff_ms: 250,
+            on_connect_failure: true,
+            on_5xx: false,
+            on_timeout: false,
+        }
+    }
+}
+
+/// Load-balancing policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LbPolicy {
+    /// Smooth weighted round robin.
+    RoundRobin,
+    /// Power of two choices on in-flight requests.
+    LeastRequest,
+    /// Consistent hashing ring.
+    RingHash,
+    /// Highest random weight.
+    Rendezvous,
+}
+
+impl LbPolicy {
+    /// Config spelling.
+    pub const NAMES: [&'static str; 4] =
+        ["round_robin", "least_request", "ring_hash", "rendezvous"];
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        match s {
+            "round_robin" => Some(LbPolicy::RoundRobin),
+            "least_request" => Some(LbPolicy::LeastRequest),
+            "ring_hash" => Some(LbPolicy::RingHash),
+            "rendezvous" => Some(LbPolicy::Rendezvous),
+            _ => None,
+        }
+    }
+}
+
+/// An upstream endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Address.
+    pub address: SocketAddr,
+    /// Relative weight, 1..=10000.
+    pub weight: u32,
+}
+
+/// Passive outlier detection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outlier {
+    /// Consecutive failures before ejection.
+    pub consecutive_failures: u32,
+    /// First ejection time; multiplied by the number of ejections.
+    pub base_ejection_ms: u32,
+    /// Ejection time cap.
+    pub max_ejection_ms: u32,
+    /// At most this percent of endpoints ejected at once.
+    pub max_ejection_percent: u32,
+}
+
+impl Default for Outlier {
+    fn default() -> Self {
+        Outlier {
+            consecutive_failures: 5,
+            base_ejection_ms: 30_000,
+            max_ejection_ms: 300_000,
+            max_ejection_percent: 50,
+        }
+    }
+}
+
+/// `[[clusters]]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cluster {
+    /// Unique name.
+    pub name: String,
+    /// Balancing policy.
+    pub lb: LbPolicy,
+    /// Endpoints (at least one).
+    pub endpoints: Vec<Endpoint>,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Outlier detection.
+    pub outlier: Outlier,
+    /// Idle connections kept per endpoint and worker.
+    pub max_idle_per_endpoint: u32,
+}
+
+/// `[[budgets]]`: a kernel rate-limit budget.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// Unique name.
+    pub name: String,
+    /// Listener it protects.
+    pub listener: String,
+    /// Sustained rate per source address.
+    pub rate_per_second: u64,
+    /// Burst per source address.
+    pub burst: u64,
+    /// Charge new flows only, or every packet.
+    pub new_flows_only: bool,
+}

@@ -1,0 +1,399 @@
+//! Reading each section of the document into the model, recording every local problem
+//! (types, ranges, formats). Cross-references are checked afterwards in `refs`.
+
+use std::net::SocketAddr;
+
+use toml::Value;
+
+use super::{
+    model::*,
+    reader::{Obj, Sink},
+};
+
+const DEFAULT_GRPC: &str = "127.0.0.1:7800";
+const DEFAULT_ADMIN: &str = "127.0.0.1:7801";
+const MAX_MS: i64 = 24 * 3600 * 1000;
+
+pub(super) fn document(table: &toml::Table, sink: &Sink) -> Config {
+    let root = Obj::root(table, sink);
+    let mut control = ControlSection {
+        grpc_listen: parse_default(DEFAULT_GRPC),
+        admin_listen: parse_default(DEFAULT_ADMIN),
+    };
+    if let Some(c) = root.table("control") {
+        if let Some(a) = addr(&c, "grpc_listen") {
+            control.grpc_listen = a;
+        }
+        if let Some(a) = addr(&c, "admin_listen") {
+            control.admin_listen = a;
+        }
+        c.finish();
+    }
+    let config = Config {
+        control,
+        listeners: root.tables("listeners").into_iter().map(listener).collect(),
+        routes: root.tables("routes").into_iter().map(route).collect(),
+        clusters: root.tables("clusters").into_iter().map(cluster).collect(),
+        budgets: root.tables("budgets").into_iter().map(budget).collect(),
+    };
+    root.finish();
+    config
+}
+
+fn parse_default(s: &str) -> SocketAddr {
+    s.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+fn addr(o: &Obj<'_>, key: &str) -> Option<SocketAddr> {
+    let s = o.opt_str(key)?;
+    match s.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            o.error(key, format!("{s:?} is not an ip:port address"));
+            None
+        }
+    }
+}
+
+fn required_addr(o: &Obj<'_>, key: &str) -> SocketAddr {
+    if o.str(key).is_some() {
+        // Re-read to validate the format (the first read only checked presence).
+        if let Some(a) = addr(o, key) {
+            return a;
+        }
+    }
+    SocketAddr::from(([0, 0, 0, 0], 0))
+}
+
+fn name(o: &Obj<'_>) -> String {
+    let n = o.str("name").unwrap_or_default();
+    if n.is_empty() {
+        return n;
+    }
+    if !n
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        o.error(
+            "name",
+            format!("{n:?} may only contain letters, digits, '-', '_' and '.'"),
+        );
+    }
+    n
+}
+
+fn ms(o: &Obj<'_>, key: &str) -> u32 {
+    o.int_or(key, 0, 1, MAX_MS) as u32
+}
+
+fn timeouts(o: Option<Obj<'_>>) -> Timeouts {
+    let Some(o) = o else {
+        return Timeouts::default();
+    };
+    let t = Timeouts {
+        connect_ms: ms(&o, "connect_ms"),
+        request_ms: ms(&o, "request_ms"),
+        idle_ms: ms(&o, "idle_ms"),
+    };
+    o.finish();
+    t
+}
+
+fn listener(o: Obj<'_>) -> Listener {
+    let limits = match o.table("limits") {
+        None => Limits::default(),
+        Some(l) => {
+            let d = Limits::default();
+            let limits = Limits {
+                max_header_bytes: l.int_or(
+                    "max_header_bytes",
+                    d.max_header_bytes.into(),
+                    1024,
+                    1 << 20,
+                ) as u32,
+                max_headers: l.int_or("max_headers", d.max_headers.into(), 8, 1000) as u32,
+                max_body_bytes: l.int_or("max_body_bytes", d.max_body_bytes as i64, 0, i64::MAX)
+                    as u64,
+            };
+            l.finish();
+            limits
+        }
+    };
+    let listener = Listener {
+        name: name(&o),
+        address: required_addr(&o, "address"),
+        routes: o.str_list("routes"),
+        limits,
+    };
+    o.finish();
+    listener
+}
+
+fn path_match(o: &Obj<'_>) -> PathMatch {
+    let prefix = o.opt_str("path_prefix");
+    let exact = o.opt_str("path_exact");
+    let m = match (prefix, exact) {
+        (Some(_), Some(_)) => {
+            o.error(
+                "path_exact",
+                "set either path_prefix or path_exact, not both",
+            );
+            PathMatch::Prefix("/".into())
+        }
+        (Some(p), None) => PathMatch::Prefix(p),
+        (None, Some(e)) => PathMatch::Exact(e),
+        (None, None) => PathMatch::Prefix("/".into()),
+    };
+    let (key, p) = match &m {
+        PathMatch::Prefix(p) => ("path_prefix", p),
+        PathMatch::Exact(p) => ("path_exact", p),
+    };
+    if !p.starts_with('/') {
+        o.error(key, format!("{p:?} must start with '/'"));
+    }
+    m
+}
+
+pub(super) fn is_header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+fn header_match(o: &Obj<'_>, path: String, v: &Value) -> Option<HeaderMatch> {
+    let Some(t) = v.as_table() else {
+        o.error_at(
+            path,
+            "expected a table like { name = \"x-canary\", exact = \"1\" }",
+        );
+        return None;
+    };
+    let h = o.child(path, t);
+    let name = h.str("name").unwrap_or_default().to_ascii_lowercase();
+    if !name.is_empty() && !is_header_name(&name) {
+        h.error("name", format!("{name:?} is not a valid header name"));
+    }
+    let exact = h.opt_str("exact");
+    let prefix = h.opt_str("prefix");
+    let present = h.bool_or("present", false);
+    let condition = match (exact, prefix, present) {
+        (Some(e), None, false) => HeaderCondition::Exact(e),
+        (None, Some(p), false) => HeaderCondition::Prefix(p),
+        (None, None, true) => HeaderCondition::Present,
+        _ => {
+            h.error("name", "set exactly one of exact, prefix or present = true");
+            HeaderCondition::Present
+        }
+    };
+    h.finish();
+    Some(HeaderMatch { name, condition })
+}
+
+fn retry(o: Option<Obj<'_>>) -> Retry {
+    let d = Retry::default();
+    let Some(o) = o else { return d };
+    let mut r = Retry {
+        max_retries: o.int_or("max_retries", d.max_retries.into(), 0, 10) as u32,
+        budget_percent: o.int_or("budget_percent", d.budget_percent.into(), 0, 100) as u32,
+        min_retries_per_second: o.int_or(
+            "min_retries_per_second",
+            d.min_retries_per_second.into(),
+            0,
+            100_000,
+        ) as u32,
+        base_backoff_ms: o.int_or("base_backoff_ms", d.base_backoff_ms.into(), 0, MAX_MS) as u32,
+        max_backoff_ms: o.int_or("max_backoff_ms", d.max_backoff_ms.into(), 0, MAX_MS) as u32,
+        ..d
+    };
+    if o.table_has("on") {
+        r.on_connect_failure = false;
+        for (path, v) in o.array("on") {
+            match v.as_str() {
+                Some("connect-failure") => r.on_connect_failure = true,
+                Some("5xx") => r.on_5xx = true,
+                Some("timeout") => r.on_timeout = true,
+                _ => o.error_at(path, format!("unknown retry condition {v}; expected \"connect-failure\", \"5xx\" or \"timeout\"")),
+            }
+        }
+    }
+    if r.max_backoff_ms < r.base_backoff_ms {
+        o.error("max_backoff_ms", "must not be smaller than base_backoff_ms");
+    }
+    o.finish();
+    r
+}
+
+fn hash_on(o: Option<Obj<'_>>) -> HashOn {
+    let Some(o) = o else { return HashOn::ClientIp };
+    let header = o.opt_str("header");
+    let client_ip = o.bool_or("client_ip", false);
+    let h = match (header, client_ip) {
+        (Some(h), false) => {
+            let h = h.to_ascii_lowercase();
+            if !is_header_name(&h) {
+                o.error("header", format!("{h:?} is not a valid header name"));
+            }
+            HashOn::Header(h)
+        }
+        (None, true) => HashOn::ClientIp,
+        _ => {
+            o.error(
+                "header",
+                "set exactly one of header = \"name\" or client_ip = true",
+            );
+            HashOn::ClientIp
+        }
+    };
+    o.finish();
+    h
+}
+
+fn route(o: Obj<'_>) -> Route {
+    let hosts = o
+        .str_list("hosts")
+        .into_iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect::<Vec<_>>();
+    for (i, h) in hosts.iter().enumerate() {
+        let bare = h.strip_prefix("*.").unwrap_or(h);
+        if bare.is_empty()
+            || !bare
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        {
+            o.error_at(
+                format!("{}[{i}]", o.path_of("hosts")),
+                format!("{h:?} is not a host name"),
+            );
+        }
+    }
+    let headers = o
+        .array("headers")
+        .into_iter()
+        .filter_map(|(p, v)| header_match(&o, p, v))
+        .collect();
+    let route = Route {
+        name: name(&o),
+        hosts,
+        path: path_match(&o),
+        headers,
+        cluster: o.str("cluster").unwrap_or_default(),
+        timeouts: timeouts(o.table("timeouts")),
+        retry: retry(o.table("retry")),
+        hash_on: hash_on(o.table("hash_on")),
+    };
+    o.finish();
+    route
+}
+
+fn endpoint(o: &Obj<'_>, path: String, v: &Value) -> Option<Endpoint> {
+    let parse = |s: &str, at: &str| match s.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            o.error_at(at.to_owned(), format!("{s:?} is not an ip:port address"));
+            None
+        }
+    };
+    match v {
+        Value::String(s) => parse(s, &path).map(|address| Endpoint { address, weight: 1 }),
+        Value::Table(t) => {
+            let e = o.child(path, t);
+            let address = e
+                .str("address")
+                .and_then(|s| parse(&s, &e.path_of("address")));
+            let weight = e.int_or("weight", 1, 1, 10_000) as u32;
+            e.finish();
+            address.map(|address| Endpoint { address, weight })
+        }
+        _ => {
+            o.error_at(
+                path,
+                "expected \"ip:port\" or { address = \"ip:port\", weight = N }",
+            );
+            None
+        }
+    }
+}
+
+fn cluster(o: Obj<'_>) -> Cluster {
+    let lb = match o.opt_str("lb") {
+        None => LbPolicy::RoundRobin,
+        Some(s) => LbPolicy::parse(&s).unwrap_or_else(|| {
+            o.error(
+                "lb",
+                format!(
+                    "unknown policy {s:?}; expected one of {}",
+                    LbPolicy::NAMES.join(", ")
+                ),
+            );
+            LbPolicy::RoundRobin
+        }),
+    };
+    let raw = o.array("endpoints");
+    if !o.table_has("endpoints") {
+        o.error(
+            "endpoints",
+            "missing (required): a cluster needs at least one endpoint",
+        );
+    } else if raw.is_empty() {
+        o.error("endpoints", "empty: a cluster needs at least one endpoint");
+    }
+    let endpoints: Vec<Endpoint> = raw
+        .into_iter()
+        .filter_map(|(p, v)| endpoint(&o, p, v))
+        .collect();
+    let outlier = match o.table("outlier") {
+        None => Outlier::default(),
+        Some(t) => {
+            let d = Outlier::default();
+            let out = Outlier {
+                consecutive_failures: t.int_or(
+                    "consecutive_failures",
+                    d.consecutive_failures.into(),
+                    1,
+                    1000,
+                ) as u32,
+                base_ejection_ms: t.int_or("base_ejection_ms", d.base_ejection_ms.into(), 1, MAX_MS)
+                    as u32,
+                max_ejection_ms: t.int_or("max_ejection_ms", d.max_ejection_ms.into(), 1, MAX_MS)
+                    as u32,
+                max_ejection_percent: t.int_or(
+                    "max_ejection_percent",
+                    d.max_ejection_percent.into(),
+                    0,
+                    100,
+                ) as u32,
+            };
+            t.finish();
+            out
+        }
+    };
+    let cluster = Cluster {
+        name: name(&o),
+        lb,
+        endpoints,
+        timeouts: timeouts(o.table("timeouts")),
+        outlier,
+        max_idle_per_endpoint: o.int_or("max_idle_per_endpoint", 64, 0, 100_000) as u32,
+    };
+    o.finish();
+    cluster
+}
+
+fn budget(o: Obj<'_>) -> Budget {
+    let b = Budget {
+        name: name(&o),
+        listener: o.str("listener").unwrap_or_default(),
+        rate_per_second: o.opt_int("rate_per_second", 1, 1 << 40).unwrap_or_else(|| {
+            if !o.table_has("rate_per_second") {
+                o.error("rate_per_second", "missing (required)");
+            }
+            1
+        }) as u64,
+        burst: o.int_or("burst", 0, 0, 1 << 40) as u64,
+        new_flows_only: o.bool_or("new_flows_only", true),
+    };
+    o.finish();
+    b
+}

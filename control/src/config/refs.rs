@@ -1,0 +1,90 @@
+//! Checks across sections: unique names, references that resolve, addresses not shared.
+
+use std::collections::{HashMap, HashSet};
+
+use super::{model::Config, reader::Sink};
+
+fn unique<'a>(sink: &Sink, section: &str, names: impl Iterator<Item = &'a str>) {
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    for (i, n) in names.enumerate() {
+        if n.is_empty() {
+            continue;
+        }
+        if let Some(j) = first.get(n) {
+            sink.push(
+                format!("{section}[{i}].name"),
+                format!("duplicate name {n:?} (also {section}[{j}])"),
+            );
+        } else {
+            first.insert(n, i);
+        }
+    }
+}
+
+pub(super) fn check(c: &Config, sink: &Sink) {
+    unique(
+        sink,
+        "listeners",
+        c.listeners.iter().map(|l| l.name.as_str()),
+    );
+    unique(sink, "routes", c.routes.iter().map(|r| r.name.as_str()));
+    unique(sink, "clusters", c.clusters.iter().map(|x| x.name.as_str()));
+    unique(sink, "budgets", c.budgets.iter().map(|b| b.name.as_str()));
+
+    if c.listeners.is_empty() {
+        sink.push("listeners", "at least one [[listeners]] entry is required");
+    }
+    let clusters: HashSet<&str> = c.clusters.iter().map(|x| x.name.as_str()).collect();
+    let routes: HashSet<&str> = c.routes.iter().map(|r| r.name.as_str()).collect();
+    let listeners: HashSet<&str> = c.listeners.iter().map(|l| l.name.as_str()).collect();
+
+    for (i, r) in c.routes.iter().enumerate() {
+        if !r.cluster.is_empty() && !clusters.contains(r.cluster.as_str()) {
+            sink.push(
+                format!("routes[{i}].cluster"),
+                format!("unknown cluster {:?}", r.cluster),
+            );
+        }
+    }
+    let mut addresses = HashMap::new();
+    for (i, l) in c.listeners.iter().enumerate() {
+        for (j, name) in l.routes.iter().enumerate() {
+            if !routes.contains(name.as_str()) {
+                sink.push(
+                    format!("listeners[{i}].routes[{j}]"),
+                    format!("unknown route {name:?}"),
+                );
+            }
+        }
+        if l.address.port() != 0
+            && let Some(prev) = addresses.insert(l.address, i)
+        {
+            sink.push(
+                format!("listeners[{i}].address"),
+                format!("{} is already used by listeners[{prev}]", l.address),
+            );
+        }
+        for addr in [c.control.grpc_listen, c.control.admin_listen] {
+            if l.address == addr {
+                sink.push(
+                    format!("listeners[{i}].address"),
+                    format!("{addr} is the control daemon's own address"),
+                );
+            }
+        }
+    }
+    if c.control.grpc_listen == c.control.admin_listen {
+        sink.push(
+            "control.admin_listen",
+            "must differ from control.grpc_listen",
+        );
+    }
+    for (i, b) in c.budgets.iter().enumerate() {
+        if !b.listener.is_empty() && !listeners.contains(b.listener.as_str()) {
+            sink.push(
+                format!("budgets[{i}].listener"),
+                format!("unknown listener {:?}", b.listener),
+            );
+        }
+    }
+}

@@ -1,0 +1,174 @@
+use super::*;
+
+const GOOD: &str = r#"
+[control]
+grpc_listen = "127.0.0.1:7900"
+admin_listen = "127.0.0.1:7901"
+
+[[listeners]]
+name = "public"
+address = "127.0.0.1:8080"
+limits = { max_header_bytes = 32768 }
+
+[[routes]]
+name = "api"
+hosts = ["API.example.com", "*.internal"]
+path_prefix = "/api/"
+headers = [{ name = "X-Canary", exact = "1" }]
+cluster = "api"
+retry = { max_retries = 2, on = ["connect-failure", "5xx"] }
+hash_on = { header = "x-user" }
+
+[[routes]]
+name = "default"
+cluster = "web"
+
+[[clusters]]
+name = "api"
+lb = "ring_hash"
+endpoints = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3 }]
+timeouts = { connect_ms = 500 }
+
+[[clusters]]
+name = "web"
+endpoints = ["[::1]:9003"]
+
+[[budgets]]
+name = "per-source"
+listener = "public"
+rate_per_second = 1000
+burst = 200
+"#;
+
+#[test]
+fn a_good_config_parses_into_the_model() {
+    let c = parse(GOOD, "good.toml").unwrap();
+    assert_eq!(c.control.grpc_listen.port(), 7900);
+    assert_eq!(c.listeners[0].limits.max_header_bytes, 32768);
+    assert_eq!(c.listeners[0].limits.max_headers, 100, "default kept");
+    let api = &c.routes[0];
+    assert_eq!(api.hosts, vec!["api.example.com", "*.internal"]);
+    assert_eq!(api.path, PathMatch::Prefix("/api/".into()));
+    assert_eq!(api.headers[0].name, "x-canary");
+    assert_eq!(api.headers[0].condition, HeaderCondition::Exact("1".into()));
+    assert!(api.retry.on_5xx && api.retry.on_connect_failure && !api.retry.on_timeout);
+    assert_eq!(api.retry.max_retries, 2);
+    assert_eq!(api.hash_on, HashOn::Header("x-user".into()));
+    assert_eq!(c.routes[1].path, PathMatch::Prefix("/".into()));
+    assert_eq!(c.clusters[0].lb, LbPolicy::RingHash);
+    assert_eq!(c.clusters[0].endpoints[1].weight, 3);
+    assert_eq!(c.clusters[0].timeouts.connect_ms, 500);
+    assert_eq!(c.clusters[1].endpoints[0].address.to_string(), "[::1]:9003");
+    assert_eq!(c.budgets[0].burst, 200);
+}
+
+#[test]
+fn the_shipped_example_is_valid() {
+    let text = include_str!("../../omnirelay.example.toml");
+    parse(text, "omnirelay.example.toml").unwrap();
+}
+
+#[test]
+fn every_error_is_reported_with_its_path() {
+    let bad = r#"
+[[listeners]]
+name = "public"
+address = "localhost"
+routes = ["api", "nope"]
+colour = "blue"
+
+[[routes]]
+name = "api"
+path_prefix = "api"
+cluster = "missing"
+retry = { max_retries = 99, on = ["always"] }
+
+[[routes]]
+name = "api"
+cluster = "web"
+headers = [{ name = "Bad Header", exact = "x" }]
+
+[[clusters]]
+name = "web"
+lb = "random"
+endpoints = ["127.0.0.1:80", "nowhere", { address = "127.0.0.1:81", weight = 0 }]
+
+[[clusters]]
+name = "empty"
+endpoints = []
+
+[[budgets]]
+name = "b"
+listener = "private"
+"#;
+    let err = parse(bad, "bad.toml").unwrap_err();
+    let text: Vec<String> = err.errors.iter().map(ToString::to_string).collect();
+    let expect = [
+        "listeners[0].address: \"localhost\" is not an ip:port address",
+        "listeners[0].colour: unknown field",
+        "routes[0].path_prefix: \"api\" must start with '/'",
+        "routes[0].retry.max_retries: 99 is out of range 0..=10",
+        "routes[0].retry.on[0]: unknown retry condition \"always\"",
+        "routes[1].headers[0].name: \"bad header\" is not a valid header name",
+        "clusters[0].lb: unknown policy \"random\"",
+        "clusters[0].endpoints[1]: \"nowhere\" is not an ip:port address",
+        "clusters[0].endpoints[2].weight: 0 is out of range 1..=10000",
+        "clusters[1].endpoints: empty",
+        "budgets[0].rate_per_second: missing (required)",
+        "routes[1].name: duplicate name \"api\" (also routes[0])",
+        "routes[0].cluster: unknown cluster \"missing\"",
+        "listeners[0].routes[1]: unknown route \"nope\"",
+        "budgets[0].listener: unknown listener \"private\"",
+    ];
+    for e in expect {
+        assert!(
+            text.iter().any(|t| t.starts_with(e)),
+            "missing error {e:?} in:\n{}",
+            text.join("\n")
+        );
+    }
+    assert_eq!(
+        text.len(),
+        expect.len(),
+        "unexpected extra errors:\n{}",
+        text.join("\n")
+    );
+    let rendered = err.to_string();
+    assert!(rendered.starts_with("bad.toml: 15 errors"), "{rendered}");
+}
+
+#[test]
+fn invalid_toml_names_line_and_column() {
+    let err = parse("[[listeners]]\nname = \"a\"\naddress = \n", "x.toml").unwrap_err();
+    assert_eq!(err.errors.len(), 1);
+    assert!(
+        err.errors[0].path.starts_with("line 3"),
+        "{:?}",
+        err.errors[0]
+    );
+    assert!(err.errors[0].message.contains("invalid TOML"));
+}
+
+#[test]
+fn wrong_types_are_named() {
+    let err = parse(
+        "[[listeners]]\nname = 5\naddress = \"127.0.0.1:1\"\nroutes = \"a\"\n",
+        "t.toml",
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("listeners[0].name: expected a string, found an integer"),
+        "{text}"
+    );
+    assert!(
+        text.contains("listeners[0].routes: expected an array of strings, found a string"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_config_without_listeners_is_rejected() {
+    let err = parse("", "empty.toml").unwrap_err();
+    assert!(err.to_string().contains("at least one [[listeners]]"));
+}

@@ -1,0 +1,76 @@
+//! The gRPC control API: `Watch` streams every published snapshot to a data plane, `Get`
+//! returns the current one.
+
+use std::{
+    pin::Pin,
+    sync::{Arc, atomic::Ordering},
+};
+
+use omnirelay_proto::v1::{self, control_plane_server::ControlPlane};
+use tokio::sync::watch;
+use tokio_stream::{Stream, StreamExt as _, wrappers::WatchStream};
+use tonic::{Request, Response, Status};
+
+use super::{metrics::ControlMetrics, publish::Published};
+
+/// The service implementation.
+#[derive(Debug, Clone)]
+pub struct ControlService {
+    rx: watch::Receiver<Option<Arc<Published>>>,
+    metrics: Arc<ControlMetrics>,
+}
+
+impl ControlService {
+    /// A service serving what `rx` publishes.
+    pub fn new(rx: watch::Receiver<Option<Arc<Published>>>, metrics: Arc<ControlMetrics>) -> Self {
+        ControlService { rx, metrics }
+    }
+}
+
+/// Decrements the watcher gauge when a stream ends (client gone or daemon stopping).
+struct WatcherGuard(Arc<ControlMetrics>);
+
+impl Drop for WatcherGuard {
+    fn drop(&mut self) {
+        self.0.watchers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<v1::SignedSnapshot, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ControlPlane for ControlService {
+    type WatchStream = SnapshotStream;
+
+    async fn watch(
+        &self,
+        request: Request<v1::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = request.into_inner();
+        tracing::info!(node = %req.node_id, known_version = req.known_version, "data plane subscribed");
+        self.metrics.watchers.fetch_add(1, Ordering::Relaxed);
+        let guard = WatcherGuard(Arc::clone(&self.metrics));
+        let mut last_sent = req.known_version;
+        let stream = WatchStream::new(self.rx.clone()).filter_map(move |published| {
+            let _alive = &guard;
+            let p = published?;
+            if p.version <= last_sent {
+                return None;
+            }
+            last_sent = p.version;
+            Some(Ok(p.signed.clone()))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get(
+        &self,
+        _request: Request<v1::GetRequest>,
+    ) -> Result<Response<v1::SignedSnapshot>, Status> {
+        let current = self.rx.borrow().clone();
+        match current {
+            Some(p) => Ok(Response::new(p.signed.clone())),
+            None => Err(Status::unavailable("no snapshot has been published yet")),
+        }
+    }
+}

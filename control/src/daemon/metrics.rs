@@ -1,0 +1,77 @@
+//! The control daemon's own metrics, rendered in Prometheus text format on `/metrics`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters and gauges of the daemon.
+#[derive(Debug, Default)]
+pub struct ControlMetrics {
+    /// Reloads that published a new version.
+    pub reloads_published: AtomicU64,
+    /// Reloads whose config was identical to the published one.
+    pub reloads_unchanged: AtomicU64,
+    /// Reloads rejected by validation.
+    pub reloads_invalid: AtomicU64,
+    /// Reloads that failed for another reason (source or store unavailable).
+    pub reloads_failed: AtomicU64,
+    /// Errors in the last rejected config.
+    pub last_config_errors: AtomicU64,
+    /// Version currently published.
+    pub snapshot_version: AtomicU64,
+    /// Open gRPC Watch streams.
+    pub watchers: AtomicU64,
+    /// Snapshots served over HTTP pull.
+    pub http_pulls: AtomicU64,
+}
+
+impl ControlMetrics {
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut out = String::new();
+        out.push_str("# HELP omnirelay_control_reloads_total Config reloads by outcome.\n");
+        out.push_str("# TYPE omnirelay_control_reloads_total counter\n");
+        for (outcome, v) in [
+            ("published", &self.reloads_published),
+            ("unchanged", &self.reloads_unchanged),
+            ("invalid", &self.reloads_invalid),
+            ("failed", &self.reloads_failed),
+        ] {
+            out.push_str(&format!(
+                "omnirelay_control_reloads_total{{outcome=\"{outcome}\"}} {}\n",
+                g(v)
+            ));
+        }
+        for (name, help, kind, v) in [
+            (
+                "omnirelay_control_last_config_errors",
+                "Errors found in the last rejected config.",
+                "gauge",
+                &self.last_config_errors,
+            ),
+            (
+                "omnirelay_control_snapshot_version",
+                "Version of the published snapshot.",
+                "gauge",
+                &self.snapshot_version,
+            ),
+            (
+                "omnirelay_control_watchers",
+                "Open gRPC Watch streams.",
+                "gauge",
+                &self.watchers,
+            ),
+            (
+                "omnirelay_control_http_pulls_total",
+                "Snapshots served over HTTP pull.",
+                "counter",
+                &self.http_pulls,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n",
+                g(v)
+            ));
+        }
+        out
+    }
+}

@@ -1,0 +1,171 @@
+//! The control daemon: publishes signed snapshots of the config over gRPC (push) and HTTP
+//! (pull), recompiles when the config changes (file watch, SIGHUP, `POST /control/reload`),
+//! and serves its admin API. An invalid config never replaces a published snapshot.
+
+mod admin;
+mod grpc;
+mod metrics;
+mod publish;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use anyhow::Context as _;
+use omnirelay_abstractions::config::ConfigSource;
+use omnirelay_plugin_config_file::FileConfigSource;
+use omnirelay_plugin_store_sqlite::SqliteSnapshotStore;
+use omnirelay_proto::v1::control_plane_server::ControlPlaneServer;
+use tokio::sync::{mpsc, oneshot};
+
+pub use metrics::ControlMetrics;
+pub use publish::{Published, Publisher, ReloadOutcome};
+
+use crate::snapshot::SnapshotSigner;
+
+/// How the daemon is started.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// The config file.
+    pub config: PathBuf,
+    /// Holds the signing key and the SQLite history.
+    pub state_dir: PathBuf,
+    /// Overrides `[control].grpc_listen`.
+    pub grpc_listen: Option<SocketAddr>,
+    /// Overrides `[control].admin_listen`.
+    pub admin_listen: Option<SocketAddr>,
+}
+
+type ReloadRequest = oneshot::Sender<ReloadOutcome>;
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&opts.state_dir)
+        .with_context(|| format!("creating state dir {}", opts.state_dir.display()))?;
+    let signer = SnapshotSigner::load_or_create(&opts.state_dir)?;
+    let store = SqliteSnapshotStore::open(&opts.state_dir.join("snapshots.db"))?;
+    let source: Arc<dyn ConfigSource> = Arc::new(FileConfigSource::new(&opts.config));
+    let metrics = Arc::new(ControlMetrics::default());
+    let publisher = Arc::new(
+        Publisher::new(
+            Arc::clone(&source),
+            Arc::new(store),
+            signer,
+            Arc::clone(&metrics),
+        )
+        .map_err(anyhow::Error::msg)?,
+    );
+
+    // First load: decides the listen addresses. With nothing published and an invalid
+    // config there is nothing to serve: fail loudly.
+    let first = tokio::task::spawn_blocking({
+        let p = Arc::clone(&publisher);
+        move || p.reload()
+    })
+    .await?;
+    if publisher.current().is_none() {
+        match first {
+            ReloadOutcome::Invalid(errors) => anyhow::bail!("{errors}"),
+            other => anyhow::bail!("no snapshot to serve: {other:?}"),
+        }
+    }
+    let text = std::fs::read_to_string(&opts.config).unwrap_or_default();
+    let (grpc_default, admin_default) = match crate::config::parse(&text, "") {
+        Ok(c) => (c.control.grpc_listen, c.control.admin_listen),
+        Err(_) => (
+            SocketAddr::from(([127, 0, 0, 1], 7800)),
+            SocketAddr::from(([127, 0, 0, 1], 7801)),
+        ),
+    };
+    let grpc_addr = opts.grpc_listen.unwrap_or(grpc_default);
+    let admin_addr = opts.admin_listen.unwrap_or(admin_default);
+
+    let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(16);
+    let _watch = source.watch(Box::new({
+        let tx = reload_tx.clone();
+        move || {
+            let (done, _) = oneshot::channel();
+            let _ = tx.try_send(done);
+        }
+    }))?;
+    tokio::spawn(reload_loop(Arc::clone(&publisher), reload_rx));
+    tokio::spawn(sighup_loop(reload_tx.clone()));
+
+    let admin = admin::router(admin::AdminState {
+        publisher: Arc::clone(&publisher),
+        metrics: Arc::clone(&metrics),
+        reload: reload_tx,
+    });
+    let admin_listener = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .with_context(|| format!("binding admin address {admin_addr}"))?;
+    let grpc_listener = tokio::net::TcpListener::bind(grpc_addr)
+        .await
+        .with_context(|| format!("binding gRPC address {grpc_addr}"))?;
+    tracing::info!(%grpc_addr, %admin_addr, "control daemon listening");
+
+    let service = grpc::ControlService::new(publisher.subscribe(), Arc::clone(&metrics));
+    let grpc = tonic::transport::Server::builder()
+        .add_service(ControlPlaneServer::new(service))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            shutdown_signal(),
+        );
+    let admin = axum::serve(admin_listener, admin).with_graceful_shutdown(shutdown_signal());
+    let (g, a) = tokio::join!(grpc, admin);
+    g.context("gRPC server")?;
+    a.context("admin server")?;
+    tracing::info!("control daemon stopped");
+    Ok(())
+}
+
+/// Serializes reloads; coalesces bursts of triggers (an editor's write + rename) into one.
+async fn reload_loop(publisher: Arc<Publisher>, mut rx: mpsc::Receiver<ReloadRequest>) {
+    while let Some(first) = rx.recv().await {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let mut waiters = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            waiters.push(more);
+        }
+        let p = Arc::clone(&publisher);
+        let outcome = match tokio::task::spawn_blocking(move || p.reload()).await {
+            Ok(o) => o,
+            Err(e) => ReloadOutcome::Failed(format!("reload task panicked: {e}")),
+        };
+        let mut outcome = Some(outcome);
+        for w in waiters {
+            // Every waiter gets an answer; only the first can get the real outcome value.
+            let o = outcome.take().unwrap_or(ReloadOutcome::Unchanged(
+                publisher.current().map_or(0, |p| p.version),
+            ));
+            let _ = w.send(o);
+        }
+    }
+}
+
+async fn sighup_loop(tx: mpsc::Sender<ReloadRequest>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!(
+            "cannot install the SIGHUP handler; reload by file change or POST /control/reload"
+        );
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the config");
+        let (done, _) = oneshot::channel();
+        if tx.send(done).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

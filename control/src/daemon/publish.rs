@@ -1,0 +1,239 @@
+//! The published snapshot and how it is (re)built: load → validate → compile → sign →
+//! store → publish. A config that fails any step before "publish" changes nothing.
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use omnirelay_abstractions::{
+    config::ConfigSource,
+    store::{SnapshotRecord, SnapshotStore},
+};
+use omnirelay_proto::v1;
+use prost::Message as _;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
+
+use super::metrics::ControlMetrics;
+use crate::{
+    config::{self, ConfigErrors},
+    snapshot::{SnapshotSigner, compile},
+};
+
+/// One published snapshot, with what the admin API shows about it.
+#[derive(Debug)]
+pub struct Published {
+    /// Its version.
+    pub version: u64,
+    /// The signed snapshot as streamed.
+    pub signed: v1::SignedSnapshot,
+    /// `signed` encoded, as served by the HTTP pull.
+    pub encoded: Vec<u8>,
+    /// SHA-256 of the payload, hex.
+    pub payload_sha256: String,
+    /// Creation time (ms since the epoch).
+    pub created_unix_ms: i64,
+    /// Where the config came from.
+    pub source: String,
+    /// SHA-256 of the config bytes, hex.
+    pub config_sha256: String,
+}
+
+impl Published {
+    fn new(
+        signed: v1::SignedSnapshot,
+        created_unix_ms: i64,
+        source: String,
+        config_sha256: String,
+    ) -> Self {
+        Published {
+            version: signed.version,
+            payload_sha256: hex::encode(Sha256::digest(&signed.payload)),
+            encoded: signed.encode_to_vec(),
+            signed,
+            created_unix_ms,
+            source,
+            config_sha256,
+        }
+    }
+
+    /// Rebuilds the published state from a stored record (daemon restart).
+    pub fn from_record(record: &SnapshotRecord) -> Result<Self, prost::DecodeError> {
+        let signed = v1::SignedSnapshot::decode(record.signed.as_slice())?;
+        Ok(Published::new(
+            signed,
+            record.created_unix_ms,
+            record.source.clone(),
+            record.config_sha256.clone(),
+        ))
+    }
+}
+
+/// What a reload did.
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    /// A new version was published.
+    Published(u64),
+    /// The config is byte-identical to the published one.
+    Unchanged(u64),
+    /// The config is invalid; the published version stays.
+    Invalid(ConfigErrors),
+    /// Loading or storing failed; the published version stays.
+    Failed(String),
+}
+
+/// Builds and publishes snapshots. Reloads are serialized by the caller (one task).
+pub struct Publisher {
+    source: Arc<dyn ConfigSource>,
+    store: Arc<dyn SnapshotStore>,
+    signer: SnapshotSigner,
+    tx: watch::Sender<Option<Arc<Published>>>,
+    metrics: Arc<ControlMetrics>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("source", &self.source.provider())
+            .field("store", &self.store.provider())
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+impl Publisher {
+    /// A publisher that starts from the store's latest record, if any.
+    pub fn new(
+        source: Arc<dyn ConfigSource>,
+        store: Arc<dyn SnapshotStore>,
+        signer: SnapshotSigner,
+        metrics: Arc<ControlMetrics>,
+    ) -> Result<Self, String> {
+        let latest = store
+            .latest()
+            .map_err(|e| format!("reading the snapshot store: {e}"))?;
+        let current = match latest {
+            Some(r) => Some(Arc::new(Published::from_record(&r).map_err(|e| {
+                format!("stored snapshot {} does not decode: {e}", r.version)
+            })?)),
+            None => None,
+        };
+        if let Some(p) = &current {
+            metrics.snapshot_version.store(p.version, Ordering::Relaxed);
+            tracing::info!(version = p.version, "serving the last stored snapshot");
+        }
+        let (tx, _) = watch::channel(current);
+        Ok(Publisher {
+            source,
+            store,
+            signer,
+            tx,
+            metrics,
+        })
+    }
+
+    /// A receiver of every published snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Published>>> {
+        self.tx.subscribe()
+    }
+
+    /// The currently published snapshot.
+    pub fn current(&self) -> Option<Arc<Published>> {
+        self.tx.borrow().clone()
+    }
+
+    /// The store (for the admin history endpoint).
+    pub fn store(&self) -> &Arc<dyn SnapshotStore> {
+        &self.store
+    }
+
+    /// Loads the config and publishes a new version if it is valid and changed.
+    pub fn reload(&self) -> ReloadOutcome {
+        let outcome = self.try_reload();
+        let m = &self.metrics;
+        match &outcome {
+            ReloadOutcome::Published(v) => {
+                m.reloads_published.fetch_add(1, Ordering::Relaxed);
+                m.snapshot_version.store(*v, Ordering::Relaxed);
+                tracing::info!(version = v, "published a new snapshot");
+            }
+            ReloadOutcome::Unchanged(v) => {
+                m.reloads_unchanged.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(version = v, "config unchanged");
+            }
+            ReloadOutcome::Invalid(errors) => {
+                m.reloads_invalid.fetch_add(1, Ordering::Relaxed);
+                m.last_config_errors
+                    .store(errors.errors.len() as u64, Ordering::Relaxed);
+                let keeping = self.current().map_or(0, |p| p.version);
+                tracing::error!(
+                    keeping_version = keeping,
+                    "config rejected, the published snapshot stays:\n{errors}"
+                );
+            }
+            ReloadOutcome::Failed(why) => {
+                m.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("reload failed, the published snapshot stays: {why}");
+            }
+        }
+        outcome
+    }
+
+    fn try_reload(&self) -> ReloadOutcome {
+        let doc = match self.source.load() {
+            Ok(d) => d,
+            Err(e) => return ReloadOutcome::Failed(e.to_string()),
+        };
+        let config_sha256 = hex::encode(Sha256::digest(&doc.bytes));
+        let current = self.current();
+        if let Some(p) = &current
+            && p.config_sha256 == config_sha256
+        {
+            return ReloadOutcome::Unchanged(p.version);
+        }
+        let text = match std::str::from_utf8(&doc.bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                return ReloadOutcome::Invalid(ConfigErrors {
+                    origin: doc.origin,
+                    errors: vec![config::ConfigError {
+                        path: String::new(),
+                        message: format!("not UTF-8: {e}"),
+                    }],
+                });
+            }
+        };
+        let config = match config::parse(text, &doc.origin) {
+            Ok(c) => c,
+            Err(errors) => return ReloadOutcome::Invalid(errors),
+        };
+        let stored = match self.store.latest() {
+            Ok(r) => r.map_or(0, |r| r.version),
+            Err(e) => return ReloadOutcome::Failed(format!("reading the snapshot store: {e}")),
+        };
+        let version = stored.max(current.map_or(0, |p| p.version)) + 1;
+        let created = now_ms();
+        let snapshot = compile(&config, version, created, &doc.origin, &config_sha256);
+        let signed = self.signer.sign(&snapshot);
+        let record = SnapshotRecord {
+            version,
+            created_unix_ms: created,
+            source: doc.origin.clone(),
+            config_sha256: config_sha256.clone(),
+            signed: signed.encode_to_vec(),
+        };
+        if let Err(e) = self.store.put(&record) {
+            return ReloadOutcome::Failed(format!("storing version {version}: {e}"));
+        }
+        let published = Published::new(signed, created, doc.origin, config_sha256);
+        self.tx.send_replace(Some(Arc::new(published)));
+        ReloadOutcome::Published(version)
+    }
+}

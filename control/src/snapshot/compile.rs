@@ -1,0 +1,235 @@
+//! Compiles a validated [`Config`] into the wire [`Snapshot`]: names become indices, defaults
+//! are resolved, so the data plane only does lookups.
+
+use omnirelay_proto::v1;
+
+use crate::config::{self, Config, HashOn, HeaderCondition, LbPolicy, PathMatch};
+
+/// Capabilities a data plane needs to apply the snapshot compiled from `config`.
+pub fn required_capabilities(config: &Config) -> Vec<String> {
+    let mut caps = vec!["http1".to_owned()];
+    for c in &config.clusters {
+        let cap = match c.lb {
+            LbPolicy::RoundRobin => "lb.round_robin",
+            LbPolicy::LeastRequest => "lb.least_request",
+            LbPolicy::RingHash => "lb.ring_hash",
+            LbPolicy::Rendezvous => "lb.rendezvous",
+        };
+        if !caps.iter().any(|x| x == cap) {
+            caps.push(cap.to_owned());
+        }
+    }
+    caps
+}
+
+fn timeouts(t: &config::Timeouts) -> v1::Timeouts {
+    v1::Timeouts {
+        connect_ms: t.connect_ms,
+        request_ms: t.request_ms,
+        idle_ms: t.idle_ms,
+    }
+}
+
+fn route(r: &config::Route, config: &Config) -> v1::Route {
+    let cluster_index = config
+        .clusters
+        .iter()
+        .position(|c| c.name == r.cluster)
+        .unwrap_or_default() as u32;
+    v1::Route {
+        name: r.name.clone(),
+        hosts: r.hosts.clone(),
+        path: Some(match &r.path {
+            PathMatch::Prefix(p) => v1::route::Path::Prefix(p.clone()),
+            PathMatch::Exact(p) => v1::route::Path::Exact(p.clone()),
+        }),
+        headers: r
+            .headers
+            .iter()
+            .map(|h| v1::HeaderMatch {
+                name: h.name.clone(),
+                r#match: Some(match &h.condition {
+                    HeaderCondition::Exact(v) => v1::header_match::Match::Exact(v.clone()),
+                    HeaderCondition::Prefix(v) => v1::header_match::Match::Prefix(v.clone()),
+                    HeaderCondition::Present => v1::header_match::Match::Present(true),
+                }),
+            })
+            .collect(),
+        cluster_index,
+        timeouts: Some(timeouts(&r.timeouts)),
+        retry: Some(v1::RetryPolicy {
+            max_retries: r.retry.max_retries,
+            budget_percent: r.retry.budget_percent,
+            min_retries_per_second: r.retry.min_retries_per_second,
+            base_backoff_ms: r.retry.base_backoff_ms,
+            max_backoff_ms: r.retry.max_backoff_ms,
+            on_connect_failure: r.retry.on_connect_failure,
+            on_5xx: r.retry.on_5xx,
+            on_timeout: r.retry.on_timeout,
+        }),
+        hash_on: Some(v1::HashOn {
+            key: Some(match &r.hash_on {
+                HashOn::Header(h) => v1::hash_on::Key::Header(h.clone()),
+                HashOn::ClientIp => v1::hash_on::Key::ClientIp(true),
+            }),
+        }),
+    }
+}
+
+fn cluster(c: &config::Cluster) -> v1::Cluster {
+    let lb = match c.lb {
+        LbPolicy::RoundRobin => v1::LbPolicy::RoundRobin,
+        LbPolicy::LeastRequest => v1::LbPolicy::LeastRequest,
+        LbPolicy::RingHash => v1::LbPolicy::RingHash,
+        LbPolicy::Rendezvous => v1::LbPolicy::Rendezvous,
+    };
+    v1::Cluster {
+        name: c.name.clone(),
+        lb_policy: lb as i32,
+        endpoints: c
+            .endpoints
+            .iter()
+            .map(|e| v1::Endpoint {
+                address: e.address.to_string(),
+                weight: e.weight,
+            })
+            .collect(),
+        timeouts: Some(timeouts(&c.timeouts)),
+        outlier: Some(v1::OutlierDetection {
+            consecutive_failures: c.outlier.consecutive_failures,
+            base_ejection_ms: c.outlier.base_ejection_ms,
+            max_ejection_ms: c.outlier.max_ejection_ms,
+            max_ejection_percent: c.outlier.max_ejection_percent,
+        }),
+        max_idle_per_endpoint: c.max_idle_per_endpoint,
+    }
+}
+
+/// Compiles `config` into snapshot `version`.
+pub fn compile(
+    config: &Config,
+    version: u64,
+    created_unix_ms: i64,
+    source: &str,
+    config_sha256: &str,
+) -> v1::Snapshot {
+    let listeners = config
+        .listeners
+        .iter()
+        .map(|l| {
+            let route_indices = if l.routes.is_empty() {
+                (0..config.routes.len() as u32).collect()
+            } else {
+                l.routes
+                    .iter()
+                    .filter_map(|n| config.routes.iter().position(|r| &r.name == n))
+                    .map(|i| i as u32)
+                    .collect()
+            };
+            v1::Listener {
+                name: l.name.clone(),
+                address: l.address.to_string(),
+                limits: Some(v1::HttpLimits {
+                    max_header_bytes: l.limits.max_header_bytes,
+                    max_headers: l.limits.max_headers,
+                    max_body_bytes: l.limits.max_body_bytes,
+                }),
+                route_indices,
+            }
+        })
+        .collect();
+    v1::Snapshot {
+        version,
+        created_unix_ms,
+        required_capabilities: required_capabilities(config),
+        source: source.to_owned(),
+        config_sha256: config_sha256.to_owned(),
+        listeners,
+        routes: config.routes.iter().map(|r| route(r, config)).collect(),
+        clusters: config.clusters.iter().map(cluster).collect(),
+        budgets: config
+            .budgets
+            .iter()
+            .map(|b| v1::RateLimitBudget {
+                name: b.name.clone(),
+                listener: b.listener.clone(),
+                rate_per_second: b.rate_per_second,
+                burst: if b.burst == 0 {
+                    b.rate_per_second
+                } else {
+                    b.burst
+                },
+                new_flows_only: b.new_flows_only,
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[[listeners]]
+name = "a"
+address = "127.0.0.1:1"
+routes = ["second", "first"]
+
+[[listeners]]
+name = "b"
+address = "127.0.0.1:2"
+
+[[routes]]
+name = "first"
+path_exact = "/x"
+cluster = "two"
+headers = [{ name = "x-a", present = true }]
+
+[[routes]]
+name = "second"
+cluster = "one"
+hash_on = { header = "x-user" }
+
+[[clusters]]
+name = "one"
+lb = "rendezvous"
+endpoints = ["127.0.0.1:10"]
+
+[[clusters]]
+name = "two"
+endpoints = [{ address = "[::1]:11", weight = 4 }]
+
+[[budgets]]
+name = "x"
+listener = "a"
+rate_per_second = 50
+"#;
+
+    #[test]
+    fn names_become_indices_and_defaults_are_resolved() {
+        let config = crate::config::parse(CONFIG, "t.toml").unwrap();
+        let s = compile(&config, 9, 1234, "t.toml", "abc");
+        assert_eq!(s.version, 9);
+        assert_eq!(
+            s.listeners[0].route_indices,
+            vec![1, 0],
+            "explicit order kept"
+        );
+        assert_eq!(
+            s.listeners[1].route_indices,
+            vec![0, 1],
+            "default: all routes"
+        );
+        assert_eq!(s.routes[0].cluster_index, 1);
+        assert_eq!(s.routes[1].cluster_index, 0);
+        assert_eq!(s.routes[0].path, Some(v1::route::Path::Exact("/x".into())));
+        assert_eq!(s.clusters[0].lb_policy(), v1::LbPolicy::Rendezvous);
+        assert_eq!(s.clusters[1].endpoints[0].address, "[::1]:11");
+        assert_eq!(s.clusters[1].endpoints[0].weight, 4);
+        assert_eq!(s.budgets[0].burst, 50, "burst defaults to the rate");
+        assert_eq!(
+            s.required_capabilities,
+            vec!["http1", "lb.rendezvous", "lb.round_robin"]
+        );
+    }
+}
