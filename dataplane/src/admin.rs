@@ -1,0 +1,115 @@
+//! The data plane's admin HTTP server (off the hot path, on its own thread): `/metrics`,
+//! `/healthz` and `/snapshot`.
+
+use std::{fmt::Write as _, net::SocketAddr, sync::Arc};
+
+use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use serde_json::json;
+
+use crate::{snapshot::SnapshotHolder, telemetry::Metrics};
+
+#[derive(Clone)]
+struct AdminState {
+    holder: Arc<SnapshotHolder>,
+    metrics: Arc<Metrics>,
+    drivers: Arc<Vec<&'static str>>,
+}
+
+/// Prometheus text for the snapshot state.
+fn snapshot_metrics(holder: &SnapshotHolder) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# TYPE omnirelay_snapshot_version gauge\nomnirelay_snapshot_version {}",
+        holder.version()
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE omnirelay_snapshot_applied_total counter\nomnirelay_snapshot_applied_total {}",
+        holder.applied()
+    );
+    out.push_str("# TYPE omnirelay_snapshot_rejected_total counter\n");
+    for (reason, n) in holder.rejected() {
+        let _ = writeln!(
+            out,
+            "omnirelay_snapshot_rejected_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    out
+}
+
+/// Serves the admin API on `addr` from a new thread; returns once it is listening.
+pub fn spawn(
+    addr: SocketAddr,
+    holder: Arc<SnapshotHolder>,
+    metrics: Arc<Metrics>,
+    drivers: Vec<&'static str>,
+) -> std::io::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    let state = AdminState {
+        holder,
+        metrics,
+        drivers: Arc::new(drivers),
+    };
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return tracing::error!("admin runtime: {e}"),
+            };
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => return tracing::error!("admin listener: {e}"),
+                };
+                let app = Router::new()
+                    .route("/metrics", get(metrics_handler))
+                    .route("/healthz", get(healthz))
+                    .route("/snapshot", get(snapshot))
+                    .with_state(state);
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!("admin server: {e}");
+                }
+            });
+        })?;
+    Ok(bound)
+}
+
+async fn metrics_handler(State(s): State<AdminState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        s.metrics.render(&snapshot_metrics(&s.holder)),
+    )
+}
+
+async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
+    match s.holder.version() {
+        0 => (StatusCode::SERVICE_UNAVAILABLE, "no snapshot\n".to_owned()),
+        v => (StatusCode::OK, format!("ok version={v}\n")),
+    }
+}
+
+async fn snapshot(State(s): State<AdminState>) -> impl IntoResponse {
+    let rejected: serde_json::Map<String, serde_json::Value> = s
+        .holder
+        .rejected()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.into()))
+        .collect();
+    Json(json!({
+        "version": s.holder.version(),
+        "applied": s.holder.applied(),
+        "rejected": rejected,
+        "workers": s.drivers.len(),
+        "io_drivers": *s.drivers,
+    }))
+}

@@ -1,0 +1,199 @@
+//! Header fields as ranges into the head's own bytes, and the field-syntax helpers shared by
+//! the parsers and the serializer.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+
+use super::Http1Error;
+
+/// A byte range inside a head. `u32` offsets keep a field at 8 bytes per range; heads are
+/// capped at `u32::MAX` bytes by [`Limits`](super::Limits).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    /// The position of `part` inside `base`. `part` must be a sub-slice of `base` (httparse
+    /// hands out such slices); an empty slice, which httparse may take from a static string,
+    /// maps to an empty span.
+    pub(crate) fn of(base: &[u8], part: &[u8]) -> Span {
+        let offset = (part.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
+        if part.is_empty() || offset > base.len() || base.len() - offset < part.len() {
+            return Span::default();
+        }
+        // Both fit in u32: the parsers never look at more than `u32::MAX` bytes.
+        let start = u32::try_from(offset).unwrap_or(0);
+        let end = u32::try_from(offset + part.len()).unwrap_or(0);
+        Span { start, end }
+    }
+
+    pub(crate) fn range(self) -> Range<usize> {
+        self.start as usize..self.end as usize
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Field {
+    name: Span,
+    value: Span,
+}
+
+/// The header fields of a parsed head, in wire order, referring into the head's bytes
+/// (shared with the head, never copied). Names compare ASCII-case-insensitively.
+#[derive(Clone, Debug)]
+pub struct Headers {
+    raw: Bytes,
+    fields: Vec<Field>,
+}
+
+impl Headers {
+    /// Ranges of the fields httparse found in `base`, the unsplit head buffer.
+    pub(crate) fn spans(base: &[u8], parsed: &[httparse::Header<'_>]) -> Vec<(Span, Span)> {
+        parsed
+            .iter()
+            .map(|h| (Span::of(base, h.name.as_bytes()), Span::of(base, h.value)))
+            .collect()
+    }
+
+    pub(crate) fn new(raw: Bytes, spans: Vec<(Span, Span)>) -> Headers {
+        let fields = spans
+            .into_iter()
+            .map(|(name, value)| Field { name, value })
+            .collect();
+        Headers { raw, fields }
+    }
+
+    /// How many fields (a repeated name counts once per line).
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    /// Whether there are no fields.
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// Every field as `(name, value)`, in wire order, with the name's original case and the
+    /// value without surrounding whitespace.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.raw_iter()
+            .map(|(n, v)| (std::str::from_utf8(n).unwrap_or_default(), v))
+    }
+
+    pub(crate) fn raw_iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.fields
+            .iter()
+            .map(|f| (&self.raw[f.name.range()], &self.raw[f.value.range()]))
+    }
+
+    /// The value of the first field called `name`.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.get_all(name).next()
+    }
+
+    /// The value of the first field called `name`, as a zero-copy slice of the head.
+    pub fn get_shared(&self, name: &str) -> Option<Bytes> {
+        self.fields
+            .iter()
+            .find(|f| self.raw[f.name.range()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(|f| self.raw.slice(f.value.range()))
+    }
+
+    /// The values of every field called `name`, in wire order.
+    pub fn get_all<'h, 'n>(
+        &'h self,
+        name: &'n str,
+    ) -> impl Iterator<Item = &'h [u8]> + use<'h, 'n> {
+        self.raw_iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// Whether a field called `name` is present (even with an empty value).
+    pub fn contains(&self, name: &str) -> bool {
+        self.get_all(name).next().is_some()
+    }
+
+    /// How many fields are called `name`.
+    pub fn count(&self, name: &str) -> usize {
+        self.get_all(name).count()
+    }
+
+    /// Whether `token` is a member of the comma-separated lists of the fields called `name`
+    /// (e.g. `close` in `Connection: keep-alive, Close`), case-insensitively.
+    pub fn has_token(&self, name: &str, token: &str) -> bool {
+        self.get_all(name)
+            .flat_map(list_elements)
+            .any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+    }
+}
+
+/// Header slots handed to httparse: on the stack up to this many, on the heap beyond.
+const STACK_SLOTS: usize = 128;
+
+/// Runs `f` with `max` empty httparse header slots.
+pub(crate) fn with_slots<'b, R>(max: usize, f: impl FnOnce(&mut [httparse::Header<'b>]) -> R) -> R {
+    if max <= STACK_SLOTS {
+        let mut slots = [httparse::EMPTY_HEADER; STACK_SLOTS];
+        f(&mut slots[..max])
+    } else {
+        let mut slots = vec![httparse::EMPTY_HEADER; max];
+        f(&mut slots)
+    }
+}
+
+/// Maps an httparse error to ours.
+pub(crate) fn parse_error(e: httparse::Error) -> Http1Error {
+    match e {
+        httparse::Error::TooManyHeaders => Http1Error::TooManyHeaders,
+        httparse::Error::Version => Http1Error::UnsupportedVersion,
+        other => Http1Error::MalformedHead(other),
+    }
+}
+
+/// Rejects an LF not preceded by CR. httparse accepts bare LF as a line end (RFC 9112 §2.2
+/// allows it); a proxy must not, or it and the next parser could disagree on the boundary.
+pub(crate) fn reject_bare_lf(head: &[u8]) -> Result<(), Http1Error> {
+    let mut prev = 0u8;
+    for &b in head {
+        if b == b'\n' && prev != b'\r' {
+            return Err(Http1Error::BareLf);
+        }
+        prev = b;
+    }
+    Ok(())
+}
+
+/// The non-empty elements of a comma-separated list, without surrounding whitespace.
+pub(crate) fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(trim_ows)
+        .filter(|e| !e.is_empty())
+}
+
+/// `value` without leading and trailing SP and HTAB.
+pub(crate) fn trim_ows(value: &[u8]) -> &[u8] {
+    let ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = value.iter().position(|b| !ows(b)).unwrap_or(value.len());
+    let end = value.iter().rposition(|b| !ows(b)).map_or(start, |i| i + 1);
+    &value[start..end]
+}
+
+/// Whether `b` is a `tchar` (RFC 9110 §5.6.2).
+pub(crate) fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Whether `s` is a non-empty `token`.
+pub(crate) fn is_token(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|&b| is_tchar(b))
+}
+
+/// Whether `b` may appear in a field value (HTAB, SP, VCHAR, obs-text).
+pub(crate) fn is_field_value_byte(b: u8) -> bool {
+    b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80
+}

@@ -1,0 +1,165 @@
+//! Request heads: parsing from the read buffer and what the proxy asks of them.
+
+use bytes::{Bytes, BytesMut};
+
+use super::headers::{self, Headers, Span};
+use super::{Framing, Http1Error, Limits, ParseStatus, Version, framing};
+
+/// A parsed request head: request line and header fields, all referring into the head's own
+/// bytes, which were split off the read buffer without copying.
+#[derive(Clone, Debug)]
+pub struct RequestHead {
+    raw: Bytes,
+    method: Span,
+    target: Span,
+    version: Version,
+    headers: Headers,
+}
+
+impl RequestHead {
+    /// Parses a request head at the front of `buf`.
+    ///
+    /// On [`ParseStatus::Complete`] the head's bytes are split off `buf`; on
+    /// [`ParseStatus::Partial`] `buf` is untouched and the caller reads more into it. Leading
+    /// empty lines are skipped (RFC 9112 §2.2). Besides httparse's checks it enforces
+    /// `limits` (head size and field count: 431, request line: 414), CRLF line endings
+    /// ([`Http1Error::BareLf`]) and exactly one Host field on HTTP/1.1 (at most one on 1.0).
+    pub fn parse(
+        buf: &mut BytesMut,
+        limits: &Limits,
+    ) -> Result<ParseStatus<RequestHead>, Http1Error> {
+        let max_head = limits.max_head_bytes.min(u32::MAX as usize);
+        let window = &buf[..buf.len().min(max_head)];
+        check_request_line(window, limits.max_request_line_bytes)?;
+        let parsed = headers::with_slots(limits.max_headers, |slots| {
+            let mut req = httparse::Request::new(slots);
+            match req.parse(window).map_err(headers::parse_error)? {
+                httparse::Status::Partial => Ok(None),
+                httparse::Status::Complete(len) => {
+                    let method = Span::of(window, req.method.unwrap_or_default().as_bytes());
+                    let target = Span::of(window, req.path.unwrap_or_default().as_bytes());
+                    let version = match req.version {
+                        Some(0) => Version::Http10,
+                        Some(1) => Version::Http11,
+                        _ => return Err(Http1Error::UnsupportedVersion),
+                    };
+                    let fields = Headers::spans(window, req.headers);
+                    Ok(Some((len, method, target, version, fields)))
+                }
+            }
+        })?;
+        let Some((len, method, target, version, fields)) = parsed else {
+            return if buf.len() >= max_head {
+                Err(Http1Error::HeadTooLarge)
+            } else {
+                Ok(ParseStatus::Partial)
+            };
+        };
+        headers::reject_bare_lf(&buf[..len])?;
+        let raw = buf.split_to(len).freeze();
+        let head = RequestHead {
+            headers: Headers::new(raw.clone(), fields),
+            raw,
+            method,
+            target,
+            version,
+        };
+        match head.headers.count("host") {
+            0 if version == Version::Http11 => return Err(Http1Error::MissingHost),
+            0 | 1 => {}
+            _ => return Err(Http1Error::DuplicateHost),
+        }
+        Ok(ParseStatus::Complete {
+            head,
+            consumed: len,
+        })
+    }
+
+    /// The method, e.g. `GET` (case-sensitive, as sent).
+    pub fn method(&self) -> &str {
+        self.str_at(self.method)
+    }
+
+    /// The request target as sent: origin-form (`/path?query`), absolute-form, authority-form
+    /// (CONNECT) or `*`.
+    pub fn target(&self) -> &str {
+        self.str_at(self.target)
+    }
+
+    /// The target up to the first `?` (the path, for origin-form targets).
+    pub fn path(&self) -> &str {
+        let target = self.target();
+        target.split_once('?').map_or(target, |(path, _)| path)
+    }
+
+    /// The target after the first `?`, if there is one.
+    pub fn query(&self) -> Option<&str> {
+        self.target().split_once('?').map(|(_, query)| query)
+    }
+
+    /// The request's HTTP version.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// The header fields.
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+
+    /// The Host field's value, if present (parsing guarantees at most one).
+    pub fn host(&self) -> Option<&[u8]> {
+        self.headers.get("host")
+    }
+
+    /// The head exactly as received, request line to blank line.
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
+    /// Whether the method is HEAD, whose response never has a body.
+    pub fn is_head(&self) -> bool {
+        self.method() == "HEAD"
+    }
+
+    /// Whether this asks to leave HTTP/1.1: CONNECT, or `Connection: upgrade` together with
+    /// an Upgrade field. [`RequestHead::framing`] rejects such requests for now.
+    pub fn is_upgrade(&self) -> bool {
+        self.method() == "CONNECT"
+            || (self.headers.has_token("connection", "upgrade") && self.headers.contains("upgrade"))
+    }
+
+    /// Whether the client waits for `100 Continue` before sending the body. Only HTTP/1.1
+    /// counts: RFC 9110 §10.1.1 has a server ignore the expectation in an HTTP/1.0 request.
+    pub fn expects_continue(&self) -> bool {
+        self.version == Version::Http11 && self.headers.has_token("expect", "100-continue")
+    }
+
+    /// Whether the client connection may carry another request after this one (see
+    /// [`keep_alive`](super::keep_alive)).
+    pub fn keep_alive(&self) -> bool {
+        framing::keep_alive(self.version, self.headers.get_all("connection"))
+    }
+
+    /// The body framing (RFC 9112 §6.3), rejecting upgrades, smuggling vectors and bodies
+    /// larger than `limits.max_body_bytes`. A request never has
+    /// [`Framing::CloseDelimited`].
+    pub fn framing(&self, limits: &Limits) -> Result<Framing, Http1Error> {
+        framing::request_framing(self, limits)
+    }
+
+    fn str_at(&self, span: Span) -> &str {
+        std::str::from_utf8(&self.raw[span.range()]).unwrap_or_default()
+    }
+}
+
+/// Fails with 414 when no LF ends the request line within `max` bytes. The empty lines a
+/// client may send before it (RFC 9112 §2.2) are not counted; the head limit bounds them.
+fn check_request_line(window: &[u8], max: usize) -> Result<(), Http1Error> {
+    let start = window.iter().position(|&b| b != b'\r' && b != b'\n');
+    let line = &window[start.unwrap_or(window.len())..];
+    if !line[..line.len().min(max)].contains(&b'\n') && line.len() >= max {
+        return Err(Http1Error::UriTooLong);
+    }
+    Ok(())
+}

@@ -1,0 +1,87 @@
+use bytes::BytesMut;
+
+use crate::http1::{Http1Error, write_error_response};
+
+const ALL: &[Http1Error] = &[
+    Http1Error::MalformedHead(httparse::Error::Token),
+    Http1Error::UnsupportedVersion,
+    Http1Error::BareLf,
+    Http1Error::HeadTooLarge,
+    Http1Error::TooManyHeaders,
+    Http1Error::UriTooLong,
+    Http1Error::MissingHost,
+    Http1Error::DuplicateHost,
+    Http1Error::ContentLengthWithTransferEncoding,
+    Http1Error::ConflictingContentLength,
+    Http1Error::InvalidContentLength,
+    Http1Error::TransferEncodingInHttp10,
+    Http1Error::InvalidTransferEncoding,
+    Http1Error::ChunkedNotFinal,
+    Http1Error::UnsupportedTransferCoding,
+    Http1Error::BodyTooLarge,
+    Http1Error::InvalidChunkSize,
+    Http1Error::ChunkSizeOverflow,
+    Http1Error::ChunkLineTooLong,
+    Http1Error::InvalidChunkedFraming("missing CRLF after chunk data"),
+    Http1Error::TrailersTooLarge,
+    Http1Error::InvalidTrailer,
+    Http1Error::IncompleteBody,
+    Http1Error::UpgradeNotSupported,
+    Http1Error::UnexpectedSwitchingProtocols,
+];
+
+#[test]
+fn statuses() {
+    let statuses: Vec<u16> = ALL.iter().map(Http1Error::status).collect();
+    assert_eq!(
+        statuses,
+        [
+            400, 505, 400, 431, 431, 414, 400, 400, 400, 400, 400, 400, 400, 400, 501, 413, 400,
+            400, 400, 400, 431, 400, 400, 501, 502
+        ]
+    );
+}
+
+#[test]
+fn reasons_are_short_single_lines() {
+    for e in ALL {
+        let reason = e.reason();
+        assert!(!reason.is_empty() && reason.len() < 64, "{e:?}");
+        assert!(reason.bytes().all(|b| (b' '..=b'~').contains(&b)), "{e:?}");
+    }
+    let framing = Http1Error::InvalidChunkedFraming("missing CRLF after chunk data");
+    assert_eq!(framing.reason(), "invalid chunked framing");
+    assert_eq!(
+        framing.to_string(),
+        "invalid chunked framing: missing CRLF after chunk data"
+    );
+    let head = Http1Error::MalformedHead(httparse::Error::HeaderName);
+    assert_eq!(
+        head.to_string(),
+        "malformed message head: invalid header name"
+    );
+}
+
+#[test]
+fn renders_the_minimal_error_response() {
+    let mut out = BytesMut::new();
+    Http1Error::ContentLengthWithTransferEncoding.write_response(&mut out);
+    assert_eq!(
+        &out[..],
+        &b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 49\r\n\
+           connection: close\r\n\r\nconflicting Content-Length and Transfer-Encoding\n"[..]
+    );
+    let mut out = BytesMut::new();
+    Http1Error::TooManyHeaders.write_response(&mut out);
+    assert!(out.starts_with(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+    let mut out = BytesMut::new();
+    write_error_response(502, "upstream failed", &mut out);
+    assert!(out.starts_with(b"HTTP/1.1 502 Bad Gateway\r\n"));
+    assert!(out.ends_with(b"content-length: 16\r\nconnection: close\r\n\r\nupstream failed\n"));
+    let mut out = BytesMut::new();
+    write_error_response(418, "", &mut out);
+    assert!(
+        out.starts_with(b"HTTP/1.1 418 Error\r\n")
+            && out.ends_with(b"length: 1\r\nconnection: close\r\n\r\n\n")
+    );
+}

@@ -1,0 +1,192 @@
+use bytes::BytesMut;
+
+use super::{request, response};
+use crate::http1::{Framing, write_request_head, write_response_head};
+
+fn request_out(wire: &[u8], framing: Framing, extra: &[(&str, &[u8])]) -> String {
+    let head = request(wire).unwrap();
+    let mut out = BytesMut::new();
+    write_request_head(&head, framing, extra, &mut out);
+    String::from_utf8(out.to_vec()).unwrap()
+}
+
+fn response_out(wire: &[u8], framing: Framing, extra: &[(&str, &[u8])]) -> String {
+    let head = response(wire).unwrap();
+    let mut out = BytesMut::new();
+    write_response_head(&head, framing, extra, &mut out);
+    String::from_utf8(out.to_vec()).unwrap()
+}
+
+#[test]
+fn request_with_extra_fields() {
+    let wire = b"GET /p?q HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n";
+    let out = request_out(
+        wire,
+        Framing::None,
+        &[("via", b"1.1 omnirelay"), ("x-request-id", b"r1")],
+    );
+    assert_eq!(
+        out,
+        "GET /p?q HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\nvia: 1.1 omnirelay\r\n\
+         x-request-id: r1\r\n\r\n"
+    );
+}
+
+#[test]
+fn hop_by_hop_fields_are_dropped() {
+    let wire = b"POST / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret\r\n\
+        Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n\
+        Trailer: Expires\r\nTransfer-Encoding: chunked\r\nProxy-Authorization: Basic eA==\r\n\
+        Proxy-Authenticate: Basic\r\nconnection: x-other\r\nX-Secret: 1\r\nX-OTHER: 2\r\n\
+        X-Kept: 3\r\n\r\n";
+    let out = request_out(wire, Framing::Chunked, &[]);
+    assert_eq!(
+        out,
+        "POST / HTTP/1.1\r\nHost: a\r\nX-Kept: 3\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+}
+
+#[test]
+fn upgrade_field_is_dropped_without_an_upgrade_request() {
+    let wire = b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n\r\n";
+    assert_eq!(
+        request_out(wire, Framing::None, &[]),
+        "GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    );
+}
+
+#[test]
+fn host_survives_being_named_in_connection() {
+    let wire =
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: host, content-length, x-forwarded-for\r\n\
+        X-Forwarded-For: 1.2.3.4\r\nContent-Length: 0\r\n\r\n";
+    let out = request_out(
+        wire,
+        Framing::ContentLength(0),
+        &[("x-forwarded-for", b"5.6.7.8")],
+    );
+    assert_eq!(
+        out,
+        "GET / HTTP/1.1\r\nHost: a\r\nx-forwarded-for: 5.6.7.8\r\ncontent-length: 0\r\n\r\n"
+    );
+}
+
+#[test]
+fn framing_fields_come_from_the_chosen_framing() {
+    let wire = b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\ncontent-length: 5, 5\r\n\r\n";
+    let out = request_out(wire, Framing::ContentLength(5), &[]);
+    assert_eq!(
+        out,
+        "PUT / HTTP/1.1\r\nHost: a\r\ncontent-length: 5\r\n\r\n"
+    );
+    let out = request_out(wire, Framing::Chunked, &[]);
+    assert_eq!(
+        out,
+        "PUT / HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    let out = request_out(wire, Framing::CloseDelimited, &[]);
+    assert_eq!(out, "PUT / HTTP/1.1\r\nHost: a\r\n\r\n");
+}
+
+#[test]
+fn extra_fields_replace_fields_of_the_same_name() {
+    let wire = b"GET / HTTP/1.0\r\nX-Forwarded-For: 1.1.1.1\r\nVia: 1.0 a\r\n\
+        x-forwarded-for: 2.2.2.2\r\n\r\n";
+    let out = request_out(
+        wire,
+        Framing::None,
+        &[
+            ("Host", b"backend"),
+            ("X-Forwarded-For", b"1.1.1.1, 2.2.2.2, 3.3.3.3"),
+        ],
+    );
+    assert_eq!(
+        out,
+        "GET / HTTP/1.1\r\nVia: 1.0 a\r\nHost: backend\r\n\
+         X-Forwarded-For: 1.1.1.1, 2.2.2.2, 3.3.3.3\r\n\r\n",
+        "HTTP/1.0 goes out as HTTP/1.1"
+    );
+}
+
+#[test]
+fn response_status_line_and_framing() {
+    let wire =
+        b"HTTP/1.0 200 Fine Thanks\r\nConnection: close\r\nContent-Length: 3\r\nServer: s\r\n\r\n";
+    assert_eq!(
+        response_out(
+            wire,
+            Framing::ContentLength(3),
+            &[("via", b"1.0 omnirelay")]
+        ),
+        "HTTP/1.1 200 Fine Thanks\r\nServer: s\r\nvia: 1.0 omnirelay\r\ncontent-length: 3\r\n\r\n"
+    );
+    let wire = b"HTTP/1.1 200\r\nTransfer-Encoding: chunked\r\n\r\n";
+    assert_eq!(
+        response_out(wire, Framing::Chunked, &[]),
+        "HTTP/1.1 200 \r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    assert_eq!(
+        response_out(wire, Framing::CloseDelimited, &[]),
+        "HTTP/1.1 200 \r\nconnection: close\r\n\r\n"
+    );
+    assert_eq!(
+        response_out(wire, Framing::CloseDelimited, &[("Connection", b"close")]),
+        "HTTP/1.1 200 \r\nConnection: close\r\n\r\n"
+    );
+}
+
+#[test]
+fn no_body_responses_keep_or_drop_content_length() {
+    let with_length =
+        |status: &str| format!("HTTP/1.1 {status}\r\nContent-Length: 42, 42\r\nETag: e\r\n\r\n");
+    let out = response_out(
+        with_length("304 Not Modified").as_bytes(),
+        Framing::None,
+        &[],
+    );
+    assert_eq!(
+        out,
+        "HTTP/1.1 304 Not Modified\r\nETag: e\r\ncontent-length: 42\r\n\r\n"
+    );
+    let out = response_out(with_length("200 OK").as_bytes(), Framing::None, &[]);
+    assert_eq!(
+        out, "HTTP/1.1 200 OK\r\nETag: e\r\ncontent-length: 42\r\n\r\n",
+        "HEAD response"
+    );
+    let out = response_out(with_length("204 No Content").as_bytes(), Framing::None, &[]);
+    assert_eq!(out, "HTTP/1.1 204 No Content\r\nETag: e\r\n\r\n");
+    let out = response_out(with_length("100 Continue").as_bytes(), Framing::None, &[]);
+    assert_eq!(out, "HTTP/1.1 100 Continue\r\nETag: e\r\n\r\n");
+    let bad = b"HTTP/1.1 304 Not Modified\r\nContent-Length: 1, 2\r\n\r\n";
+    assert_eq!(
+        response_out(bad, Framing::None, &[]),
+        "HTTP/1.1 304 Not Modified\r\n\r\n"
+    );
+}
+
+#[test]
+fn serialized_heads_parse_back() {
+    let wire = b"POST /x HTTP/1.1\r\nHost: h\r\nConnection: close, X-A\r\nX-A: 1\r\nX-B: 2\r\n\
+        Transfer-Encoding: chunked\r\n\r\n";
+    let out = request_out(wire, Framing::Chunked, &[("via", b"1.1 omnirelay")]);
+    let again = request(out.as_bytes()).unwrap();
+    assert_eq!(again.framing(&Default::default()), Ok(Framing::Chunked));
+    let names: Vec<_> = again.headers().iter().map(|(n, _)| n.to_owned()).collect();
+    assert_eq!(names, ["Host", "X-B", "via", "transfer-encoding"]);
+    assert!(again.keep_alive(), "the client's close is not forwarded");
+}
+
+#[test]
+fn many_connection_options_are_all_honoured() {
+    let options: Vec<String> = (0..20).map(|i| format!("x-{i}")).collect();
+    let mut wire = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nConnection: {}, host\r\n",
+        options.join(", ")
+    );
+    for option in &options {
+        wire.push_str(&format!("{option}: v\r\n"));
+    }
+    wire.push_str("x-kept: v\r\n\r\n");
+    let out = request_out(wire.as_bytes(), Framing::None, &[]);
+    assert_eq!(out, "GET / HTTP/1.1\r\nHost: a\r\nx-kept: v\r\n\r\n");
+}

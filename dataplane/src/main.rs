@@ -1,0 +1,133 @@
+//! `omnirelay-dataplane`: the proxy. Subscribes to the control daemon (and/or starts from a
+//! snapshot file), verifies every snapshot against the control plane's public key, and
+//! serves HTTP/1.1 on one pinned io_uring worker per core.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::Parser;
+use omnirelay_dataplane::{
+    admin,
+    proxy::{self, ProxyOptions},
+    snapshot::{ControlClient, SnapshotHolder, SnapshotVerifier, spawn_control_client},
+    telemetry::{AccessLog, Metrics},
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "omnirelay-dataplane",
+    version,
+    about = "OmniRelay data plane (HTTP/1.1 proxy)"
+)]
+struct Cli {
+    /// Control daemon gRPC endpoint, e.g. http://127.0.0.1:7800.
+    #[arg(long)]
+    control: Option<String>,
+    /// The control plane's public key: a file (snapshot-signing.pub) or the hex itself.
+    #[arg(long)]
+    public_key: String,
+    /// Start from this encoded SignedSnapshot (e.g. saved from /v1/snapshot).
+    #[arg(long)]
+    snapshot_file: Option<PathBuf>,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Do not pin workers to cores.
+    #[arg(long)]
+    no_pin: bool,
+    /// Admin address (/metrics, /healthz, /snapshot).
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: SocketAddr,
+    /// Access log: a file path, "-" for stdout, or "off".
+    #[arg(long, default_value = "-")]
+    access_log: String,
+    /// Name reported to the control daemon.
+    #[arg(long, default_value = "dataplane")]
+    node_id: String,
+    /// Seconds to wait for the first snapshot.
+    #[arg(long, default_value_t = 30)]
+    wait: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let key_text = if std::path::Path::new(&cli.public_key).is_file() {
+        std::fs::read_to_string(&cli.public_key)
+            .with_context(|| format!("reading {}", cli.public_key))?
+    } else {
+        cli.public_key.clone()
+    };
+    let verifier =
+        SnapshotVerifier::from_hex(&key_text).map_err(|e| anyhow::anyhow!("--public-key: {e}"))?;
+    let holder = Arc::new(SnapshotHolder::new(verifier));
+
+    if let Some(path) = &cli.snapshot_file {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        if let Err(e) = holder.apply_bytes(&bytes) {
+            anyhow::ensure!(cli.control.is_some(), "{}: {e}", path.display());
+        }
+    }
+    if let Some(endpoint) = &cli.control {
+        spawn_control_client(
+            ControlClient {
+                endpoint: endpoint.clone(),
+                node_id: cli.node_id.clone(),
+            },
+            Arc::clone(&holder),
+        )?;
+    }
+    anyhow::ensure!(
+        cli.control.is_some() || cli.snapshot_file.is_some(),
+        "give --control, --snapshot-file, or both"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(cli.wait);
+    while holder.version() == 0 {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no valid snapshot within {} s",
+            cli.wait
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let metrics = Arc::new(Metrics::default());
+    let access_log = match cli.access_log.as_str() {
+        "off" => AccessLog::disabled(Arc::clone(&metrics)),
+        "-" => AccessLog::start(Box::new(std::io::stdout()), 8192, Arc::clone(&metrics))?,
+        path => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening access log {path}"))?;
+            AccessLog::start(
+                Box::new(std::io::BufWriter::new(file)),
+                8192,
+                Arc::clone(&metrics),
+            )?
+        }
+    };
+    let mut opts = ProxyOptions::default();
+    if let Some(w) = cli.workers {
+        opts.workers = w;
+    }
+    opts.pin = !cli.no_pin;
+    let proxy = proxy::start(Arc::clone(&holder), Arc::clone(&metrics), access_log, opts)?;
+    let admin_addr = admin::spawn(
+        cli.admin,
+        Arc::clone(&holder),
+        metrics,
+        proxy.drivers.clone(),
+    )
+    .with_context(|| format!("binding admin address {}", cli.admin))?;
+    tracing::info!(%admin_addr, listeners = ?proxy.bound, "data plane ready");
+    proxy.join();
+    Ok(())
+}

@@ -1,0 +1,230 @@
+//! Streaming bodies through the proxy without buffering them whole: the request body from
+//! the client to the upstream, the response body back. Bodies are decoded (validating the
+//! framing) and re-framed for the other side, so a smuggled or malformed body never
+//! reaches a peer verbatim.
+
+use std::time::Instant;
+
+use bytes::{Buf as _, BytesMut};
+use monoio::net::TcpStream;
+
+use super::{downstream::Downstream, io};
+use crate::http1::{self, BodyDecoder, Framing, Http1Error, ResponseHead, Version};
+
+/// Bytes staged before a write is issued.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// A failure on the client side of a body transfer.
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    /// The body violates HTTP/1.1 (or a limit).
+    Http(Http1Error),
+    /// The client went away.
+    Io,
+    /// The client stopped sending.
+    Timeout,
+}
+
+/// Sending the request failed on this side or that.
+pub(crate) enum SendError {
+    Upstream,
+    Client(BodyError),
+}
+
+/// The request body's state across attempts.
+pub(crate) struct RequestBody {
+    framing: Framing,
+    decoder: BodyDecoder,
+    expect_continue: bool,
+    started: bool,
+    bytes: u64,
+}
+
+impl RequestBody {
+    pub fn new(framing: Framing, limits: &http1::Limits, expect_continue: bool) -> Self {
+        RequestBody {
+            framing,
+            decoder: BodyDecoder::new(framing, limits),
+            expect_continue,
+            started: false,
+            bytes: 0,
+        }
+    }
+
+    /// Whether any body byte was taken from the client (then the request cannot be replayed).
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
+    /// Body bytes received from the client.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Writes the request head, then streams the body from the client.
+    pub async fn send(
+        &mut self,
+        up: &mut TcpStream,
+        head: &BytesMut,
+        ds: &mut Downstream,
+        deadline: Instant,
+    ) -> Result<(), SendError> {
+        let mut out = BytesMut::with_capacity(head.len().max(FLUSH_AT / 4));
+        out.extend_from_slice(head);
+        if self.framing == Framing::None {
+            let (res, _) = io::write_all(up, out).await;
+            return res.map_err(|_| SendError::Upstream);
+        }
+        if self.expect_continue && ds.buf.is_empty() && !self.started {
+            // Answer the expectation ourselves; the upstream's own 100 is skipped later.
+            self.expect_continue = false;
+            let mut cont = std::mem::take(&mut ds.out);
+            cont.clear();
+            cont.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            let (res, cont) = io::write_all(&mut ds.stream, cont).await;
+            ds.out = cont;
+            res.map_err(|_| SendError::Client(BodyError::Io))?;
+        }
+        let chunked = self.framing == Framing::Chunked;
+        loop {
+            while !self.decoder.is_done() && !ds.buf.is_empty() {
+                let d = self
+                    .decoder
+                    .decode(&ds.buf)
+                    .map_err(|e| SendError::Client(BodyError::Http(e)))?;
+                if d.consumed == 0 {
+                    break;
+                }
+                self.started = true;
+                let data = &ds.buf[d.data.clone()];
+                self.bytes += data.len() as u64;
+                if chunked {
+                    if !data.is_empty() {
+                        http1::encode_chunk(data, &mut out);
+                    }
+                } else {
+                    out.extend_from_slice(data);
+                }
+                ds.buf.advance(d.consumed);
+            }
+            if self.decoder.is_done() {
+                if chunked {
+                    out.extend_from_slice(http1::LAST_CHUNK);
+                }
+                let (res, _) = io::write_all(up, out).await;
+                return res.map_err(|_| SendError::Upstream);
+            }
+            if out.len() >= FLUSH_AT || !out.is_empty() {
+                let (res, o) = io::write_all(up, out).await;
+                out = o;
+                res.map_err(|_| SendError::Upstream)?;
+            }
+            let buf = std::mem::take(&mut ds.buf);
+            match monoio::time::timeout_at(deadline.into(), io::read_more(&mut ds.stream, buf))
+                .await
+            {
+                Ok((Ok(0), b)) => {
+                    ds.buf = b;
+                    let e = self
+                        .decoder
+                        .finish()
+                        .err()
+                        .unwrap_or(Http1Error::IncompleteBody);
+                    return Err(SendError::Client(BodyError::Http(e)));
+                }
+                Ok((Ok(_), b)) => ds.buf = b,
+                Ok((Err(_), _)) => return Err(SendError::Client(BodyError::Io)),
+                Err(_) => return Err(SendError::Client(BodyError::Timeout)),
+            }
+        }
+    }
+}
+
+/// Streams a response to the client. Returns (body bytes sent, whether the client
+/// connection may continue, whether the upstream connection may be pooled).
+pub(crate) async fn relay_response(
+    resp: &ResponseHead,
+    head_request: bool,
+    client_version: Version,
+    up: &mut TcpStream,
+    mut up_buf: BytesMut,
+    ds: &mut Downstream,
+    deadline: Instant,
+) -> (u64, bool, bool) {
+    let framing = match resp.framing(head_request) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::debug!("invalid upstream response framing: {e}");
+            ds.send_error(502, "invalid response from upstream").await;
+            return (0, false, false);
+        }
+    };
+    let ds_framing = http1::downstream_framing(framing, client_version);
+    let mut out = std::mem::take(&mut ds.out);
+    out.clear();
+    http1::write_response_head(resp, ds_framing, &[], &mut out);
+    let mut decoder = BodyDecoder::new(framing, &http1::Limits::default());
+    let chunked = ds_framing == Framing::Chunked;
+    let mut sent = 0u64;
+    let complete;
+    loop {
+        while !decoder.is_done() && !up_buf.is_empty() {
+            let d = match decoder.decode(&up_buf) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::debug!("invalid upstream response body: {e}");
+                    let (_, o) = io::write_all(&mut ds.stream, out).await;
+                    ds.out = o;
+                    return (sent, false, false);
+                }
+            };
+            if d.consumed == 0 {
+                break;
+            }
+            let data = &up_buf[d.data.clone()];
+            sent += data.len() as u64;
+            if chunked {
+                if !data.is_empty() {
+                    http1::encode_chunk(data, &mut out);
+                }
+            } else {
+                out.extend_from_slice(data);
+            }
+            up_buf.advance(d.consumed);
+        }
+        if decoder.is_done() {
+            complete = true;
+            break;
+        }
+        if out.len() >= FLUSH_AT || !out.is_empty() {
+            let (res, o) = io::write_all(&mut ds.stream, out).await;
+            out = o;
+            if res.is_err() {
+                ds.out = out;
+                return (sent, false, false);
+            }
+        }
+        match monoio::time::timeout_at(deadline.into(), io::read_more(up, up_buf)).await {
+            Ok((Ok(0), b)) => {
+                up_buf = b;
+                complete = decoder.finish().is_ok() && framing == Framing::CloseDelimited;
+                break;
+            }
+            Ok((Ok(_), b)) => up_buf = b,
+            Ok((Err(_), _)) | Err(_) => {
+                let (_, o) = io::write_all(&mut ds.stream, out).await;
+                ds.out = o;
+                return (sent, false, false);
+            }
+        }
+    }
+    if complete && chunked {
+        out.extend_from_slice(http1::LAST_CHUNK);
+    }
+    let (res, o) = io::write_all(&mut ds.stream, out).await;
+    ds.out = o;
+    let client_ok = res.is_ok() && complete && ds_framing != Framing::CloseDelimited;
+    let reusable =
+        complete && framing != Framing::CloseDelimited && resp.keep_alive() && up_buf.is_empty();
+    (sent, client_ok, reusable)
+}

@@ -1,0 +1,137 @@
+//! A client connection: reads request heads (an idle keep-alive connection holds no read
+//! buffer: it waits for readability first), rejects bad input with the right 4xx and
+//! closes, and hands good requests to [`super::forward`].
+
+use std::{net::SocketAddr, rc::Rc, sync::atomic::Ordering, time::Instant};
+
+use bytes::BytesMut;
+use monoio::net::TcpStream;
+
+use super::{forward, io, worker::WorkerCtx};
+use crate::http1::{self, Http1Error, ParseStatus, RequestHead};
+
+/// The client side of one connection.
+pub(crate) struct Downstream {
+    pub stream: TcpStream,
+    /// Bytes read but not consumed (the start of the next head, or body bytes).
+    pub buf: BytesMut,
+    /// Staging buffer for writes to the client.
+    pub out: BytesMut,
+    pub peer: SocketAddr,
+}
+
+impl Downstream {
+    /// Sends a minimal error response with `connection: close`.
+    pub async fn send_error(&mut self, status: u16, reason: &str) {
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        http1::write_error_response(status, reason, &mut out);
+        let (_, out) = io::write_all(&mut self.stream, out).await;
+        self.out = out;
+    }
+}
+
+/// How reading the next head ended.
+enum NextHead {
+    Head(RequestHead),
+    /// Clean close or idle timeout between requests.
+    Closed,
+    /// Bad input: answered and the connection must close.
+    Rejected,
+}
+
+/// Serves requests on one client connection until it closes.
+pub(crate) async fn serve(
+    ctx: &Rc<WorkerCtx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: usize,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut ds = Downstream {
+        stream,
+        buf: BytesMut::new(),
+        out: BytesMut::new(),
+        peer,
+    };
+    loop {
+        let Some(cfg) = ctx.holder.current() else {
+            ds.send_error(503, "no configuration loaded yet").await;
+            return;
+        };
+        let Some(l) = cfg.listeners.get(listener) else {
+            ds.send_error(503, "listener removed by the current configuration")
+                .await;
+            return;
+        };
+        let limits = http1::Limits {
+            max_head_bytes: l.limits.max_header_bytes,
+            max_headers: l.limits.max_headers,
+            max_body_bytes: Some(l.limits.max_body_bytes),
+            ..http1::Limits::default()
+        };
+        let head = match next_head(ctx, &mut ds, &limits).await {
+            NextHead::Head(h) => h,
+            NextHead::Closed | NextHead::Rejected => return,
+        };
+        let started = Instant::now();
+        let keep_alive =
+            forward::handle(ctx, &cfg, listener, &limits, &mut ds, head, started).await;
+        if !keep_alive {
+            return;
+        }
+        if ds.buf.is_empty() {
+            // Idle keep-alive connections hold no buffers.
+            ds.buf = BytesMut::new();
+            ds.out = BytesMut::new();
+        }
+    }
+}
+
+async fn next_head(ctx: &WorkerCtx, ds: &mut Downstream, limits: &http1::Limits) -> NextHead {
+    if ds.buf.is_empty() {
+        let idle = ctx.settings.client_idle_timeout;
+        match monoio::time::timeout(idle, ds.stream.readable(false)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return NextHead::Closed,
+        }
+    }
+    let deadline = Instant::now() + ctx.settings.client_head_timeout;
+    loop {
+        match RequestHead::parse(&mut ds.buf, limits) {
+            Ok(ParseStatus::Complete { head, .. }) => return NextHead::Head(head),
+            Ok(ParseStatus::Partial) => {}
+            Err(e) => return reject(ctx, ds, &e).await,
+        }
+        let buf = std::mem::take(&mut ds.buf);
+        let read =
+            monoio::time::timeout_at(deadline.into(), io::read_more(&mut ds.stream, buf)).await;
+        match read {
+            Ok((Ok(0), buf)) => {
+                ds.buf = buf;
+                if !ds.buf.is_empty() {
+                    // Closed mid-head: nothing sensible to answer.
+                    ctx.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+                }
+                return NextHead::Closed;
+            }
+            Ok((Ok(_), buf)) => ds.buf = buf,
+            Ok((Err(_), _)) => return NextHead::Closed,
+            Err(_) => {
+                if ds.buf.is_empty() {
+                    return NextHead::Closed;
+                }
+                ds.send_error(408, "request head not received in time")
+                    .await;
+                return NextHead::Rejected;
+            }
+        }
+    }
+}
+
+async fn reject(ctx: &WorkerCtx, ds: &mut Downstream, e: &Http1Error) -> NextHead {
+    ctx.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(peer = %ds.peer, status = e.status(), "rejecting request: {e}");
+    ds.send_error(e.status(), e.reason()).await;
+    NextHead::Rejected
+}

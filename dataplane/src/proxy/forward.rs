@@ -1,0 +1,552 @@
+//! One request through the proxy: route, pick an endpoint, send the head and stream the
+//! body upstream, read the response head, stream the response back. Retries (connect
+//! failures always, 5xx and timeouts for idempotent requests without a body) within the
+//! route's retry budget; outcomes feed outlier detection.
+
+use std::{
+    net::SocketAddr,
+    rc::Rc,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::{Duration, Instant, SystemTime},
+};
+
+use bytes::BytesMut;
+use monoio::net::TcpStream;
+
+use super::{
+    body::{self, BodyError},
+    downstream::Downstream,
+    io,
+    worker::WorkerCtx,
+};
+use crate::{
+    http1::{self, Framing, ParseStatus, RequestHead, ResponseHead},
+    lb::{EndpointId, FailureKind, Outcome, hash_ip, hash_key},
+    router::{self, RequestView},
+    snapshot::{HashKey, RouteRt, RuntimeConfig},
+    telemetry::AccessRecord,
+};
+
+struct View<'a>(&'a RequestHead);
+
+impl RequestView for View<'_> {
+    fn host(&self) -> Option<&[u8]> {
+        self.0.host()
+    }
+    fn path(&self) -> &[u8] {
+        self.0.path().as_bytes()
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.0.headers().get(name)
+    }
+}
+
+/// What the client was told, for logs and metrics.
+struct Summary {
+    status: u16,
+    endpoint: Option<SocketAddr>,
+    upstream_time: Option<Duration>,
+    bytes_in: u64,
+    bytes_out: u64,
+    attempts: u32,
+    keep_alive: bool,
+}
+
+impl Summary {
+    fn local(status: u16) -> Self {
+        Summary {
+            status,
+            endpoint: None,
+            upstream_time: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            attempts: 0,
+            keep_alive: false,
+        }
+    }
+}
+
+fn idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    )
+}
+
+/// Handles one request; returns whether the client connection may serve another.
+pub(crate) async fn handle(
+    ctx: &Rc<WorkerCtx>,
+    cfg: &Arc<RuntimeConfig>,
+    listener: usize,
+    limits: &http1::Limits,
+    ds: &mut Downstream,
+    head: RequestHead,
+    started: Instant,
+) -> bool {
+    let wall = SystemTime::now();
+    let request_id = match head.headers().get("x-request-id") {
+        Some(v) if !v.is_empty() && v.len() <= 128 => String::from_utf8_lossy(v).into_owned(),
+        _ => format!("{:016x}{:016x}", ctx.random(), ctx.random()),
+    };
+    let route_idx = router::select(
+        &cfg.routes,
+        &cfg.listeners[listener].routes,
+        |r| &r.matcher,
+        &View(&head),
+    );
+    let summary = match route_idx {
+        None => {
+            ds.send_error(404, "no route matches this request").await;
+            Summary::local(404)
+        }
+        Some(idx) => match head.framing(limits) {
+            Err(e) => {
+                ctx.stats.bad_requests.fetch_add(1, Relaxed);
+                ds.send_error(e.status(), e.reason()).await;
+                Summary::local(e.status())
+            }
+            Ok(framing) => {
+                let route = &cfg.routes[idx];
+                proxy(
+                    ctx,
+                    cfg,
+                    idx,
+                    route,
+                    limits,
+                    ds,
+                    &head,
+                    framing,
+                    &request_id,
+                    started,
+                )
+                .await
+            }
+        },
+    };
+    let duration = started.elapsed();
+    let (route_name, cluster_name): (Arc<str>, Arc<str>) = match route_idx {
+        Some(i) => {
+            let r = &cfg.routes[i];
+            let b = ctx.balancers.borrow();
+            if let Some(s) = b.route_stats.get(i) {
+                s.record(summary.status, duration);
+            }
+            (
+                Arc::clone(&r.name),
+                Arc::clone(&cfg.clusters[r.cluster].name),
+            )
+        }
+        None => ("".into(), "".into()),
+    };
+    ctx.access_log.log(AccessRecord {
+        start: wall,
+        listener: Arc::clone(&cfg.listeners[listener].name),
+        route: route_name,
+        cluster: cluster_name,
+        endpoint: summary.endpoint,
+        client: ds.peer,
+        method: head.method().to_owned(),
+        path: head.path().to_owned(),
+        status: summary.status,
+        bytes_in: summary.bytes_in,
+        bytes_out: summary.bytes_out,
+        duration,
+        upstream_time: summary.upstream_time,
+        attempts: summary.attempts,
+        request_id,
+    });
+    summary.keep_alive && head.keep_alive()
+}
+
+/// Why an attempt failed.
+enum AttemptError {
+    Connect(std::io::Error),
+    ConnectTimeout,
+    /// The upstream closed or reset before a complete response head.
+    UpstreamClosed {
+        reused: bool,
+        sent_body: bool,
+    },
+    HeadTimeout,
+    BadResponse(http1::Http1Error),
+    /// The client side failed (bad body, closed): the request is over.
+    Client(BodyError),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn proxy(
+    ctx: &Rc<WorkerCtx>,
+    cfg: &Arc<RuntimeConfig>,
+    route_idx: usize,
+    route: &RouteRt,
+    limits: &http1::Limits,
+    ds: &mut Downstream,
+    head: &RequestHead,
+    framing: Framing,
+    request_id: &str,
+    started: Instant,
+) -> Summary {
+    let cluster = &cfg.clusters[route.cluster];
+    let now = Instant::now();
+    let cluster_stats = {
+        let mut b = ctx.balancers.borrow_mut();
+        b.sync(cfg, &ctx.stats, now);
+        if let Some(budget) = b.budget(route_idx) {
+            budget.record_request(now);
+        }
+        b.cluster_stats.get(route.cluster).cloned()
+    };
+    let key = match &route.hash_on {
+        HashKey::ClientIp => hash_ip(ds.peer.ip()),
+        HashKey::Header(h) => head
+            .headers()
+            .get(h)
+            .map_or_else(|| hash_ip(ds.peer.ip()), hash_key),
+    };
+    let deadline = started + route.request_timeout;
+    let replayable = idempotent(head.method()) && framing == Framing::None;
+    let max_attempts = 1 + route.retry.max_retries;
+    let mut tried: Vec<EndpointId> = Vec::new();
+    let mut attempts = 0u32;
+
+    // Extra upstream fields, built once per request.
+    let xff = http1::x_forwarded_for(head.headers().get_all("x-forwarded-for"), ds.peer);
+    let fwd = http1::forwarded(
+        head.headers().get_all("forwarded"),
+        ds.peer,
+        "http",
+        head.host(),
+    );
+    let via = http1::via(head.headers().get_all("via"), head.version());
+    let extras: [(&str, &[u8]); 5] = [
+        ("x-forwarded-for", &xff),
+        ("forwarded", &fwd),
+        ("via", &via),
+        ("x-forwarded-proto", b"http"),
+        ("x-request-id", request_id.as_bytes()),
+    ];
+    let mut up_head = BytesMut::with_capacity(head.raw().len() + 256);
+    http1::write_request_head(head, framing, &extras, &mut up_head);
+
+    let mut body_state = body::RequestBody::new(framing, limits, head.expects_continue());
+    loop {
+        attempts += 1;
+        let now = Instant::now();
+        let picked = {
+            let mut b = ctx.balancers.borrow_mut();
+            let lb = b.lb(route.cluster);
+            lb.and_then(|lb| {
+                let mut rng = || ctx.random();
+                lb.pick_excluding(&cluster.lb, Some(key), now, &mut rng, &tried)
+                    .or_else(|| lb.pick(&cluster.lb, Some(key), now, &mut rng))
+            })
+        };
+        let Some(id) = picked else {
+            ds.send_error(503, "no healthy upstream endpoint").await;
+            return Summary::local(503);
+        };
+        let Some(addr) = cluster.lb.addr(id) else {
+            ds.send_error(503, "no healthy upstream endpoint").await;
+            return Summary::local(503);
+        };
+        tried.push(id);
+        if let Some(s) = &cluster_stats {
+            s.attempts.fetch_add(1, Relaxed);
+            if attempts > 1 {
+                s.retries.fetch_add(1, Relaxed);
+            }
+        }
+        let in_flight = {
+            let mut b = ctx.balancers.borrow_mut();
+            b.lb(route.cluster).map(|lb| lb.start_request(id))
+        };
+        let result = attempt(
+            ctx,
+            cluster,
+            addr,
+            &up_head,
+            ds,
+            &mut body_state,
+            head.is_head(),
+            head.version(),
+            deadline,
+            &cluster_stats,
+        )
+        .await;
+        drop(in_flight);
+        let outcome = match &result {
+            Ok(r) if r.status >= 500 && r.status != 501 => Outcome::Failure(FailureKind::Status5xx),
+            Ok(_) => Outcome::Success,
+            Err(AttemptError::Connect(_) | AttemptError::ConnectTimeout) => {
+                Outcome::Failure(FailureKind::ConnectFailure)
+            }
+            Err(AttemptError::HeadTimeout) => Outcome::Failure(FailureKind::Timeout),
+            Err(AttemptError::UpstreamClosed { .. } | AttemptError::BadResponse(_)) => {
+                Outcome::Failure(FailureKind::ConnectFailure)
+            }
+            Err(AttemptError::Client(_)) => Outcome::Success,
+        };
+        {
+            let mut b = ctx.balancers.borrow_mut();
+            if let Some(lb) = b.lb(route.cluster)
+                && lb.report(id, outcome, Instant::now())
+                && let Some(s) = &cluster_stats
+            {
+                s.ejections.fetch_add(1, Relaxed);
+                tracing::warn!(cluster = %cluster.name, endpoint = %addr, "endpoint ejected by outlier detection");
+            }
+        }
+        // Decide whether to retry.
+        let retry_allowed = attempts < max_attempts
+            && Instant::now() < deadline
+            && match &result {
+                Err(AttemptError::Connect(_) | AttemptError::ConnectTimeout) => {
+                    route.retry.on_connect_failure && !body_state.started()
+                }
+                Err(AttemptError::UpstreamClosed { reused, sent_body }) => {
+                    // A stale pooled connection: safe to replay if nothing unrepeatable went out.
+                    (*reused || route.retry.on_connect_failure) && !sent_body && replayable
+                }
+                Err(AttemptError::HeadTimeout) => route.retry.on_timeout && replayable,
+                Ok(r) => r.pending_5xx && route.retry.on_5xx && replayable,
+                _ => false,
+            };
+        if retry_allowed {
+            let granted = {
+                let mut b = ctx.balancers.borrow_mut();
+                b.budget(route_idx)
+                    .is_some_and(|bud| bud.try_acquire_retry(Instant::now()))
+            };
+            if granted {
+                let delay = crate::lb::backoff(
+                    attempts - 1,
+                    route.retry.base_backoff,
+                    route.retry.max_backoff,
+                    &mut || ctx.random(),
+                );
+                if !delay.is_zero() {
+                    monoio::time::sleep(delay).await;
+                }
+                continue;
+            }
+        }
+        return match result {
+            Ok(mut r) => {
+                if r.pending_5xx {
+                    // A retryable 5xx whose retry was not allowed: forward it now.
+                    r = forward_pending(ds, r, head).await;
+                }
+                Summary {
+                    status: r.status,
+                    endpoint: Some(addr),
+                    upstream_time: Some(r.upstream_time),
+                    bytes_in: body_state.bytes(),
+                    bytes_out: r.bytes_out,
+                    attempts,
+                    keep_alive: r.client_keep_alive,
+                }
+            }
+            Err(e) => {
+                let (status, reason) = match &e {
+                    AttemptError::Connect(_) | AttemptError::ConnectTimeout => {
+                        (503, "upstream connect failed")
+                    }
+                    AttemptError::UpstreamClosed { .. } => (502, "upstream closed the connection"),
+                    AttemptError::HeadTimeout => (504, "upstream timed out"),
+                    AttemptError::BadResponse(_) => (502, "invalid response from upstream"),
+                    AttemptError::Client(BodyError::Http(e)) => (e.status(), e.reason()),
+                    AttemptError::Client(BodyError::Io) => return Summary::local(0),
+                    AttemptError::Client(BodyError::Timeout) => {
+                        (408, "request body not received in time")
+                    }
+                };
+                match &e {
+                    AttemptError::Connect(err) => {
+                        tracing::debug!(endpoint = %addr, "connect failed: {err}")
+                    }
+                    AttemptError::BadResponse(err) => {
+                        tracing::debug!(endpoint = %addr, "invalid upstream response: {err}")
+                    }
+                    _ => {}
+                }
+                if matches!(e, AttemptError::Client(BodyError::Http(_))) {
+                    ctx.stats.bad_requests.fetch_add(1, Relaxed);
+                }
+                ds.send_error(status, reason).await;
+                let mut s = Summary::local(status);
+                s.endpoint = Some(addr);
+                s.attempts = attempts;
+                s.bytes_in = body_state.bytes();
+                s
+            }
+        };
+    }
+}
+
+/// A finished (or, for `pending_5xx`, held back) upstream response.
+struct AttemptResult {
+    status: u16,
+    upstream_time: Duration,
+    bytes_out: u64,
+    client_keep_alive: bool,
+    /// A 5xx whose head was read but not yet forwarded, so it can still be retried.
+    pending_5xx: bool,
+    pending: Option<(ResponseHead, TcpStream, BytesMut)>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn attempt(
+    ctx: &Rc<WorkerCtx>,
+    cluster: &crate::snapshot::ClusterRt,
+    addr: SocketAddr,
+    up_head: &BytesMut,
+    ds: &mut Downstream,
+    body_state: &mut body::RequestBody,
+    head_request: bool,
+    client_version: http1::Version,
+    deadline: Instant,
+    stats: &Option<Arc<crate::telemetry::ClusterStats>>,
+) -> Result<AttemptResult, AttemptError> {
+    let t0 = Instant::now();
+    let pooled = ctx.pool.borrow_mut().take(addr, cluster.idle_timeout, t0);
+    let reused = pooled.is_some();
+    let mut up = match pooled {
+        Some(s) => {
+            if let Some(st) = stats {
+                st.connections_reused.fetch_add(1, Relaxed);
+            }
+            s
+        }
+        None => {
+            let connect =
+                monoio::time::timeout(cluster.connect_timeout, TcpStream::connect_addr(addr)).await;
+            let s = match connect {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    if let Some(st) = stats {
+                        st.connect_failures.fetch_add(1, Relaxed);
+                    }
+                    return Err(AttemptError::Connect(e));
+                }
+                Err(_) => {
+                    if let Some(st) = stats {
+                        st.connect_failures.fetch_add(1, Relaxed);
+                    }
+                    return Err(AttemptError::ConnectTimeout);
+                }
+            };
+            let _ = s.set_nodelay(true);
+            if let Some(st) = stats {
+                st.connections_opened.fetch_add(1, Relaxed);
+            }
+            s
+        }
+    };
+
+    // Request head and body.
+    let sent = body_state.send(&mut up, up_head, ds, deadline).await;
+    if let Err(e) = sent {
+        return Err(match e {
+            body::SendError::Upstream => AttemptError::UpstreamClosed {
+                reused,
+                sent_body: body_state.started(),
+            },
+            body::SendError::Client(c) => AttemptError::Client(c),
+        });
+    }
+
+    // Response head (skipping interim 1xx responses).
+    let mut up_buf = BytesMut::with_capacity(io::READ_CHUNK);
+    let resp = loop {
+        match ResponseHead::parse(&mut up_buf, &http1::Limits::default()) {
+            Ok(ParseStatus::Complete { head, .. })
+                if head.is_informational() && head.status() != 101 =>
+            {
+                continue;
+            }
+            Ok(ParseStatus::Complete { head, .. }) => break head,
+            Ok(ParseStatus::Partial) => {}
+            Err(e) => return Err(AttemptError::BadResponse(e)),
+        }
+        let read = monoio::time::timeout_at(deadline.into(), io::read_more(&mut up, up_buf)).await;
+        match read {
+            Ok((Ok(0), _)) | Ok((Err(_), _)) => {
+                return Err(AttemptError::UpstreamClosed {
+                    reused,
+                    sent_body: body_state.started(),
+                });
+            }
+            Ok((Ok(_), b)) => up_buf = b,
+            Err(_) => {
+                if let Some(st) = stats {
+                    st.timeouts.fetch_add(1, Relaxed);
+                }
+                return Err(AttemptError::HeadTimeout);
+            }
+        }
+    };
+    let upstream_time = t0.elapsed();
+    if let Some(st) = stats {
+        st.upstream_latency.observe(upstream_time);
+    }
+    let status = resp.status();
+    if status >= 500 && status != 501 {
+        // Held back so the caller may retry instead of forwarding it.
+        return Ok(AttemptResult {
+            status,
+            upstream_time,
+            bytes_out: 0,
+            client_keep_alive: false,
+            pending_5xx: true,
+            pending: Some((resp, up, up_buf)),
+        });
+    }
+    let (bytes_out, client_keep_alive, reusable) = body::relay_response(
+        &resp,
+        head_request,
+        client_version,
+        &mut up,
+        up_buf,
+        ds,
+        deadline,
+    )
+    .await;
+    if reusable {
+        ctx.pool
+            .borrow_mut()
+            .put(addr, up, cluster.max_idle_per_endpoint, Instant::now());
+    }
+    Ok(AttemptResult {
+        status,
+        upstream_time,
+        bytes_out,
+        client_keep_alive,
+        pending_5xx: false,
+        pending: None,
+    })
+}
+
+/// Forwards a held-back 5xx response (its connection is not reused).
+async fn forward_pending(
+    ds: &mut Downstream,
+    mut r: AttemptResult,
+    head: &RequestHead,
+) -> AttemptResult {
+    if let Some((resp, mut up, up_buf)) = r.pending.take() {
+        let far = Instant::now() + Duration::from_secs(30);
+        let (bytes, keep, _) = body::relay_response(
+            &resp,
+            head.is_head(),
+            head.version(),
+            &mut up,
+            up_buf,
+            ds,
+            far,
+        )
+        .await;
+        r.bytes_out = bytes;
+        r.client_keep_alive = keep;
+    }
+    r.pending_5xx = false;
+    r
+}

@@ -1,0 +1,180 @@
+//! The I/O shell: one worker thread per core, each a pinned monoio runtime on io_uring
+//! (epoll only where io_uring is unavailable, and logged), each with its own SO_REUSEPORT
+//! listener socket per listener. Workers share nothing mutable on the request path; they
+//! read the current snapshot through the [`SnapshotHolder`].
+
+mod body;
+mod downstream;
+mod forward;
+mod io;
+mod pool;
+mod worker;
+
+use std::{net::SocketAddr, sync::Arc, thread::JoinHandle, time::Duration};
+
+use crate::{
+    snapshot::SnapshotHolder,
+    telemetry::{AccessLog, Metrics},
+};
+
+/// Timeouts of the client side and pool housekeeping.
+#[derive(Clone, Copy, Debug)]
+pub struct ProxySettings {
+    /// An idle keep-alive client connection is closed after this.
+    pub client_idle_timeout: Duration,
+    /// A request head must arrive within this once its first byte did.
+    pub client_head_timeout: Duration,
+    /// Pooled upstream connections are closed after this, whatever the cluster says.
+    pub upstream_idle_max: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            client_idle_timeout: Duration::from_secs(60),
+            client_head_timeout: Duration::from_secs(30),
+            upstream_idle_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// How the proxy runs.
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    /// Worker threads (one per core by default).
+    pub workers: usize,
+    /// Pin worker `i` to CPU `i % cores`.
+    pub pin: bool,
+    /// Listen backlog per worker socket.
+    pub backlog: i32,
+    /// io_uring submission queue entries per worker.
+    pub ring_entries: u32,
+    /// Timeouts.
+    pub settings: ProxySettings,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pin: true,
+            backlog: 1024,
+            ring_entries: 1024,
+            settings: ProxySettings::default(),
+        }
+    }
+}
+
+/// The running workers.
+#[derive(Debug)]
+pub struct Proxy {
+    threads: Vec<JoinHandle<()>>,
+    /// The addresses bound, in snapshot listener order.
+    pub bound: Vec<SocketAddr>,
+    /// Which I/O driver each worker runs ("io_uring" or "epoll").
+    pub drivers: Vec<&'static str>,
+}
+
+impl Proxy {
+    /// Waits for the workers (they run until the process exits).
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the workers on the listeners of the current snapshot (there must be one).
+pub fn start(
+    holder: Arc<SnapshotHolder>,
+    metrics: Arc<Metrics>,
+    access_log: AccessLog,
+    opts: ProxyOptions,
+) -> std::io::Result<Proxy> {
+    let Some(cfg) = holder.current() else {
+        return Err(std::io::Error::other(
+            "no snapshot loaded: nothing to listen on",
+        ));
+    };
+    let addrs: Vec<SocketAddr> = cfg.listeners.iter().map(|l| l.address).collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<&'static str, String>>();
+    let mut threads = Vec::new();
+    for id in 0..opts.workers.max(1) {
+        let holder = Arc::clone(&holder);
+        let stats = metrics.add_worker();
+        let log = access_log.clone();
+        let addrs = addrs.clone();
+        let opts = opts.clone();
+        let ready = ready_tx.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("worker-{id}"))
+            .spawn(move || {
+                if opts.pin {
+                    pin_to_core(id % cores);
+                }
+                let built = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                    .enable_timer()
+                    .with_entries(opts.ring_entries)
+                    .build();
+                let mut runtime = match built {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready.send(Err(format!("worker {id}: runtime: {e}")));
+                        return;
+                    }
+                };
+                let driver = match &runtime {
+                    monoio::FusionRuntime::Uring(_) => "io_uring",
+                    monoio::FusionRuntime::Legacy(_) => "epoll",
+                };
+                if driver == "epoll" {
+                    tracing::warn!(
+                        worker = id,
+                        "io_uring unavailable: running on the epoll driver"
+                    );
+                }
+                runtime.block_on(async move {
+                    let mut listeners = Vec::new();
+                    for (idx, addr) in addrs.iter().enumerate() {
+                        match worker::bind(*addr, opts.backlog) {
+                            Ok(l) => listeners.push((idx, l)),
+                            Err(e) => {
+                                let _ = ready.send(Err(format!("worker {id}: bind {addr}: {e}")));
+                                return;
+                            }
+                        }
+                    }
+                    let _ = ready.send(Ok(driver));
+                    drop(ready);
+                    let ctx = worker::context(id, holder, stats, log, opts.settings);
+                    worker::run(ctx, listeners).await;
+                });
+            })?;
+        threads.push(t);
+    }
+    drop(ready_tx);
+    let mut drivers = Vec::new();
+    for _ in 0..threads.len() {
+        match ready_rx.recv() {
+            Ok(Ok(d)) => drivers.push(d),
+            Ok(Err(e)) => return Err(std::io::Error::other(e)),
+            Err(_) => return Err(std::io::Error::other("a worker died while starting")),
+        }
+    }
+    tracing::info!(workers = threads.len(), driver = drivers.first().copied().unwrap_or("?"), listeners = ?addrs, "proxy workers running");
+    Ok(Proxy {
+        threads,
+        bound: addrs,
+        drivers,
+    })
+}
+
+fn pin_to_core(core: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(core).is_ok()
+        && let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+    {
+        tracing::warn!(core, "could not pin worker: {e}");
+    }
+}

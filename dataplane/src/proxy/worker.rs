@@ -1,0 +1,192 @@
+//! One worker: a thread pinned to a core, running its own monoio runtime (io_uring, or
+//! epoll where io_uring is unavailable, which is logged), with its own SO_REUSEPORT
+//! listener socket per listener, its own upstream pool and balancer state. Nothing mutable
+//! is shared with other workers.
+
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    net::SocketAddr,
+    rc::Rc,
+    sync::{Arc, atomic::Ordering},
+    time::Instant,
+};
+
+use monoio::net::{ListenerOpts, TcpListener};
+
+use super::{ProxySettings, downstream, pool::UpstreamPool};
+use crate::{
+    lb::{LbState, RetryBudget, SplitMix64},
+    snapshot::{RuntimeConfig, SnapshotHolder},
+    telemetry::{AccessLog, ClusterStats, RouteStats, WorkerStats},
+};
+
+/// Per-snapshot caches of a worker: balancer state and metric cells, indexed like the
+/// snapshot's clusters and routes. Rebuilt (keeping state by name) when the version changes.
+pub(crate) struct Balancers {
+    version: u64,
+    by_name: HashMap<Arc<str>, LbState>,
+    budgets_by_name: HashMap<Arc<str>, RetryBudget>,
+    pub clusters: Vec<Arc<str>>,
+    pub routes: Vec<Arc<str>>,
+    pub route_stats: Vec<Arc<RouteStats>>,
+    pub cluster_stats: Vec<Arc<ClusterStats>>,
+}
+
+impl Balancers {
+    fn new() -> Self {
+        Balancers {
+            version: 0,
+            by_name: HashMap::new(),
+            budgets_by_name: HashMap::new(),
+            clusters: Vec::new(),
+            routes: Vec::new(),
+            route_stats: Vec::new(),
+            cluster_stats: Vec::new(),
+        }
+    }
+
+    /// Brings the caches to `cfg`'s version.
+    pub fn sync(&mut self, cfg: &RuntimeConfig, stats: &WorkerStats, now: Instant) {
+        if self.version == cfg.version {
+            return;
+        }
+        self.version = cfg.version;
+        let mut by_name = HashMap::with_capacity(cfg.clusters.len());
+        for c in &cfg.clusters {
+            let state = self
+                .by_name
+                .remove(&c.name)
+                .unwrap_or_else(|| LbState::new(&c.lb, c.outlier.clone()));
+            by_name.insert(Arc::clone(&c.name), state);
+        }
+        self.by_name = by_name;
+        let mut budgets = HashMap::with_capacity(cfg.routes.len());
+        for r in &cfg.routes {
+            let b = self
+                .budgets_by_name
+                .remove(&r.name)
+                .filter(|b| *b.config() == r.retry.budget)
+                .unwrap_or_else(|| RetryBudget::new(r.retry.budget.clone(), now));
+            budgets.insert(Arc::clone(&r.name), b);
+        }
+        self.budgets_by_name = budgets;
+        self.clusters = cfg.clusters.iter().map(|c| Arc::clone(&c.name)).collect();
+        self.routes = cfg.routes.iter().map(|r| Arc::clone(&r.name)).collect();
+        self.route_stats = cfg
+            .routes
+            .iter()
+            .map(|r| stats.route(&r.name, &cfg.clusters[r.cluster].name))
+            .collect();
+        self.cluster_stats = cfg
+            .clusters
+            .iter()
+            .map(|c| stats.cluster(&c.name))
+            .collect();
+    }
+
+    /// Balancer state of cluster `idx` (after [`Self::sync`]).
+    pub fn lb(&mut self, idx: usize) -> Option<&mut LbState> {
+        let name = self.clusters.get(idx)?;
+        self.by_name.get_mut(name)
+    }
+
+    /// Retry budget of route `idx`.
+    pub fn budget(&mut self, idx: usize) -> Option<&mut RetryBudget> {
+        let name = self.routes.get(idx)?;
+        self.budgets_by_name.get_mut(name)
+    }
+}
+
+/// Everything a worker's tasks share (single-threaded: `Rc` + `RefCell`, borrowed briefly
+/// and never across an await).
+pub(crate) struct WorkerCtx {
+    pub id: usize,
+    pub holder: Arc<SnapshotHolder>,
+    pub stats: Arc<WorkerStats>,
+    pub access_log: AccessLog,
+    pub settings: ProxySettings,
+    pub pool: RefCell<UpstreamPool>,
+    pub balancers: RefCell<Balancers>,
+    pub rng: RefCell<SplitMix64>,
+}
+
+impl WorkerCtx {
+    /// A uniformly random `u64` from the worker's generator.
+    pub fn random(&self) -> u64 {
+        self.rng.borrow_mut().next_u64()
+    }
+}
+
+/// Binds a listener socket with SO_REUSEPORT so every worker has its own accept queue.
+pub(crate) fn bind(addr: SocketAddr, backlog: i32) -> std::io::Result<TcpListener> {
+    let opts = ListenerOpts::new()
+        .reuse_port(true)
+        .reuse_addr(true)
+        .backlog(backlog);
+    TcpListener::bind_with_config(addr, &opts)
+}
+
+/// Runs worker `id` until the process exits: accepts on every listener of `cfg`.
+pub(crate) async fn run(ctx: Rc<WorkerCtx>, listeners: Vec<(usize, TcpListener)>) {
+    let mut tasks = Vec::new();
+    for (idx, listener) in listeners {
+        let ctx = Rc::clone(&ctx);
+        tasks.push(monoio::spawn(accept_loop(ctx, idx, listener)));
+    }
+    let ctx_expire = Rc::clone(&ctx);
+    monoio::spawn(async move {
+        loop {
+            monoio::time::sleep(std::time::Duration::from_secs(5)).await;
+            let max_age = ctx_expire.settings.upstream_idle_max;
+            ctx_expire.pool.borrow_mut().expire(max_age, Instant::now());
+        }
+    });
+    for t in tasks {
+        t.await;
+    }
+}
+
+async fn accept_loop(ctx: Rc<WorkerCtx>, listener_idx: usize, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+                ctx.stats.connections_active.fetch_add(1, Ordering::Relaxed);
+                let ctx = Rc::clone(&ctx);
+                monoio::spawn(async move {
+                    downstream::serve(&ctx, stream, peer, listener_idx).await;
+                    ctx.stats.connections_active.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            Err(e) => {
+                // EMFILE and the like: back off briefly instead of spinning.
+                tracing::warn!(worker = ctx.id, "accept failed: {e}");
+                monoio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Builds the worker's shared context.
+pub(crate) fn context(
+    id: usize,
+    holder: Arc<SnapshotHolder>,
+    stats: Arc<WorkerStats>,
+    access_log: AccessLog,
+    settings: ProxySettings,
+) -> Rc<WorkerCtx> {
+    let seed = (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ std::process::id() as u64
+        ^ Instant::now().elapsed().as_nanos() as u64;
+    Rc::new(WorkerCtx {
+        id,
+        holder,
+        stats,
+        access_log,
+        settings,
+        pool: RefCell::new(UpstreamPool::default()),
+        balancers: RefCell::new(Balancers::new()),
+        rng: RefCell::new(SplitMix64::new(seed)),
+    })
+}

@@ -1,0 +1,233 @@
+//! Route matching (sans-IO): host, path and header conditions, evaluated in the listener's
+//! route order; the first route whose conditions all hold wins.
+
+/// How a route matches the Host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostMatch {
+    /// The whole host name (lowercase, no port).
+    Exact(String),
+    /// Any subdomain: stored with its leading dot (`.example.com` for `*.example.com`).
+    Suffix(String),
+}
+
+impl HostMatch {
+    /// Parses a config host (`api.example.com` or `*.example.com`).
+    pub fn parse(host: &str) -> Self {
+        let host = host.to_ascii_lowercase();
+        match host.strip_prefix('*') {
+            Some(suffix) => HostMatch::Suffix(suffix.to_owned()),
+            None => HostMatch::Exact(host),
+        }
+    }
+
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            HostMatch::Exact(h) => h == host,
+            HostMatch::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+        }
+    }
+}
+
+/// How a route matches the path (query excluded).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathMatch {
+    /// Starts with.
+    Prefix(String),
+    /// Equals.
+    Exact(String),
+}
+
+/// One header condition (name lowercase).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderCondition {
+    /// Value equals.
+    Exact(Vec<u8>),
+    /// Value starts with.
+    Prefix(Vec<u8>),
+    /// Header present.
+    Present,
+}
+
+/// A route's conditions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteMatcher {
+    /// Empty: any host.
+    pub hosts: Vec<HostMatch>,
+    /// Path condition.
+    pub path: PathMatch,
+    /// All must hold.
+    pub headers: Vec<(String, HeaderCondition)>,
+}
+
+/// What the router needs to know about a request.
+pub trait RequestView {
+    /// The Host header (or authority), as sent.
+    fn host(&self) -> Option<&[u8]>;
+    /// The path, without the query string.
+    fn path(&self) -> &[u8];
+    /// The first value of a header (name lowercase).
+    fn header(&self, name: &str) -> Option<&[u8]>;
+}
+
+/// Lowercases `host`, strips a port and a trailing dot. `None` if not valid UTF-8.
+pub fn normalize_host(host: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(host).ok()?.trim();
+    let without_port = if let Some(rest) = text.strip_prefix('[') {
+        // [v6]:port
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        text.rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(text, |(h, _)| h)
+    };
+    Some(without_port.trim_end_matches('.').to_ascii_lowercase())
+}
+
+impl RouteMatcher {
+    /// Whether `req` satisfies every condition. `host` is the normalized host.
+    pub fn matches(&self, req: &impl RequestView, host: Option<&str>) -> bool {
+        if !self.hosts.is_empty() {
+            let Some(host) = host else { return false };
+            if !self.hosts.iter().any(|h| h.matches(host)) {
+                return false;
+            }
+        }
+        let path = req.path();
+        let path_ok = match &self.path {
+            PathMatch::Prefix(p) => path.starts_with(p.as_bytes()),
+            PathMatch::Exact(p) => path == p.as_bytes(),
+        };
+        path_ok
+            && self
+                .headers
+                .iter()
+                .all(|(name, cond)| match (req.header(name), cond) {
+                    (None, _) => false,
+                    (Some(_), HeaderCondition::Present) => true,
+                    (Some(v), HeaderCondition::Exact(e)) => v == e.as_slice(),
+                    (Some(v), HeaderCondition::Prefix(p)) => v.starts_with(p),
+                })
+    }
+}
+
+/// Picks the first matching route among `order` (indices into `routes`).
+pub fn select<'r, R>(
+    routes: &'r [R],
+    order: &[usize],
+    matcher: impl Fn(&'r R) -> &'r RouteMatcher,
+    req: &impl RequestView,
+) -> Option<usize> {
+    let host = req.host().and_then(normalize_host);
+    order.iter().copied().find(|&i| {
+        routes
+            .get(i)
+            .is_some_and(|r| matcher(r).matches(req, host.as_deref()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Req {
+        host: Option<&'static str>,
+        path: &'static str,
+        headers: Vec<(&'static str, &'static str)>,
+    }
+
+    impl RequestView for Req {
+        fn host(&self) -> Option<&[u8]> {
+            self.host.map(str::as_bytes)
+        }
+        fn path(&self) -> &[u8] {
+            self.path.as_bytes()
+        }
+        fn header(&self, name: &str) -> Option<&[u8]> {
+            self.headers
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.as_bytes())
+        }
+    }
+
+    fn req(host: Option<&'static str>, path: &'static str) -> Req {
+        Req {
+            host,
+            path,
+            headers: vec![],
+        }
+    }
+
+    fn routes() -> Vec<RouteMatcher> {
+        vec![
+            RouteMatcher {
+                hosts: vec![HostMatch::parse("api.example.com")],
+                path: PathMatch::Prefix("/v1/".into()),
+                headers: vec![("x-canary".into(), HeaderCondition::Exact(b"1".to_vec()))],
+            },
+            RouteMatcher {
+                hosts: vec![HostMatch::parse("*.example.com")],
+                path: PathMatch::Exact("/health".into()),
+                headers: vec![],
+            },
+            RouteMatcher {
+                hosts: vec![],
+                path: PathMatch::Prefix("/".into()),
+                headers: vec![],
+            },
+        ]
+    }
+
+    fn pick(r: &Req, order: &[usize]) -> Option<usize> {
+        let rs = routes();
+        select(&rs, order, |m| m, r)
+    }
+
+    #[test]
+    fn host_normalization_strips_port_case_and_trailing_dot() {
+        assert_eq!(
+            normalize_host(b"API.Example.com:8080").unwrap(),
+            "api.example.com"
+        );
+        assert_eq!(normalize_host(b"example.com.").unwrap(), "example.com");
+        assert_eq!(normalize_host(b"[::1]:80").unwrap(), "::1");
+    }
+
+    #[test]
+    fn first_matching_route_wins_in_listener_order() {
+        let all = [0, 1, 2];
+        let mut r = req(Some("api.example.com:443"), "/v1/users");
+        assert_eq!(pick(&r, &all), Some(2), "header missing: falls through");
+        r.headers.push(("x-canary", "1"));
+        assert_eq!(pick(&r, &all), Some(0));
+        assert_eq!(pick(&r, &[2, 0]), Some(2), "order is the listener's");
+    }
+
+    #[test]
+    fn wildcard_hosts_match_subdomains_only() {
+        let all = [1];
+        assert_eq!(pick(&req(Some("a.example.com"), "/health"), &all), Some(1));
+        assert_eq!(pick(&req(Some("example.com"), "/health"), &all), None);
+        assert_eq!(
+            pick(&req(Some("a.example.com"), "/health/x"), &all),
+            None,
+            "exact path"
+        );
+        assert_eq!(pick(&req(None, "/health"), &all), None, "host required");
+    }
+
+    #[test]
+    fn header_conditions_compare_values() {
+        let m = RouteMatcher {
+            hosts: vec![],
+            path: PathMatch::Prefix("/".into()),
+            headers: vec![("x-user".into(), HeaderCondition::Prefix(b"adm".to_vec()))],
+        };
+        let mut r = req(None, "/");
+        assert!(!m.matches(&r, None));
+        r.headers.push(("x-user", "admin"));
+        assert!(m.matches(&r, None));
+        r.headers[0].1 = "guest";
+        assert!(!m.matches(&r, None));
+    }
+}

@@ -1,0 +1,107 @@
+//! The snapshot client: a thread with a small tokio runtime that subscribes to the control
+//! daemon's `Watch` stream and applies every snapshot it receives. It reconnects with
+//! exponential backoff and jitter; while the control daemon is away the last good snapshot
+//! keeps serving.
+
+use std::{
+    sync::Arc,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use omnirelay_proto::v1::{WatchRequest, control_plane_client::ControlPlaneClient};
+
+use super::SnapshotHolder;
+use crate::lb::{SplitMix64, backoff};
+
+/// Where and as whom to subscribe.
+#[derive(Clone, Debug)]
+pub struct ControlClient {
+    /// gRPC endpoint, e.g. `http://127.0.0.1:7800`.
+    pub endpoint: String,
+    /// This data plane's name in the control daemon's logs.
+    pub node_id: String,
+}
+
+const BASE_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Starts the client thread; it runs for the life of the process.
+pub fn spawn_control_client(
+    client: ControlClient,
+    holder: Arc<SnapshotHolder>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("snapshot-client".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("snapshot client cannot start its runtime: {e}");
+                    return;
+                }
+            };
+            runtime.block_on(run(client, holder));
+        })
+}
+
+async fn run(client: ControlClient, holder: Arc<SnapshotHolder>) {
+    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+    let mut rng = SplitMix64::new(seed);
+    let mut attempt = 0u32;
+    loop {
+        match watch_once(&client, &holder).await {
+            Ok(received) => {
+                tracing::warn!(endpoint = %client.endpoint, "control stream ended; reconnecting");
+                if received {
+                    attempt = 0;
+                }
+            }
+            Err(e) => tracing::warn!(
+                endpoint = %client.endpoint,
+                running_version = holder.version(),
+                "control plane unreachable ({e}); serving the last good snapshot"
+            ),
+        }
+        let delay = backoff(attempt, BASE_BACKOFF, MAX_BACKOFF, &mut || rng.next_u64());
+        attempt = attempt.saturating_add(1);
+        tokio::time::sleep(delay.max(Duration::from_millis(20))).await;
+    }
+}
+
+/// One subscription; returns whether any message arrived.
+async fn watch_once(client: &ControlClient, holder: &SnapshotHolder) -> Result<bool, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(client.endpoint.clone())
+        .map_err(|e| format!("bad endpoint {:?}: {e}", client.endpoint))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true);
+    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    let mut grpc = ControlPlaneClient::new(channel);
+    let request = WatchRequest {
+        node_id: client.node_id.clone(),
+        known_version: holder.version(),
+    };
+    let mut stream = grpc
+        .watch(request)
+        .await
+        .map_err(|s| format!("Watch refused: {s}"))?
+        .into_inner();
+    tracing::info!(endpoint = %client.endpoint, running_version = holder.version(), "subscribed to the control plane");
+    let mut received = false;
+    loop {
+        match stream.message().await {
+            Ok(Some(signed)) => {
+                received = true;
+                // Rejections are counted and logged by the holder; the stream goes on and
+                // the last good snapshot keeps serving.
+                let _ = holder.apply_signed(&signed);
+            }
+            Ok(None) => return Ok(received),
+            Err(status) => return Err(format!("stream error: {status}")),
+        }
+    }
+}

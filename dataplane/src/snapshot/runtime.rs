@@ -1,0 +1,319 @@
+//! A verified snapshot compiled for the hot path: addresses parsed, durations resolved,
+//! route matchers and load-balancer tables built. Workers read it through an `Arc` and
+//! never parse anything per request.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use omnirelay_proto::v1;
+
+use super::RejectReason;
+use crate::{
+    lb::{ClusterLb, DEFAULT_MIN_RING_SIZE, OutlierConfig, Policy, RetryBudgetConfig},
+    router::{HeaderCondition, HostMatch, PathMatch, RouteMatcher},
+};
+
+/// Defaults applied where the snapshot says 0.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Whole-request default (Envoy's route default too).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Idle upstream connection default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Request limits of a listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Maximum request head bytes.
+    pub max_header_bytes: usize,
+    /// Maximum header count.
+    pub max_headers: usize,
+    /// Maximum body bytes.
+    pub max_body_bytes: u64,
+}
+
+/// A listener.
+#[derive(Clone, Debug)]
+pub struct ListenerRt {
+    /// Name (metrics, logs).
+    pub name: Arc<str>,
+    /// Bound address.
+    pub address: SocketAddr,
+    /// Limits.
+    pub limits: ListenerLimits,
+    /// Route indices in match order.
+    pub routes: Vec<usize>,
+}
+
+/// What to hash for hash-based balancing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashKey {
+    /// A header value.
+    Header(String),
+    /// The client IP.
+    ClientIp,
+}
+
+/// A route's retry policy.
+#[derive(Clone, Debug)]
+pub struct RetryRt {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Budget for this route's cluster.
+    pub budget: RetryBudgetConfig,
+    /// Backoff base.
+    pub base_backoff: Duration,
+    /// Backoff cap.
+    pub max_backoff: Duration,
+    /// Retry on connect failure.
+    pub on_connect_failure: bool,
+    /// Retry on 5xx.
+    pub on_5xx: bool,
+    /// Retry on timeout.
+    pub on_timeout: bool,
+}
+
+/// A route.
+#[derive(Clone, Debug)]
+pub struct RouteRt {
+    /// Name (metrics, access log).
+    pub name: Arc<str>,
+    /// Conditions.
+    pub matcher: RouteMatcher,
+    /// Cluster index.
+    pub cluster: usize,
+    /// Whole-request timeout.
+    pub request_timeout: Duration,
+    /// Retry policy.
+    pub retry: RetryRt,
+    /// Hash key source.
+    pub hash_on: HashKey,
+}
+
+/// A cluster.
+#[derive(Debug)]
+pub struct ClusterRt {
+    /// Name (metrics, access log).
+    pub name: Arc<str>,
+    /// Endpoints and balancing tables.
+    pub lb: ClusterLb,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Idle pooled connection timeout.
+    pub idle_timeout: Duration,
+    /// Passive health.
+    pub outlier: OutlierConfig,
+    /// Idle connections kept per endpoint and worker.
+    pub max_idle_per_endpoint: usize,
+}
+
+/// The compiled snapshot.
+#[derive(Debug)]
+pub struct RuntimeConfig {
+    /// Snapshot version.
+    pub version: u64,
+    /// Listeners.
+    pub listeners: Vec<ListenerRt>,
+    /// Routes.
+    pub routes: Vec<RouteRt>,
+    /// Clusters.
+    pub clusters: Vec<Arc<ClusterRt>>,
+}
+
+fn ms(v: u32, default: Duration) -> Duration {
+    if v == 0 {
+        default
+    } else {
+        Duration::from_millis(u64::from(v))
+    }
+}
+
+fn invalid(msg: String) -> RejectReason {
+    RejectReason::Invalid(msg)
+}
+
+fn addr(text: &str, what: &str) -> Result<SocketAddr, RejectReason> {
+    text.parse()
+        .map_err(|_| invalid(format!("{what}: {text:?} is not an ip:port address")))
+}
+
+impl RuntimeConfig {
+    /// Compiles a verified snapshot; any inconsistency rejects the whole snapshot.
+    pub fn build(s: &v1::Snapshot) -> Result<Self, RejectReason> {
+        let clusters = s
+            .clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| cluster(i, c).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let routes = s
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| route(i, r, clusters.len()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let listeners = s
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let limits = l.limits.unwrap_or_default();
+                let route_indices = l
+                    .route_indices
+                    .iter()
+                    .map(|&r| {
+                        let r = r as usize;
+                        if r < routes.len() {
+                            Ok(r)
+                        } else {
+                            Err(invalid(format!(
+                                "listeners[{i}] names route {r}, out of range"
+                            )))
+                        }
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(ListenerRt {
+                    name: l.name.as_str().into(),
+                    address: addr(&l.address, &format!("listeners[{i}].address"))?,
+                    limits: ListenerLimits {
+                        max_header_bytes: nonzero(limits.max_header_bytes, 64 * 1024),
+                        max_headers: nonzero(limits.max_headers, 100),
+                        max_body_bytes: if limits.max_body_bytes == 0 {
+                            u64::MAX
+                        } else {
+                            limits.max_body_bytes
+                        },
+                    },
+                    routes: route_indices,
+                })
+            })
+            .collect::<Result<Vec<_>, RejectReason>>()?;
+        if listeners.is_empty() {
+            return Err(invalid("no listeners".into()));
+        }
+        Ok(RuntimeConfig {
+            version: s.version,
+            listeners,
+            routes,
+            clusters,
+        })
+    }
+
+    /// The listener bound to `address`, if any.
+    pub fn listener_by_addr(&self, address: SocketAddr) -> Option<usize> {
+        self.listeners.iter().position(|l| l.address == address)
+    }
+}
+
+fn nonzero(v: u32, default: usize) -> usize {
+    if v == 0 { default } else { v as usize }
+}
+
+fn cluster(i: usize, c: &v1::Cluster) -> Result<ClusterRt, RejectReason> {
+    let endpoints = c
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(j, e)| {
+            Ok((
+                addr(&e.address, &format!("clusters[{i}].endpoints[{j}]"))?,
+                e.weight.max(1),
+            ))
+        })
+        .collect::<Result<Vec<_>, RejectReason>>()?;
+    if endpoints.is_empty() {
+        return Err(invalid(format!(
+            "clusters[{i}] ({}) has no endpoints",
+            c.name
+        )));
+    }
+    let policy = match c.lb_policy() {
+        v1::LbPolicy::Unspecified | v1::LbPolicy::RoundRobin => Policy::RoundRobin,
+        v1::LbPolicy::LeastRequest => Policy::LeastRequest,
+        v1::LbPolicy::RingHash => Policy::RingHash {
+            min_ring_size: DEFAULT_MIN_RING_SIZE,
+        },
+        v1::LbPolicy::Rendezvous => Policy::Rendezvous,
+    };
+    let lb = ClusterLb::new(&endpoints, policy)
+        .map_err(|e| invalid(format!("clusters[{i}] ({}): {e}", c.name)))?;
+    let t = c.timeouts.unwrap_or_default();
+    let o = c.outlier.unwrap_or_default();
+    let d = OutlierConfig::default();
+    Ok(ClusterRt {
+        name: c.name.as_str().into(),
+        lb,
+        connect_timeout: ms(t.connect_ms, DEFAULT_CONNECT_TIMEOUT),
+        idle_timeout: ms(t.idle_ms, DEFAULT_IDLE_TIMEOUT),
+        outlier: OutlierConfig {
+            consecutive_failures: if o.consecutive_failures == 0 {
+                d.consecutive_failures
+            } else {
+                o.consecutive_failures
+            },
+            base_ejection_time: ms(o.base_ejection_ms, d.base_ejection_time),
+            max_ejection_time: ms(o.max_ejection_ms, d.max_ejection_time),
+            max_ejection_percent: o.max_ejection_percent.min(100) as u8,
+        },
+        max_idle_per_endpoint: c.max_idle_per_endpoint as usize,
+    })
+}
+
+fn route(i: usize, r: &v1::Route, clusters: usize) -> Result<RouteRt, RejectReason> {
+    let cluster = r.cluster_index as usize;
+    if cluster >= clusters {
+        return Err(invalid(format!(
+            "routes[{i}] ({}) names cluster {cluster}, out of range",
+            r.name
+        )));
+    }
+    let path = match &r.path {
+        Some(v1::route::Path::Exact(p)) => PathMatch::Exact(p.clone()),
+        Some(v1::route::Path::Prefix(p)) => PathMatch::Prefix(p.clone()),
+        None => PathMatch::Prefix("/".into()),
+    };
+    let headers = r
+        .headers
+        .iter()
+        .map(|h| {
+            let cond = match &h.r#match {
+                Some(v1::header_match::Match::Exact(v)) => {
+                    HeaderCondition::Exact(v.as_bytes().to_vec())
+                }
+                Some(v1::header_match::Match::Prefix(v)) => {
+                    HeaderCondition::Prefix(v.as_bytes().to_vec())
+                }
+                Some(v1::header_match::Match::Present(_)) | None => HeaderCondition::Present,
+            };
+            (h.name.to_ascii_lowercase(), cond)
+        })
+        .collect();
+    let t = r.timeouts.unwrap_or_default();
+    let rp = r.retry.unwrap_or_default();
+    let hash_on = match r.hash_on.as_ref().and_then(|h| h.key.as_ref()) {
+        Some(v1::hash_on::Key::Header(h)) => HashKey::Header(h.to_ascii_lowercase()),
+        _ => HashKey::ClientIp,
+    };
+    Ok(RouteRt {
+        name: r.name.as_str().into(),
+        matcher: RouteMatcher {
+            hosts: r.hosts.iter().map(|h| HostMatch::parse(h)).collect(),
+            path,
+            headers,
+        },
+        cluster,
+        request_timeout: ms(t.request_ms, DEFAULT_REQUEST_TIMEOUT),
+        retry: RetryRt {
+            max_retries: rp.max_retries,
+            budget: RetryBudgetConfig {
+                budget_percent: rp.budget_percent,
+                min_retries_per_second: rp.min_retries_per_second,
+                ..RetryBudgetConfig::default()
+            },
+            base_backoff: Duration::from_millis(u64::from(rp.base_backoff_ms)),
+            max_backoff: Duration::from_millis(u64::from(rp.max_backoff_ms)),
+            on_connect_failure: rp.on_connect_failure,
+            on_5xx: rp.on_5xx,
+            on_timeout: rp.on_timeout,
+        },
+        hash_on,
+    })
+}

@@ -1,0 +1,252 @@
+//! The access log: one JSON line per request, written by a dedicated thread. Workers hand
+//! records over through a bounded channel and never block: when the writer falls behind,
+//! the record is dropped and counted.
+
+use std::{
+    io::Write,
+    sync::{Arc, atomic::Ordering, mpsc},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use super::Metrics;
+
+/// One request, as logged.
+#[derive(Debug, Clone)]
+pub struct AccessRecord {
+    /// When the request head arrived.
+    pub start: SystemTime,
+    /// Listener name.
+    pub listener: Arc<str>,
+    /// Route name (empty: no route matched).
+    pub route: Arc<str>,
+    /// Cluster name (empty: none).
+    pub cluster: Arc<str>,
+    /// Upstream endpoint that answered, if any.
+    pub endpoint: Option<std::net::SocketAddr>,
+    /// Client address.
+    pub client: std::net::SocketAddr,
+    /// Method.
+    pub method: String,
+    /// Path (without query).
+    pub path: String,
+    /// Status sent to the client.
+    pub status: u16,
+    /// Request body bytes received.
+    pub bytes_in: u64,
+    /// Response body bytes sent.
+    pub bytes_out: u64,
+    /// Whole request duration.
+    pub duration: Duration,
+    /// Time to the upstream's response head.
+    pub upstream_time: Option<Duration>,
+    /// Attempts made (1 + retries).
+    pub attempts: u32,
+    /// The request id (generated when absent).
+    pub request_id: String,
+}
+
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+impl AccessRecord {
+    /// The record as one JSON object (no trailing newline).
+    pub fn to_json(&self) -> String {
+        let mut o = String::with_capacity(256);
+        let ts = self.start.duration_since(UNIX_EPOCH).unwrap_or_default();
+        o.push_str(&format!(
+            "{{\"time\":{}.{:03}",
+            ts.as_secs(),
+            ts.subsec_millis()
+        ));
+        for (k, v) in [
+            ("listener", &*self.listener),
+            ("route", &*self.route),
+            ("cluster", &*self.cluster),
+            ("method", &self.method),
+            ("path", &self.path),
+            ("request_id", &self.request_id),
+        ] {
+            o.push_str(&format!(",\"{k}\":"));
+            json_str(&mut o, v);
+        }
+        o.push_str(",\"client\":");
+        json_str(&mut o, &self.client.to_string());
+        o.push_str(",\"endpoint\":");
+        match self.endpoint {
+            Some(e) => json_str(&mut o, &e.to_string()),
+            None => o.push_str("null"),
+        }
+        o.push_str(&format!(
+            ",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{:.3},\"upstream_ms\":{},\"attempts\":{}}}",
+            self.status,
+            self.bytes_in,
+            self.bytes_out,
+            self.duration.as_secs_f64() * 1e3,
+            self.upstream_time
+                .map_or("null".to_owned(), |d| format!("{:.3}", d.as_secs_f64() * 1e3)),
+            self.attempts
+        ));
+        o
+    }
+}
+
+/// The sending side, cloned into every worker.
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    tx: Option<mpsc::SyncSender<AccessRecord>>,
+    metrics: Arc<Metrics>,
+}
+
+impl AccessLog {
+    /// A log that discards everything (access logging off).
+    pub fn disabled(metrics: Arc<Metrics>) -> Self {
+        AccessLog { tx: None, metrics }
+    }
+
+    /// Starts the writer thread; `capacity` records may wait before new ones are dropped.
+    pub fn start(
+        mut sink: Box<dyn Write + Send>,
+        capacity: usize,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::sync_channel::<AccessRecord>(capacity);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                let mut pending = 0usize;
+                loop {
+                    // Flush when the channel is idle, not per line.
+                    let record = if pending > 0 {
+                        match rx.recv_timeout(Duration::from_millis(100)) {
+                            Ok(r) => Some(r),
+                            Err(mpsc::RecvTimeoutError::Timeout) => None,
+                            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        }
+                    } else {
+                        match rx.recv() {
+                            Ok(r) => Some(r),
+                            Err(_) => break,
+                        }
+                    };
+                    match record {
+                        Some(r) => {
+                            let mut line = r.to_json();
+                            line.push('\n');
+                            if sink.write_all(line.as_bytes()).is_err() {
+                                break;
+                            }
+                            pending += 1;
+                        }
+                        None => {
+                            let _ = sink.flush();
+                            pending = 0;
+                        }
+                    }
+                }
+                let _ = sink.flush();
+            })?;
+        Ok(AccessLog {
+            tx: Some(tx),
+            metrics,
+        })
+    }
+
+    /// Hands a record to the writer; drops and counts it if the writer is behind.
+    pub fn log(&self, record: AccessRecord) {
+        if let Some(tx) = &self.tx
+            && tx.try_send(record).is_err()
+        {
+            self.metrics
+                .access_log_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> AccessRecord {
+        AccessRecord {
+            start: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            listener: "public".into(),
+            route: "api".into(),
+            cluster: "backend".into(),
+            endpoint: Some("127.0.0.1:9000".parse().unwrap()),
+            client: "127.0.0.1:5555".parse().unwrap(),
+            method: "GET".into(),
+            path: "/a\"b".into(),
+            status: 200,
+            bytes_in: 0,
+            bytes_out: 12,
+            duration: Duration::from_micros(1500),
+            upstream_time: Some(Duration::from_micros(900)),
+            attempts: 1,
+            request_id: id.into(),
+        }
+    }
+
+    #[test]
+    fn a_record_is_one_json_object() {
+        let line = record("r1").to_json();
+        assert!(line.starts_with("{\"time\":1700000000.123,"), "{line}");
+        assert!(line.contains("\"path\":\"/a\\\"b\""), "{line}");
+        assert!(line.contains("\"endpoint\":\"127.0.0.1:9000\""));
+        assert!(line.contains("\"status\":200"));
+        assert!(line.contains("\"duration_ms\":1.500"));
+        assert!(line.contains("\"request_id\":\"r1\""));
+        assert!(line.ends_with('}'));
+    }
+
+    /// A sink that blocks until released, to make the writer fall behind.
+    struct Gate(Arc<std::sync::Mutex<()>>, Arc<std::sync::Mutex<Vec<u8>>>);
+    impl Write for Gate {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let _g = self.0.lock().unwrap();
+            self.1.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_slow_writer_drops_and_counts_instead_of_blocking() {
+        let metrics = Arc::new(Metrics::default());
+        let gate = Arc::new(std::sync::Mutex::new(()));
+        let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let held = gate.lock().unwrap();
+        let log = AccessLog::start(
+            Box::new(Gate(Arc::clone(&gate), Arc::clone(&out))),
+            4,
+            Arc::clone(&metrics),
+        )
+        .unwrap();
+        for i in 0..50 {
+            log.log(record(&format!("r{i}")));
+        }
+        let dropped = metrics.access_log_dropped.load(Ordering::Relaxed);
+        assert!(dropped >= 40, "dropped {dropped}");
+        drop(held);
+        drop(log);
+        std::thread::sleep(Duration::from_millis(300));
+        let written = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            written.lines().count() as u64 + dropped,
+            50,
+            "every record written or counted"
+        );
+    }
+}

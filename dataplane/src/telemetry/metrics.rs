@@ -1,0 +1,321 @@
+//! Metrics: every worker owns its cells (atomics written by one thread, relaxed), the
+//! scraper sums them. Per-route and per-cluster cells are looked up by name only when a new
+//! snapshot arrives; per request a worker touches only its own cached cells.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+/// Histogram bucket upper bounds, in microseconds.
+pub const LATENCY_BUCKETS_US: [u64; 14] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 5_000_000,
+];
+
+/// A latency histogram (cumulative buckets are computed at render time).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
+        let idx = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        self.buckets[idx].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    fn add_into(&self, counts: &mut [u64; LATENCY_BUCKETS_US.len() + 1], sum: &mut u64) {
+        for (c, b) in counts.iter_mut().zip(&self.buckets) {
+            *c += b.load(Relaxed);
+        }
+        *sum += self.sum_us.load(Relaxed);
+    }
+}
+
+/// Per-route cells of one worker.
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    /// Responses by status class: 1xx..5xx.
+    pub status: [AtomicU64; 5],
+    /// Whole-request latency.
+    pub latency: Histogram,
+}
+
+impl RouteStats {
+    /// Records a finished request.
+    pub fn record(&self, status: u16, d: Duration) {
+        let class = usize::from((status / 100).clamp(1, 5)) - 1;
+        self.status[class].fetch_add(1, Relaxed);
+        self.latency.observe(d);
+    }
+}
+
+/// Per-cluster cells of one worker.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Upstream attempts (first tries and retries).
+    pub attempts: AtomicU64,
+    /// Retries.
+    pub retries: AtomicU64,
+    /// Connect failures.
+    pub connect_failures: AtomicU64,
+    /// Upstream timeouts.
+    pub timeouts: AtomicU64,
+    /// New upstream connections.
+    pub connections_opened: AtomicU64,
+    /// Requests sent on a reused pooled connection.
+    pub connections_reused: AtomicU64,
+    /// Endpoint ejections by outlier detection.
+    pub ejections: AtomicU64,
+    /// Upstream response-head latency.
+    pub upstream_latency: Histogram,
+}
+
+/// One worker's cells.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Open downstream connections.
+    pub connections_active: AtomicU64,
+    /// Accepted downstream connections.
+    pub connections_total: AtomicU64,
+    /// Requests rejected before routing (bad HTTP).
+    pub bad_requests: AtomicU64,
+    routes: Mutex<BTreeMap<(String, String), Arc<RouteStats>>>,
+    clusters: Mutex<BTreeMap<String, Arc<ClusterStats>>>,
+}
+
+impl WorkerStats {
+    /// The cells of `(route, cluster)`, created on first use. Called per snapshot, not per
+    /// request: workers cache the result.
+    pub fn route(&self, route: &str, cluster: &str) -> Arc<RouteStats> {
+        let mut map = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(
+            map.entry((route.to_owned(), cluster.to_owned()))
+                .or_default(),
+        )
+    }
+
+    /// The cells of `cluster`.
+    pub fn cluster(&self, cluster: &str) -> Arc<ClusterStats> {
+        let mut map = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(map.entry(cluster.to_owned()).or_default())
+    }
+}
+
+/// Every worker's cells plus process-wide gauges; renders Prometheus text.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    workers: Mutex<Vec<Arc<WorkerStats>>>,
+    /// Access-log lines dropped because the writer fell behind.
+    pub access_log_dropped: AtomicU64,
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    /// Registers a new worker and returns its cells.
+    pub fn add_worker(&self) -> Arc<WorkerStats> {
+        let w = Arc::new(WorkerStats::default());
+        self.workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::clone(&w));
+        w
+    }
+
+    /// Prometheus text exposition; `extra` is appended (snapshot gauges and the like).
+    pub fn render(&self, extra: &str) -> String {
+        let workers = self
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut out = String::with_capacity(4096);
+        out.push_str("# TYPE omnirelay_worker_connections gauge\n");
+        for (i, w) in workers.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "omnirelay_worker_connections{{worker=\"{i}\"}} {}",
+                w.connections_active.load(Relaxed)
+            );
+        }
+        out.push_str("# TYPE omnirelay_worker_connections_total counter\n");
+        for (i, w) in workers.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "omnirelay_worker_connections_total{{worker=\"{i}\"}} {}",
+                w.connections_total.load(Relaxed)
+            );
+        }
+        let bad: u64 = workers.iter().map(|w| w.bad_requests.load(Relaxed)).sum();
+        let _ = writeln!(
+            out,
+            "# TYPE omnirelay_bad_requests_total counter\nomnirelay_bad_requests_total {bad}"
+        );
+
+        // Sum route cells across workers.
+        type RouteSum = ([u64; 5], [u64; LATENCY_BUCKETS_US.len() + 1], u64);
+        let mut routes: BTreeMap<(String, String), RouteSum> = BTreeMap::new();
+        let mut clusters: BTreeMap<String, ([u64; 7], [u64; LATENCY_BUCKETS_US.len() + 1], u64)> =
+            BTreeMap::new();
+        for w in &workers {
+            for (k, s) in w.routes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                let e = routes.entry(k.clone()).or_default();
+                for (a, b) in e.0.iter_mut().zip(&s.status) {
+                    *a += b.load(Relaxed);
+                }
+                s.latency.add_into(&mut e.1, &mut e.2);
+            }
+            for (k, s) in w.clusters.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                let e = clusters.entry(k.clone()).or_default();
+                for (a, b) in e.0.iter_mut().zip([
+                    &s.attempts,
+                    &s.retries,
+                    &s.connect_failures,
+                    &s.timeouts,
+                    &s.connections_opened,
+                    &s.connections_reused,
+                    &s.ejections,
+                ]) {
+                    *a += b.load(Relaxed);
+                }
+                s.upstream_latency.add_into(&mut e.1, &mut e.2);
+            }
+        }
+        out.push_str("# TYPE omnirelay_requests_total counter\n");
+        for ((route, cluster), (status, _, _)) in &routes {
+            for (i, n) in status.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "omnirelay_requests_total{{route=\"{}\",cluster=\"{}\",class=\"{}xx\"}} {n}",
+                    esc(route),
+                    esc(cluster),
+                    i + 1
+                );
+            }
+        }
+        out.push_str("# TYPE omnirelay_request_duration_seconds histogram\n");
+        for ((route, cluster), (_, buckets, sum)) in &routes {
+            let labels = format!("route=\"{}\",cluster=\"{}\"", esc(route), esc(cluster));
+            histogram(
+                &mut out,
+                "omnirelay_request_duration_seconds",
+                &labels,
+                buckets,
+                *sum,
+            );
+        }
+        let names = [
+            "attempts",
+            "retries",
+            "connect_failures",
+            "timeouts",
+            "connections_opened",
+            "connections_reused",
+            "ejections",
+        ];
+        for (i, name) in names.iter().enumerate() {
+            let _ = writeln!(out, "# TYPE omnirelay_upstream_{name}_total counter");
+            for (cluster, (c, _, _)) in &clusters {
+                let _ = writeln!(
+                    out,
+                    "omnirelay_upstream_{name}_total{{cluster=\"{}\"}} {}",
+                    esc(cluster),
+                    c[i]
+                );
+            }
+        }
+        out.push_str("# TYPE omnirelay_upstream_duration_seconds histogram\n");
+        for (cluster, (_, buckets, sum)) in &clusters {
+            let labels = format!("cluster=\"{}\"", esc(cluster));
+            histogram(
+                &mut out,
+                "omnirelay_upstream_duration_seconds",
+                &labels,
+                buckets,
+                *sum,
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# TYPE omnirelay_access_log_dropped_total counter\nomnirelay_access_log_dropped_total {}",
+            self.access_log_dropped.load(Relaxed)
+        );
+        out.push_str(extra);
+        out
+    }
+}
+
+fn histogram(out: &mut String, name: &str, labels: &str, buckets: &[u64], sum_us: u64) {
+    let mut cumulative = 0;
+    for (i, n) in buckets.iter().enumerate() {
+        cumulative += n;
+        let le = LATENCY_BUCKETS_US
+            .get(i)
+            .map_or("+Inf".to_owned(), |us| format!("{}", *us as f64 / 1e6));
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", sum_us as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_of_all_workers_are_summed_at_scrape() {
+        let m = Metrics::default();
+        let (a, b) = (m.add_worker(), m.add_worker());
+        a.route("api", "backend")
+            .record(200, Duration::from_micros(300));
+        b.route("api", "backend")
+            .record(204, Duration::from_millis(2));
+        b.route("api", "backend")
+            .record(503, Duration::from_millis(20));
+        a.cluster("backend").connect_failures.fetch_add(2, Relaxed);
+        b.cluster("backend").connect_failures.fetch_add(1, Relaxed);
+        a.connections_active.store(3, Relaxed);
+        let text = m.render("");
+        assert!(
+            text.contains(
+                "omnirelay_requests_total{route=\"api\",cluster=\"backend\",class=\"2xx\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "omnirelay_requests_total{route=\"api\",cluster=\"backend\",class=\"5xx\"} 1"
+        ));
+        assert!(text.contains("omnirelay_upstream_connect_failures_total{cluster=\"backend\"} 3"));
+        assert!(text.contains("omnirelay_worker_connections{worker=\"0\"} 3"));
+        assert!(text.contains("omnirelay_request_duration_seconds_bucket{route=\"api\",cluster=\"backend\",le=\"0.0005\"} 1"));
+        assert!(text.contains("omnirelay_request_duration_seconds_bucket{route=\"api\",cluster=\"backend\",le=\"0.0025\"} 2"));
+        assert!(text.contains(
+            "omnirelay_request_duration_seconds_count{route=\"api\",cluster=\"backend\"} 3"
+        ));
+    }
+
+    #[test]
+    fn the_same_cells_are_returned_for_the_same_names() {
+        let w = WorkerStats::default();
+        assert!(Arc::ptr_eq(&w.route("r", "c"), &w.route("r", "c")));
+        assert!(!Arc::ptr_eq(&w.route("r", "c"), &w.route("r", "d")));
+    }
+}
