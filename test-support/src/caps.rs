@@ -26,6 +26,8 @@ pub enum Capability {
     Qemu,
     /// `/dev/kvm` can be opened (whether guests actually run is left to the VM harness).
     Kvm,
+    /// A program in `PATH` (nginx, wrk, curl, ...), installed by `cargo xtask setup`.
+    Program(&'static str),
 }
 
 impl Capability {
@@ -54,6 +56,7 @@ impl Capability {
             Capability::XdpVeth => "XDP on veth",
             Capability::Qemu => "qemu-system-x86_64",
             Capability::Kvm => "KVM (/dev/kvm)",
+            Capability::Program(p) => p,
         }
     }
 }
@@ -85,11 +88,10 @@ impl Probe {
 /// Probes `cap`, once per process; later calls return the cached answer.
 pub fn probe(cap: Capability) -> Probe {
     static CACHE: [OnceLock<Probe>; Capability::ALL.len()] = [const { OnceLock::new() }; 9];
-    let idx = Capability::ALL
-        .iter()
-        .position(|c| *c == cap)
-        .unwrap_or_default();
-    CACHE[idx].get_or_init(|| run_probe(cap)).clone()
+    match Capability::ALL.iter().position(|c| *c == cap) {
+        Some(idx) => CACHE[idx].get_or_init(|| run_probe(cap)).clone(),
+        None => run_probe(cap),
+    }
 }
 
 /// The capabilities a test needs that this host lacks.
@@ -134,6 +136,12 @@ fn run_probe(cap: Capability) -> Probe {
         Capability::XdpVeth => probe_xdp_veth(),
         Capability::Qemu => probe_qemu(),
         Capability::Kvm => probe_kvm(),
+        Capability::Program(p) => match find_in_path(p) {
+            Some(path) => Probe::yes(path.display().to_string()),
+            None => Probe::no(format!(
+                "{p} is not installed (cargo xtask setup installs it)"
+            )),
+        },
     }
 }
 

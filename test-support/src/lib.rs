@@ -8,12 +8,16 @@
 //! - [`skip`]: the one way a test says it cannot run here: a `SKIP` line naming what is
 //!   missing, also appended to the file named by `OMNIRELAY_SKIP_LOG` so the test runner
 //!   can list every skip at the end. A skip is never silent.
+//! - [`process`]: child processes killed by PID on drop, temp dirs, ports; [`nginx`]: a
+//!   real nginx as a test upstream.
 //! - [`trace`]: captures `tracing` events so tests can assert what was logged.
 //!
 //! This crate is for tests and tooling only; no production crate may depend on it.
 
 pub mod caps;
 pub mod netns;
+pub mod nginx;
+pub mod process;
 pub mod skip;
 pub mod trace;
 

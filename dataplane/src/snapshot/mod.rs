@@ -106,20 +106,11 @@ impl SnapshotHolder {
                     .unwrap_or_default();
                 self.rejected[idx].fetch_add(1, Ordering::Relaxed);
                 let keeping = self.version();
-                match reason {
-                    RejectReason::Stale { .. } => {
-                        tracing::debug!(
-                            reason = reason.label(),
-                            keeping_version = keeping,
-                            "snapshot rejected: {reason}"
-                        )
-                    }
-                    _ => tracing::warn!(
-                        reason = reason.label(),
-                        keeping_version = keeping,
-                        "snapshot rejected: {reason}"
-                    ),
-                }
+                tracing::warn!(
+                    reason = reason.label(),
+                    keeping_version = keeping,
+                    "snapshot rejected: {reason}"
+                );
             }
         }
         result

@@ -1,0 +1,273 @@
+//! A whole OmniRelay stack for end-to-end tests, made of real processes: nginx upstreams,
+//! the control daemon (`omnirelay-control run`) and the data plane (`omnirelay-dataplane`),
+//! each on loopback ports chosen for the test and stopped (by PID) when the stack drops.
+
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    reason = "shared by several test binaries"
+)]
+
+use std::{net::SocketAddr, path::PathBuf, process::Command, time::Duration};
+
+use omnirelay_test_support::{
+    nginx::Nginx,
+    process::{ChildGuard, TempDir, free_port, wait_for_port, wait_until, workspace_bin},
+};
+
+/// Ports of one stack.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub up1: u16,
+    pub up2: u16,
+    pub proxy: u16,
+    pub grpc: u16,
+    pub control_admin: u16,
+    pub dp_admin: u16,
+}
+
+impl Ports {
+    pub fn new() -> Self {
+        Ports {
+            up1: free_port(),
+            up2: free_port(),
+            proxy: free_port(),
+            grpc: free_port(),
+            control_admin: free_port(),
+            dp_admin: free_port(),
+        }
+    }
+}
+
+/// The config every stack starts with: one listener, route "default" to `cluster`.
+pub fn config(p: &Ports, cluster: &str) -> String {
+    format!(
+        r#"
+[control]
+grpc_listen = "127.0.0.1:{grpc}"
+admin_listen = "127.0.0.1:{cadmin}"
+
+[[listeners]]
+name = "public"
+address = "127.0.0.1:{proxy}"
+limits = {{ max_header_bytes = 8192, max_headers = 50, max_body_bytes = 67108864 }}
+
+[[routes]]
+name = "default"
+cluster = "{cluster}"
+retry = {{ max_retries = 2, on = ["connect-failure"] }}
+
+[[clusters]]
+name = "one"
+endpoints = ["127.0.0.1:{up1}"]
+
+[[clusters]]
+name = "two"
+endpoints = ["127.0.0.1:{up2}"]
+"#,
+        grpc = p.grpc,
+        cadmin = p.control_admin,
+        proxy = p.proxy,
+        up1 = p.up1,
+        up2 = p.up2,
+    )
+}
+
+/// nginx servers: `up1` serves files, echoes bodies at /echo, says "one" at /who;
+/// `up2` says "two" everywhere.
+pub fn nginx_servers(p: &Ports) -> String {
+    format!(
+        r#"
+server {{
+  listen 127.0.0.1:{up1};
+  root {{root}};
+  location /echo {{
+    client_max_body_size 64m;
+    client_body_buffer_size 64m;
+    client_body_in_single_buffer on;
+    echo_read_request_body;
+    echo_request_body;
+  }}
+  location /status {{ stub_status; }}
+  location /who {{ return 200 "one\n"; }}
+  location /headers {{
+    return 200 "xff=$http_x_forwarded_for|via=$http_via|rid=$http_x_request_id|fwd=$http_forwarded|conn=$http_connection|te=$http_te\n";
+  }}
+}}
+server {{
+  listen 127.0.0.1:{up2};
+  location / {{ return 200 "two\n"; }}
+}}
+"#,
+        up1 = p.up1,
+        up2 = p.up2
+    )
+}
+
+/// A running stack.
+pub struct Stack {
+    pub ports: Ports,
+    pub nginx: Nginx,
+    pub control: ChildGuard,
+    pub dataplane: ChildGuard,
+    pub config_path: PathBuf,
+    pub dir: TempDir,
+}
+
+impl Stack {
+    pub fn proxy(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports.proxy))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports.proxy)
+    }
+
+    pub fn dp_admin(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports.dp_admin)
+    }
+
+    pub fn control_admin(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports.control_admin)
+    }
+
+    /// Starts nginx, the control daemon on `config(ports, "one")`, and the data plane.
+    pub fn start() -> Stack {
+        let ports = Ports::new();
+        let nginx = Nginx::start(&nginx_servers(&ports), &[ports.up1, ports.up2]).unwrap();
+        let dir = TempDir::new("stack");
+        let config_path = dir.path().join("omnirelay.toml");
+        std::fs::write(&config_path, config(&ports, "one")).unwrap();
+        let control = start_control(&dir, &config_path, &ports);
+        let dataplane = start_dataplane(&dir, &ports, &[]);
+        Stack {
+            ports,
+            nginx,
+            control,
+            dataplane,
+            config_path,
+            dir,
+        }
+    }
+
+    /// Restarts the control daemon (same state dir, so same key and history).
+    pub fn restart_control(&mut self) {
+        self.control.kill();
+        self.control = start_control(&self.dir, &self.config_path, &self.ports);
+    }
+
+    /// The data plane's running snapshot version (from its admin API).
+    pub fn dp_version(&self) -> u64 {
+        let out = curl(&["-s", &self.dp_admin("/snapshot")]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["version"].as_u64().unwrap_or(0)
+    }
+
+    /// Waits until the data plane runs a version above `v`.
+    pub fn wait_dp_version_above(&self, v: u64) -> u64 {
+        let mut now = 0;
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                now = self.dp_version();
+                now > v
+            }),
+            "data plane stayed at version {now}, expected > {v}"
+        );
+        now
+    }
+
+    /// A metric value from the data plane's /metrics (first exact series match).
+    pub fn dp_metric(&self, series: &str) -> Option<f64> {
+        let out = curl(&["-s", &self.dp_admin("/metrics")]);
+        metric(&String::from_utf8_lossy(&out.stdout), series)
+    }
+}
+
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+pub fn start_control(dir: &TempDir, config: &std::path::Path, ports: &Ports) -> ChildGuard {
+    let bin = workspace_bin("omnirelay-control");
+    assert!(
+        bin.exists(),
+        "{} not built (cargo test builds it)",
+        bin.display()
+    );
+    let mut cmd = Command::new(bin);
+    cmd.args(["run", "--config"])
+        .arg(config)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"));
+    let child =
+        ChildGuard::spawn("omnirelay-control", cmd, &dir.path().join("control.log")).unwrap();
+    let admin = SocketAddr::from(([127, 0, 0, 1], ports.control_admin));
+    assert!(
+        wait_for_port(admin, Duration::from_secs(15)),
+        "control daemon did not start:\n{}",
+        child.log()
+    );
+    child
+}
+
+pub fn start_dataplane(dir: &TempDir, ports: &Ports, extra: &[&str]) -> ChildGuard {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_omnirelay-dataplane"));
+    cmd.arg("--control")
+        .arg(format!("http://127.0.0.1:{}", ports.grpc))
+        .arg("--public-key")
+        .arg(dir.path().join("state/snapshot-signing.pub"))
+        .arg("--admin")
+        .arg(format!("127.0.0.1:{}", ports.dp_admin))
+        .arg("--access-log")
+        .arg(dir.path().join("access.log"))
+        .args(["--workers", "2", "--node-id", "test"])
+        .args(extra);
+    let child = ChildGuard::spawn(
+        "omnirelay-dataplane",
+        cmd,
+        &dir.path().join("dataplane.log"),
+    )
+    .unwrap();
+    let proxy = SocketAddr::from(([127, 0, 0, 1], ports.proxy));
+    assert!(
+        wait_for_port(proxy, Duration::from_secs(15)),
+        "data plane did not start:\n{}",
+        child.log()
+    );
+    let admin = SocketAddr::from(([127, 0, 0, 1], ports.dp_admin));
+    assert!(
+        wait_for_port(admin, Duration::from_secs(5)),
+        "data plane admin did not start"
+    );
+    child
+}
+
+pub fn curl(args: &[&str]) -> std::process::Output {
+    Command::new("curl").args(args).output().expect("run curl")
+}
+
+/// GET through curl: (status, body).
+pub fn get(url: &str) -> (u16, Vec<u8>) {
+    let out = curl(&["-s", "-o", "-", "-w", "\n%{http_code}", url]);
+    let mut body = out.stdout;
+    let split = body.iter().rposition(|&b| b == b'\n').unwrap_or(0);
+    let code = String::from_utf8_lossy(&body[split + 1..])
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    body.truncate(split);
+    (code, body)
+}
+
+/// Rewrites the config file the way an editor does (write elsewhere, rename over).
+pub fn write_config(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}

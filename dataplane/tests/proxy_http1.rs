@@ -1,0 +1,196 @@
+//! The HTTP/1.1 proxy end to end: real nginx upstream, real control daemon and data plane,
+//! curl and wrk as independent clients.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
+mod common;
+
+use common::{Stack, curl, get};
+use omnirelay_test_support::{Capability, require_caps};
+use sha2::{Digest as _, Sha256};
+
+fn sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[test]
+fn bodies_of_every_size_and_framing_arrive_intact() {
+    require_caps!(Capability::Program("nginx"), Capability::Program("curl"));
+    let stack = Stack::start();
+    for (name, size) in [("empty", 0usize), ("1k", 1024), ("10m", 10 << 20)] {
+        let data: Vec<u8> = (0..size).map(|i| (i * 7 + i / 251) as u8).collect();
+        let file = stack.dir.path().join(name);
+        std::fs::write(&file, &data).unwrap();
+        std::fs::write(stack.nginx.root().join(name), &data).unwrap();
+        let want = sha(&data);
+
+        // GET: response body streamed back.
+        let (code, body) = get(&stack.url(&format!("/{name}")));
+        assert_eq!(code, 200, "GET /{name}");
+        assert_eq!(sha(&body), want, "GET /{name} body differs");
+
+        // POST with Content-Length and with chunked framing, echoed by the upstream.
+        let at_file = format!("@{}", file.display());
+        for chunked in [false, true] {
+            let mut args = vec!["-s", "-X", "POST", "--data-binary", &at_file];
+            if chunked {
+                args.extend(["-H", "Transfer-Encoding: chunked"]);
+            }
+            let url = stack.url("/echo");
+            args.push(&url);
+            let out = curl(&args);
+            assert!(out.status.success(), "curl failed");
+            assert_eq!(
+                sha(&out.stdout),
+                want,
+                "POST {name} (chunked: {chunked}) came back different ({} bytes)",
+                out.stdout.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn upstream_connections_are_kept_alive_and_reused() {
+    require_caps!(Capability::Program("nginx"), Capability::Program("wrk"));
+    let stack = Stack::start();
+    let accepts_before = nginx_accepts(&stack);
+    let out = std::process::Command::new("wrk")
+        .args(["-t1", "-c8", "-d2s", &stack.url("/who")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let requests: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.split(" requests in")
+                .next()
+                .filter(|_| l.contains(" requests in"))
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no request count in wrk output:\n{text}"));
+    assert!(!text.contains("Non-2xx"), "{text}");
+    assert!(!text.contains("Socket errors"), "{text}");
+    let new_upstream = nginx_accepts(&stack) - accepts_before;
+    assert!(
+        requests > 500,
+        "too few requests to judge reuse: {requests}"
+    );
+    // 8 client connections over 2 workers need at most 8 upstream connections at a time.
+    assert!(
+        new_upstream <= 16,
+        "{requests} requests opened {new_upstream} upstream connections: keep-alive not reused"
+    );
+    let reused = stack
+        .dp_metric("omnirelay_upstream_connections_reused_total{cluster=\"one\"}")
+        .unwrap();
+    assert!(
+        reused as u64 >= requests - new_upstream - 1,
+        "reused {reused} of {requests}"
+    );
+}
+
+fn nginx_accepts(stack: &Stack) -> u64 {
+    // stub_status of up1, asked directly: "server accepts handled requests\n A H R".
+    let (code, body) = get(&format!("http://127.0.0.1:{}/status", stack.ports.up1));
+    assert_eq!(code, 200);
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let line = text.lines().nth(2).unwrap_or_default();
+    line.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn forwarding_headers_request_id_and_hop_by_hop_handling() {
+    require_caps!(Capability::Program("nginx"), Capability::Program("curl"));
+    let stack = Stack::start();
+    let url = stack.url("/headers");
+    let out = curl(&[
+        "-s",
+        "-H",
+        "X-Forwarded-For: 203.0.113.7",
+        "-H",
+        "Connection: keep-alive, X-Secret",
+        "-H",
+        "X-Secret: s3cret",
+        "-H",
+        "TE: trailers",
+        &url,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("xff=203.0.113.7, 127.0.0.1|"), "{text}");
+    assert!(text.contains("via=1.1 omnirelay|"), "{text}");
+    assert!(text.contains("fwd=for=127.0.0.1;"), "{text}");
+    assert!(
+        text.contains("te=\n") || text.ends_with("te=\n"),
+        "TE must not reach the upstream: {text}"
+    );
+    let rid = text
+        .split("rid=")
+        .nth(1)
+        .unwrap()
+        .split('|')
+        .next()
+        .unwrap();
+    assert_eq!(rid.len(), 32, "generated request id: {text}");
+
+    // A given request id is propagated as is, and shows in the access log.
+    let out = curl(&["-s", "-H", "X-Request-Id: abc-123", &url]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rid=abc-123|"));
+    let log_path = stack.dir.path().join("access.log");
+    assert!(
+        omnirelay_test_support::process::wait_until(std::time::Duration::from_secs(5), || {
+            std::fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .contains("\"request_id\":\"abc-123\"")
+        }),
+        "access log lacks the request id"
+    );
+    let line = std::fs::read_to_string(&log_path)
+        .unwrap()
+        .lines()
+        .find(|l| l.contains("abc-123"))
+        .unwrap()
+        .to_owned();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["route"], "default");
+    assert_eq!(v["cluster"], "one");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["endpoint"], format!("127.0.0.1:{}", stack.ports.up1));
+}
+
+#[test]
+fn unmatched_requests_get_404_and_dead_upstreams_503() {
+    require_caps!(Capability::Program("nginx"), Capability::Program("curl"));
+    let stack = Stack::start();
+    let dead = omnirelay_test_support::process::free_port();
+    let v = stack.dp_version();
+    let cfg = common::config(&stack.ports, "two")
+        .replace(
+            &format!("endpoints = [\"127.0.0.1:{}\"]", stack.ports.up2),
+            &format!("endpoints = [\"127.0.0.1:{dead}\"]"),
+        )
+        .replace(
+            "cluster = \"two\"",
+            "cluster = \"two\"\npath_prefix = \"/api/\"",
+        );
+    common::write_config(&stack.config_path, &cfg);
+    stack.wait_dp_version_above(v);
+
+    let (code, body) = get(&stack.url("/x"));
+    assert_eq!(code, 404, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("no route"));
+
+    let (code, body) = get(&stack.url("/api/x"));
+    assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("upstream connect failed"));
+    let failures = stack
+        .dp_metric("omnirelay_upstream_connect_failures_total{cluster=\"two\"}")
+        .unwrap();
+    assert!(
+        failures >= 3.0,
+        "1 try + 2 retries expected, got {failures}"
+    );
+}

@@ -1,0 +1,172 @@
+//! Snapshot delivery end to end: live config changes under load, invalid configs, losing
+//! and regaining the control daemon, and snapshots that must be rejected.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
+mod common;
+
+use std::{process::Command, time::Duration};
+
+use common::{Stack, config, curl, get, write_config};
+use omnirelay_test_support::{Capability, process::wait_until, require_caps};
+
+#[test]
+fn a_config_change_under_load_switches_routing_with_zero_failed_requests() {
+    require_caps!(Capability::Program("nginx"), Capability::Program("wrk"));
+    let stack = Stack::start();
+    assert_eq!(get(&stack.url("/who")), (200, b"one\n".to_vec()));
+    let v = stack.dp_version();
+    let wrk = std::thread::spawn({
+        let url = stack.url("/who");
+        move || {
+            Command::new("wrk")
+                .args(["-t1", "-c16", "-d5s", &url])
+                .output()
+                .unwrap()
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    write_config(&stack.config_path, &config(&stack.ports, "two"));
+    let applied = stack.wait_dp_version_above(v);
+    let out = wrk.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("requests in"), "wrk did not run: {text}");
+    assert!(
+        !text.contains("Non-2xx"),
+        "failed requests during the switch:\n{text}"
+    );
+    assert!(
+        !text.contains("Socket errors"),
+        "socket errors during the switch:\n{text}"
+    );
+    assert_eq!(
+        get(&stack.url("/who")),
+        (200, b"two\n".to_vec()),
+        "routing did not switch"
+    );
+    assert!(applied > v);
+    // The control daemon reports what it published.
+    let info = curl(&["-s", &stack.control_admin("/control/snapshot")]);
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["version"].as_u64(), Some(applied));
+}
+
+#[test]
+fn an_invalid_config_is_rejected_with_every_error_and_traffic_continues() {
+    require_caps!(Capability::Program("nginx"), Capability::Program("curl"));
+    let stack = Stack::start();
+    let v = stack.dp_version();
+    let bad =
+        config(&stack.ports, "three").replace("name = \"one\"", "name = \"one\"\nlb = \"random\"");
+    write_config(&stack.config_path, &bad);
+    let out = curl(&["-s", "-X", "POST", &stack.control_admin("/control/reload")]);
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["outcome"], "invalid", "{reply}");
+    let errors: Vec<String> = reply["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("routes[0].cluster: unknown cluster \"three\"")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("clusters[0].lb: unknown policy \"random\"")),
+        "{errors:?}"
+    );
+    assert!(
+        stack
+            .control
+            .wait_for_log("config rejected", Duration::from_secs(5))
+    );
+
+    // `omnirelay-control validate` names the same errors and exits non-zero.
+    let validate = Command::new(omnirelay_test_support::process::workspace_bin(
+        "omnirelay-control",
+    ))
+    .arg("validate")
+    .arg(&stack.config_path)
+    .output()
+    .unwrap();
+    assert!(!validate.status.success());
+    let stderr = String::from_utf8_lossy(&validate.stderr);
+    assert!(stderr.contains("2 errors"), "{stderr}");
+    assert!(
+        stderr.contains("routes[0].cluster: unknown cluster \"three\""),
+        "{stderr}"
+    );
+
+    // Traffic continues on the old snapshot.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(stack.dp_version(), v);
+    assert_eq!(get(&stack.url("/who")), (200, b"one\n".to_vec()));
+
+    // Fixing the config publishes the next version.
+    write_config(&stack.config_path, &config(&stack.ports, "two"));
+    stack.wait_dp_version_above(v);
+    assert_eq!(get(&stack.url("/who")), (200, b"two\n".to_vec()));
+}
+
+#[test]
+fn losing_the_control_daemon_keeps_traffic_and_a_restart_resumes_updates() {
+    require_caps!(Capability::Program("nginx"), Capability::Program("curl"));
+    let mut stack = Stack::start();
+    let v = stack.dp_version();
+    stack.control.kill();
+    for _ in 0..20 {
+        assert_eq!(get(&stack.url("/who")), (200, b"one\n".to_vec()));
+    }
+    assert!(
+        stack
+            .dataplane
+            .wait_for_log("control plane unreachable", Duration::from_secs(10))
+    );
+    // A change made while the daemon is down is picked up when it comes back.
+    write_config(&stack.config_path, &config(&stack.ports, "two"));
+    stack.restart_control();
+    let now = stack.wait_dp_version_above(v);
+    assert_eq!(
+        now,
+        v + 1,
+        "the restarted daemon continues the version sequence"
+    );
+    assert_eq!(get(&stack.url("/who")), (200, b"two\n".to_vec()));
+    assert!(stack.dataplane.is_running());
+}
+
+#[test]
+fn sighup_reloads_the_config() {
+    require_caps!(Capability::Program("nginx"), Capability::Program("curl"));
+    let stack = Stack::start();
+    let v = stack.dp_version();
+    // SIGHUP on an unchanged file reloads it and finds nothing new to publish.
+    stack.control.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        stack
+            .control
+            .wait_for_log("SIGHUP: reloading", Duration::from_secs(5))
+    );
+    let metrics = curl(&["-s", &stack.control_admin("/metrics")]);
+    let text = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let m = curl(&["-s", &stack.control_admin("/metrics")]);
+            common::metric(
+                &String::from_utf8_lossy(&m.stdout),
+                "omnirelay_control_reloads_total{outcome=\"unchanged\"}",
+            )
+            .is_some_and(|n| n >= 1.0)
+        }),
+        "{text}"
+    );
+    assert_eq!(stack.dp_version(), v);
+}
