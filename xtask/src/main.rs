@@ -4,6 +4,9 @@
 //!   LLVM, Debian packages) idempotently, and prints what this host can do.
 //! - `test`: format check, clippy with `-D warnings`, then every test tier this host can run.
 //! - `demo`: the XDP counter on a veth pair in two network namespaces, with live traffic.
+//! - `vm-test`: boots Debian kernels in qemu and runs the kernel-facing tests inside
+//!   (XDP, kTLS), printing a kernel × test matrix. Inside those VMs this same binary is
+//!   the init (PID 1).
 //!
 //! Every command except `setup` first runs the toolchain part of setup, which is quick when
 //! everything is in place.
@@ -14,6 +17,7 @@ mod run;
 mod setup;
 mod test;
 mod toolchain;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -32,9 +36,22 @@ enum Command {
     Test(test::TestArgs),
     /// Run the demo: XDP counting live traffic between two network namespaces.
     Demo(demo::DemoArgs),
+    /// Boot Debian kernels in qemu and run the kernel-facing tests inside: a kernel × test
+    /// matrix (pass / fail / skipped with reason).
+    VmTest(vm::VmTestArgs),
+    /// Inside a vm-test guest: the planted failing test (exits 1).
+    #[command(hide = true)]
+    VmPlantedFailure,
+    /// Inside a vm-test guest: the planted kernel crash.
+    #[command(hide = true)]
+    VmPlantedPanic,
 }
 
 fn main() -> anyhow::Result<()> {
+    // In a vm-test guest the kernel starts this binary as /init: PID 1 is only ever that.
+    if std::process::id() == 1 {
+        vm::guest::main();
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Setup => setup::run_full(),
@@ -46,5 +63,13 @@ fn main() -> anyhow::Result<()> {
             setup::run_toolchain()?;
             demo::run(&args)
         }
+        Command::VmTest(args) => {
+            if !args.list {
+                setup::run_toolchain()?;
+            }
+            vm::command(&args)
+        }
+        Command::VmPlantedFailure => vm::guest::planted_failure(),
+        Command::VmPlantedPanic => vm::guest::planted_panic(),
     }
 }

@@ -14,19 +14,48 @@ pub const REQUIRED: &[(&str, &str)] = &[
     ("setpriv", "util-linux"), // running a test binary without privileges
 ];
 
+/// What the VM harness (`cargo xtask vm-test`, and its smoke run in `cargo xtask test`)
+/// needs besides [`REQUIRED`]: qemu, and depmod to generate the `modules.dep` that kernel
+/// packages leave to their postinst.
+pub const VM_REQUIRED: &[(&str, &str)] = &[
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("depmod", "kmod"),
+];
+
 /// Installs the packages of every missing program in [`REQUIRED`].
 pub fn ensure() -> anyhow::Result<Outcome> {
-    let missing: Vec<&str> = REQUIRED
+    ensure_list(REQUIRED, "system tools", find_in_path)
+}
+
+/// Installs the packages of every missing program in [`VM_REQUIRED`].
+pub fn ensure_vm() -> anyhow::Result<Outcome> {
+    // depmod is only ever run by absolute path, so /usr/sbin need not be in PATH.
+    ensure_list(VM_REQUIRED, "VM tools", find_program)
+}
+
+/// Finds `program` in PATH or in the sbin folders (not in every user's PATH).
+pub fn find_program(program: &str) -> Option<std::path::PathBuf> {
+    find_in_path(program).or_else(|| {
+        ["/usr/sbin", "/sbin"]
+            .iter()
+            .map(|d| std::path::Path::new(d).join(program))
+            .find(|p| p.is_file())
+    })
+}
+
+fn ensure_list(
+    list: &[(&str, &str)],
+    what: &str,
+    find: fn(&str) -> Option<std::path::PathBuf>,
+) -> anyhow::Result<Outcome> {
+    let missing: Vec<&str> = list
         .iter()
-        .filter(|(program, _)| find_in_path(program).is_none())
+        .filter(|(program, _)| find(program).is_none())
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {
-        let names: Vec<&str> = REQUIRED.iter().map(|(p, _)| *p).collect();
-        return Ok(Outcome::Present(format!(
-            "system tools: {}",
-            names.join(", ")
-        )));
+        let names: Vec<&str> = list.iter().map(|(p, _)| *p).collect();
+        return Ok(Outcome::Present(format!("{what}: {}", names.join(", "))));
     }
     if !nix_is_root() {
         bail!(

@@ -1,6 +1,8 @@
 //! `cargo xtask test`: the one test command (README, CI). Format check, clippy with
 //! `-D warnings`, then every test tier this host can run; tests that need what the host
-//! lacks print a SKIP line, and all skips are listed at the end.
+//! lacks print a SKIP line, and all skips are listed at the end. Last, a VM smoke run
+//! (the first kernel of the VM harness, the XDP test) keeps `cargo xtask vm-test` from
+//! rotting; it is skipped, with a SKIP line, only where qemu cannot be installed or run.
 
 use std::path::PathBuf;
 
@@ -8,7 +10,7 @@ use omnirelay_test_support::skip::SKIP_LOG_ENV;
 
 use crate::{
     run::{self, step},
-    setup,
+    setup, vm,
 };
 
 /// Options of `cargo xtask test`.
@@ -48,7 +50,36 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     cmd.arg("test")
         .args(&args.cargo_test_args)
         .env(SKIP_LOG_ENV, &log);
-    let (result, totals) = run_counting(&mut cmd);
+    let (result, mut totals) = run_counting(&mut cmd);
+
+    step("VM smoke (cargo xtask vm-test --quick: first kernel, XDP test)");
+    let smoke_result = match vm::smoke() {
+        vm::Smoke::Skipped(why) => {
+            let line = format!("SKIP vm-test smoke: {why}");
+            println!("{line}");
+            append_skip(&log, &line);
+            Ok(())
+        }
+        vm::Smoke::Ran(Ok(summary)) => {
+            totals.passed += (summary.counts.passed + summary.counts.skipped) as u64;
+            totals.failed += summary.counts.failed as u64;
+            for line in &summary.skips {
+                append_skip(&log, line);
+            }
+            if summary.failed {
+                Err(anyhow::anyhow!(
+                    "VM smoke failed: {} failed (matrix above)",
+                    summary.counts.failed
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        vm::Smoke::Ran(Err(e)) => {
+            totals.failed += 1;
+            Err(e.context("VM smoke could not run"))
+        }
+    };
 
     let skips = std::fs::read_to_string(&log).unwrap_or_default();
     let skipped = skips.lines().filter(|l| !l.trim().is_empty()).count() as u64;
@@ -65,7 +96,19 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         totals.passed.saturating_sub(skipped),
         totals.failed
     );
-    result
+    result.and(smoke_result)
+}
+
+/// Adds a line to the skip log, so the summary lists it with the libtest skips.
+fn append_skip(log: &std::path::Path, line: &str) {
+    use std::io::Write as _;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log)
+    {
+        let _ = writeln!(f, "{line}");
+    }
 }
 
 /// Sums of libtest's `test result:` lines.

@@ -195,7 +195,10 @@ mod tests {
         }
         assert!(matches!(ensure_nightly().unwrap(), Outcome::Present(_)));
         assert!(matches!(ensure_bpf_linker().unwrap(), Outcome::Present(_)));
-        assert!(matches!(ensure_host_components().unwrap(), Outcome::Present(_)));
+        assert!(matches!(
+            ensure_host_components().unwrap(),
+            Outcome::Present(_)
+        ));
     }
 
     #[test]
