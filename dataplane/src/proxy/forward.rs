@@ -110,6 +110,7 @@ pub(crate) async fn handle(
                 proxy(
                     ctx,
                     cfg,
+                    listener,
                     idx,
                     route,
                     limits,
@@ -177,6 +178,7 @@ enum AttemptError {
 async fn proxy(
     ctx: &Rc<WorkerCtx>,
     cfg: &Arc<RuntimeConfig>,
+    listener: usize,
     route_idx: usize,
     route: &RouteRt,
     limits: &http1::Limits,
@@ -218,13 +220,18 @@ async fn proxy(
         head.host(),
     );
     let via = http1::via(head.headers().get_all("via"), head.version());
-    let extras: [(&str, &[u8]); 5] = [
+    // HTTP/1.0 clients may omit Host; the upstream gets HTTP/1.1, which requires one.
+    let listener_host = cfg.listeners[listener].address.to_string();
+    let mut extras: Vec<(&str, &[u8])> = vec![
         ("x-forwarded-for", &xff),
         ("forwarded", &fwd),
         ("via", &via),
         ("x-forwarded-proto", b"http"),
         ("x-request-id", request_id.as_bytes()),
     ];
+    if head.host().is_none() {
+        extras.push(("host", listener_host.as_bytes()));
+    }
     let mut up_head = BytesMut::with_capacity(head.raw().len() + 256);
     http1::write_request_head(head, framing, &extras, &mut up_head);
 

@@ -1,4 +1,4 @@
-//! `cargo xtask demo`: the XDP counter on live traffic. Two network namespaces joined by a
+//! `cargo xtask demo --xdp`: the XDP counter on live traffic. Two network namespaces joined by a
 //! veth pair; `omnirelay-control xdp-count` attaches the program to the server end and
 //! prints its counters each second while the client end sends UDP over IPv4 and IPv6.
 //! Everything is torn down at the end (after `--duration`, or on Ctrl-C).
@@ -20,32 +20,15 @@ use omnirelay_test_support::{
 
 use crate::run::{self, step};
 
-/// Options of `cargo xtask demo`.
-#[derive(clap::Args, Debug)]
-pub struct DemoArgs {
-    /// How long to run, in seconds.
-    #[arg(long, default_value_t = 10)]
-    pub duration: u64,
-    /// Datagrams per second the client sends (each family).
-    #[arg(long, default_value_t = 200)]
-    pub rate: u32,
-}
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_sigint(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
-}
+use super::INTERRUPTED;
 
 /// Runs the demo.
-pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
+pub fn run(args: &super::DemoArgs) -> anyhow::Result<()> {
     if let Err(missing) = caps::require(&[Capability::Root, Capability::NetNs, Capability::XdpVeth])
     {
         bail!("the demo attaches a real XDP program and cannot run here: {missing}");
     }
-    // SAFETY: the handler only stores to an atomic. Ctrl-C reaches the whole process
-    // group; catching it here lets the namespaces be removed before we exit.
-    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    super::catch_ctrl_c();
 
     step("building omnirelay-control");
     run::run(run::cargo().args(["build", "--quiet", "-p", "omnirelay-control"]))?;
@@ -91,7 +74,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         SocketAddr::from((pair.b.ipv6, 9)),
     ];
     let period = Duration::from_secs(1) / args.rate.max(1);
-    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let deadline = Instant::now() + Duration::from_secs(args.duration.max(1));
     let sent = client.run(|| -> anyhow::Result<u64> {
         let v4 = UdpSocket::bind("0.0.0.0:0")?;
         let v6 = UdpSocket::bind("[::]:0")?;
