@@ -1,6 +1,6 @@
 use bytes::BytesMut;
 
-use crate::http1::{Http1Error, write_error_response};
+use crate::{Http1Error, write_error_response};
 
 const ALL: &[Http1Error] = &[
     Http1Error::MalformedHead(httparse::Error::Token),

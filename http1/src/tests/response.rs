@@ -1,7 +1,7 @@
 use bytes::BytesMut;
 
 use super::response;
-use crate::http1::{Framing, Http1Error, Limits, ParseStatus, ResponseHead, Version};
+use crate::{Framing, Http1Error, Limits, ParseStatus, ResponseHead, Version};
 
 fn framing(wire: &str, head_request: bool) -> Result<Framing, Http1Error> {
     response(wire.as_bytes())?.framing(head_request)

@@ -1,6 +1,6 @@
 use bytes::BytesMut;
 
-use crate::http1::{BodyDecoder, Decoded, Framing, Http1Error, LengthDecoder, Limits};
+use crate::{BodyDecoder, Decoded, Framing, Http1Error, LengthDecoder, Limits};
 
 #[test]
 fn length_decoder_counts_down_and_leaves_the_rest() {

@@ -1,7 +1,7 @@
 use bytes::BytesMut;
 
 use super::chunked::decode;
-use crate::http1::{LAST_CHUNK, encode_chunk, encode_chunk_header};
+use crate::{LAST_CHUNK, encode_chunk, encode_chunk_header};
 
 #[test]
 fn encoder_writes_hex_sizes() {

@@ -1,7 +1,7 @@
 use bytes::BytesMut;
 
 use super::{request, response};
-use crate::http1::{Framing, write_request_head, write_response_head};
+use crate::{Framing, write_request_head, write_response_head};
 
 fn request_out(wire: &[u8], framing: Framing, extra: &[(&str, &[u8])]) -> String {
     let head = request(wire).unwrap();

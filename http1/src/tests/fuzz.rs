@@ -1,4 +1,4 @@
-use crate::http1::fuzz::request_roundtrip;
+use crate::fuzz::request_roundtrip;
 
 /// Inputs that reach every branch of the fuzz body: complete and partial heads, each body
 /// framing, smuggling attempts, limits and garbage.

@@ -1,6 +1,6 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::http1::{PROXY_PSEUDONYM, Version, forwarded, via, x_forwarded_for};
+use crate::{PROXY_PSEUDONYM, Version, forwarded, via, x_forwarded_for};
 
 fn v4() -> SocketAddr {
     SocketAddr::from(([192, 0, 2, 1], 51000))

@@ -1,5 +1,5 @@
 use super::{request, request_framing};
-use crate::http1::{Framing, Http1Error, Limits, Version, downstream_framing, keep_alive};
+use crate::{Framing, Http1Error, Limits, Version, downstream_framing, keep_alive};
 
 /// A POST with the given extra field lines (each ending in CRLF).
 fn post(version: &str, fields: &str) -> Vec<u8> {

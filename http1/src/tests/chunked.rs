@@ -1,4 +1,4 @@
-use crate::http1::{ChunkedDecoder, Http1Error, LAST_CHUNK, Limits};
+use crate::{ChunkedDecoder, Http1Error, LAST_CHUNK, Limits};
 
 /// Decodes `pieces` as successive reads; returns the data, the bytes consumed in total and
 /// whether the body ended, or the first error.

@@ -1,5 +1,5 @@
 use super::{parse_request_with, request};
-use crate::http1::{Http1Error, Limits, Version};
+use crate::{Http1Error, Limits, Version};
 
 const GET: &[u8] = b"GET /a/b?x=1&y=2 HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\
     X-Two: 1\r\nx-two: 2\r\n\r\n";
