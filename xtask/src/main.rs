@@ -3,7 +3,9 @@
 //! - `setup`: installs what the project needs (eBPF nightly, bpf-linker built against its
 //!   LLVM, Debian packages) idempotently, and prints what this host can do.
 //! - `test`: format check, clippy with `-D warnings`, then every test tier this host can run.
-//! - `demo`: the XDP counter on a veth pair in two network namespaces, with live traffic.
+//! - `demo`: OmniRelay on its embedded defaults, with a live config change (`--xdp`: the XDP
+//!   counter on a veth pair in two network namespaces).
+//! - `fuzz`: the cargo-fuzz targets of the parsers of untrusted bytes.
 //! - `vm-test`: boots Debian kernels in qemu and runs the kernel-facing tests inside
 //!   (XDP, kTLS), printing a kernel × test matrix. Inside those VMs this same binary is
 //!   the init (PID 1).
@@ -12,6 +14,7 @@
 //! everything is in place.
 
 mod demo;
+mod fuzz;
 mod packages;
 mod run;
 mod setup;
@@ -34,8 +37,11 @@ enum Command {
     Setup,
     /// Format check, clippy (-D warnings), and all tests this host can run.
     Test(test::TestArgs),
-    /// Run the demo: XDP counting live traffic between two network namespaces.
+    /// Run the demo: control daemon, data plane and upstreams on the embedded defaults, with a
+    /// live config change (`--xdp`: the XDP counter on live traffic instead).
     Demo(demo::DemoArgs),
+    /// Run the cargo-fuzz targets (parsers of untrusted bytes) with the pinned nightly.
+    Fuzz(fuzz::FuzzArgs),
     /// Boot Debian kernels in qemu and run the kernel-facing tests inside: a kernel × test
     /// matrix (pass / fail / skipped with reason).
     VmTest(vm::VmTestArgs),
@@ -58,6 +64,10 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => {
             setup::run_toolchain()?;
             test::run(&args)
+        }
+        Command::Fuzz(args) => {
+            setup::run_toolchain()?;
+            fuzz::run(&args)
         }
         Command::Demo(args) => {
             setup::run_toolchain()?;

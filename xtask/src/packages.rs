@@ -12,6 +12,9 @@ use crate::{run, toolchain::Outcome};
 pub const REQUIRED: &[(&str, &str)] = &[
     ("ip", "iproute2"),        // network namespaces and veth pairs
     ("setpriv", "util-linux"), // running a test binary without privileges
+    ("nginx", "nginx-light"),  // upstream of the proxy tests (with the echo module)
+    ("curl", "curl"),          // independent HTTP client in tests and the demo
+    ("wrk", "wrk"),            // load under live config changes
 ];
 
 /// What the VM harness (`cargo xtask vm-test`, and its smoke run in `cargo xtask test`)

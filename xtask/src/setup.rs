@@ -35,6 +35,8 @@ pub fn run_toolchain() -> anyhow::Result<()> {
 /// Toolchain plus the host capability table.
 pub fn run_full() -> anyhow::Result<()> {
     run_toolchain()?;
+    // Only `test` and `fuzz` need it, so other commands do not pay for its first install.
+    report("cargo-fuzz", crate::fuzz::ensure_cargo_fuzz())?;
     print_capabilities();
     Ok(())
 }

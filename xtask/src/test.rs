@@ -52,6 +52,16 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         .env(SKIP_LOG_ENV, &log);
     let (result, mut totals) = run_counting(&mut cmd);
 
+    step("fuzz smoke (each cargo-fuzz target for 20 s)");
+    let fuzz_result = crate::fuzz::run(&crate::fuzz::FuzzArgs {
+        seconds: 20,
+        target: None,
+    });
+    match &fuzz_result {
+        Ok(()) => totals.passed += crate::fuzz::TARGETS.len() as u64,
+        Err(_) => totals.failed += 1,
+    }
+
     step("VM smoke (cargo xtask vm-test --quick: first kernel, XDP test)");
     let smoke_result = match vm::smoke() {
         vm::Smoke::Skipped(why) => {
@@ -96,7 +106,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         totals.passed.saturating_sub(skipped),
         totals.failed
     );
-    result.and(smoke_result)
+    result.and(fuzz_result).and(smoke_result)
 }
 
 /// Adds a line to the skip log, so the summary lists it with the libtest skips.
