@@ -45,7 +45,7 @@ pub(crate) async fn serve(
     ctx: &Rc<WorkerCtx>,
     stream: TcpStream,
     peer: SocketAddr,
-    listener: usize,
+    bound: SocketAddr,
 ) {
     let _ = stream.set_nodelay(true);
     let mut ds = Downstream {
@@ -59,11 +59,13 @@ pub(crate) async fn serve(
             ds.send_error(503, "no configuration loaded yet").await;
             return;
         };
-        let Some(l) = cfg.listeners.get(listener) else {
+        // Found by address, not index: a new snapshot may reorder or remove listeners.
+        let Some(listener) = cfg.listener_by_addr(bound) else {
             ds.send_error(503, "listener removed by the current configuration")
                 .await;
             return;
         };
+        let l = &cfg.listeners[listener];
         let limits = http1::Limits {
             max_head_bytes: l.limits.max_header_bytes,
             max_headers: l.limits.max_headers,

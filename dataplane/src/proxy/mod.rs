@@ -136,9 +136,9 @@ pub fn start(
                 }
                 runtime.block_on(async move {
                     let mut listeners = Vec::new();
-                    for (idx, addr) in addrs.iter().enumerate() {
+                    for addr in &addrs {
                         match worker::bind(*addr, opts.backlog) {
-                            Ok(l) => listeners.push((idx, l)),
+                            Ok(l) => listeners.push((*addr, l)),
                             Err(e) => {
                                 let _ = ready.send(Err(format!("worker {id}: bind {addr}: {e}")));
                                 return;

@@ -128,11 +128,11 @@ pub(crate) fn bind(addr: SocketAddr, backlog: i32) -> std::io::Result<TcpListene
 }
 
 /// Runs worker `id` until the process exits: accepts on every listener of `cfg`.
-pub(crate) async fn run(ctx: Rc<WorkerCtx>, listeners: Vec<(usize, TcpListener)>) {
+pub(crate) async fn run(ctx: Rc<WorkerCtx>, listeners: Vec<(SocketAddr, TcpListener)>) {
     let mut tasks = Vec::new();
-    for (idx, listener) in listeners {
+    for (addr, listener) in listeners {
         let ctx = Rc::clone(&ctx);
-        tasks.push(monoio::spawn(accept_loop(ctx, idx, listener)));
+        tasks.push(monoio::spawn(accept_loop(ctx, addr, listener)));
     }
     let ctx_expire = Rc::clone(&ctx);
     monoio::spawn(async move {
@@ -147,7 +147,7 @@ pub(crate) async fn run(ctx: Rc<WorkerCtx>, listeners: Vec<(usize, TcpListener)>
     }
 }
 
-async fn accept_loop(ctx: Rc<WorkerCtx>, listener_idx: usize, listener: TcpListener) {
+async fn accept_loop(ctx: Rc<WorkerCtx>, bound: SocketAddr, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -155,7 +155,7 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener_idx: usize, listener: TcpListe
                 ctx.stats.connections_active.fetch_add(1, Ordering::Relaxed);
                 let ctx = Rc::clone(&ctx);
                 monoio::spawn(async move {
-                    downstream::serve(&ctx, stream, peer, listener_idx).await;
+                    downstream::serve(&ctx, stream, peer, bound).await;
                     ctx.stats.connections_active.fetch_sub(1, Ordering::Relaxed);
                 });
             }
