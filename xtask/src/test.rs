@@ -47,7 +47,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     }
     std::fs::write(&log, "")?;
     let mut cmd = run::cargo();
-    cmd.arg("test")
+    // --no-fail-fast: one failing test binary must not hide the results of the others.
+    cmd.args(["test", "--no-fail-fast"])
         .args(&args.cargo_test_args)
         .env(SKIP_LOG_ENV, &log);
     let (result, mut totals) = run_counting(&mut cmd);

@@ -1,9 +1,11 @@
 //! The default [`ConfigSource`]: a file on local disk.
 //!
-//! Changes are detected by polling the file's metadata (modification time, size, inode)
-//! every [`POLL_INTERVAL`]. Polling rather than inotify is deliberate: it sees editors that
-//! replace the file by renaming, bind-mounted config maps whose symlinks are swapped, and
-//! files on network filesystems, at the cost of a stat call four times a second.
+//! Changes are detected by polling every [`POLL_INTERVAL`]: the file's metadata (modification
+//! time, size, inode) and a hash of its contents, since two quick writes of the same size
+//! can share a coarse timestamp and a recycled inode. Polling rather than inotify is
+//! deliberate: it sees editors that replace the file by renaming, bind-mounted config maps
+//! whose symlinks are swapped, and files on network filesystems, at the cost of reading a
+//! small file four times a second.
 #![forbid(unsafe_code)]
 
 use std::{
@@ -44,9 +46,12 @@ impl FileConfigSource {
 }
 
 /// What the watcher compares between polls; `None` while the file is missing.
-fn fingerprint(path: &Path) -> Option<(i64, i64, u64, u64)> {
+fn fingerprint(path: &Path) -> Option<(i64, i64, u64, u64, u64)> {
+    use std::hash::{Hash as _, Hasher as _};
     let m = std::fs::metadata(path).ok()?;
-    Some((m.mtime(), m.mtime_nsec(), m.size(), m.ino()))
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::fs::read(path).ok()?.hash(&mut h);
+    Some((m.mtime(), m.mtime_nsec(), m.size(), m.ino(), h.finish()))
 }
 
 impl ConfigSource for FileConfigSource {
@@ -75,10 +80,11 @@ impl ConfigSource for FileConfigSource {
         let stop = Arc::new(AtomicBool::new(false));
         let path = self.path.clone();
         let flag = Arc::clone(&stop);
+        // Taken before returning, so a change made right after `watch` is never missed.
+        let mut last = fingerprint(&path);
         let thread = std::thread::Builder::new()
             .name("config-file-watch".into())
             .spawn(move || {
-                let mut last = fingerprint(&path);
                 while !flag.load(Ordering::Acquire) {
                     std::thread::sleep(POLL_INTERVAL);
                     let now = fingerprint(&path);
