@@ -25,8 +25,8 @@ pub fn run_toolchain() -> anyhow::Result<()> {
     report("system packages", packages::ensure())?;
     // The VM harness's tools are wanted but not required: without them only the VM
     // smoke of `cargo xtask test` is skipped (with a SKIP line) and vm-test fails.
-    if let Err(e) = report("VM tools", packages::ensure_vm()) {
-        println!("    missing   VM tools: {e:#} (cargo xtask vm-test needs them)");
+    if let Err(e) = report("VM packages", packages::ensure_vm()) {
+        println!("    missing   VM packages: {e:#} (cargo xtask vm-test needs them)");
     }
     println!("    toolchain ready in {:.1?}", started.elapsed());
     Ok(())

@@ -153,11 +153,16 @@ struct Section {
     /// prints the status only when the test ends, so anything the test writes meanwhile
     /// (a SKIP line, say) lands between the two halves.
     pending: Option<String>,
+    /// Why a case failed: libtest's panic message, or a `NAME: message` line.
+    failures: BTreeMap<String, String>,
+    /// A `thread 'NAME' panicked at LOCATION:` line whose message is the next line.
+    panicked: Option<(String, String)>,
 }
 
 impl Section {
     /// Takes one line of the test binary's output.
     fn feed(&mut self, line: &str) {
+        self.note_failure(line);
         if let Some((name, status)) = libtest_line(line) {
             self.cases.push((name.to_owned(), status.to_owned()));
             self.pending = None;
@@ -183,6 +188,38 @@ impl Section {
     }
 }
 
+impl Section {
+    /// Remembers what may explain a failure: libtest prints `thread 'NAME' (TID) panicked
+    /// at FILE:LINE:` and the message on the next line; ktls-check prints `NAME: error`.
+    fn note_failure(&mut self, line: &str) {
+        let line = line.trim_end();
+        if let Some((name, location)) = self.panicked.take() {
+            if line.is_empty() {
+                self.panicked = Some((name, location));
+            } else {
+                let message = format!("{} (at {location})", line.trim());
+                self.failures.insert(name, message);
+            }
+            return;
+        }
+        if let Some(rest) = line.strip_prefix("thread '")
+            && let Some((name, after)) = rest.split_once('\'')
+            && let Some((_, location)) = after.split_once("panicked at ")
+        {
+            let location = location.trim_end_matches(':').to_owned();
+            self.panicked = Some((name.to_owned(), location));
+        } else if let Some((name, message)) = line.split_once(": ")
+            && !name.is_empty()
+            && !name.contains(char::is_whitespace)
+            && !name.starts_with('[')
+        {
+            self.failures
+                .entry(name.to_owned())
+                .or_insert_with(|| message.trim().to_owned());
+        }
+    }
+}
+
 /// The statuses of a libtest result line (`skipped` is ktls-check's own).
 const STATUSES: [&str; 4] = ["ok", "FAILED", "ignored", "skipped"];
 
@@ -196,7 +233,10 @@ impl Section {
             let status = match (status.as_str(), self.skips.get(case)) {
                 ("FAILED", _) => {
                     any_failed = true;
-                    Status::Fail("test failed (its output is in the console log)".into())
+                    Status::Fail(match self.failures.get(case) {
+                        Some(why) => why.clone(),
+                        None => "test failed (its output is in the console log)".into(),
+                    })
                 }
                 (_, Some(reason)) => Status::Skip(reason.clone()),
                 ("ok", None) => Status::Pass,
@@ -458,6 +498,14 @@ test native_mode_on_veth ... ok
 test attach_to_a_missing_interface ... ok
 test xdp_counter_counts ... FAILED
 [   12.1] WARNING: CPU: 1 PID: 80 at net/core/filter.c:1234 bpf_warn+0x1/0x2
+
+failures:
+
+---- xdp_counter_counts stdout ----
+
+thread 'xdp_counter_counts' (134) panicked at control/tests/xdp_counter.rs:108:5:
+no eBPF log event; got []
+note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace
 test result: FAILED. 2 passed; 1 failed; 0 ignored
 OMNIRELAY-VM result xdp_counter exit=101 secs=4.2
 OMNIRELAY-VM start ktls_check
@@ -495,7 +543,9 @@ OMNIRELAY-VM done
                 ),
                 (
                     "xdp_counter::xdp_counter_counts".into(),
-                    Status::Fail("test failed (its output is in the console log)".into())
+                    Status::Fail(
+                        "no eBPF log event; got [] (at control/tests/xdp_counter.rs:108:5)".into()
+                    )
                 ),
                 (
                     "ktls_check::ktls_tls13_aes_128_gcm".into(),
@@ -629,6 +679,7 @@ OMNIRELAY-VM start ktls_check
 test tests::a ... SKIP tests::a: needs kTLS (TCP_ULP tls): ENOENT
 ok
 test tests::b ... ok
+tests::c: server: kTLS read: Bad message (os error 74)
 test tests::c ... 
 FAILED
 OMNIRELAY-VM result ktls_check exit=101 secs=1.0
@@ -648,7 +699,7 @@ OMNIRELAY-VM result ktls_check exit=101 secs=1.0
                 ("ktls_check::tests::b".into(), Status::Pass),
                 (
                     "ktls_check::tests::c".into(),
-                    Status::Fail("test failed (its output is in the console log)".into())
+                    Status::Fail("server: kTLS read: Bad message (os error 74)".into())
                 ),
             ]
         );
