@@ -24,10 +24,12 @@ pub struct TestArgs {
     pub cargo_test_args: Vec<String>,
 }
 
+/// One file per run, so two test runs at once (two worktrees' CI, a developer and CI) never
+/// mix their skip lists.
 fn skip_log() -> PathBuf {
     run::workspace_root()
         .join("target")
-        .join("omnirelay-skips.log")
+        .join(format!("omnirelay-skips-{}.log", std::process::id()))
 }
 
 /// Runs the whole suite.
@@ -93,6 +95,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     };
 
     let skips = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
     let skipped = skips.lines().filter(|l| !l.trim().is_empty()).count() as u64;
     step("skipped tests");
     if skipped == 0 {
