@@ -9,10 +9,13 @@
 //! - `vm-test`: boots Debian kernels in qemu and runs the kernel-facing tests inside
 //!   (XDP, kTLS), printing a kernel × test matrix. Inside those VMs this same binary is
 //!   the init (PID 1).
+//! - `bench`: OmniRelay beside nginx, haproxy and Envoy; results in `bench/results/`, the
+//!   dashboard in `bench/dashboard/`.
 //!
 //! Every command except `setup` first runs the toolchain part of setup, which is quick when
 //! everything is in place.
 
+mod bench;
 mod demo;
 mod fuzz;
 mod packages;
@@ -45,6 +48,9 @@ enum Command {
     /// Boot Debian kernels in qemu and run the kernel-facing tests inside: a kernel × test
     /// matrix (pass / fail / skipped with reason).
     VmTest(vm::VmTestArgs),
+    /// Benchmark OmniRelay against nginx, haproxy and Envoy (per-core CPU, latency, memory);
+    /// writes bench/results/ and regenerates bench/dashboard/.
+    Bench(bench::BenchArgs),
     /// Inside a vm-test guest: the planted failing test (exits 1).
     #[command(hide = true)]
     VmPlantedFailure,
@@ -78,6 +84,12 @@ fn main() -> anyhow::Result<()> {
                 setup::run_toolchain()?;
             }
             vm::command(&args)
+        }
+        Command::Bench(args) => {
+            if !args.report {
+                setup::run_toolchain()?;
+            }
+            bench::run(&args)
         }
         Command::VmPlantedFailure => vm::guest::planted_failure(),
         Command::VmPlantedPanic => vm::guest::planted_panic(),

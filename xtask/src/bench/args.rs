@@ -1,0 +1,107 @@
+//! The options of `cargo xtask bench` and the plan (knobs) they give.
+
+use super::{keepalive, peers::Peer};
+
+/// Options of `cargo xtask bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Scenarios to run (default: all that have landed: http1-keepalive).
+    pub scenarios: Vec<String>,
+    /// Fewer, shorter runs (3 × 5 s per proxy and body size); all scenarios in minutes.
+    #[arg(long)]
+    pub quick: bool,
+    /// One 2 s run with OmniRelay and nginx; results and dashboard into a temp dir only.
+    #[arg(long, conflicts_with = "quick")]
+    pub smoke: bool,
+    /// Measured runs per proxy and body size (default 5; --quick 3).
+    #[arg(long)]
+    pub runs: Option<u32>,
+    /// Seconds per measured run (default 10; --quick 5).
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Seconds of warm-up per proxy and body size (default 3; --quick 2).
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// wrk connections.
+    #[arg(long, default_value_t = 64)]
+    pub connections: u32,
+    /// Proxies, comma-separated (default: omnirelay,nginx,haproxy,envoy).
+    #[arg(long, value_delimiter = ',')]
+    pub proxies: Vec<String>,
+    /// Response body sizes in bytes, comma-separated (default: 100,16384).
+    #[arg(long, value_delimiter = ',')]
+    pub bodies: Vec<usize>,
+    /// Idle keep-alive connections for the memory test (default 10000; 0 skips it).
+    #[arg(long)]
+    pub idle_conns: Option<u32>,
+    /// Core of the proxies under test.
+    #[arg(long, default_value_t = 0)]
+    pub proxy_core: usize,
+    /// Core of wrk and the upstream.
+    #[arg(long, default_value_t = 1)]
+    pub load_core: usize,
+    /// OmniRelay data plane: io_uring submission queue entries (`--ring-entries`).
+    #[arg(long)]
+    pub ring_entries: Option<u32>,
+    /// OmniRelay data plane: io_uring completion mode (`--uring-mode`: default, coop, defer).
+    #[arg(long)]
+    pub uring_mode: Option<String>,
+    /// Run nothing: check every result file against the schema, regenerate the dashboard.
+    #[arg(long)]
+    pub report: bool,
+}
+
+/// The mode recorded with the run: smoke, quick, full, or custom when a knob was set.
+pub fn mode(args: &BenchArgs) -> &'static str {
+    let custom = args.runs.is_some()
+        || args.duration.is_some()
+        || args.warmup.is_some()
+        || args.idle_conns.is_some()
+        || !args.proxies.is_empty()
+        || !args.bodies.is_empty()
+        || args.connections != 64
+        || args.ring_entries.is_some()
+        || args.uring_mode.is_some();
+    match (args.smoke, args.quick, custom) {
+        (true, _, _) => "smoke",
+        (_, _, true) => "custom",
+        (_, true, _) => "quick",
+        _ => "full",
+    }
+}
+
+/// The knobs of the run: the mode's defaults, overridden by the options given.
+pub fn plan(args: &BenchArgs) -> anyhow::Result<keepalive::Plan> {
+    let (runs, duration, warmup, idle) = match (args.smoke, args.quick) {
+        (true, _) => (1, 2, 1, 1_000),
+        (_, true) => (3, 5, 2, 10_000),
+        _ => (5, 10, 3, 10_000),
+    };
+    let peers = if !args.proxies.is_empty() {
+        args.proxies
+            .iter()
+            .map(|p| Peer::parse(p))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else if args.smoke {
+        vec![Peer::OmniRelay, Peer::Nginx]
+    } else {
+        Peer::ALL.to_vec()
+    };
+    let bodies = match (&args.bodies, args.smoke) {
+        (b, _) if !b.is_empty() => b.clone(),
+        (_, true) => vec![100],
+        _ => vec![100, 16 * 1024],
+    };
+    Ok(keepalive::Plan {
+        peers,
+        bodies,
+        runs: args.runs.unwrap_or(runs).max(1),
+        duration_s: args.duration.unwrap_or(duration).max(1),
+        warmup_s: args.warmup.unwrap_or(warmup),
+        connections: args.connections.max(1),
+        idle_conns: args.idle_conns.unwrap_or(idle),
+        proxy_core: args.proxy_core,
+        load_core: args.load_core,
+        omni: Default::default(),
+    })
+}

@@ -1,0 +1,215 @@
+//! The proxies under test, OmniRelay and its peers, each started pinned to the proxy core
+//! with one worker, as a reverse proxy to the shared upstream.
+
+use std::{net::SocketAddr, path::PathBuf, process::Command, time::Duration};
+
+use anyhow::{Context as _, bail};
+use omnirelay_test_support::process::{TempDir, free_port, wait_for_port};
+
+use super::{configs, http, procs, procs::Group, tools};
+
+/// A proxy the benchmarks measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peer {
+    OmniRelay,
+    Nginx,
+    Haproxy,
+    Envoy,
+}
+
+impl Peer {
+    /// Every proxy, OmniRelay first (the run order A B C D).
+    pub const ALL: [Peer; 4] = [Peer::OmniRelay, Peer::Nginx, Peer::Haproxy, Peer::Envoy];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Peer::OmniRelay => "omnirelay",
+            Peer::Nginx => "nginx",
+            Peer::Haproxy => "haproxy",
+            Peer::Envoy => "envoy",
+        }
+    }
+
+    pub fn parse(s: &str) -> anyhow::Result<Peer> {
+        Peer::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .with_context(|| format!("unknown proxy {s:?} (omnirelay, nginx, haproxy, envoy)"))
+    }
+}
+
+/// Where the binaries are (filled once by the install step).
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub omnirelay_dir: PathBuf,
+    pub envoy: Option<PathBuf>,
+    /// The open-file limit every process started here inherits.
+    pub nofile: u64,
+}
+
+/// A started proxy. `proxy` is what is measured; `aux` (OmniRelay's control daemon) is not.
+#[derive(Debug)]
+pub struct Running {
+    pub peer: Peer,
+    pub addr: SocketAddr,
+    pub proxy: Group,
+    /// OmniRelay's I/O drivers as its admin endpoint reports them.
+    pub io_drivers: Option<serde_json::Value>,
+    /// Client connections it can hold at once, when its config caps them below the
+    /// idle-connection test's count (and why).
+    pub conn_cap: Option<(u32, String)>,
+    _aux: Vec<Group>,
+    _dir: TempDir,
+}
+
+/// Starts `peer` pinned to `core` (OmniRelay's control daemon on `aux_core`, its data plane
+/// with `omnirelay_args` too), proxying to `upstream`; checks that one request through it
+/// returns `probe_bytes` of body.
+pub fn start(
+    peer: Peer,
+    bins: &Binaries,
+    omnirelay_args: &[String],
+    core: usize,
+    aux_core: usize,
+    upstream: u16,
+    probe_bytes: usize,
+) -> anyhow::Result<Running> {
+    let dir = TempDir::new(&format!("bench-{}", peer.name()));
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let log = dir.path().join("proxy.log");
+    let mut aux = Vec::new();
+    let mut io_drivers = None;
+    let mut conn_cap = None;
+    let proxy = match peer {
+        Peer::Nginx => {
+            let conf = dir.path().join("nginx.conf");
+            std::fs::write(
+                &conf,
+                configs::nginx_proxy(dir.path(), port, upstream, bins.nofile),
+            )?;
+            let mut cmd = procs::pinned(core, &tools::program("nginx")?);
+            cmd.arg("-c").arg(&conf).arg("-p").arg(dir.path());
+            Group::spawn(cmd, &log)?
+        }
+        Peer::Haproxy => {
+            let conf = dir.path().join("haproxy.cfg");
+            std::fs::write(&conf, configs::haproxy(port, upstream, bins.nofile))?;
+            let maxconn = configs::haproxy_maxconn(bins.nofile);
+            conn_cap = Some((
+                u32::try_from(maxconn.saturating_sub(100)).unwrap_or(u32::MAX),
+                format!(
+                    "haproxy needs two descriptors per connection: maxconn {maxconn} under the open-file limit {}",
+                    bins.nofile
+                ),
+            ));
+            let mut cmd = procs::pinned(core, &tools::program("haproxy")?);
+            cmd.arg("-db").arg("-f").arg(&conf);
+            Group::spawn(cmd, &log)?
+        }
+        Peer::Envoy => {
+            let envoy = bins.envoy.as_ref().context("envoy is not installed")?;
+            let conf = dir.path().join("envoy.yaml");
+            std::fs::write(&conf, configs::envoy(port, free_port(), upstream))?;
+            let mut cmd = procs::pinned(core, envoy);
+            cmd.arg("-c").arg(&conf).args([
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "--log-level",
+                "warn",
+            ]);
+            Group::spawn(cmd, &log)?
+        }
+        Peer::OmniRelay => {
+            let (grpc, admin, dp_admin) = (free_port(), free_port(), free_port());
+            let conf = dir.path().join("omnirelay.toml");
+            std::fs::write(&conf, configs::omnirelay(port, grpc, admin, upstream))?;
+            let state = dir.path().join("state");
+            let mut cmd = procs::pinned(aux_core, &bins.omnirelay_dir.join("omnirelay-control"));
+            cmd.arg("run")
+                .arg("--config")
+                .arg(&conf)
+                .arg("--state-dir")
+                .arg(&state);
+            cmd.env("RUST_LOG", "warn");
+            let control = Group::spawn(cmd, &dir.path().join("control.log"))?;
+            let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin));
+            if !wait_for_port(admin_addr, Duration::from_secs(20)) {
+                bail!(
+                    "the control daemon did not start:\n{}",
+                    control.log_tail(20)
+                );
+            }
+            aux.push(control);
+            let mut cmd = procs::pinned(core, &bins.omnirelay_dir.join("omnirelay-dataplane"));
+            cmd.arg("--control")
+                .arg(format!("http://127.0.0.1:{grpc}"))
+                .arg("--public-key")
+                .arg(state.join("snapshot-signing.pub"))
+                .args(["--workers", "1", "--access-log", "off", "--admin"])
+                .arg(format!("127.0.0.1:{dp_admin}"))
+                .args(omnirelay_args)
+                .env("RUST_LOG", "warn");
+            let g = Group::spawn(cmd, &log)?;
+            if wait_for_port(
+                SocketAddr::from(([127, 0, 0, 1], dp_admin)),
+                Duration::from_secs(20),
+            ) {
+                io_drivers =
+                    admin_json(dp_admin, "/snapshot").and_then(|v| v.get("io_drivers").cloned());
+            }
+            g
+        }
+    };
+    let mut running = Running {
+        peer,
+        addr,
+        proxy,
+        io_drivers,
+        conn_cap,
+        _aux: aux,
+        _dir: dir,
+    };
+    ready(&mut running, probe_bytes)?;
+    Ok(running)
+}
+
+/// Waits for the listener, then one GET through the proxy must return the expected body.
+fn ready(r: &mut Running, probe_bytes: usize) -> anyhow::Result<()> {
+    let up = wait_for_port(r.addr, Duration::from_secs(20));
+    if !up || !r.proxy.alive() {
+        bail!(
+            "{} did not start listening on {}:\n{}",
+            r.peer.name(),
+            r.addr,
+            r.proxy.log_tail(20)
+        );
+    }
+    let check = || -> anyhow::Result<()> {
+        let mut s = http::connect(r.addr, Duration::from_secs(5))?;
+        let reply = http::get(&mut s, &configs::body_path(probe_bytes))?;
+        if reply.status != 200 || reply.body_len != probe_bytes {
+            bail!("probe got {reply:?}, wanted 200 with {probe_bytes} bytes");
+        }
+        Ok(())
+    };
+    check().with_context(|| {
+        format!(
+            "{} does not proxy:\n{}",
+            r.peer.name(),
+            r.proxy.log_tail(20)
+        )
+    })
+}
+
+/// One GET of a JSON admin endpoint.
+fn admin_json(port: u16, path: &str) -> Option<serde_json::Value> {
+    let out = crate::run::output(Command::new("curl").args([
+        "-sf",
+        "--max-time",
+        "5",
+        &format!("http://127.0.0.1:{port}{path}"),
+    ]))?;
+    serde_json::from_str(&out).ok()
+}

@@ -1,0 +1,172 @@
+//! Samples, the metrics derived from them, medians with min/max, and ratios to the best peer.
+
+use serde_json::{Value, json};
+
+use super::wrk::WrkReport;
+
+/// A per-proxy figure of merit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    CpuUsPerReq,
+    ReqPerCoreS,
+    Rps,
+    P50Us,
+    P99Us,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 5] = [
+        Metric::CpuUsPerReq,
+        Metric::ReqPerCoreS,
+        Metric::Rps,
+        Metric::P50Us,
+        Metric::P99Us,
+    ];
+
+    /// The JSON key.
+    pub fn key(self) -> &'static str {
+        match self {
+            Metric::CpuUsPerReq => "cpu_us_per_req",
+            Metric::ReqPerCoreS => "req_per_core_s",
+            Metric::Rps => "rps",
+            Metric::P50Us => "p50_us",
+            Metric::P99Us => "p99_us",
+        }
+    }
+
+    pub fn lower_is_better(self) -> bool {
+        matches!(self, Metric::CpuUsPerReq | Metric::P50Us | Metric::P99Us)
+    }
+}
+
+/// One measured wrk run of one proxy.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub run: u32,
+    pub wrk: WrkReport,
+    /// The proxy's CPU time (utime + stime of all its processes) over the wrk window.
+    pub cpu_us: u64,
+    pub wall_s: f64,
+}
+
+impl Sample {
+    pub fn value(&self, m: Metric) -> f64 {
+        let req = self.wrk.requests as f64;
+        let cpu = self.cpu_us as f64;
+        match m {
+            Metric::CpuUsPerReq if req > 0.0 => cpu / req,
+            Metric::ReqPerCoreS if cpu > 0.0 => req / (cpu / 1e6),
+            Metric::CpuUsPerReq | Metric::ReqPerCoreS => 0.0,
+            Metric::Rps => self.wrk.rps,
+            Metric::P50Us => self.wrk.p50_us,
+            Metric::P99Us => self.wrk.p99_us,
+        }
+    }
+
+    /// Why this sample does not count, if it does not.
+    pub fn problem(&self) -> Option<String> {
+        let w = &self.wrk;
+        if w.requests == 0 {
+            return Some("no request completed".into());
+        }
+        if w.socket_errors() > 0 || w.non_2xx_3xx > 0 {
+            return Some(format!(
+                "wrk errors: connect {}, read {}, write {}, timeout {}; non-2xx/3xx {}",
+                w.errors_connect, w.errors_read, w.errors_write, w.errors_timeout, w.non_2xx_3xx
+            ));
+        }
+        None
+    }
+
+    pub fn to_json(&self) -> Value {
+        let w = &self.wrk;
+        let mut v = json!({
+            "run": self.run,
+            "requests": w.requests,
+            "wrk_duration_s": w.duration_s,
+            "wall_s": self.wall_s,
+            "cpu_us": self.cpu_us,
+            "cpu_utilization": if self.wall_s > 0.0 { self.cpu_us as f64 / 1e6 / self.wall_s } else { 0.0 },
+            "socket_errors": {
+                "connect": w.errors_connect, "read": w.errors_read,
+                "write": w.errors_write, "timeout": w.errors_timeout,
+            },
+            "non_2xx_3xx": w.non_2xx_3xx,
+            "error": self.problem(),
+        });
+        for m in Metric::ALL {
+            v[m.key()] = json!(self.value(m));
+        }
+        v
+    }
+}
+
+/// The median of `v` (mean of the middle two for an even count); None when empty.
+pub fn median(v: &[f64]) -> Option<f64> {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if s.is_empty() {
+        return None;
+    }
+    s.sort_by(f64::total_cmp);
+    let mid = s.len() / 2;
+    Some(if s.len() % 2 == 1 {
+        s[mid]
+    } else {
+        (s[mid - 1] + s[mid]) / 2.0
+    })
+}
+
+/// `{metric: median}`, `{metric: min}`, `{metric: max}` over `samples`.
+pub fn summaries(samples: &[Sample]) -> (Value, Value, Value) {
+    let (mut med, mut min, mut max) = (json!({}), json!({}), json!({}));
+    for m in Metric::ALL {
+        let vals: Vec<f64> = samples.iter().map(|s| s.value(m)).collect();
+        med[m.key()] = json!(median(&vals));
+        min[m.key()] = json!(vals.iter().copied().reduce(f64::min));
+        max[m.key()] = json!(vals.iter().copied().reduce(f64::max));
+    }
+    (med, min, max)
+}
+
+/// The best value of `m` among `values` (lower or higher, as the metric wants).
+pub fn best(m: Metric, values: impl IntoIterator<Item = f64>) -> Option<f64> {
+    values
+        .into_iter()
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .reduce(|a, b| if m.lower_is_better() == (a < b) { a } else { b })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn best_follows_the_metric_direction() {
+        assert_eq!(best(Metric::CpuUsPerReq, [30.0, 25.0, 130.0]), Some(25.0));
+        assert_eq!(best(Metric::Rps, [30.0, 25.0, 130.0]), Some(130.0));
+        assert_eq!(best(Metric::Rps, []), None);
+    }
+
+    #[test]
+    fn cpu_per_request_and_its_inverse() {
+        let s = Sample {
+            run: 0,
+            wrk: WrkReport {
+                requests: 100_000,
+                ..Default::default()
+            },
+            cpu_us: 2_500_000,
+            wall_s: 5.0,
+        };
+        assert!((s.value(Metric::CpuUsPerReq) - 25.0).abs() < 1e-9);
+        assert!((s.value(Metric::ReqPerCoreS) - 40_000.0).abs() < 1e-6);
+        assert_eq!(s.problem(), None);
+    }
+}

@@ -1,0 +1,79 @@
+//! The end-of-run summary: per scenario and body size, each proxy's medians and its ratios
+//! to the best peer, and memory per idle connection, as Markdown tables (the README's
+//! Benchmarks table is copied from this output).
+
+use serde_json::Value;
+
+fn num(v: &Value, digits: usize) -> String {
+    v.as_f64().map_or("-".into(), |f| format!("{f:.digits$}"))
+}
+
+fn ratio(v: &Value) -> String {
+    v.as_f64().map_or("-".into(), |f| format!("{f:.2}×"))
+}
+
+/// Prints the tables of `doc`.
+pub fn print(doc: &Value) {
+    for sc in doc["scenarios"].as_array().into_iter().flatten() {
+        let name = sc["name"].as_str().unwrap_or("?");
+        println!("\n### {name} ({})", sc["status"].as_str().unwrap_or("?"));
+        if let Some(e) = sc["error"].as_str() {
+            println!("FAILED: {e}");
+        }
+        for case in sc["cases"].as_array().into_iter().flatten() {
+            println!(
+                "\n{} B body; medians (min–max of CPU), ratio = value / best peer's\n",
+                case["body_bytes"]
+            );
+            println!(
+                "| proxy | CPU µs/req | req per core-s | req/s | p50 µs | p99 µs | CPU ratio | req/core-s ratio | p99 ratio |"
+            );
+            println!("|---|---|---|---|---|---|---|---|---|");
+            for p in case["proxies"].as_array().into_iter().flatten() {
+                let (med, r) = (&p["median"], &p["ratio_to_best_peer"]);
+                let proxy = p["proxy"].as_str().unwrap_or("?");
+                if p["status"] != "ok" {
+                    let err = p["error"].as_str().unwrap_or("?");
+                    let first = err.lines().next().unwrap_or("");
+                    println!("| {proxy} | FAILED: {first} | | | | | | | |");
+                    continue;
+                }
+                println!(
+                    "| {proxy} | {} ({}–{}) | {} | {} | {} | {} | {} | {} | {} |",
+                    num(&med["cpu_us_per_req"], 1),
+                    num(&p["min"]["cpu_us_per_req"], 1),
+                    num(&p["max"]["cpu_us_per_req"], 1),
+                    num(&med["req_per_core_s"], 0),
+                    num(&med["rps"], 0),
+                    num(&med["p50_us"], 0),
+                    num(&med["p99_us"], 0),
+                    ratio(&r["cpu_us_per_req"]),
+                    ratio(&r["req_per_core_s"]),
+                    ratio(&r["p99_us"]),
+                );
+            }
+        }
+        let rss = sc["rss"].as_array().cloned().unwrap_or_default();
+        if !rss.is_empty() {
+            println!("\n| proxy | RSS idle MiB | KiB per idle connection | ratio |");
+            println!("|---|---|---|---|");
+            for r in &rss {
+                let proxy = r["proxy"].as_str().unwrap_or("?");
+                if r["status"] != "ok" {
+                    let err = r["error"].as_str().unwrap_or("?");
+                    println!(
+                        "| {proxy} | FAILED: {} | | |",
+                        err.lines().next().unwrap_or("")
+                    );
+                    continue;
+                }
+                println!(
+                    "| {proxy} | {:.1} | {} | {} |",
+                    r["idle_kib"].as_f64().unwrap_or(0.0) / 1024.0,
+                    num(&r["kib_per_conn"], 2),
+                    ratio(&r["kib_per_conn_ratio_to_best_peer"]),
+                );
+            }
+        }
+    }
+}
