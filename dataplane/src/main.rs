@@ -35,6 +35,12 @@ struct Cli {
     /// Do not pin workers to cores.
     #[arg(long)]
     no_pin: bool,
+    /// io_uring completion delivery: default, coop or defer (see the proxy docs).
+    #[arg(long, default_value = "coop")]
+    uring_mode: proxy::UringMode,
+    /// io_uring submission queue entries per worker.
+    #[arg(long, default_value_t = 1024)]
+    ring_entries: u32,
     /// Admin address (/metrics, /healthz, /snapshot).
     #[arg(long, default_value = "127.0.0.1:9901")]
     admin: SocketAddr,
@@ -119,6 +125,8 @@ fn main() -> anyhow::Result<()> {
         opts.workers = w;
     }
     opts.pin = !cli.no_pin;
+    opts.uring_mode = cli.uring_mode;
+    opts.ring_entries = cli.ring_entries;
     let proxy = proxy::start(Arc::clone(&holder), Arc::clone(&metrics), access_log, opts)?;
     let admin_addr = admin::spawn(
         cli.admin,
