@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::{Buf as _, BytesMut};
 use monoio::net::TcpStream;
 
-use super::{downstream::Downstream, io};
+use super::{downstream::Downstream, io, worker::WorkerCtx};
 use crate::http1::{self, BodyDecoder, Framing, Http1Error, ResponseHead, Version};
 
 /// Bytes staged before a write is issued.
@@ -64,15 +64,17 @@ impl RequestBody {
     /// Writes the request head, then streams the body from the client.
     pub async fn send(
         &mut self,
+        ctx: &WorkerCtx,
         up: &mut TcpStream,
         head: &BytesMut,
         ds: &mut Downstream,
         deadline: Instant,
     ) -> Result<(), SendError> {
-        let mut out = BytesMut::with_capacity(head.len().max(FLUSH_AT / 4));
+        let mut out = ctx.take_buf();
         out.extend_from_slice(head);
         if self.framing == Framing::None {
-            let (res, _) = io::write_all(up, out).await;
+            let (res, out) = io::write_all(up, out).await;
+            ctx.give_buf(out);
             return res.map_err(|_| SendError::Upstream);
         }
         if self.expect_continue && ds.buf.is_empty() && !self.started {
@@ -111,7 +113,8 @@ impl RequestBody {
                 if chunked {
                     out.extend_from_slice(http1::LAST_CHUNK);
                 }
-                let (res, _) = io::write_all(up, out).await;
+                let (res, out) = io::write_all(up, out).await;
+                ctx.give_buf(out);
                 return res.map_err(|_| SendError::Upstream);
             }
             if out.len() >= FLUSH_AT || !out.is_empty() {
@@ -141,7 +144,8 @@ impl RequestBody {
 }
 
 /// Streams a response to the client. Returns (body bytes sent, whether the client
-/// connection may continue, whether the upstream connection may be pooled).
+/// connection may continue, whether the upstream connection may be pooled, the upstream
+/// read buffer for reuse).
 pub(crate) async fn relay_response(
     resp: &ResponseHead,
     head_request: bool,
@@ -150,13 +154,13 @@ pub(crate) async fn relay_response(
     mut up_buf: BytesMut,
     ds: &mut Downstream,
     deadline: Instant,
-) -> (u64, bool, bool) {
+) -> (u64, bool, bool, BytesMut) {
     let framing = match resp.framing(head_request) {
         Ok(f) => f,
         Err(e) => {
             tracing::debug!("invalid upstream response framing: {e}");
             ds.send_error(502, "invalid response from upstream").await;
-            return (0, false, false);
+            return (0, false, false, up_buf);
         }
     };
     let ds_framing = http1::downstream_framing(framing, client_version);
@@ -175,7 +179,7 @@ pub(crate) async fn relay_response(
                     tracing::debug!("invalid upstream response body: {e}");
                     let (_, o) = io::write_all(&mut ds.stream, out).await;
                     ds.out = o;
-                    return (sent, false, false);
+                    return (sent, false, false, up_buf);
                 }
             };
             if d.consumed == 0 {
@@ -201,7 +205,7 @@ pub(crate) async fn relay_response(
             out = o;
             if res.is_err() {
                 ds.out = out;
-                return (sent, false, false);
+                return (sent, false, false, up_buf);
             }
         }
         match monoio::time::timeout_at(deadline.into(), io::read_more(up, up_buf)).await {
@@ -211,10 +215,15 @@ pub(crate) async fn relay_response(
                 break;
             }
             Ok((Ok(_), b)) => up_buf = b,
-            Ok((Err(_), _)) | Err(_) => {
+            Ok((Err(_), b)) => {
                 let (_, o) = io::write_all(&mut ds.stream, out).await;
                 ds.out = o;
-                return (sent, false, false);
+                return (sent, false, false, b);
+            }
+            Err(_) => {
+                let (_, o) = io::write_all(&mut ds.stream, out).await;
+                ds.out = o;
+                return (sent, false, false, BytesMut::new());
             }
         }
     }
@@ -226,5 +235,5 @@ pub(crate) async fn relay_response(
     let client_ok = res.is_ok() && complete && ds_framing != Framing::CloseDelimited;
     let reusable =
         complete && framing != Framing::CloseDelimited && resp.keep_alive() && up_buf.is_empty();
-    (sent, client_ok, reusable)
+    (sent, client_ok, reusable, up_buf)
 }

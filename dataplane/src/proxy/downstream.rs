@@ -83,9 +83,9 @@ pub(crate) async fn serve(
             return;
         }
         if ds.buf.is_empty() {
-            // Idle keep-alive connections hold no buffers.
-            ds.buf = BytesMut::new();
-            ds.out = BytesMut::new();
+            // Idle keep-alive connections hold no buffers: they go back to the worker's pool.
+            ctx.give_buf(std::mem::take(&mut ds.buf));
+            ctx.give_buf(std::mem::take(&mut ds.out));
         }
     }
 }
@@ -97,6 +97,12 @@ async fn next_head(ctx: &WorkerCtx, ds: &mut Downstream, limits: &http1::Limits)
             Ok(Ok(())) => {}
             Ok(Err(_)) | Err(_) => return NextHead::Closed,
         }
+    }
+    if ds.buf.capacity() == 0 {
+        ds.buf = ctx.take_buf();
+    }
+    if ds.out.capacity() == 0 {
+        ds.out = ctx.take_buf();
     }
     let deadline = Instant::now() + ctx.settings.client_head_timeout;
     loop {

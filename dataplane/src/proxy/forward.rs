@@ -139,23 +139,25 @@ pub(crate) async fn handle(
         }
         None => ("".into(), "".into()),
     };
-    ctx.access_log.log(AccessRecord {
-        start: wall,
-        listener: Arc::clone(&cfg.listeners[listener].name),
-        route: route_name,
-        cluster: cluster_name,
-        endpoint: summary.endpoint,
-        client: ds.peer,
-        method: head.method().to_owned(),
-        path: head.path().to_owned(),
-        status: summary.status,
-        bytes_in: summary.bytes_in,
-        bytes_out: summary.bytes_out,
-        duration,
-        upstream_time: summary.upstream_time,
-        attempts: summary.attempts,
-        request_id,
-    });
+    if ctx.access_log.enabled() {
+        ctx.access_log.log(AccessRecord {
+            start: wall,
+            listener: Arc::clone(&cfg.listeners[listener].name),
+            route: route_name,
+            cluster: cluster_name,
+            endpoint: summary.endpoint,
+            client: ds.peer,
+            method: head.method().to_owned(),
+            path: head.path().to_owned(),
+            status: summary.status,
+            bytes_in: summary.bytes_in,
+            bytes_out: summary.bytes_out,
+            duration,
+            upstream_time: summary.upstream_time,
+            attempts: summary.attempts,
+            request_id,
+        });
+    }
     summary.keep_alive && head.keep_alive()
 }
 
@@ -221,7 +223,11 @@ async fn proxy(
     );
     let via = http1::via(head.headers().get_all("via"), head.version());
     // HTTP/1.0 clients may omit Host; the upstream gets HTTP/1.1, which requires one.
-    let listener_host = cfg.listeners[listener].address.to_string();
+    let listener_host = if head.host().is_none() {
+        cfg.listeners[listener].address.to_string()
+    } else {
+        String::new()
+    };
     let mut extras: Vec<(&str, &[u8])> = vec![
         ("x-forwarded-for", &xff),
         ("forwarded", &fwd),
@@ -451,7 +457,7 @@ async fn attempt(
     };
 
     // Request head and body.
-    let sent = body_state.send(&mut up, up_head, ds, deadline).await;
+    let sent = body_state.send(ctx, &mut up, up_head, ds, deadline).await;
     if let Err(e) = sent {
         return Err(match e {
             body::SendError::Upstream => AttemptError::UpstreamClosed {
@@ -463,7 +469,7 @@ async fn attempt(
     }
 
     // Response head (skipping interim 1xx responses).
-    let mut up_buf = BytesMut::with_capacity(io::READ_CHUNK);
+    let mut up_buf = ctx.take_buf();
     let resp = loop {
         match ResponseHead::parse(&mut up_buf, &http1::Limits::default()) {
             Ok(ParseStatus::Complete { head, .. })
@@ -508,7 +514,7 @@ async fn attempt(
             pending: Some((resp, up, up_buf)),
         });
     }
-    let (bytes_out, client_keep_alive, reusable) = body::relay_response(
+    let (bytes_out, client_keep_alive, reusable, up_buf) = body::relay_response(
         &resp,
         head_request,
         client_version,
@@ -518,6 +524,7 @@ async fn attempt(
         deadline,
     )
     .await;
+    ctx.give_buf(up_buf);
     if reusable {
         ctx.pool
             .borrow_mut()
@@ -541,7 +548,7 @@ async fn forward_pending(
 ) -> AttemptResult {
     if let Some((resp, mut up, up_buf)) = r.pending.take() {
         let far = Instant::now() + Duration::from_secs(30);
-        let (bytes, keep, _) = body::relay_response(
+        let (bytes, keep, _, _) = body::relay_response(
             &resp,
             head.is_head(),
             head.version(),

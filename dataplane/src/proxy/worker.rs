@@ -14,7 +14,9 @@ use std::{
 
 use monoio::net::{ListenerOpts, TcpListener};
 
-use super::{ProxySettings, downstream, pool::UpstreamPool};
+use bytes::BytesMut;
+
+use super::{ProxySettings, downstream, io, pool::UpstreamPool};
 use crate::{
     lb::{LbState, RetryBudget, SplitMix64},
     snapshot::{RuntimeConfig, SnapshotHolder},
@@ -109,9 +111,33 @@ pub(crate) struct WorkerCtx {
     pub pool: RefCell<UpstreamPool>,
     pub balancers: RefCell<Balancers>,
     pub rng: RefCell<SplitMix64>,
+    /// Free I/O buffers, reused across requests instead of a malloc/free pair each time.
+    buffers: RefCell<Vec<BytesMut>>,
 }
 
+/// Buffers kept for reuse per worker; beyond this, released buffers are freed.
+const POOLED_BUFFERS: usize = 256;
+
 impl WorkerCtx {
+    /// A buffer of at least [`io::READ_CHUNK`] bytes of capacity, empty.
+    pub fn take_buf(&self) -> BytesMut {
+        self.buffers
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(io::READ_CHUNK))
+    }
+
+    /// Returns a buffer for reuse (dropped if the pool is full or it is too small).
+    pub fn give_buf(&self, mut buf: BytesMut) {
+        if buf.capacity() >= io::READ_CHUNK {
+            let mut pool = self.buffers.borrow_mut();
+            if pool.len() < POOLED_BUFFERS {
+                buf.clear();
+                pool.push(buf);
+            }
+        }
+    }
+
     /// A uniformly random `u64` from the worker's generator.
     pub fn random(&self) -> u64 {
         self.rng.borrow_mut().next_u64()
@@ -176,9 +202,11 @@ pub(crate) fn context(
     access_log: AccessLog,
     settings: ProxySettings,
 ) -> Rc<WorkerCtx> {
-    let seed = (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ std::process::id() as u64
-        ^ Instant::now().elapsed().as_nanos() as u64;
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let seed =
+        (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ std::process::id() as u64 ^ clock;
     Rc::new(WorkerCtx {
         id,
         holder,
@@ -188,5 +216,6 @@ pub(crate) fn context(
         pool: RefCell::new(UpstreamPool::default()),
         balancers: RefCell::new(Balancers::new()),
         rng: RefCell::new(SplitMix64::new(seed)),
+        buffers: RefCell::new(Vec::new()),
     })
 }

@@ -161,6 +161,11 @@ impl AccessLog {
         })
     }
 
+    /// Whether records are written at all (callers skip building them otherwise).
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
     /// Hands a record to the writer; drops and counts it if the writer is behind.
     pub fn log(&self, record: AccessRecord) {
         if let Some(tx) = &self.tx
