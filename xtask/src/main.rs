@@ -59,12 +59,23 @@ enum Command {
     VmPlantedPanic,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     // In a vm-test guest the kernel starts this binary as /init: PID 1 is only ever that.
     if std::process::id() == 1 {
         vm::guest::main();
     }
     let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The chain of causes, without a backtrace: these are operator-facing errors.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Setup => setup::run_full(),
         Command::Test(args) => {
