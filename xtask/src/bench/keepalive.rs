@@ -13,7 +13,7 @@ use super::{
     idle::RssReport,
     knobs,
     peers::{self, Binaries, Peer, Running},
-    results,
+    procs, results,
     stats::Sample,
     upstream, wrk,
 };
@@ -211,23 +211,27 @@ fn sample(plan: &Plan, r: &Running, path: &str, run: u32) -> anyhow::Result<Samp
         r.addr,
         path,
     );
+    let cores0 = procs::core_times();
     let cpu0 = r.proxy.cpu_us();
     let t0 = Instant::now();
     let report = wrk::run(&mut cmd)?;
     let wall_s = t0.elapsed().as_secs_f64();
     let cpu1 = r.proxy.cpu_us();
+    let cores1 = procs::core_times();
     Ok(Sample {
         run,
         wrk: report,
         cpu_us: cpu1.saturating_sub(cpu0),
         wall_s,
+        proxy_core_busy: procs::core_busy(&cores0, &cores1, plan.proxy_core),
+        load_core_busy: procs::core_busy(&cores0, &cores1, plan.load_core),
     })
 }
 
 fn print_sample(peer: Peer, body: usize, runs: u32, s: &Sample) {
     use super::stats::Metric;
     println!(
-        "    {:<10} {body:>6} B run {}/{runs}: {:>8.0} req/s  {:>6.1} us/req  {:>7.0} req/core-s  p50 {:>6.0} us  p99 {:>6.0} us  cpu {:>3.0}%{}",
+        "    {:<10} {body:>6} B run {}/{runs}: {:>8.0} req/s  {:>6.1} us/req  {:>7.0} req/core-s  p50 {:>6.0} us  p99 {:>6.0} us  cpu {:>3.0}% (cores {:>3.0}% {:>3.0}%){}",
         peer.name(),
         s.run + 1,
         s.value(Metric::Rps),
@@ -236,6 +240,8 @@ fn print_sample(peer: Peer, body: usize, runs: u32, s: &Sample) {
         s.value(Metric::P50Us),
         s.value(Metric::P99Us),
         s.cpu_us as f64 / 1e4 / s.wall_s.max(1e-9),
+        s.proxy_core_busy.unwrap_or(0.0) * 100.0,
+        s.load_core_busy.unwrap_or(0.0) * 100.0,
         s.problem()
             .map_or(String::new(), |p| format!("  ERRORS {p}"))
     );

@@ -56,6 +56,21 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let mut plan = args::plan(args)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if args.smoke && cores < 2 {
+        // The test command's smoke: a visible skip, never a silent pass.
+        let line =
+            format!("SKIP bench smoke: needs 2 cores (proxy and load generator), has {cores}");
+        println!("{line}");
+        if let Some(log) = std::env::var_os(omnirelay_test_support::skip::SKIP_LOG_ENV) {
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)?;
+            writeln!(f, "{line}")?;
+        }
+        return Ok(());
+    }
     if plan.proxy_core >= cores || plan.load_core >= cores || plan.proxy_core == plan.load_core {
         bail!("need two distinct cores below {cores} for --proxy-core and --load-core");
     }

@@ -166,6 +166,33 @@ pub fn raise_nofile(want: u64) -> anyhow::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// Busy and total jiffies of each CPU (`cpuN` lines of `/proc/stat`).
+pub fn core_times() -> Vec<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            let get = |i: usize| f.get(i).copied().unwrap_or(0);
+            // user nice system idle iowait irq softirq steal (guest time is inside user).
+            let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
+            (busy, busy + get(3) + get(4))
+        })
+        .collect()
+}
+
+/// How busy `core` was between two [`core_times`] readings (0..=1).
+pub fn core_busy(before: &[(u64, u64)], after: &[(u64, u64)], core: usize) -> Option<f64> {
+    let (b0, t0) = before.get(core)?;
+    let (b1, t1) = after.get(core)?;
+    let total = t1.checked_sub(*t0).filter(|t| *t > 0)?;
+    Some(b1.saturating_sub(*b0) as f64 / total as f64)
+}
+
 /// A `taskset -c CORE PROGRAM` command: the program runs pinned to `core`.
 pub fn pinned(core: usize, program: &Path) -> Command {
     let mut cmd = Command::new("taskset");

@@ -47,6 +47,10 @@ pub struct Sample {
     /// The proxy's CPU time (utime + stime of all its processes) over the wrk window.
     pub cpu_us: u64,
     pub wall_s: f64,
+    /// How busy the proxy core and the load core were over the run (whole cores,
+    /// interrupts included), from `/proc/stat`.
+    pub proxy_core_busy: Option<f64>,
+    pub load_core_busy: Option<f64>,
 }
 
 impl Sample {
@@ -92,6 +96,8 @@ impl Sample {
                 "write": w.errors_write, "timeout": w.errors_timeout,
             },
             "non_2xx_3xx": w.non_2xx_3xx,
+            "proxy_core_busy": self.proxy_core_busy,
+            "load_core_busy": self.load_core_busy,
             "error": self.problem(),
         });
         for m in Metric::ALL {
@@ -164,6 +170,8 @@ mod tests {
             },
             cpu_us: 2_500_000,
             wall_s: 5.0,
+            proxy_core_busy: None,
+            load_core_busy: None,
         };
         assert!((s.value(Metric::CpuUsPerReq) - 25.0).abs() < 1e-9);
         assert!((s.value(Metric::ReqPerCoreS) - 40_000.0).abs() < 1e-6);
