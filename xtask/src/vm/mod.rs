@@ -258,9 +258,28 @@ fn find_executable(json_lines: &str, target_name: &str) -> Option<PathBuf> {
         .next()
 }
 
-/// Builds (or finds) each test's executable.
-fn build_tests(tests: &[TestDef]) -> anyhow::Result<Vec<(TestDef, PathBuf)>> {
-    let me = std::env::current_exe().context("path of this xtask binary")?;
+/// A stable copy of this running xtask binary, the guest's init. Copied from
+/// `/proc/self/exe`, which still reads the running image after cargo relinks
+/// `target/debug/xtask` underneath us (as `cargo test` of the workspace does, with other
+/// feature unification, while `cargo xtask test` runs). Rewritten only when it differs,
+/// so an unchanged binary leaves the initramfs cache valid.
+fn init_binary() -> anyhow::Result<PathBuf> {
+    let image = std::fs::read("/proc/self/exe").context("read /proc/self/exe")?;
+    let dir = work_dir();
+    std::fs::create_dir_all(&dir)?;
+    let dest = dir.join("omnirelay-vm-init");
+    if std::fs::read(&dest).ok().as_deref() != Some(&image[..]) {
+        let tmp = dir.join(".omnirelay-vm-init.partial");
+        std::fs::write(&tmp, &image).with_context(|| format!("write {}", tmp.display()))?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::rename(&tmp, &dest)?;
+    }
+    Ok(dest)
+}
+
+/// Builds (or finds) each test's executable; `me` is [`init_binary`].
+fn build_tests(tests: &[TestDef], me: &Path) -> anyhow::Result<Vec<(TestDef, PathBuf)>> {
     tests
         .iter()
         .map(|t| {
@@ -271,7 +290,7 @@ fn build_tests(tests: &[TestDef]) -> anyhow::Result<Vec<(TestDef, PathBuf)>> {
                 Build::Bin { package, bin } => {
                     cargo_executable(&["build", "-p", package, "--bin", bin], bin)?
                 }
-                Build::Xtask(_) => me.clone(),
+                Build::Xtask(_) => me.to_owned(),
             };
             println!("    {:<16} {}", t.name, exe.display());
             Ok((*t, exe))
@@ -373,9 +392,9 @@ pub fn run(args: &VmTestArgs) -> anyhow::Result<Summary> {
     }
 
     step("test binaries");
-    let built = build_tests(&tests)?;
+    let me = init_binary()?;
+    let built = build_tests(&tests, &me)?;
     let mut payload = initramfs::Payload::default();
-    let me = std::env::current_exe()?;
     payload.add_executable(INIT_GUEST_PATH, &me)?;
     let ip = omnirelay_test_support::caps::find_in_path("ip")
         .or_else(|| Some(PathBuf::from("/usr/sbin/ip")).filter(|p| p.is_file()))
