@@ -26,10 +26,13 @@ impl CapturedEvents {
     pub fn new() -> (Self, Dispatch) {
         let events = CapturedEvents::default();
         let layer = CaptureLayer(events.clone());
-        (
-            events,
-            Dispatch::new(tracing_subscriber::registry().with(layer)),
-        )
+        let dispatch = Dispatch::new(tracing_subscriber::registry().with(layer));
+        // A callsite first hit on another thread while no subscriber was interested may have
+        // cached "never"; recompute so this dispatcher sees it. A callsite registered
+        // concurrently with this call can still miss it: in tests that run beside others
+        // which log, prefer asserting on a child process's output.
+        tracing::callsite::rebuild_interest_cache();
+        (events, dispatch)
     }
 
     /// Every event so far.
