@@ -4,6 +4,7 @@
 //!
 //! ```ignore
 //! omnirelay_abstractions::snapshot_store_conformance!(|| SqliteStore::open_in_memory().unwrap());
+//! omnirelay_abstractions::topology_strategy_conformance!(ring_hash, RingHashStrategy::default);
 //! ```
 //!
 //! The suites panic on the first violation, naming the rule.
@@ -20,7 +21,14 @@ use crate::{
     ErrorCode,
     config::ConfigSource,
     store::{SnapshotRecord, SnapshotStore},
-    topology::TopologyStrategy,
+};
+
+mod topology;
+
+pub use topology::{
+    topology_degenerate_member_sets, topology_lookups_honour_weights_and_skip,
+    topology_member_order_does_not_matter, topology_shares_follow_weights,
+    topology_strategy_contract,
 };
 
 fn record(version: u64) -> SnapshotRecord {
@@ -110,36 +118,6 @@ pub fn config_source_load_and_watch(source: &dyn ConfigSource, write: &dyn Fn(&[
     );
 }
 
-/// `TopologyStrategy`: deterministic, weight-respecting, skip-honouring lookups.
-pub fn topology_strategy_contract(strategy: &dyn TopologyStrategy) {
-    let table = strategy.build(&[1, 1, 1, 0]);
-    assert_eq!(table.members(), 4);
-    let none = |_: usize| false;
-    for key in 0..2_000u64 {
-        let key = key.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let a = table.lookup(key, &none).expect("some member");
-        assert_eq!(Some(a), table.lookup(key, &none), "lookup is deterministic");
-        assert_ne!(a, 3, "weight-0 member chosen");
-        let b = table.lookup(key, &|m| m == a).expect("another member");
-        assert_ne!(a, b, "skipped member chosen");
-    }
-    assert_eq!(table.lookup(42, &|_| true), None, "all skipped gives None");
-
-    // Shares follow weights (3:1) within 15 percentage points over 20k keys.
-    let table = strategy.build(&[3, 1]);
-    let firsts = (0..20_000u64)
-        .filter(|k| table.lookup(k.wrapping_mul(0xD6E8_FEB8_6659_FD93), &none) == Some(0))
-        .count();
-    let share = firsts as f64 / 20_000.0;
-    assert!(
-        (0.60..=0.90).contains(&share),
-        "weight 3:1 gave share {share:.3}"
-    );
-
-    let empty = strategy.build(&[]);
-    assert_eq!(empty.lookup(1, &none), None);
-}
-
 /// Instantiates the `SnapshotStore` suite for a provider; `$make` builds a fresh, empty store.
 #[macro_export]
 macro_rules! snapshot_store_conformance {
@@ -157,14 +135,36 @@ macro_rules! snapshot_store_conformance {
     };
 }
 
-/// Instantiates the `TopologyStrategy` suite for a provider.
+/// Instantiates the `TopologyStrategy` suite for a provider: a module `$name` with one
+/// test per rule. `$make` builds the strategy; it is expanded inside that module, which
+/// imports the caller's module (`use super::*`).
 #[macro_export]
 macro_rules! topology_strategy_conformance {
     ($name:ident, $make:expr) => {
-        #[test]
-        fn $name() {
-            let strategy = ($make)();
-            $crate::conformance::topology_strategy_contract(&strategy);
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[test]
+            fn lookups_honour_weights_and_skip() {
+                let strategy = ($make)();
+                $crate::conformance::topology_lookups_honour_weights_and_skip(&strategy);
+            }
+            #[test]
+            fn shares_follow_weights() {
+                let strategy = ($make)();
+                $crate::conformance::topology_shares_follow_weights(&strategy);
+            }
+            #[test]
+            fn degenerate_member_sets() {
+                let strategy = ($make)();
+                $crate::conformance::topology_degenerate_member_sets(&strategy);
+            }
+            #[test]
+            fn member_order_does_not_matter() {
+                let strategy = ($make)();
+                $crate::conformance::topology_member_order_does_not_matter(&strategy);
+            }
         }
     };
 }

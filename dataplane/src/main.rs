@@ -1,6 +1,9 @@
 //! `omnirelay-dataplane`: the proxy. Subscribes to the control daemon (and/or starts from a
 //! snapshot file), verifies every snapshot against the control plane's public key, and
 //! serves HTTP/1.1 on one pinned io_uring worker per core.
+//!
+//! This file is the one place the data plane names provider crates ([`providers`]); the
+//! library only knows their contracts.
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -8,10 +11,12 @@ use anyhow::Context as _;
 use clap::Parser;
 use omnirelay_dataplane::{
     admin,
+    lb::Strategies,
     proxy::{self, ProxyOptions},
     snapshot::{ControlClient, SnapshotHolder, SnapshotVerifier, spawn_control_client},
     telemetry::{AccessLog, Metrics},
 };
+use omnirelay_plugin_topology::{RendezvousStrategy, RingHashStrategy};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -55,6 +60,15 @@ struct Cli {
     wait: u64,
 }
 
+/// The providers of the hash-based balancing policies: the first-party strategies, with
+/// the default ring size (the snapshot format has no per-cluster ring size).
+fn providers() -> Strategies {
+    Strategies {
+        ring_hash: Arc::new(RingHashStrategy::default()),
+        rendezvous: Arc::new(RendezvousStrategy),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -72,7 +86,7 @@ fn main() -> anyhow::Result<()> {
     };
     let verifier =
         SnapshotVerifier::from_hex(&key_text).map_err(|e| anyhow::anyhow!("--public-key: {e}"))?;
-    let holder = Arc::new(SnapshotHolder::new(verifier));
+    let holder = Arc::new(SnapshotHolder::new(verifier, providers()));
 
     if let Some(path) = &cli.snapshot_file {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;

@@ -1,7 +1,9 @@
-//! Stable, non-cryptographic 64-bit hashing for load-balancing keys.
+//! Stable, non-cryptographic 64-bit hashing for topology keys and member identities.
 //!
 //! Consistent hashing only works across a fleet if every proxy, in every release, computes
-//! the same hash for the same key. `std`'s `RandomState` is seeded per process and
+//! the same hash for the same key. It lives here, next to the contract, because both sides
+//! need the one definition: callers hash request keys and member identities with it, and
+//! strategies mix keys and derive ring points with [`mix64`] and [`GOLDEN`]. `std`'s `RandomState` is seeded per process and
 //! `DefaultHasher`'s algorithm is unspecified, so neither is used. The function here is
 //! OmniRelay's own and is frozen: the golden values in the tests below must never change.
 //!
@@ -25,7 +27,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 /// The golden-ratio increment of SplitMix64, also used to fold lengths and indexes in.
-pub(crate) const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+pub const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// The SplitMix64 finaliser: a fast bijective 64-bit mixer with full avalanche.
 pub const fn mix64(mut z: u64) -> u64 {
@@ -36,8 +38,8 @@ pub const fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Hashes `bytes` with seed 0: the stable key hash for [`super::Policy::RingHash`] and
-/// [`super::Policy::Rendezvous`] (e.g. of a header value or a session cookie).
+/// Hashes `bytes` with seed 0: the stable lookup key for a [`super::TopologyTable`] (e.g.
+/// of a header value or a session cookie).
 pub fn hash_key(bytes: &[u8]) -> u64 {
     hash_key_seeded(bytes, 0)
 }
@@ -69,9 +71,10 @@ pub fn hash_ip(ip: IpAddr) -> u64 {
     hash_key(&buf[..len])
 }
 
-/// Hashes an endpoint address (IP and port; an IPv6 flow label and scope id are ignored).
-/// Ring points and rendezvous scores derive from this, never from an endpoint's position
-/// in the list, so reordering or adding endpoints leaves the others where they were.
+/// Hashes an endpoint address (IP and port; an IPv6 flow label and scope id are ignored):
+/// the [`super::Member::key`] of an endpoint. Ring points and rendezvous scores derive
+/// from it, never from an endpoint's position in the list, so reordering or adding
+/// endpoints leaves the others where they were.
 pub fn hash_socket_addr(addr: SocketAddr) -> u64 {
     let mut buf = [0u8; 19];
     let len = write_ip(addr.ip(), &mut buf);

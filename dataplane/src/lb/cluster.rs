@@ -2,16 +2,15 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use super::EndpointId;
-use super::hash::{hash_socket_addr, mix64};
-use super::ring_hash::Ring;
+use omnirelay_abstractions::topology::{
+    Member, TopologyStrategy, TopologyTable,
+    hash::{hash_socket_addr, mix64},
+};
 
-/// The default [`Policy::RingHash`] minimum ring size (Envoy's default too).
-pub const DEFAULT_MIN_RING_SIZE: usize = 1024;
-/// The largest accepted `min_ring_size`. A ring has fewer than `2 * min_ring_size +
-/// endpoints` points (12 bytes each), so at most about 110 MB.
-pub const MAX_MIN_RING_SIZE: usize = 1 << 22;
+use super::{EndpointId, Strategies};
+
 /// The most endpoints one cluster may have.
 pub const MAX_ENDPOINTS: usize = 1 << 20;
 
@@ -25,13 +24,10 @@ pub enum Policy {
     /// Power of two choices: two distinct random endpoints, the one with the lower
     /// `(in_flight + 1) / weight` wins.
     LeastRequest,
-    /// Consistent hashing on a ring of at least `min_ring_size` points, built once here.
-    RingHash {
-        /// The ring has at least this many points (and fewer than about twice as many).
-        min_ring_size: usize,
-    },
-    /// Weighted rendezvous (highest random weight) hashing: the endpoint with the highest
-    /// `weight / -ln(u)` wins, `u` a uniform (0, 1) value hashed from endpoint and key.
+    /// Consistent hashing on a ring, built once per snapshot by [`Strategies::ring_hash`].
+    RingHash,
+    /// Weighted rendezvous (highest random weight) hashing, by
+    /// [`Strategies::rendezvous`].
     Rendezvous,
 }
 
@@ -59,26 +55,33 @@ pub enum LbError {
     /// More than [`MAX_ENDPOINTS`] endpoints.
     #[error("{0} endpoints in one cluster; at most {MAX_ENDPOINTS} are supported")]
     TooManyEndpoints(usize),
-    /// `min_ring_size` is 0 or above [`MAX_MIN_RING_SIZE`].
-    #[error("min_ring_size {0} is outside 1..={MAX_MIN_RING_SIZE}")]
-    InvalidRingSize(usize),
+    /// A strategy built a table over another number of members than it was given (a
+    /// provider bug; lookups would name endpoints that do not exist).
+    #[error("strategy {strategy} built a table of {built} members for {endpoints} endpoints")]
+    TableSize {
+        /// The strategy's name.
+        strategy: &'static str,
+        /// Members in the table it built.
+        built: usize,
+        /// Endpoints it was given.
+        endpoints: usize,
+    },
 }
 
-/// One endpoint as compiled: address, weight and the stable hash of its address.
+/// One endpoint as compiled: address and weight.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Endpoint {
     pub(crate) addr: SocketAddr,
     pub(crate) weight: u32,
-    pub(crate) hash: u64,
 }
 
-/// The policy with whatever it precomputed.
+/// What the policy precomputed: hash-based policies look keys up in a table built by
+/// their strategy, shared by every worker.
 #[derive(Debug, Clone)]
 pub(crate) enum Algorithm {
     RoundRobin,
     LeastRequest,
-    RingHash { min_ring_size: usize, ring: Ring },
-    Rendezvous,
+    Table(Arc<dyn TopologyTable>),
 }
 
 /// A compiled cluster: built once per config snapshot, immutable, `Send + Sync`, shared by
@@ -86,20 +89,28 @@ pub(crate) enum Algorithm {
 #[derive(Debug, Clone)]
 pub struct ClusterLb {
     endpoints: Vec<Endpoint>,
+    policy: Policy,
     algorithm: Algorithm,
     fingerprint: u64,
 }
 
 impl ClusterLb {
     /// Compiles `endpoints` (address, weight ≥ 1; position i becomes `EndpointId(i)`) for
-    /// `policy`, building the hash ring when the policy needs one. An empty list is valid:
-    /// every pick then returns `None`.
-    pub fn new(endpoints: &[(SocketAddr, u32)], policy: Policy) -> Result<Self, LbError> {
+    /// `policy`, building the lookup table with the policy's provider from `strategies`
+    /// when it needs one. Each endpoint is identified by the stable hash of its address
+    /// ([`hash_socket_addr`]), so tables map keys alike on every proxy whatever the list
+    /// order. An empty list is valid: every pick then returns `None`.
+    pub fn new(
+        endpoints: &[(SocketAddr, u32)],
+        policy: Policy,
+        strategies: &Strategies,
+    ) -> Result<Self, LbError> {
         if endpoints.len() > MAX_ENDPOINTS {
             return Err(LbError::TooManyEndpoints(endpoints.len()));
         }
         let mut seen = HashMap::with_capacity(endpoints.len());
         let mut compiled = Vec::with_capacity(endpoints.len());
+        let mut members = Vec::with_capacity(endpoints.len());
         // The fingerprint identifies the endpoint list (addresses, weights, order), so a
         // worker can keep its LbState across snapshots that did not change this cluster.
         let mut fingerprint = mix64(endpoints.len() as u64);
@@ -116,22 +127,18 @@ impl ClusterLb {
             }
             let hash = hash_socket_addr(addr);
             fingerprint = mix64(fingerprint ^ hash).wrapping_add(u64::from(weight));
-            compiled.push(Endpoint { addr, weight, hash });
+            compiled.push(Endpoint { addr, weight });
+            members.push(Member::new(hash, weight));
         }
         let algorithm = match policy {
             Policy::RoundRobin => Algorithm::RoundRobin,
             Policy::LeastRequest => Algorithm::LeastRequest,
-            Policy::RingHash { min_ring_size } => {
-                let ring = Ring::build(&compiled, min_ring_size)?;
-                Algorithm::RingHash {
-                    min_ring_size,
-                    ring,
-                }
-            }
-            Policy::Rendezvous => Algorithm::Rendezvous,
+            Policy::RingHash => table(strategies.ring_hash.as_ref(), &members)?,
+            Policy::Rendezvous => table(strategies.rendezvous.as_ref(), &members)?,
         };
         Ok(Self {
             endpoints: compiled,
+            policy,
             algorithm,
             fingerprint,
         })
@@ -149,12 +156,7 @@ impl ClusterLb {
 
     /// The policy this cluster was compiled for.
     pub fn policy(&self) -> Policy {
-        match self.algorithm {
-            Algorithm::RoundRobin => Policy::RoundRobin,
-            Algorithm::LeastRequest => Policy::LeastRequest,
-            Algorithm::RingHash { min_ring_size, .. } => Policy::RingHash { min_ring_size },
-            Algorithm::Rendezvous => Policy::Rendezvous,
-        }
+        self.policy
     }
 
     /// The address of endpoint `id`, `None` if out of range.
@@ -173,11 +175,6 @@ impl ClusterLb {
         (0..self.endpoints.len() as u32).map(EndpointId::new)
     }
 
-    /// The number of points on the hash ring (`None` unless the policy is `RingHash`).
-    pub fn ring_len(&self) -> Option<usize> {
-        self.ring().map(Ring::len)
-    }
-
     /// Equal for two clusters compiled from the same endpoint list (addresses, weights,
     /// order), whatever their policy.
     pub fn fingerprint(&self) -> u64 {
@@ -191,13 +188,19 @@ impl ClusterLb {
     pub(crate) fn algorithm(&self) -> &Algorithm {
         &self.algorithm
     }
+}
 
-    pub(crate) fn ring(&self) -> Option<&Ring> {
-        match &self.algorithm {
-            Algorithm::RingHash { ring, .. } => Some(ring),
-            _ => None,
-        }
+/// Builds `strategy`'s table over `members`, refusing a table of the wrong size.
+fn table(strategy: &dyn TopologyStrategy, members: &[Member]) -> Result<Algorithm, LbError> {
+    let table: Arc<dyn TopologyTable> = Arc::from(strategy.build(members));
+    if table.members() != members.len() {
+        return Err(LbError::TableSize {
+            strategy: strategy.name(),
+            built: table.members(),
+            endpoints: members.len(),
+        });
     }
+    Ok(Algorithm::Table(table))
 }
 
 #[cfg(test)]

@@ -3,9 +3,14 @@
 //! Two halves, split by who may touch them:
 //!
 //! * [`ClusterLb`] is the compiled, immutable description of one upstream cluster: its
-//!   endpoints, their weights, the [`Policy`] and anything the policy precomputes (the hash
-//!   ring). It is built once per config snapshot and is `Send + Sync`, so every worker can
-//!   read the same `Arc<ClusterLb>`.
+//!   endpoints, their weights, the [`Policy`] and anything the policy precomputes. It is
+//!   built once per config snapshot and is `Send + Sync`, so every worker can read the
+//!   same `Arc<ClusterLb>`.
+//! * The hash-based policies ([`Policy::RingHash`], [`Policy::Rendezvous`]) are not
+//!   implemented here: their tables come from providers of the `TopologyStrategy`
+//!   contract (`omnirelay_abstractions::topology`), chosen by whoever starts the data plane
+//!   and passed in as [`Strategies`]. Round robin and least request need per-worker state
+//!   and stay here.
 //! * [`LbState`] is the mutable per-worker half: smooth weighted round-robin counters,
 //!   in-flight request counts, the passive [`OutlierDetector`]. Each worker thread owns its
 //!   own (it is `!Send`/`!Sync`: in-flight counts are shared with [`RequestGuard`]s through
@@ -22,20 +27,28 @@
 //! * **Hash keys** for [`Policy::RingHash`] and [`Policy::Rendezvous`] are `u64`s the caller
 //!   derives from the request, with [`hash_key`] (bytes, e.g. a header value) or [`hash_ip`]
 //!   (client address). Both are stable across processes and releases (pinned by tests), so
-//!   every proxy in a fleet maps a key to the same endpoint.
+//!   every proxy in a fleet maps a key to the same endpoint. They are re-exported from
+//!   `omnirelay_abstractions::topology::hash`, the one definition strategies use too.
 //!
 //! A request's life with retries:
 //!
 //! ```
-//! use std::time::{Duration, Instant};
+//! use std::{sync::Arc, time::{Duration, Instant}};
 //! use omnirelay_dataplane::lb::{
 //!     ClusterLb, FailureKind, LbState, OutlierConfig, Outcome, Policy, RetryBudget,
-//!     RetryBudgetConfig, SplitMix64, backoff, hash_key,
+//!     RetryBudgetConfig, SplitMix64, Strategies, backoff, hash_key,
 //! };
+//! // The first-party providers, as the binary wires them (main.rs).
+//! use omnirelay_plugin_topology::{RendezvousStrategy, RingHashStrategy};
 //!
+//! // Once per process:
+//! let strategies = Strategies {
+//!     ring_hash: Arc::new(RingHashStrategy::default()),
+//!     rendezvous: Arc::new(RendezvousStrategy),
+//! };
 //! // Once per config snapshot, shared by all workers:
 //! let endpoints = [("10.0.0.1:80".parse()?, 2), ("10.0.0.2:80".parse()?, 1)];
-//! let cluster = ClusterLb::new(&endpoints, Policy::RingHash { min_ring_size: 1024 })?;
+//! let cluster = ClusterLb::new(&endpoints, Policy::RingHash, &strategies)?;
 //! // Once per worker:
 //! let mut state = LbState::new(&cluster, OutlierConfig::default());
 //! let mut budget = RetryBudget::new(RetryBudgetConfig::default(), Instant::now());
@@ -62,27 +75,26 @@
 
 mod backoff;
 mod cluster;
-mod hash;
 mod least_request;
 mod outlier;
-mod rendezvous;
 mod retry_budget;
-mod ring_hash;
 mod rng;
 mod round_robin;
 mod state;
+mod strategies;
 
 use std::fmt;
 
 pub use backoff::{backoff, backoff_ceiling};
-pub use cluster::{
-    ClusterLb, DEFAULT_MIN_RING_SIZE, LbError, MAX_ENDPOINTS, MAX_MIN_RING_SIZE, Policy,
+pub use cluster::{ClusterLb, LbError, MAX_ENDPOINTS, Policy};
+pub use omnirelay_abstractions::topology::hash::{
+    hash_ip, hash_key, hash_key_seeded, hash_socket_addr, mix64,
 };
-pub use hash::{hash_ip, hash_key, hash_key_seeded, hash_socket_addr, mix64};
 pub use outlier::{FailureKind, Outcome, OutlierConfig, OutlierDetector, OutlierStats};
 pub use retry_budget::{RetryBudget, RetryBudgetConfig};
 pub use rng::SplitMix64;
 pub use state::{LbState, RequestGuard};
+pub use strategies::Strategies;
 
 /// An endpoint of a cluster: its index in the endpoint list the [`ClusterLb`] was built
 /// from. Only meaningful together with that cluster (and states built for it).
@@ -108,28 +120,7 @@ impl fmt::Display for EndpointId {
 }
 
 #[cfg(test)]
-pub(crate) mod test_util {
-    use super::{ClusterLb, Policy};
-    use std::net::SocketAddr;
-
-    /// `(10.0.x.y:8080, weight)` for each weight, distinct addresses.
-    pub(crate) fn endpoints(weights: &[u32]) -> Vec<(SocketAddr, u32)> {
-        (0..weights.len())
-            .map(|i| {
-                let ip = [10, 0, (i >> 8) as u8, i as u8];
-                (SocketAddr::from((ip, 8080)), weights[i])
-            })
-            .collect()
-    }
-
-    pub(crate) fn cluster_with(list: &[(SocketAddr, u32)], policy: Policy) -> ClusterLb {
-        ClusterLb::new(list, policy).unwrap()
-    }
-
-    pub(crate) fn cluster(weights: &[u32], policy: Policy) -> ClusterLb {
-        cluster_with(&endpoints(weights), policy)
-    }
-}
+pub(crate) mod test_util;
 
 #[cfg(test)]
 mod tests {

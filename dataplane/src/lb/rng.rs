@@ -1,6 +1,6 @@
 //! Caller-owned randomness: a tiny seeded generator and an unbiased-enough range mapping.
 
-use super::hash::{GOLDEN, mix64};
+use omnirelay_abstractions::topology::hash::{GOLDEN, mix64};
 
 /// SplitMix64 (Steele, Lea and Flood): a 64-bit seeded generator with one word of state.
 /// Statistically good for load-balancing choices and jitter, not for anything secret.

@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::cluster::{Algorithm, ClusterLb};
 use super::outlier::{Outcome, OutlierConfig, OutlierDetector};
 use super::round_robin::SmoothWrr;
-use super::{EndpointId, least_request, rendezvous};
+use super::{EndpointId, least_request};
 
 /// Mutable load-balancing state of one worker for one cluster.
 ///
@@ -130,11 +130,11 @@ impl LbState {
                 let scratch = &mut self.scratch;
                 least_request::pick(endpoints, &self.in_flight, eligible, all, scratch, rng)
             }
-            Algorithm::RingHash { ring, .. } => ring.pick(key.unwrap_or_else(rng), eligible),
-            Algorithm::Rendezvous => rendezvous::pick(endpoints, key.unwrap_or_else(rng), eligible),
+            Algorithm::Table(table) => table.lookup(key.unwrap_or_else(rng), &|i| !eligible(i)),
         };
-        // Indexes come from the cluster, whose length is at most MAX_ENDPOINTS.
-        chosen.map(|i| EndpointId::new(i as u32))
+        // A table's answer comes from a provider: out of range means none. In range, the
+        // index fits in u32 (the cluster has at most MAX_ENDPOINTS endpoints).
+        chosen.filter(|&i| i < n).map(|i| EndpointId::new(i as u32))
     }
 
     /// Counts a request to `id` as in flight (unknown ids are ignored).

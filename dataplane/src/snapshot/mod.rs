@@ -15,6 +15,8 @@ use std::sync::{
 use arc_swap::ArcSwapOption;
 use omnirelay_proto::v1;
 
+use crate::lb::Strategies;
+
 pub use client::{ControlClient, spawn_control_client};
 pub use runtime::*;
 pub use verify::{CAPABILITIES, MAX_SNAPSHOT_BYTES, RejectReason, SnapshotVerifier};
@@ -24,6 +26,7 @@ pub use verify::{CAPABILITIES, MAX_SNAPSHOT_BYTES, RejectReason, SnapshotVerifie
 pub struct SnapshotHolder {
     current: ArcSwapOption<RuntimeConfig>,
     verifier: SnapshotVerifier,
+    strategies: Strategies,
     rejected: [AtomicU64; RejectReason::LABELS.len()],
     applied: AtomicU64,
     // Serializes verify-then-swap so two sources cannot interleave version checks.
@@ -31,11 +34,13 @@ pub struct SnapshotHolder {
 }
 
 impl SnapshotHolder {
-    /// An empty holder that accepts snapshots signed for `verifier`.
-    pub fn new(verifier: SnapshotVerifier) -> Self {
+    /// An empty holder that accepts snapshots signed for `verifier` and builds the tables
+    /// of hash-based clusters with `strategies` (the providers its binary wired in).
+    pub fn new(verifier: SnapshotVerifier, strategies: Strategies) -> Self {
         SnapshotHolder {
             current: ArcSwapOption::empty(),
             verifier,
+            strategies,
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
             applied: AtomicU64::new(0),
             apply: Mutex::new(()),
@@ -87,7 +92,7 @@ impl SnapshotHolder {
     }
 
     fn swap(&self, snapshot: &v1::Snapshot) -> Result<u64, RejectReason> {
-        let compiled = RuntimeConfig::build(snapshot)?;
+        let compiled = RuntimeConfig::build(snapshot, &self.strategies)?;
         let version = compiled.version;
         self.current.store(Some(Arc::new(compiled)));
         Ok(version)

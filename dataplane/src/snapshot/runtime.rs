@@ -8,7 +8,7 @@ use omnirelay_proto::v1;
 
 use super::RejectReason;
 use crate::{
-    lb::{ClusterLb, DEFAULT_MIN_RING_SIZE, OutlierConfig, Policy, RetryBudgetConfig},
+    lb::{ClusterLb, OutlierConfig, Policy, RetryBudgetConfig, Strategies},
     router::{HeaderCondition, HostMatch, PathMatch, RouteMatcher},
 };
 
@@ -136,13 +136,14 @@ fn addr(text: &str, what: &str) -> Result<SocketAddr, RejectReason> {
 }
 
 impl RuntimeConfig {
-    /// Compiles a verified snapshot; any inconsistency rejects the whole snapshot.
-    pub fn build(s: &v1::Snapshot) -> Result<Self, RejectReason> {
+    /// Compiles a verified snapshot, building hash-based clusters' tables with
+    /// `strategies`; any inconsistency rejects the whole snapshot.
+    pub fn build(s: &v1::Snapshot, strategies: &Strategies) -> Result<Self, RejectReason> {
         let clusters = s
             .clusters
             .iter()
             .enumerate()
-            .map(|(i, c)| cluster(i, c).map(Arc::new))
+            .map(|(i, c)| cluster(i, c, strategies).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         let routes = s
             .routes
@@ -207,7 +208,7 @@ fn nonzero(v: u32, default: usize) -> usize {
     if v == 0 { default } else { v as usize }
 }
 
-fn cluster(i: usize, c: &v1::Cluster) -> Result<ClusterRt, RejectReason> {
+fn cluster(i: usize, c: &v1::Cluster, strategies: &Strategies) -> Result<ClusterRt, RejectReason> {
     let endpoints = c
         .endpoints
         .iter()
@@ -228,12 +229,10 @@ fn cluster(i: usize, c: &v1::Cluster) -> Result<ClusterRt, RejectReason> {
     let policy = match c.lb_policy() {
         v1::LbPolicy::Unspecified | v1::LbPolicy::RoundRobin => Policy::RoundRobin,
         v1::LbPolicy::LeastRequest => Policy::LeastRequest,
-        v1::LbPolicy::RingHash => Policy::RingHash {
-            min_ring_size: DEFAULT_MIN_RING_SIZE,
-        },
+        v1::LbPolicy::RingHash => Policy::RingHash,
         v1::LbPolicy::Rendezvous => Policy::Rendezvous,
     };
-    let lb = ClusterLb::new(&endpoints, policy)
+    let lb = ClusterLb::new(&endpoints, policy, strategies)
         .map_err(|e| invalid(format!("clusters[{i}] ({}): {e}", c.name)))?;
     let t = c.timeouts.unwrap_or_default();
     let o = c.outlier.unwrap_or_default();

@@ -2,14 +2,14 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::*;
-use crate::lb::test_util::{cluster, cluster_with, endpoints};
+use crate::lb::test_util::{Always, cluster, cluster_with, endpoints, strategies};
 use crate::lb::{FailureKind, Policy, SplitMix64};
 
 const FAIL: Outcome = Outcome::Failure(FailureKind::ConnectFailure);
 const ALL_POLICIES: [Policy; 4] = [
     Policy::RoundRobin,
     Policy::LeastRequest,
-    Policy::RingHash { min_ring_size: 64 },
+    Policy::RingHash,
     Policy::Rendezvous,
 ];
 
@@ -71,7 +71,7 @@ fn every_policy_picks_and_an_empty_cluster_gives_none() {
 
 #[test]
 fn hash_policies_map_a_key_to_one_endpoint_on_every_worker() {
-    for policy in [Policy::RingHash { min_ring_size: 64 }, Policy::Rendezvous] {
+    for policy in [Policy::RingHash, Policy::Rendezvous] {
         let mut a = Harness::new(&[1, 2, 3, 4], policy, OutlierConfig::default());
         let mut b = Harness::new(&[1, 2, 3, 4], policy, OutlierConfig::default());
         b.rng = SplitMix64::new(99);
@@ -200,4 +200,16 @@ fn state_survives_snapshots_with_the_same_endpoints_and_resets_otherwise() {
     assert!(h.pick(None, &[]).is_some());
     assert_eq!(h.state.in_flight(id(0)), 0);
     assert_eq!(h.state.in_flight(id(3)), 0);
+}
+
+#[test]
+fn a_table_answer_out_of_range_picks_nothing() {
+    let mut s = strategies();
+    s.rendezvous = std::sync::Arc::new(Always {
+        member: 7,
+        claim: None,
+    });
+    let mut h = Harness::new(&[1, 1], Policy::RoundRobin, OutlierConfig::default());
+    h.cluster = ClusterLb::new(&endpoints(&[1, 1]), Policy::Rendezvous, &s).unwrap();
+    assert_eq!(h.pick(Some(1), &[]), None);
 }
