@@ -76,6 +76,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let started = Instant::now();
     let started_at = results::now_secs();
+    let load_at_start = load_average();
     let nofile = procs::raise_nofile(200_000)?;
     if u64::from(plan.idle_conns) + 1000 > nofile {
         bail!(
@@ -141,7 +142,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "finished_at": results::utc(results::now_secs()),
         "duration_s": started.elapsed().as_secs_f64(),
         "machine": results::machine(),
-        "load_average": { "before": load_before, "after": load_average() },
+        "load_average": {
+            "at_start": load_at_start,
+            "before": load_before,
+            "after": load_average(),
+        },
         "versions": tools::versions(&bins, &plan.peers),
         "scenarios": scenarios,
     });

@@ -107,6 +107,30 @@ impl Sample {
     }
 }
 
+/// Share of the proxy core that other work took during a sample (the core's busy share
+/// minus the proxy's own CPU share) above which the sample counts as contended.
+pub const CONTENDED: f64 = 0.10;
+
+/// Per proxy of a case (JSON), how many of its samples were contended: "name: n of m".
+pub fn contended(proxies: &[Value]) -> Vec<String> {
+    let mut notes = Vec::new();
+    for p in proxies {
+        let samples = p["samples"].as_array().map_or(&[][..], Vec::as_slice);
+        let n = samples
+            .iter()
+            .filter(|s| {
+                let busy = s["proxy_core_busy"].as_f64().unwrap_or(0.0);
+                busy - s["cpu_utilization"].as_f64().unwrap_or(0.0) > CONTENDED
+            })
+            .count();
+        if n > 0 {
+            let name = p["proxy"].as_str().unwrap_or("?");
+            notes.push(format!("{name}: {n} of {}", samples.len()));
+        }
+    }
+    notes
+}
+
 /// The median of `v` (mean of the middle two for an even count); None when empty.
 pub fn median(v: &[f64]) -> Option<f64> {
     let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();

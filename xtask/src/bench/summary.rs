@@ -4,6 +4,8 @@
 
 use serde_json::Value;
 
+use super::stats;
+
 fn num(v: &Value, digits: usize) -> String {
     v.as_f64().map_or("-".into(), |f| format!("{f:.digits$}"))
 }
@@ -52,6 +54,25 @@ pub fn print(doc: &Value) {
                     ratio(&r["p99_us"]),
                 );
             }
+        }
+        let noisy: Vec<String> = sc["cases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| {
+                let proxies = c["proxies"].as_array().map_or(&[][..], Vec::as_slice);
+                let body = c["body_bytes"].clone();
+                stats::contended(proxies)
+                    .into_iter()
+                    .map(move |n| format!("{body} B {n}"))
+            })
+            .collect();
+        if !noisy.is_empty() {
+            println!(
+                "\nNOISY: other work took more than {:.0}% of the proxy core in runs of {}",
+                stats::CONTENDED * 100.0,
+                noisy.join(", ")
+            );
         }
         let rss = sc["rss"].as_array().cloned().unwrap_or_default();
         if !rss.is_empty() {

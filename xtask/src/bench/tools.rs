@@ -142,14 +142,36 @@ pub fn build_omnirelay() -> anyhow::Result<PathBuf> {
     Ok(run::workspace_root().join("target/release"))
 }
 
-/// `git describe` of the work tree (with `-dirty` when it has changes).
+/// Paths whose changes do not reach the measured binaries (the harness, tests, docs).
+const NOT_MEASURED: &[&str] = &[
+    ":!xtask",
+    ":!bench",
+    ":!vm-tests",
+    ":!test-support",
+    ":!docs",
+    ":!*.md",
+    ":!.ci",
+];
+
+/// `git describe` of the work tree, with `-dirty` when files that go into the release
+/// binaries have uncommitted changes (edits to the harness or docs do not count).
 pub fn omnirelay_version() -> String {
-    output(
-        Command::new("git")
-            .args(["describe", "--always", "--dirty", "--tags"])
-            .current_dir(run::workspace_root()),
-    )
-    .unwrap_or_else(|| "unknown".into())
+    let git = |args: &[&str]| {
+        output(
+            Command::new("git")
+                .args(args)
+                .current_dir(run::workspace_root()),
+        )
+    };
+    let Some(described) = git(&["describe", "--always", "--tags"]) else {
+        return "unknown".into();
+    };
+    let mut status = vec!["status", "--porcelain", "--", "."];
+    status.extend_from_slice(NOT_MEASURED);
+    match git(&status) {
+        Some(changes) if changes.is_empty() => described,
+        _ => format!("{described}-dirty"),
+    }
 }
 
 /// The version line a peer prints (nginx prints to stderr, wrk exits 1).

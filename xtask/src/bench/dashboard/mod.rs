@@ -12,6 +12,7 @@ use std::{fmt::Write as _, path::Path};
 use anyhow::Context as _;
 use serde_json::Value;
 
+use super::stats;
 use svg::{Bar, esc};
 
 const METRICS: &[(&str, &str, &str)] = &[
@@ -127,6 +128,7 @@ fn scenario_section(h: &mut String, name: &str, docs: &[&Value]) {
             ));
         }
         h.push_str("</div>");
+        contention(h, &proxies);
         failures(h, &proxies);
         history(h, &runs, case);
     }
@@ -142,6 +144,21 @@ fn bar(p: &Value, value: &Value, metric: Option<&str>) -> Bar {
         value: value.as_f64(),
         range: metric.and_then(|m| Some((p["min"][m].as_f64()?, p["max"][m].as_f64()?))),
         failed,
+    }
+}
+
+/// Notes the samples during which something else ran on the proxy core (another
+/// engineer's build, say): their latency and requests/s are unreliable; CPU per request
+/// is affected much less.
+fn contention(h: &mut String, proxies: &[Value]) {
+    let notes = stats::contended(proxies);
+    if !notes.is_empty() {
+        let _ = write!(
+            h,
+            "<p class=\"bad\">Noisy: runs in which other work took more than {:.0}% of the proxy core ({}); latency and requests/s of those runs are unreliable.</p>",
+            stats::CONTENDED * 100.0,
+            esc(&notes.join(", "))
+        );
     }
 }
 

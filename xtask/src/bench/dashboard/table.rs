@@ -9,7 +9,7 @@ use super::svg::{esc, fmt};
 
 /// Appends the table of every run in `docs` (oldest first), newest at the top.
 pub fn knobs_table(h: &mut String, docs: &[&Value]) {
-    h.push_str("<h2>Runs and their knobs</h2><table><tr><th>run</th><th>mode</th><th>scenario</th><th>status</th><th>bodies (B)</th><th>conns</th><th>workers</th><th>duration × runs (warm-up)</th><th>idle conns</th><th>OmniRelay I/O</th><th>load avg before</th><th>versions</th></tr>");
+    h.push_str("<h2>Runs and their knobs</h2><table><tr><th>run</th><th>mode</th><th>scenario</th><th>status</th><th>bodies (B)</th><th>conns</th><th>workers</th><th>duration × runs (warm-up)</th><th>idle conns</th><th>OmniRelay I/O</th><th>load average at start</th><th>versions</th></tr>");
     for d in docs.iter().rev() {
         for sc in d["scenarios"].as_array().into_iter().flatten() {
             let k = &sc["knobs"];
@@ -21,7 +21,10 @@ pub fn knobs_table(h: &mut String, docs: &[&Value]) {
                 .flatten()
                 .map(|(n, v)| format!("{n}: {}", v.as_str().unwrap_or("?")))
                 .collect();
-            let load: Vec<String> = d["load_average"]["before"]
+            let la = &d["load_average"];
+            let load: Vec<String> = la
+                .get("at_start")
+                .unwrap_or(&la["before"])
                 .as_array()
                 .into_iter()
                 .flatten()
