@@ -400,11 +400,11 @@ pub fn run(args: &VmTestArgs) -> anyhow::Result<Summary> {
         .or_else(|| Some(PathBuf::from("/usr/sbin/ip")).filter(|p| p.is_file()))
         .context("iproute2's `ip` is not installed")?;
     payload.add_executable("/usr/sbin/ip", &ip)?;
-    // Tests that drive the daemon binary find it at its host path (CARGO_BIN_EXE_*); building
-    // the control tests above built it.
+    // Tests that drive the daemon binary look for it in PATH when its host path (which may
+    // lie under the guest's tmpfs /tmp) is absent; building the control tests built it.
     let control = crate::run::workspace_root().join("target/debug/omnirelay-control");
     if control.is_file() {
-        payload.add_executable(&control.to_string_lossy(), &control)?;
+        payload.add_executable("/omnirelay/bin/omnirelay-control", &control)?;
     }
     for (t, exe) in &built {
         if !matches!(t.build, Build::Xtask(_)) {
