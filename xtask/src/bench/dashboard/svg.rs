@@ -94,7 +94,7 @@ pub fn bars(title: &str, unit: &str, rows: &[Bar], reference: Option<f64>) -> St
                 let _ = write!(
                     s,
                     r#"<text x="{:.1}" y="{:.1}" class="val">{}</text>"#,
-                    x(v) + 4.0,
+                    x(r.range.map_or(v, |(_, hi)| hi.max(v))) + 4.0,
                     y + 13.0,
                     fmt(v)
                 );
@@ -162,13 +162,18 @@ pub fn lines(
         ty = top + 8.0,
         mx = fmt(max)
     );
+    // Run labels (`MM-DD HH:MM`) while they fit, run numbers beyond; the full id on hover.
     for (i, l) in x_labels.iter().enumerate() {
+        let short = match (l.get(5..10), l.get(11..16)) {
+            (Some(day), Some(time)) if n <= 5 => format!("{day} {}", time.replace('-', ":")),
+            _ => (i + 1).to_string(),
+        };
         let _ = write!(
             s,
             r#"<text x="{:.1}" y="{:.1}" class="tick x"><title>{l}</title>{}</text>"#,
             px(i),
             top + plot_h + 14.0,
-            i + 1,
+            esc(&short),
             l = esc(l)
         );
     }
