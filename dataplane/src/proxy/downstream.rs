@@ -55,14 +55,23 @@ pub(crate) async fn serve(
         peer,
     };
     loop {
+        // An idle connection waits for readability here, holding no buffer, no snapshot
+        // and no request state: the heavier futures below are boxed and exist only while a
+        // request is being read or served.
+        if ds.buf.is_empty() {
+            let idle = ctx.settings.client_idle_timeout;
+            match monoio::time::timeout(idle, ds.stream.readable(false)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return,
+            }
+        }
         let Some(cfg) = ctx.holder.current() else {
-            ds.send_error(503, "no configuration loaded yet").await;
+            Box::pin(ds.send_error(503, "no configuration loaded yet")).await;
             return;
         };
         // Found by address, not index: a new snapshot may reorder or remove listeners.
         let Some(listener) = cfg.listener_by_addr(bound) else {
-            ds.send_error(503, "listener removed by the current configuration")
-                .await;
+            Box::pin(ds.send_error(503, "listener removed by the current configuration")).await;
             return;
         };
         let l = &cfg.listeners[listener];
@@ -72,13 +81,18 @@ pub(crate) async fn serve(
             max_body_bytes: Some(l.limits.max_body_bytes),
             ..http1::Limits::default()
         };
-        let head = match next_head(ctx, &mut ds, &limits).await {
+        let head = match Box::pin(next_head(ctx, &mut ds, &limits)).await {
             NextHead::Head(h) => h,
             NextHead::Closed | NextHead::Rejected => return,
         };
         let started = Instant::now();
-        let keep_alive =
-            forward::handle(ctx, &cfg, listener, &limits, &mut ds, head, started).await;
+        // Boxed: the request's state machine (routing, upstream exchange, body relay) is
+        // several KiB; boxing it means an idle keep-alive connection's task holds only this
+        // small loop, not room for a request it is not serving.
+        let keep_alive = Box::pin(forward::handle(
+            ctx, &cfg, listener, &limits, &mut ds, head, started,
+        ))
+        .await;
         if !keep_alive {
             return;
         }
@@ -91,13 +105,6 @@ pub(crate) async fn serve(
 }
 
 async fn next_head(ctx: &WorkerCtx, ds: &mut Downstream, limits: &http1::Limits) -> NextHead {
-    if ds.buf.is_empty() {
-        let idle = ctx.settings.client_idle_timeout;
-        match monoio::time::timeout(idle, ds.stream.readable(false)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) | Err(_) => return NextHead::Closed,
-        }
-    }
     if ds.buf.capacity() == 0 {
         ds.buf = ctx.take_buf();
     }

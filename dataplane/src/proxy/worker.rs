@@ -116,7 +116,7 @@ pub(crate) struct WorkerCtx {
 }
 
 /// Buffers kept for reuse per worker; beyond this, released buffers are freed.
-const POOLED_BUFFERS: usize = 256;
+const POOLED_BUFFERS: usize = 32;
 
 impl WorkerCtx {
     /// A buffer of at least [`io::READ_CHUNK`] bytes of capacity, empty.
