@@ -94,6 +94,20 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         }
     };
 
+    step("bench smoke (cargo xtask bench --smoke)");
+    let bench_result = match std::env::current_exe() {
+        Ok(me) => run::run(
+            std::process::Command::new(me)
+                .args(["bench", "--smoke"])
+                .env(SKIP_LOG_ENV, &log),
+        ),
+        Err(e) => Err(anyhow::anyhow!("cannot find the xtask binary: {e}")),
+    };
+    match &bench_result {
+        Ok(()) => totals.passed += 1,
+        Err(_) => totals.failed += 1,
+    }
+
     let skips = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_file(&log);
     let skipped = skips.lines().filter(|l| !l.trim().is_empty()).count() as u64;
@@ -110,7 +124,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         totals.passed.saturating_sub(skipped),
         totals.failed
     );
-    result.and(fuzz_result).and(smoke_result)
+    result.and(fuzz_result).and(smoke_result).and(bench_result)
 }
 
 /// Adds a line to the skip log, so the summary lists it with the libtest skips.
