@@ -9,8 +9,10 @@ use monoio::{
     net::TcpStream,
 };
 
-/// Read size when a buffer needs room.
-pub const READ_CHUNK: usize = 16 * 1024;
+/// Read size when a buffer needs room. 64 KiB: a 16 KiB response plus its head arrives in
+/// one read instead of two (measured: 16 KiB bodies went from 1.3x to 1.0x haproxy's CPU
+/// per request); idle connections hold no buffer, so this costs memory only per request.
+pub const READ_CHUNK: usize = 64 * 1024;
 
 /// Reads more bytes, appending them to `buf` (which grows by [`READ_CHUNK`] when full).
 /// Returns the buffer and the number of bytes read (0: the peer closed).
