@@ -139,12 +139,31 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port for a server a test starts: free a moment ago, and outside the kernel's
+/// ephemeral range, so the client side of another test's connection can never take it
+/// between this call and the server's bind (which happened under wrk load). Each process
+/// starts at its own offset, so parallel test binaries rarely probe the same ports.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (lo, hi) = if ephemeral_start > 12_000 {
+        (10_000, ephemeral_start)
+    } else {
+        (61_000, 65_535)
+    };
+    let span = hi - lo;
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let port = lo + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free loopback port in {lo}..{hi}");
 }
 
 /// Waits until something accepts TCP connections on `addr`.
