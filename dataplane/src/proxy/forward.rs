@@ -83,7 +83,8 @@ pub(crate) async fn handle(
     head: RequestHead,
     started: Instant,
 ) -> bool {
-    let wall = SystemTime::now();
+    // Wall-clock time is only for the access log; the hot path skips it when logging is off.
+    let wall = ctx.access_log.enabled().then(SystemTime::now);
     let request_id = match head.headers().get("x-request-id") {
         Some(v) if !v.is_empty() && v.len() <= 128 => String::from_utf8_lossy(v).into_owned(),
         _ => format!("{:016x}{:016x}", ctx.random(), ctx.random()),
@@ -125,26 +126,27 @@ pub(crate) async fn handle(
         },
     };
     let duration = started.elapsed();
-    let (route_name, cluster_name): (Arc<str>, Arc<str>) = match route_idx {
-        Some(i) => {
-            let r = &cfg.routes[i];
-            let b = ctx.balancers.borrow();
-            if let Some(s) = b.route_stats.get(i) {
-                s.record(summary.status, duration);
+    if let Some(i) = route_idx
+        && let Some(stats) = ctx.balancers.borrow().route_stats.get(i)
+    {
+        stats.record(summary.status, duration);
+    }
+    if let Some(start) = wall {
+        let (route, cluster): (Arc<str>, Arc<str>) = match route_idx {
+            Some(i) => {
+                let r = &cfg.routes[i];
+                (
+                    Arc::clone(&r.name),
+                    Arc::clone(&cfg.clusters[r.cluster].name),
+                )
             }
-            (
-                Arc::clone(&r.name),
-                Arc::clone(&cfg.clusters[r.cluster].name),
-            )
-        }
-        None => ("".into(), "".into()),
-    };
-    if ctx.access_log.enabled() {
+            None => ("".into(), "".into()),
+        };
         ctx.access_log.log(AccessRecord {
-            start: wall,
+            start,
             listener: Arc::clone(&cfg.listeners[listener].name),
-            route: route_name,
-            cluster: cluster_name,
+            route,
+            cluster,
             endpoint: summary.endpoint,
             client: ds.peer,
             method: head.method().to_owned(),
