@@ -15,6 +15,104 @@ pub struct Config {
     pub clusters: Vec<Cluster>,
     /// Kernel rate-limit budgets.
     pub budgets: Vec<Budget>,
+    /// `[kernel]`: XDP attachment, prefix lists and worker steering.
+    pub kernel: KernelSection,
+}
+
+/// `[kernel]`: what the control daemon loads into the kernel and where.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelSection {
+    /// Interfaces the XDP limiter attaches to. Empty: the limiter is not loaded.
+    pub interfaces: Vec<String>,
+    /// XDP attach mode; an interface that cannot do it is an error, never a fallback.
+    pub attach_mode: XdpAttach,
+    /// bpffs folder of the pinned maps, links and programs.
+    pub pin_dir: std::path::PathBuf,
+    /// Load the `SO_REUSEPORT` steering program for the data planes on this host.
+    pub steering: bool,
+    /// Steering weight per worker index (missing workers weigh 1; 0 drains a worker).
+    pub worker_weights: Vec<u32>,
+    /// Sources that bypass every budget.
+    pub allow: Vec<Prefix>,
+    /// Sources always dropped (checked first).
+    pub deny: Vec<Prefix>,
+    /// Drop packets with truncated or impossible headers instead of passing them.
+    pub drop_malformed: bool,
+}
+
+impl Default for KernelSection {
+    fn default() -> Self {
+        KernelSection {
+            interfaces: Vec::new(),
+            attach_mode: XdpAttach::Native,
+            pin_dir: std::path::PathBuf::from(DEFAULT_PIN_DIR),
+            steering: false,
+            worker_weights: Vec::new(),
+            allow: Vec::new(),
+            deny: Vec::new(),
+            drop_malformed: false,
+        }
+    }
+}
+
+/// Where kernel objects are pinned unless `[kernel].pin_dir` says otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/omnirelay";
+
+/// `[kernel].attach_mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpAttach {
+    /// In the driver (veth and most NICs support it).
+    Native,
+    /// On the skb, after the driver: works everywhere, slower.
+    Generic,
+}
+
+/// An address prefix such as `10.0.0.0/8` or `2001:db8::/32`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefix {
+    /// The network address (host bits zero).
+    pub addr: std::net::IpAddr,
+    /// Prefix length in bits.
+    pub len: u8,
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl std::str::FromStr for Prefix {
+    type Err = String;
+
+    /// Parses `addr/len` (or a bare address, a host prefix). Host bits must be zero.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (a, l) = s.split_once('/').unwrap_or((s, ""));
+        let addr: std::net::IpAddr = a
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address prefix (like 10.0.0.0/8)"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len: u8 = if l.is_empty() {
+            max
+        } else {
+            l.parse()
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?
+        };
+        let bits: u128 = match addr {
+            std::net::IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
+            std::net::IpAddr::V6(v) => u128::from(v),
+        };
+        let total = u32::from(len) + if addr.is_ipv4() { 96 } else { 0 };
+        let host = if total >= 128 { 0 } else { u128::MAX >> total };
+        if bits & host != 0 {
+            return Err(format!(
+                "{s:?} has host bits set (did you mean the network address?)"
+            ));
+        }
+        Ok(Prefix { addr, len })
+    }
 }
 
 /// `[control]`.
@@ -258,4 +356,17 @@ pub struct Budget {
     pub burst: u64,
     /// Charge new flows only, or every packet.
     pub new_flows_only: bool,
+    /// Per-source-prefix budgets that replace this one for matching sources.
+    pub overrides: Vec<BudgetOverride>,
+}
+
+/// `[[budgets]].overrides[i]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BudgetOverride {
+    /// Sources it applies to (longest prefix wins).
+    pub prefix: Prefix,
+    /// Sustained rate per source address.
+    pub rate_per_second: u64,
+    /// Burst per source address (0: the rate).
+    pub burst: u64,
 }

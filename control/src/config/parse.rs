@@ -35,6 +35,7 @@ pub(super) fn document(table: &toml::Table, sink: &Sink) -> Config {
         routes: root.tables("routes").into_iter().map(route).collect(),
         clusters: root.tables("clusters").into_iter().map(cluster).collect(),
         budgets: root.tables("budgets").into_iter().map(budget).collect(),
+        kernel: root.table("kernel").map(kernel).unwrap_or_default(),
     };
     root.finish();
     config
@@ -381,19 +382,140 @@ fn cluster(o: Obj<'_>) -> Cluster {
     cluster
 }
 
-fn budget(o: Obj<'_>) -> Budget {
-    let b = Budget {
-        name: name(&o),
-        listener: o.str("listener").unwrap_or_default(),
-        rate_per_second: o.opt_int("rate_per_second", 1, 1 << 40).unwrap_or_else(|| {
+/// Highest rate per source the XDP limiter keeps precisely (whole-nanosecond intervals).
+const MAX_RATE: i64 = 10_000_000;
+const MAX_BURST: i64 = 1 << 32;
+
+fn rate(o: &Obj<'_>) -> u64 {
+    o.opt_int("rate_per_second", 1, MAX_RATE)
+        .unwrap_or_else(|| {
             if !o.table_has("rate_per_second") {
                 o.error("rate_per_second", "missing (required)");
             }
             1
-        }) as u64,
-        burst: o.int_or("burst", 0, 0, 1 << 40) as u64,
+        }) as u64
+}
+
+fn budget(o: Obj<'_>) -> Budget {
+    let overrides = o
+        .array("overrides")
+        .into_iter()
+        .filter_map(|(path, v)| match v.as_table() {
+            Some(t) => {
+                let c = o.child(path, t);
+                let prefix = prefix_field(&c, "prefix");
+                let r = BudgetOverride {
+                    prefix: prefix.unwrap_or(Prefix {
+                        addr: std::net::IpAddr::from([0, 0, 0, 0]),
+                        len: 0,
+                    }),
+                    rate_per_second: rate(&c),
+                    burst: c.int_or("burst", 0, 0, MAX_BURST) as u64,
+                };
+                c.finish();
+                Some(r)
+            }
+            None => {
+                o.error_at(path, "expected a table { prefix, rate_per_second, burst }");
+                None
+            }
+        })
+        .collect();
+    let b = Budget {
+        name: name(&o),
+        listener: o.str("listener").unwrap_or_default(),
+        rate_per_second: rate(&o),
+        burst: o.int_or("burst", 0, 0, MAX_BURST) as u64,
         new_flows_only: o.bool_or("new_flows_only", true),
+        overrides,
     };
     o.finish();
     b
+}
+
+fn prefix_field(o: &Obj<'_>, key: &str) -> Option<Prefix> {
+    let s = o.str(key)?;
+    s.parse().map_err(|e: String| o.error(key, e)).ok()
+}
+
+fn prefix_list(o: &Obj<'_>, key: &str) -> Vec<Prefix> {
+    let base = o.path_of(key);
+    o.str_list(key)
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            s.parse()
+                .map_err(|e: String| o.error_at(format!("{base}[{i}]"), e))
+                .ok()
+        })
+        .collect()
+}
+
+fn kernel(o: Obj<'_>) -> KernelSection {
+    let d = KernelSection::default();
+    let attach_mode = match o.opt_str("attach_mode").as_deref() {
+        None | Some("native") => XdpAttach::Native,
+        Some("generic") => XdpAttach::Generic,
+        Some(other) => {
+            o.error(
+                "attach_mode",
+                format!("unknown mode {other:?} (expected \"native\" or \"generic\")"),
+            );
+            XdpAttach::Native
+        }
+    };
+    let pin_dir = o.opt_str("pin_dir").map_or(d.pin_dir, |p| {
+        if !p.starts_with('/') {
+            o.error(
+                "pin_dir",
+                format!("{p:?} must be an absolute path on a bpffs"),
+            );
+        }
+        p.into()
+    });
+    let worker_weights = o
+        .array("worker_weights")
+        .into_iter()
+        .filter_map(|(path, v)| match v.as_integer() {
+            Some(w) if (0..=1_000_000).contains(&w) => Some(w as u32),
+            _ => {
+                o.error_at(path, "expected a weight in 0..=1000000");
+                None
+            }
+        })
+        .collect::<Vec<u32>>();
+    let max_workers = omnirelay_ebpf_common::limiter::MAX_WORKERS as usize;
+    if worker_weights.len() > max_workers {
+        o.error("worker_weights", format!("at most {max_workers} workers"));
+    }
+    let k = KernelSection {
+        interfaces: o.str_list("interfaces"),
+        attach_mode,
+        pin_dir,
+        steering: o.bool_or("steering", false),
+        worker_weights,
+        allow: prefix_list(&o, "allow"),
+        deny: prefix_list(&o, "deny"),
+        drop_malformed: match o.opt_str("malformed").as_deref() {
+            None | Some("pass") => false,
+            Some("drop") => true,
+            Some(other) => {
+                o.error(
+                    "malformed",
+                    format!("unknown policy {other:?} (expected \"pass\" or \"drop\")"),
+                );
+                false
+            }
+        },
+    };
+    for (i, name) in k.interfaces.iter().enumerate() {
+        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+            o.error_at(
+                format!("{}[{i}]", o.path_of("interfaces")),
+                format!("{name:?} is not an interface name"),
+            );
+        }
+    }
+    o.finish();
+    k
 }

@@ -79,6 +79,7 @@ pub(super) fn check(c: &Config, sink: &Sink) {
             "must differ from control.grpc_listen",
         );
     }
+    let mut budgeted: HashMap<&str, usize> = HashMap::new();
     for (i, b) in c.budgets.iter().enumerate() {
         if !b.listener.is_empty() && !listeners.contains(b.listener.as_str()) {
             sink.push(
@@ -86,5 +87,21 @@ pub(super) fn check(c: &Config, sink: &Sink) {
                 format!("unknown listener {:?}", b.listener),
             );
         }
+        if let Some(j) = budgeted.insert(b.listener.as_str(), i) {
+            sink.push(
+                format!("budgets[{i}].listener"),
+                format!(
+                    "listener {:?} already has a budget (budgets[{j}])",
+                    b.listener
+                ),
+            );
+        }
+    }
+    let max = omnirelay_ebpf_common::limiter::MAX_LISTENERS as usize;
+    if c.budgets.len() > max {
+        sink.push(
+            "budgets",
+            format!("at most {max} budgets (one per listener)"),
+        );
     }
 }

@@ -49,6 +49,15 @@ pub enum KernelError {
     /// The aya-log ring buffer could not be opened.
     #[error("opening the eBPF log buffer failed: {0}")]
     Log(#[source] aya_log::Error),
+    /// A bpffs pin could not be created, opened or removed.
+    #[error("{what}: {source}")]
+    Pin {
+        /// What was being done, with the path.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A helper thread could not be started.
     #[error("spawning the eBPF log thread failed: {0}")]
     Spawn(#[source] std::io::Error),

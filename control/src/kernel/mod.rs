@@ -3,14 +3,25 @@
 //! `tracing`.
 
 mod error;
+mod limiter;
 mod log_bridge;
+pub mod plan;
 mod xdp_counter;
 
 pub use error::KernelError;
+pub use limiter::{
+    GENERATION_GRACE, KernelLimiter, LimiterCounters, LimiterSettings, read_pinned_counters,
+    remove_pins,
+};
 pub use log_bridge::EbpfLogPump;
+pub use plan::{KernelPlan, PlanError, plan};
 pub use xdp_counter::{AttachMode, ClassCounters, XdpCounter};
 
 /// The eBPF object built from `ebpf/omnirelay-ebpf` by `build.rs`, embedded at 8-byte
 /// alignment as the ELF parser requires.
 pub(crate) static XDP_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/omnirelay-xdp"));
+
+/// The limiter and steering programs, built from `ebpf/omnirelay-ebpf/src/limiter.rs`.
+pub(crate) static LIMITER_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/omnirelay-limiter"));

@@ -27,7 +27,7 @@ pub enum AttachMode {
 }
 
 impl AttachMode {
-    fn to_aya(self) -> XdpMode {
+    pub(crate) fn to_aya(self) -> XdpMode {
         match self {
             AttachMode::Generic => XdpMode::Skb,
             AttachMode::Native => XdpMode::Driver,

@@ -160,8 +160,32 @@ pub fn compile(
                     b.burst
                 },
                 new_flows_only: b.new_flows_only,
+                overrides: b
+                    .overrides
+                    .iter()
+                    .map(|o| v1::BudgetOverride {
+                        prefix: o.prefix.to_string(),
+                        rate_per_second: o.rate_per_second,
+                        burst: if o.burst == 0 {
+                            o.rate_per_second
+                        } else {
+                            o.burst
+                        },
+                    })
+                    .collect(),
             })
             .collect(),
+        kernel: Some(v1::KernelPolicy {
+            allow: config
+                .kernel
+                .allow
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            deny: config.kernel.deny.iter().map(ToString::to_string).collect(),
+            drop_malformed: config.kernel.drop_malformed,
+            worker_weights: config.kernel.worker_weights.clone(),
+        }),
     }
 }
 

@@ -6,12 +6,39 @@
 //! `std`. The `user` feature adds the `aya::Pod` marker impls for userspace.
 #![no_std]
 
+pub mod limiter;
+
 /// Names of the maps and programs, so both sides spell them once.
 pub mod names {
     /// The XDP packet counter program.
     pub const XDP_COUNTER_PROGRAM: &str = "xdp_counter";
     /// Per-CPU array of [`super::PacketCounters`], indexed by [`super::TrafficClass`].
     pub const XDP_COUNTERS_MAP: &str = "XDP_COUNTERS";
+
+    /// The XDP rate limiter program.
+    pub const XDP_LIMITER_PROGRAM: &str = "xdp_limiter";
+    /// The `SO_REUSEPORT` steering program.
+    pub const STEER_PROGRAM: &str = "steer_reuseport";
+    /// Array with one `u32`: the active configuration generation (0 or 1).
+    pub const ACTIVE_MAP: &str = "OR_ACTIVE";
+    /// Hash map `ListenerKey` → `ListenerPolicy`.
+    pub const LISTENERS_MAP: &str = "OR_LISTENERS";
+    /// LPM trie `PrefixKey` → `PrefixEntry`: sources that bypass budgets.
+    pub const ALLOW_MAP: &str = "OR_ALLOW";
+    /// LPM trie `PrefixKey` → `PrefixEntry`: sources always dropped.
+    pub const DENY_MAP: &str = "OR_DENY";
+    /// LPM trie `OverrideKey` → `OverrideEntry`: per-source-prefix budgets.
+    pub const OVERRIDES_MAP: &str = "OR_OVERRIDES";
+    /// LRU hash `BucketKey` → `Bucket`: token buckets.
+    pub const BUCKETS_MAP: &str = "OR_BUCKETS";
+    /// Per-CPU array of `u64`, indexed by `limiter::counter_index`.
+    pub const LIMITER_COUNTERS_MAP: &str = "OR_COUNTERS";
+    /// Hash map port (`u32`, host order) → `SteerPort`.
+    pub const STEER_PORTS_MAP: &str = "OR_STEER_PORTS";
+    /// Array of `SteerWeights`, indexed by generation.
+    pub const STEER_WEIGHTS_MAP: &str = "OR_STEER_WEIGHTS";
+    /// Reuseport socket array of the data plane's worker sockets.
+    pub const STEER_SOCKETS_MAP: &str = "OR_STEER_SOCKETS";
 }
 
 /// What the counter program sorts packets into. The discriminant is the index into the

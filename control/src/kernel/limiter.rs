@@ -1,0 +1,572 @@
+//! The kernel limiter as the control daemon runs it: loads `xdp_limiter` and
+//! `steer_reuseport` with their maps pinned under the pin folder, attaches or re-links the
+//! XDP program on each configured interface, and writes each snapshot's [`KernelPlan`]
+//! as a new map generation.
+//!
+//! Pin layout (`pin_dir`, default `/sys/fs/bpf/omnirelay`):
+//! - `maps/OR_*`: every map. A restarted daemon reuses them, so buckets, counters and the
+//!   active generation survive; a pinned map whose type, key, value, size or flags differ
+//!   from the embedded object's is removed and created anew (logged).
+//! - `links/xdp-<interface>`: the XDP link. While it is pinned the program stays attached
+//!   with no process holding it; a new daemon replaces the program inside the existing link
+//!   with `BPF_LINK_UPDATE`, so there is no moment without a program.
+//! - `steer_reuseport`: the steering program, which data planes attach to their
+//!   `SO_REUSEPORT` groups.
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, MapInfo, PerCpuArray, lpm_trie::Key},
+    programs::{
+        SkReuseport, Xdp,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use omnirelay_ebpf_common::{
+    limiter::{
+        ACTIVE_DROP_MALFORMED, ACTIVE_GENERATION, COUNTER_SLOTS, ListenerKey, ListenerPolicy,
+        OVERRIDE_KEY_HEAD_BITS, OverrideEntry, OverrideKey, PREFIX_KEY_HEAD_BITS, PrefixEntry,
+        PrefixKey, Reason, SteerWeights, counter_index,
+    },
+    names::{
+        ACTIVE_MAP, ALLOW_MAP, DENY_MAP, LIMITER_COUNTERS_MAP, LISTENERS_MAP, OVERRIDES_MAP,
+        STEER_PROGRAM, STEER_WEIGHTS_MAP, XDP_LIMITER_PROGRAM,
+    },
+};
+
+use super::{AttachMode, EbpfLogPump, KernelError, LIMITER_OBJECT, plan::KernelPlan};
+
+/// How long the daemon waits after flipping the generation before it deletes the old one.
+/// An XDP or reuseport program run takes well under a microsecond and runs inside an RCU
+/// read-side section; 10 ms is four orders of magnitude of margin.
+pub const GENERATION_GRACE: Duration = Duration::from_millis(10);
+
+/// Where and how the kernel programs are loaded.
+#[derive(Clone, Debug)]
+pub struct LimiterSettings {
+    /// Interfaces the XDP limiter attaches to (may be empty).
+    pub interfaces: Vec<String>,
+    /// XDP attach mode. No fallback: an interface that cannot do it is an error.
+    pub mode: AttachMode,
+    /// bpffs folder for maps, links and the steering program.
+    pub pin_dir: PathBuf,
+    /// Load and pin the steering program.
+    pub steering: bool,
+}
+
+/// Packets counted by the limiter, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LimiterCounters {
+    /// Per slot (0: no budgeted listener; `id + 1`: listener `id`), per [`Reason`].
+    pub slots: Vec<[u64; Reason::COUNT as usize]>,
+}
+
+impl LimiterCounters {
+    /// The count for a slot and reason.
+    pub fn get(&self, slot: usize, reason: Reason) -> u64 {
+        self.slots.get(slot).map_or(0, |s| s[reason as usize])
+    }
+
+    /// The count for a reason over every slot.
+    pub fn total(&self, reason: Reason) -> u64 {
+        self.slots.iter().map(|s| s[reason as usize]).sum()
+    }
+}
+
+/// The loaded limiter. Dropping it leaves everything attached and pinned (enforcement
+/// outlives the daemon); [`remove_pins`] takes it all down.
+pub struct KernelLimiter {
+    settings: LimiterSettings,
+    ebpf: Ebpf,
+    names: Vec<String>,
+    _log: Option<EbpfLogPump>,
+}
+
+impl std::fmt::Debug for KernelLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelLimiter")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> KernelError {
+    move |source| KernelError::Map {
+        map,
+        source: Box::new(source),
+    }
+}
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> KernelError {
+    move |source| KernelError::Pin { what, source }
+}
+
+impl KernelLimiter {
+    /// Loads the programs (reusing pinned maps of the same layout), attaches or re-links
+    /// the XDP program on every interface, and pins the steering program.
+    pub fn start(settings: LimiterSettings) -> Result<Self, KernelError> {
+        ensure_bpffs(&settings.pin_dir)?;
+        let maps_dir = settings.pin_dir.join("maps");
+        let links_dir = settings.pin_dir.join("links");
+        for d in [&maps_dir, &links_dir] {
+            std::fs::create_dir_all(d).map_err(io_err(format!("creating {}", d.display())))?;
+        }
+        reconcile_pinned_maps(&maps_dir)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .load(LIMITER_OBJECT)
+            .map_err(|e| KernelError::Object(Box::new(e)))?;
+        let log = match EbpfLogPump::start(&mut ebpf, STEER_PROGRAM) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "eBPF log records will not reach the daemon log");
+                None
+            }
+        };
+        // Loaded even with no interface: `test_run` and the cost bench use it unattached.
+        let program = xdp_program(&mut ebpf)?;
+        program.load().map_err(|source| KernelError::Load {
+            program: XDP_LIMITER_PROGRAM,
+            source: Box::new(source),
+        })?;
+        for interface in &settings.interfaces {
+            attach_or_relink(program, interface, settings.mode, &links_dir)?;
+        }
+        if settings.steering {
+            let program: &mut SkReuseport = ebpf
+                .program_mut(STEER_PROGRAM)
+                .ok_or(KernelError::Missing {
+                    kind: "program",
+                    name: STEER_PROGRAM,
+                })?
+                .try_into()
+                .map_err(|source| KernelError::Load {
+                    program: STEER_PROGRAM,
+                    source: Box::new(source),
+                })?;
+            program.load().map_err(|source| KernelError::Load {
+                program: STEER_PROGRAM,
+                source: Box::new(source),
+            })?;
+            let pin = settings.pin_dir.join(STEER_PROGRAM);
+            // Replace the pin: data planes started from now on attach this version; groups
+            // that attached the old one keep it until they restart.
+            match std::fs::remove_file(&pin) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(format!("removing {}", pin.display()))(e)),
+            }
+            program.pin(&pin).map_err(|e| KernelError::Pin {
+                what: format!("pinning {}", pin.display()),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            tracing::info!(pin = %pin.display(), "steering program pinned for the data planes");
+        }
+        Ok(KernelLimiter {
+            settings,
+            ebpf,
+            names: Vec::new(),
+            _log: log,
+        })
+    }
+
+    /// The settings it was started with.
+    pub fn settings(&self) -> &LimiterSettings {
+        &self.settings
+    }
+
+    /// Listener names by id, from the last applied plan.
+    pub fn listener_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Writes `plan` as the next generation and makes it active: the programs see either
+    /// the previous set or this one, never a mix.
+    pub fn apply(&mut self, plan: &KernelPlan) -> Result<(), KernelError> {
+        let word = self.active_word()?;
+        let old = word & ACTIVE_GENERATION;
+        let new = old ^ 1;
+        // A previous apply may have died half-way: start the new generation from empty.
+        self.clear_generation(new)?;
+        self.write_generation(new, plan)?;
+        let word = new
+            | if plan.drop_malformed {
+                ACTIVE_DROP_MALFORMED
+            } else {
+                0
+            };
+        let mut active: Array<&mut MapData, u32> =
+            Array::try_from(self.ebpf.map_mut(ACTIVE_MAP).ok_or(KernelError::Missing {
+                kind: "map",
+                name: ACTIVE_MAP,
+            })?)
+            .map_err(map_err(ACTIVE_MAP))?;
+        active.set(0, word, 0).map_err(map_err(ACTIVE_MAP))?;
+        std::thread::sleep(GENERATION_GRACE);
+        self.clear_generation(old)?;
+        self.names.clone_from(&plan.names);
+        tracing::info!(
+            version = plan.version,
+            generation = new,
+            listeners = plan.listeners.len(),
+            allow = plan.allow.len(),
+            deny = plan.deny.len(),
+            overrides = plan.overrides.len(),
+            "kernel maps updated"
+        );
+        Ok(())
+    }
+
+    fn active_word(&self) -> Result<u32, KernelError> {
+        let active: Array<&MapData, u32> =
+            Array::try_from(self.map(ACTIVE_MAP)?).map_err(map_err(ACTIVE_MAP))?;
+        active.get(&0, 0).map_err(map_err(ACTIVE_MAP))
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, KernelError> {
+        self.ebpf
+            .map(name)
+            .ok_or(KernelError::Missing { kind: "map", name })
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, KernelError> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or(KernelError::Missing { kind: "map", name })
+    }
+
+    fn write_generation(&mut self, generation: u32, plan: &KernelPlan) -> Result<(), KernelError> {
+        let gen_bytes = generation.to_be_bytes();
+        let stamp = PrefixEntry {
+            stamp: plan.version,
+        };
+        {
+            let mut m: HashMap<&mut MapData, ListenerKey, ListenerPolicy> =
+                HashMap::try_from(self.map_mut(LISTENERS_MAP)?).map_err(map_err(LISTENERS_MAP))?;
+            for (addr, port, policy) in &plan.listeners {
+                let key = ListenerKey {
+                    generation,
+                    addr: *addr,
+                    port: *port,
+                    pad: 0,
+                };
+                m.insert(key, *policy, 0).map_err(map_err(LISTENERS_MAP))?;
+            }
+        }
+        for (name, list) in [(ALLOW_MAP, &plan.allow), (DENY_MAP, &plan.deny)] {
+            let mut m: LpmTrie<&mut MapData, PrefixKey, PrefixEntry> =
+                LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+            for (addr, len) in list {
+                let key = Key::new(
+                    PREFIX_KEY_HEAD_BITS + len,
+                    PrefixKey {
+                        generation: gen_bytes,
+                        addr: *addr,
+                    },
+                );
+                m.insert(&key, stamp, 0).map_err(map_err(name))?;
+            }
+        }
+        {
+            let mut m: LpmTrie<&mut MapData, OverrideKey, OverrideEntry> =
+                LpmTrie::try_from(self.map_mut(OVERRIDES_MAP)?).map_err(map_err(OVERRIDES_MAP))?;
+            for (listener, addr, len, budget) in &plan.overrides {
+                let key = Key::new(
+                    OVERRIDE_KEY_HEAD_BITS + len,
+                    OverrideKey {
+                        generation: gen_bytes,
+                        listener: listener.to_be_bytes(),
+                        addr: *addr,
+                    },
+                );
+                let entry = OverrideEntry {
+                    budget: *budget,
+                    stamp: plan.version,
+                };
+                m.insert(&key, entry, 0).map_err(map_err(OVERRIDES_MAP))?;
+            }
+        }
+        let mut w: Array<&mut MapData, SteerWeights> =
+            Array::try_from(self.map_mut(STEER_WEIGHTS_MAP)?)
+                .map_err(map_err(STEER_WEIGHTS_MAP))?;
+        w.set(generation, plan.weights, 0)
+            .map_err(map_err(STEER_WEIGHTS_MAP))?;
+        Ok(())
+    }
+
+    /// Deletes every configuration entry of one generation.
+    fn clear_generation(&mut self, generation: u32) -> Result<(), KernelError> {
+        let gen_bytes = generation.to_be_bytes();
+        {
+            let mut m: HashMap<&mut MapData, ListenerKey, ListenerPolicy> =
+                HashMap::try_from(self.map_mut(LISTENERS_MAP)?).map_err(map_err(LISTENERS_MAP))?;
+            let stale: Vec<ListenerKey> = m
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.generation == generation)
+                .collect();
+            for k in stale {
+                m.remove(&k).map_err(map_err(LISTENERS_MAP))?;
+            }
+        }
+        for name in [ALLOW_MAP, DENY_MAP] {
+            let mut m: LpmTrie<&mut MapData, PrefixKey, PrefixEntry> =
+                LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+            let stale: Vec<Key<PrefixKey>> = m
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.data().generation == gen_bytes)
+                .collect();
+            for k in stale {
+                m.remove(&k).map_err(map_err(name))?;
+            }
+        }
+        let mut m: LpmTrie<&mut MapData, OverrideKey, OverrideEntry> =
+            LpmTrie::try_from(self.map_mut(OVERRIDES_MAP)?).map_err(map_err(OVERRIDES_MAP))?;
+        let stale: Vec<Key<OverrideKey>> = m
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data().generation == gen_bytes)
+            .collect();
+        for k in stale {
+            m.remove(&k).map_err(map_err(OVERRIDES_MAP))?;
+        }
+        Ok(())
+    }
+
+    /// Runs the XDP program on one frame `repeat` times in the kernel (`BPF_PROG_TEST_RUN`),
+    /// with the live maps. Returns the verdict (`XDP_PASS` = 2, `XDP_DROP` = 1) and the
+    /// kernel's mean time per run.
+    pub fn test_run(&mut self, frame: &[u8], repeat: u32) -> Result<(u32, Duration), KernelError> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let program = xdp_program(&mut self.ebpf)?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::new()
+        };
+        let r = program.test_run(opts).map_err(|source| KernelError::Load {
+            program: XDP_LIMITER_PROGRAM,
+            source: Box::new(source),
+        })?;
+        Ok((r.return_value, r.duration))
+    }
+
+    /// Reads the per-CPU counters, summed.
+    pub fn counters(&self) -> Result<LimiterCounters, KernelError> {
+        read_counters(self.map(LIMITER_COUNTERS_MAP)?)
+    }
+}
+
+/// Reads the limiter's counters from a map handle (also used on a pinned map by tools).
+pub fn read_counters(map: &aya::maps::Map) -> Result<LimiterCounters, KernelError> {
+    let counters: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(map).map_err(map_err(LIMITER_COUNTERS_MAP))?;
+    let mut out = LimiterCounters {
+        slots: vec![[0; Reason::COUNT as usize]; COUNTER_SLOTS as usize],
+    };
+    for (slot, row) in out.slots.iter_mut().enumerate() {
+        for reason in Reason::ALL {
+            let per_cpu = counters
+                .get(&counter_index(slot as u32, reason), 0)
+                .map_err(map_err(LIMITER_COUNTERS_MAP))?;
+            row[reason as usize] = per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v));
+        }
+    }
+    Ok(out)
+}
+
+/// Reads the counters of a running limiter through its pinned map (no daemon needed).
+pub fn read_pinned_counters(pin_dir: &Path) -> Result<LimiterCounters, KernelError> {
+    let path = pin_dir.join("maps").join(LIMITER_COUNTERS_MAP);
+    let data = MapData::from_pin(&path).map_err(map_err(LIMITER_COUNTERS_MAP))?;
+    let map = aya::maps::Map::PerCpuArray(data);
+    read_counters(&map)
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, KernelError> {
+    ebpf.program_mut(XDP_LIMITER_PROGRAM)
+        .ok_or(KernelError::Missing {
+            kind: "program",
+            name: XDP_LIMITER_PROGRAM,
+        })?
+        .try_into()
+        .map_err(|source| KernelError::Load {
+            program: XDP_LIMITER_PROGRAM,
+            source: Box::new(source),
+        })
+}
+
+/// Puts `program` on `interface`: inside the pinned link if there is one (atomic
+/// replacement, no detach gap), else as a new link that is then pinned.
+fn attach_or_relink(
+    program: &mut Xdp,
+    interface: &str,
+    mode: AttachMode,
+    links_dir: &Path,
+) -> Result<(), KernelError> {
+    let pin = links_dir.join(format!("xdp-{interface}"));
+    if pin.exists() {
+        let relinked = PinnedLink::from_pin(&pin)
+            .map_err(|e| e.to_string())
+            .and_then(|p| XdpLink::try_from(FdLink::from(p)).map_err(|e| e.to_string()))
+            .and_then(|link| program.attach_to_link(link).map_err(|e| e.to_string()));
+        match relinked {
+            Ok(id) => {
+                // The program's link list owns the fd now; forget it so the link is not
+                // detached when this process exits (the pin keeps it alive).
+                let link = program.take_link(id).map_err(|source| KernelError::Load {
+                    program: XDP_LIMITER_PROGRAM,
+                    source: Box::new(source),
+                })?;
+                std::mem::forget(link);
+                tracing::info!(
+                    program = XDP_LIMITER_PROGRAM,
+                    interface,
+                    pin = %pin.display(),
+                    "XDP program replaced inside the pinned link (no detach gap)"
+                );
+                return Ok(());
+            }
+            Err(why) => {
+                // The pinned link is dead (its interface was deleted) or foreign: start over.
+                tracing::warn!(interface, pin = %pin.display(), %why, "stale XDP link pin replaced");
+                let _ = std::fs::remove_file(&pin);
+            }
+        }
+    }
+    let id = program
+        .attach(interface, mode.to_aya())
+        .map_err(|source| KernelError::Attach {
+            program: XDP_LIMITER_PROGRAM,
+            interface: interface.to_owned(),
+            mode,
+            source: Box::new(source),
+        })?;
+    let link = program.take_link(id).map_err(|source| KernelError::Load {
+        program: XDP_LIMITER_PROGRAM,
+        source: Box::new(source),
+    })?;
+    let fd_link = FdLink::try_from(link).map_err(|e| KernelError::Pin {
+        what: format!(
+            "interface {interface}: the kernel gave a netlink XDP attachment, not a bpf_link \
+             (bpf_link for XDP needs Linux 5.9+); it cannot be pinned"
+        ),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let pinned = fd_link.pin(&pin).map_err(|e| KernelError::Pin {
+        what: format!("pinning {}", pin.display()),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    // Closing our fd is fine: the pin holds the link.
+    drop(pinned);
+    tracing::info!(
+        program = XDP_LIMITER_PROGRAM,
+        interface,
+        mode = %mode,
+        pin = %pin.display(),
+        "XDP program attached"
+    );
+    Ok(())
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+}
+
+/// Makes sure the pin folder's parent is on a bpffs, mounting one at `/sys/fs/bpf` when
+/// nothing is mounted there yet (fresh VMs and minimal hosts).
+fn ensure_bpffs(pin_dir: &Path) -> Result<(), KernelError> {
+    let parent = pin_dir.parent().unwrap_or(Path::new("/"));
+    if is_bpffs(parent) {
+        return Ok(());
+    }
+    let sys_bpf = Path::new("/sys/fs/bpf");
+    if parent.starts_with(sys_bpf) && !is_bpffs(sys_bpf) {
+        nix::mount::mount(
+            Some("bpf"),
+            sys_bpf,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| KernelError::Pin {
+            what: "mounting bpffs on /sys/fs/bpf".to_owned(),
+            source: std::io::Error::from(e),
+        })?;
+        tracing::info!("mounted bpffs on /sys/fs/bpf");
+        if is_bpffs(parent) || parent == sys_bpf {
+            return Ok(());
+        }
+        std::fs::create_dir_all(parent)
+            .map_err(io_err(format!("creating {}", parent.display())))?;
+        if is_bpffs(parent) {
+            return Ok(());
+        }
+    }
+    Err(KernelError::Pin {
+        what: format!("{} is not on a bpffs", parent.display()),
+        source: std::io::Error::other("pin_dir must be inside a mounted bpf filesystem"),
+    })
+}
+
+/// Removes pinned maps whose layout differs from the embedded object's, so the loader
+/// creates them anew instead of reusing an incompatible map.
+fn reconcile_pinned_maps(maps_dir: &Path) -> Result<(), KernelError> {
+    let obj = aya_obj::Object::parse(LIMITER_OBJECT)
+        .map_err(|e| KernelError::Object(Box::new(aya::EbpfError::ParseError(e))))?;
+    let mut seen = HashSet::new();
+    for (name, def) in &obj.maps {
+        seen.insert(name.clone());
+        let path = maps_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let Ok(info) = MapInfo::from_pin(&path) else {
+            continue;
+        };
+        let kernel = (
+            info.map_type().ok().map(|t| t as u32),
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+            info.map_flags(),
+        );
+        let wanted = (
+            Some(def.map_type()),
+            def.key_size(),
+            def.value_size(),
+            def.max_entries(),
+            def.map_flags(),
+        );
+        if kernel != wanted {
+            tracing::warn!(
+                map = %name,
+                pinned = ?kernel,
+                wanted = ?wanted,
+                "pinned map layout differs from this build; recreating it"
+            );
+            std::fs::remove_file(&path).map_err(io_err(format!("removing {}", path.display())))?;
+        }
+    }
+    Ok(())
+}
+
+/// Detaches and removes everything under `pin_dir`: links (which detaches the programs),
+/// the steering program and the maps.
+pub fn remove_pins(pin_dir: &Path) -> Result<(), KernelError> {
+    if !pin_dir.exists() {
+        return Ok(());
+    }
+    std::fs::remove_dir_all(pin_dir).map_err(io_err(format!("removing {}", pin_dir.display())))
+}

@@ -1,0 +1,358 @@
+//! The XDP limiter's verdicts on hand-built frames, run in the kernel with
+//! `BPF_PROG_TEST_RUN` against live maps written from a real config: every parse path
+//! (VLAN, IPv4, IPv6, TCP, UDP/QUIC, ICMP, fragments), the deny/allow lists, budgets,
+//! overrides and the malformed-packet policy. Runs as root; elsewhere it prints a skip line.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
+use std::{net::IpAddr, path::PathBuf};
+
+use omnirelay_control::{
+    config,
+    kernel::{AttachMode, KernelLimiter, LimiterCounters, LimiterSettings, plan, remove_pins},
+    snapshot::compile,
+};
+use omnirelay_ebpf_common::limiter::Reason;
+use omnirelay_test_support::{
+    Capability,
+    frames::{self, L4, QUIC_SHORT, QUIC_V1_INITIAL, tcp},
+    require_caps,
+};
+
+const PASS: u32 = 2;
+const DROP: u32 = 1;
+
+const CONFIG: &str = r#"
+[[listeners]]
+name = "web"
+address = "0.0.0.0:8080"
+[[listeners]]
+name = "quic"
+address = "[fd00::1]:443"
+[[listeners]]
+name = "open"
+address = "10.9.9.9:9000"
+[[routes]]
+name = "all"
+path_prefix = "/"
+cluster = "c"
+[[clusters]]
+name = "c"
+endpoints = ["127.0.0.1:1"]
+
+[[budgets]]
+name = "web-syn"
+listener = "web"
+rate_per_second = 1
+burst = 3
+overrides = [{ prefix = "10.50.0.0/16", rate_per_second = 1, burst = 1 }]
+
+[[budgets]]
+name = "quic-all"
+listener = "quic"
+rate_per_second = 1
+burst = 2
+new_flows_only = false
+
+[kernel]
+allow = ["10.60.0.0/16"]
+deny = ["10.66.0.0/16", "fd66::/16"]
+"#;
+
+/// A limiter loaded (not attached) with pins in a folder of its own, removed on drop.
+struct Loaded {
+    limiter: KernelLimiter,
+    pin_dir: PathBuf,
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        let _ = remove_pins(&self.pin_dir);
+    }
+}
+
+fn load(text: &str, tag: &str) -> Loaded {
+    let pin_dir = PathBuf::from(format!(
+        "/sys/fs/bpf/omnirelay-test-{}-{tag}",
+        std::process::id()
+    ));
+    let _ = remove_pins(&pin_dir);
+    let mut limiter = KernelLimiter::start(LimiterSettings {
+        interfaces: vec![],
+        mode: AttachMode::Generic,
+        pin_dir: pin_dir.clone(),
+        steering: false,
+    })
+    .unwrap();
+    let cfg = config::parse(text, "test.toml").unwrap();
+    let snap = compile(&cfg, 1, 0, "test", "");
+    limiter.apply(&plan(&snap).unwrap()).unwrap();
+    Loaded { limiter, pin_dir }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn run(l: &mut Loaded, frame: &[u8]) -> u32 {
+    l.limiter.test_run(frame, 1).unwrap().0
+}
+
+fn syn(src: &str, dst: &str, dport: u16) -> Vec<u8> {
+    frames::frame(
+        ip(src),
+        ip(dst),
+        40000,
+        dport,
+        L4::Tcp { flags: tcp::SYN },
+        None,
+    )
+}
+
+fn counters(l: &Loaded) -> LimiterCounters {
+    l.limiter.counters().unwrap()
+}
+
+#[test]
+fn syns_over_the_burst_are_dropped_and_established_traffic_is_not_charged() {
+    require_caps!(Capability::Root, Capability::BpfSyscall);
+    let mut l = load(CONFIG, "burst");
+    let web = 1; // listener id 0 → counter slot 1
+    for i in 0..3 {
+        assert_eq!(
+            run(&mut l, &syn("10.1.1.1", "10.0.0.5", 8080)),
+            PASS,
+            "SYN {i} within burst"
+        );
+    }
+    assert_eq!(
+        run(&mut l, &syn("10.1.1.1", "10.0.0.5", 8080)),
+        DROP,
+        "4th SYN over burst 3"
+    );
+    let ack = frames::frame(
+        ip("10.1.1.1"),
+        ip("10.0.0.5"),
+        40000,
+        8080,
+        L4::Tcp { flags: tcp::ACK },
+        None,
+    );
+    assert_eq!(
+        run(&mut l, &ack),
+        PASS,
+        "new_flows_only: an ACK is not charged"
+    );
+    let synack = frames::frame(
+        ip("10.1.1.1"),
+        ip("10.0.0.5"),
+        40000,
+        8080,
+        L4::Tcp {
+            flags: tcp::SYN | tcp::ACK,
+        },
+        None,
+    );
+    assert_eq!(run(&mut l, &synack), PASS, "SYN+ACK is not a new flow");
+    assert_eq!(
+        run(&mut l, &syn("10.1.1.2", "10.0.0.5", 8080)),
+        PASS,
+        "another source has its own bucket"
+    );
+    assert_eq!(
+        run(&mut l, &syn("10.1.1.1", "10.0.0.5", 8081)),
+        PASS,
+        "another port is not budgeted"
+    );
+    let c = counters(&l);
+    assert_eq!(c.get(web, Reason::OverBudget), 1);
+    assert_eq!(c.get(web, Reason::Passed), 3 + 2 + 1);
+    assert_eq!(
+        c.get(0, Reason::Passed),
+        1,
+        "the unbudgeted port counts in slot 0"
+    );
+    assert_eq!(c.total(Reason::Inconsistent), 0);
+}
+
+#[test]
+fn a_vlan_tag_is_parsed_through() {
+    require_caps!(Capability::Root, Capability::BpfSyscall);
+    let mut l = load(CONFIG, "vlan");
+    let tagged = frames::frame(
+        ip("10.2.0.1"),
+        ip("10.0.0.5"),
+        1,
+        8080,
+        L4::Tcp { flags: tcp::SYN },
+        Some(42),
+    );
+    let verdicts: Vec<u32> = (0..4).map(|_| run(&mut l, &tagged)).collect();
+    assert_eq!(verdicts, vec![PASS, PASS, PASS, DROP]);
+}
+
+#[test]
+fn overrides_replace_the_budget_for_their_prefix() {
+    require_caps!(Capability::Root, Capability::BpfSyscall);
+    let mut l = load(CONFIG, "override");
+    assert_eq!(run(&mut l, &syn("10.50.3.3", "10.0.0.5", 8080)), PASS);
+    assert_eq!(
+        run(&mut l, &syn("10.50.3.3", "10.0.0.5", 8080)),
+        DROP,
+        "override burst is 1"
+    );
+}
+
+#[test]
+fn deny_drops_before_parsing_the_transport_and_allow_bypasses_budgets() {
+    require_caps!(Capability::Root, Capability::BpfSyscall);
+    let mut l = load(CONFIG, "lists");
+    assert_eq!(run(&mut l, &syn("10.66.1.1", "10.0.0.5", 8080)), DROP);
+    assert_eq!(
+        run(&mut l, &syn("10.66.1.1", "10.0.0.5", 22)),
+        DROP,
+        "any port"
+    );
+    let icmp = frames::frame(ip("10.66.1.1"), ip("10.0.0.5"), 0, 0, L4::Icmp, None);
+    assert_eq!(run(&mut l, &icmp), DROP, "any protocol");
+    let mut truncated = syn("10.66.1.1", "10.0.0.5", 8080);
+    truncated.truncate(frames::ip_offset(false) + 20 + 6);
+    assert_eq!(
+        run(&mut l, &truncated),
+        DROP,
+        "fails closed: truncated TCP from a denied source"
+    );
+    let v6 = syn("fd66::9", "fd00::1", 443);
+    assert_eq!(run(&mut l, &v6), DROP, "IPv6 deny");
+    for i in 0..10 {
+        assert_eq!(
+            run(&mut l, &syn("10.60.0.7", "10.0.0.5", 8080)),
+            PASS,
+            "allowed SYN {i}"
+        );
+    }
+    let c = counters(&l);
+    assert_eq!(c.total(Reason::Denied), 5);
+    assert_eq!(c.get(1, Reason::Allowed), 10);
+    assert_eq!(c.total(Reason::OverBudget), 0);
+}
+
+#[test]
+fn all_packet_charging_on_ipv6_udp_and_quic_initial_detection() {
+    require_caps!(Capability::Root, Capability::BpfSyscall);
+    let mut l = load(CONFIG, "v6");
+    let udp = |payload| {
+        frames::frame(
+            ip("fd00::77"),
+            ip("fd00::1"),
+            5000,
+            443,
+            L4::Udp { payload },
+            None,
+        )
+    };
+    let verdicts: Vec<u32> = (0..3).map(|_| run(&mut l, &udp(QUIC_SHORT))).collect();
+    assert_eq!(
+        verdicts,
+        vec![PASS, PASS, DROP],
+        "every packet charged, burst 2"
+    );
+
+    // On a new-flows listener only QUIC Initials are charged.
+    let text = CONFIG.replace("new_flows_only = false", "new_flows_only = true");
+    let mut l = load(&text, "quic");
+    for _ in 0..5 {
+        assert_eq!(
+            run(&mut l, &udp(QUIC_SHORT)),
+            PASS,
+            "1-RTT packets are not new flows"
+        );
+    }
+    let verdicts: Vec<u32> = (0..3).map(|_| run(&mut l, &udp(QUIC_V1_INITIAL))).collect();
+    assert_eq!(verdicts, vec![PASS, PASS, DROP], "Initials are charged");
+}
+
+#[test]
+fn malformed_frames_are_counted_and_pass_or_drop_per_policy() {
+    require_caps!(Capability::Root, Capability::BpfSyscall);
+    let good = syn("10.3.3.3", "10.0.0.5", 8080);
+    let ipo = frames::ip_offset(false);
+    // (The kernel's test runner refuses frames shorter than an Ethernet header, so the
+    // "short Ethernet" path is covered only by its bounds check.)
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("short vlan", {
+            let t = frames::frame(
+                ip("10.3.3.3"),
+                ip("10.0.0.5"),
+                1,
+                8080,
+                L4::Tcp { flags: tcp::SYN },
+                Some(1),
+            );
+            t[..16].to_vec()
+        }),
+        ("short ipv4", good[..ipo + 12].to_vec()),
+        ("short tcp", good[..ipo + 20 + 10].to_vec()),
+        (
+            "short ipv6",
+            syn("fd00::2", "fd00::1", 443)[..ipo + 30].to_vec(),
+        ),
+        (
+            "short udp",
+            frames::frame(
+                ip("10.3.3.3"),
+                ip("10.0.0.5"),
+                1,
+                8080,
+                L4::Udp { payload: b"" },
+                None,
+            )[..ipo + 20 + 4]
+                .to_vec(),
+        ),
+    ];
+    let mut bad_ihl = good.clone();
+    bad_ihl[ipo] = 0x43;
+    cases.push(("IHL 3", bad_ihl));
+    let mut bad_version = good.clone();
+    bad_version[ipo] = 0x55;
+    cases.push(("IP version 5", bad_version));
+    let mut bad_doff = good.clone();
+    bad_doff[ipo + 20 + 12] = 2 << 4;
+    cases.push(("TCP data offset 2", bad_doff));
+    let mut long_ihl = good.clone();
+    long_ihl[ipo] = 0x4f; // 60-byte header: the TCP header would start past the frame end
+    cases.push(("IHL past the end", long_ihl));
+
+    for (policy, verdict) in [("pass", PASS), ("drop", DROP)] {
+        let text = format!("{CONFIG}\nmalformed = \"{policy}\"\n");
+        let mut l = load(&text, policy);
+        for (name, frame) in &cases {
+            assert_eq!(
+                run(&mut l, frame),
+                verdict,
+                "{name} under malformed = {policy}"
+            );
+        }
+        assert_eq!(counters(&l).total(Reason::Malformed), cases.len() as u64);
+    }
+
+    // Not malformed: ARP, a non-first fragment (no transport header), ICMP.
+    let mut l = load(CONFIG, "notmal");
+    let mut arp = good.clone();
+    arp[12] = 0x08;
+    arp[13] = 0x06;
+    let mut fragment = good.clone();
+    fragment[ipo + 6] = 0;
+    fragment[ipo + 7] = 10;
+    fragment.truncate(ipo + 20 + 4);
+    let icmp = frames::frame(ip("10.3.3.3"), ip("10.0.0.5"), 0, 0, L4::Icmp, None);
+    for f in [&arp, &fragment, &icmp] {
+        assert_eq!(run(&mut l, f), PASS);
+    }
+    let c = counters(&l);
+    assert_eq!(c.total(Reason::Malformed), 0);
+    assert_eq!(c.get(0, Reason::Passed), 3);
+}

@@ -1,0 +1,333 @@
+//! Map layouts of the XDP rate limiter (`xdp_limiter`) and the `SO_REUSEPORT` steering
+//! program (`steer_reuseport`).
+//!
+//! # Generations
+//!
+//! Every configuration map key starts with a generation number (0 or 1). The program reads
+//! the active generation from [`ACTIVE_MAP`](super::names::ACTIVE_MAP) once per packet and
+//! looks up only keys of that generation. The control daemon writes a new configuration
+//! into the inactive generation, flips the active index with one array update, waits a
+//! grace period longer than any program run, and then deletes the old generation's keys.
+//! A packet therefore sees either the whole old set or the whole new set, never a mix.
+//! Every value carries the snapshot version that wrote it (`stamp`); the program counts a
+//! packet under [`Reason::Inconsistent`] if two entries it used disagree, which can only
+//! happen if that discipline is broken.
+//!
+//! # Addresses
+//!
+//! IPv4 addresses are stored as IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`), so one
+//! map and one trie serve both families.
+
+/// Largest number of listeners with a budget (slots in the counter array, minus one).
+pub const MAX_LISTENERS: u32 = 63;
+/// Counter slots: slot 0 is traffic matched to no budgeted listener, slot `id + 1` is
+/// listener `id`.
+pub const COUNTER_SLOTS: u32 = MAX_LISTENERS + 1;
+/// Entries of the configuration hash map and tries (both generations together).
+pub const MAX_CONFIG_ENTRIES: u32 = 16_384;
+/// Source addresses tracked at once in the token-bucket LRU map.
+pub const MAX_BUCKETS: u32 = 262_144;
+/// Largest number of workers the steering program chooses between, per listener port.
+pub const MAX_WORKERS: u32 = 64;
+/// Listener ports the steering program knows.
+pub const MAX_STEER_PORTS: u32 = 64;
+/// Entries of the reuseport socket array: one per worker of each steered port.
+pub const MAX_STEER_SOCKETS: u32 = MAX_WORKERS * MAX_STEER_PORTS;
+
+/// Highest accepted rate per source, packets per second: the emission interval is kept in
+/// whole nanoseconds, so faster rates would lose precision.
+pub const MAX_RATE_PER_SECOND: u64 = 10_000_000;
+
+/// [`ListenerPolicy::flags`]: charge every packet, not only new flows.
+pub const CHARGE_ALL_PACKETS: u32 = 1;
+
+/// Bit 0 of the active-generation word: the generation (0 or 1).
+pub const ACTIVE_GENERATION: u32 = 1;
+/// Bit 1 of the active-generation word: drop malformed packets instead of passing them.
+/// It flips together with the generation, in the same 32-bit store.
+pub const ACTIVE_DROP_MALFORMED: u32 = 2;
+
+/// Why a packet got its verdict. The discriminant is the counter index within a slot.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Passed: within budget, not charged, or not for a budgeted listener.
+    Passed = 0,
+    /// Passed without charge because the source is in the allow list.
+    Allowed = 1,
+    /// Dropped: over the source's budget.
+    OverBudget = 2,
+    /// Dropped: the source is in the deny list.
+    Denied = 3,
+    /// A header was truncated or impossible (IPv4 IHL < 5, short TCP/UDP header, ...).
+    /// Passed or dropped per the malformed policy; counted here either way.
+    Malformed = 4,
+    /// The program used entries of two different snapshot versions. Must stay zero.
+    Inconsistent = 5,
+}
+
+impl Reason {
+    /// Number of reasons, i.e. counters per slot.
+    pub const COUNT: u32 = 6;
+    /// All reasons in index order.
+    pub const ALL: [Reason; Self::COUNT as usize] = [
+        Reason::Passed,
+        Reason::Allowed,
+        Reason::OverBudget,
+        Reason::Denied,
+        Reason::Malformed,
+        Reason::Inconsistent,
+    ];
+
+    /// A short lowercase name, used as a metric label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Passed => "passed",
+            Reason::Allowed => "allowed",
+            Reason::OverBudget => "over_budget",
+            Reason::Denied => "denied",
+            Reason::Malformed => "malformed",
+            Reason::Inconsistent => "inconsistent",
+        }
+    }
+
+    /// Whether packets counted under this reason were dropped (malformed ones depend on the
+    /// policy and are counted as passed here).
+    pub const fn is_drop(self) -> bool {
+        matches!(self, Reason::OverBudget | Reason::Denied)
+    }
+}
+
+/// Index into the per-CPU counter array for a slot and a reason.
+pub const fn counter_index(slot: u32, reason: Reason) -> u32 {
+    slot * Reason::COUNT + reason as u32
+}
+
+/// Total entries of the per-CPU counter array.
+pub const COUNTER_ENTRIES: u32 = COUNTER_SLOTS * Reason::COUNT;
+
+/// Key of the listener map: a destination address and port in one generation. An
+/// all-zero address (or `::ffff:0.0.0.0` for IPv4) is a wildcard listener.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    /// Generation, 0 or 1.
+    pub generation: u32,
+    /// Destination address (IPv4-mapped for IPv4), network byte order.
+    pub addr: [u8; 16],
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// Always zero (explicit padding, so keys hash the same on both sides).
+    pub pad: u16,
+}
+
+/// A token bucket, kept in the form the program updates atomically: the emission interval
+/// (nanoseconds per token) and the burst tolerance (nanoseconds of credit). A source may
+/// send when its theoretical arrival time is at most `tolerance_ns` ahead of now; this is
+/// the virtual-scheduling form of a token bucket with rate `1e9 / emission_ns` and depth
+/// `tolerance_ns / emission_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    /// Nanoseconds per token (1e9 / rate). Zero means "no budget": drop every charged packet.
+    pub emission_ns: u64,
+    /// Burst × emission_ns.
+    pub tolerance_ns: u64,
+}
+
+impl Budget {
+    /// The bucket for a rate (per second) and a burst (tokens). `rate` must be in
+    /// `1..=MAX_RATE_PER_SECOND`; a burst of zero is taken as one.
+    pub const fn new(rate_per_second: u64, burst: u64) -> Budget {
+        let rate = if rate_per_second == 0 {
+            1
+        } else {
+            rate_per_second
+        };
+        let emission_ns = 1_000_000_000 / rate;
+        let burst = if burst == 0 { 1 } else { burst };
+        Budget {
+            emission_ns,
+            tolerance_ns: emission_ns.saturating_mul(burst),
+        }
+    }
+}
+
+/// Value of the listener map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerPolicy {
+    /// Listener id: counter slot `id + 1` and the first half of bucket keys.
+    pub id: u32,
+    /// [`CHARGE_ALL_PACKETS`].
+    pub flags: u32,
+    /// The per-source budget.
+    pub budget: Budget,
+    /// Snapshot version that wrote this entry.
+    pub stamp: u64,
+}
+
+/// Data of an LPM-trie key for the allow and deny lists: generation, then address. The
+/// prefix length counts the 32 generation bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefixKey {
+    /// Generation as big-endian bytes (tries match bytes most significant first).
+    pub generation: [u8; 4],
+    /// Address (IPv4-mapped for IPv4), network byte order.
+    pub addr: [u8; 16],
+}
+
+/// Data of an LPM-trie key for per-source budget overrides: generation, listener id,
+/// then address. The prefix length counts the 64 bits before the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OverrideKey {
+    /// Generation as big-endian bytes.
+    pub generation: [u8; 4],
+    /// Listener id as big-endian bytes.
+    pub listener: [u8; 4],
+    /// Address (IPv4-mapped for IPv4), network byte order.
+    pub addr: [u8; 16],
+}
+
+/// Bits of an LPM key before the address in [`PrefixKey`].
+pub const PREFIX_KEY_HEAD_BITS: u32 = 32;
+/// Bits of an LPM key before the address in [`OverrideKey`].
+pub const OVERRIDE_KEY_HEAD_BITS: u32 = 64;
+
+/// Value of the allow and deny tries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefixEntry {
+    /// Snapshot version that wrote this entry.
+    pub stamp: u64,
+}
+
+/// Value of the override trie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OverrideEntry {
+    /// The budget that replaces the listener's for matching sources.
+    pub budget: Budget,
+    /// Snapshot version that wrote this entry.
+    pub stamp: u64,
+}
+
+/// Key of the bucket LRU map: one bucket per listener and source address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BucketKey {
+    /// Listener id.
+    pub listener: u32,
+    /// Source address (IPv4-mapped for IPv4).
+    pub addr: [u8; 16],
+}
+
+/// Value of the bucket LRU map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    /// Theoretical arrival time of the next conforming packet, `bpf_ktime_get_ns` clock.
+    pub tat_ns: u64,
+}
+
+/// Value of the steering port map: where a listener port's workers sit in the socket
+/// array. Written by the data plane when it registers its sockets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SteerPort {
+    /// Index of worker 0's socket in the reuseport socket array.
+    pub base: u32,
+    /// Number of workers registered for this port.
+    pub workers: u32,
+}
+
+/// Value of the steering weight array (index: generation): one weight per worker index.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SteerWeights {
+    /// Weight of each worker; 0 drains it (no new connections).
+    pub weights: [u32; MAX_WORKERS as usize],
+    /// Snapshot version that wrote this entry.
+    pub stamp: u64,
+}
+
+impl Default for SteerWeights {
+    fn default() -> Self {
+        SteerWeights {
+            weights: [1; MAX_WORKERS as usize],
+            stamp: 0,
+        }
+    }
+}
+
+/// Maps an IPv4 address to its IPv4-mapped IPv6 form.
+pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
+    ]
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY (all): `repr(C)` structs of integers and byte arrays with no implicit padding
+    // (checked by the layout tests below), so every bit pattern is a valid value.
+    unsafe impl aya::Pod for ListenerKey {}
+    unsafe impl aya::Pod for ListenerPolicy {}
+    unsafe impl aya::Pod for PrefixKey {}
+    unsafe impl aya::Pod for PrefixEntry {}
+    unsafe impl aya::Pod for OverrideKey {}
+    unsafe impl aya::Pod for OverrideEntry {}
+    unsafe impl aya::Pod for BucketKey {}
+    unsafe impl aya::Pod for Bucket {}
+    unsafe impl aya::Pod for SteerPort {}
+    unsafe impl aya::Pod for SteerWeights {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<ListenerKey>(), 4 + 16 + 2 + 2);
+        assert_eq!(size_of::<ListenerPolicy>(), 4 + 4 + 16 + 8);
+        assert_eq!(size_of::<PrefixKey>(), 20);
+        assert_eq!(size_of::<OverrideKey>(), 24);
+        assert_eq!(size_of::<OverrideEntry>(), 24);
+        assert_eq!(size_of::<BucketKey>(), 20);
+        assert_eq!(size_of::<SteerPort>(), 8);
+        assert_eq!(size_of::<SteerWeights>(), 4 * 64 + 8);
+    }
+
+    #[test]
+    fn budget_is_rate_and_burst_in_nanoseconds() {
+        let b = Budget::new(1000, 50);
+        assert_eq!(b.emission_ns, 1_000_000);
+        assert_eq!(b.tolerance_ns, 50_000_000);
+        assert_eq!(Budget::new(10, 0).tolerance_ns, 100_000_000);
+    }
+
+    #[test]
+    fn counter_indices_cover_the_array() {
+        assert_eq!(counter_index(0, Reason::Passed), 0);
+        assert_eq!(
+            counter_index(COUNTER_SLOTS - 1, Reason::Inconsistent),
+            COUNTER_ENTRIES - 1
+        );
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
+
+    #[test]
+    fn v4_mapping() {
+        assert_eq!(
+            v4_mapped([10, 1, 2, 3]),
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255, 10, 1, 2, 3]
+        );
+    }
+}

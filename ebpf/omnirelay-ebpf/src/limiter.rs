@@ -1,0 +1,344 @@
+//! OmniRelay's kernel fast path: the XDP rate limiter (`xdp_limiter`) and the
+//! `SO_REUSEPORT` worker steering program (`steer_reuseport`). Both read configuration
+//! that the control daemon writes into pinned maps; the layouts and the generation
+//! discipline are documented in `omnirelay_ebpf_common::limiter`.
+//!
+//! The limiter parses Ethernet (one VLAN tag), IPv4/IPv6 and TCP/UDP with a bounds check
+//! before every read. Anything it cannot parse passes. Per source address and listener it
+//! keeps a token bucket in virtual-scheduling form (one 64-bit theoretical arrival time),
+//! advanced with a compare-and-swap so concurrent CPUs never double-spend a token. The
+//! accepted races, and their bounds:
+//! - two CPUs seeing a new source at once both insert a fresh bucket: at most one extra
+//!   packet per CPU for that source;
+//! - a compare-and-swap that loses four times in a row passes the packet uncharged: at
+//!   most one packet per lost race, which needs four concurrent winners on other CPUs.
+//!
+//! Nothing is logged per packet: one aya-log record costs more than this whole program.
+#![no_std]
+#![no_main]
+// The BPF target has no `AtomicU64::compare_exchange` (its spec has no CAS, although the
+// kernel has BPF_CMPXCHG since 5.12); the intrinsic lowers to that instruction.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+mod parse;
+
+use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, sk_action, xdp_action},
+    helpers::bpf_ktime_get_ns,
+    macros::{map, sk_reuseport, xdp},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ReusePortSockArray, lpm_trie::Key},
+    programs::{SkReuseportContext, XdpContext},
+};
+use aya_log_ebpf::warn;
+use omnirelay_ebpf_common::limiter::{
+    ACTIVE_DROP_MALFORMED, ACTIVE_GENERATION, Bucket, BucketKey, Budget, CHARGE_ALL_PACKETS,
+    COUNTER_ENTRIES, ListenerKey, ListenerPolicy, MAX_BUCKETS, MAX_CONFIG_ENTRIES, MAX_STEER_PORTS,
+    MAX_STEER_SOCKETS, MAX_WORKERS, OVERRIDE_KEY_HEAD_BITS, OverrideEntry, OverrideKey,
+    PREFIX_KEY_HEAD_BITS, PrefixEntry, PrefixKey, Reason, SteerPort, SteerWeights, counter_index,
+};
+use parse::{Packet, Transport};
+
+#[map(name = "OR_ACTIVE")]
+static OR_ACTIVE: Array<u32> = Array::pinned(1, 0);
+
+#[map(name = "OR_LISTENERS")]
+static OR_LISTENERS: HashMap<ListenerKey, ListenerPolicy> = HashMap::pinned(MAX_CONFIG_ENTRIES, 0);
+
+#[map(name = "OR_ALLOW")]
+static OR_ALLOW: LpmTrie<PrefixKey, PrefixEntry> = LpmTrie::pinned(MAX_CONFIG_ENTRIES, 0);
+
+#[map(name = "OR_DENY")]
+static OR_DENY: LpmTrie<PrefixKey, PrefixEntry> = LpmTrie::pinned(MAX_CONFIG_ENTRIES, 0);
+
+#[map(name = "OR_OVERRIDES")]
+static OR_OVERRIDES: LpmTrie<OverrideKey, OverrideEntry> = LpmTrie::pinned(MAX_CONFIG_ENTRIES, 0);
+
+#[map(name = "OR_BUCKETS")]
+static OR_BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::pinned(MAX_BUCKETS, 0);
+
+#[map(name = "OR_COUNTERS")]
+static OR_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_ENTRIES, 0);
+
+#[map(name = "OR_STEER_PORTS")]
+static OR_STEER_PORTS: HashMap<u32, SteerPort> = HashMap::pinned(MAX_STEER_PORTS, 0);
+
+#[map(name = "OR_STEER_WEIGHTS")]
+static OR_STEER_WEIGHTS: Array<SteerWeights> = Array::pinned(2, 0);
+
+#[map(name = "OR_STEER_SOCKETS")]
+static OR_STEER_SOCKETS: ReusePortSockArray = ReusePortSockArray::pinned(MAX_STEER_SOCKETS, 0);
+
+/// Attempts at the bucket's compare-and-swap before the packet passes uncharged.
+const CAS_ATTEMPTS: u32 = 4;
+
+#[inline(always)]
+fn count(slot: u32, reason: Reason) {
+    if let Some(c) = OR_COUNTERS.get_ptr_mut(counter_index(slot, reason)) {
+        // SAFETY: a per-CPU slot from a successful lookup; only this CPU writes it now.
+        unsafe { *c = (*c).wrapping_add(1) };
+    }
+}
+
+#[inline(always)]
+fn active() -> u32 {
+    OR_ACTIVE.get(0).copied().unwrap_or(0)
+}
+
+#[inline(always)]
+fn finish(slot: u32, reason: Reason) -> u32 {
+    count(slot, reason);
+    if reason.is_drop() {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+#[xdp]
+pub fn xdp_limiter(ctx: XdpContext) -> u32 {
+    let word = active();
+    let generation = word & ACTIVE_GENERATION;
+    match parse::parse(ctx.data(), ctx.data_end()) {
+        Packet::NotIp => finish(0, Reason::Passed),
+        Packet::Malformed => malformed(0, word),
+        Packet::Ip {
+            src,
+            dst,
+            transport,
+        } => limit(generation, word, &src, &dst, transport),
+    }
+}
+
+#[inline(always)]
+fn malformed(slot: u32, word: u32) -> u32 {
+    count(slot, Reason::Malformed);
+    if word & ACTIVE_DROP_MALFORMED != 0 {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+#[inline(always)]
+fn prefix_key(generation: u32, addr: &[u8; 16]) -> Key<PrefixKey> {
+    Key::new(
+        PREFIX_KEY_HEAD_BITS + 128,
+        PrefixKey {
+            generation: generation.to_be_bytes(),
+            addr: *addr,
+        },
+    )
+}
+
+fn limit(generation: u32, word: u32, src: &[u8; 16], dst: &[u8; 16], t: Transport) -> u32 {
+    let port = match t {
+        Transport::Port { port, .. } => Some(port),
+        Transport::Malformed | Transport::None => None,
+    };
+    let listener = port.and_then(|p| find_listener(generation, dst, p));
+    let slot = match listener {
+        Some(l) => l.id.wrapping_add(1),
+        None => 0,
+    };
+    let stamp = listener.map(|l| l.stamp);
+
+    // Deny first, before anything about the transport is trusted: a denied source is
+    // dropped even when its TCP/UDP header is truncated (the list fails closed).
+    let key = prefix_key(generation, src);
+    if let Some(entry) = OR_DENY.get(&key) {
+        check_stamp(slot, stamp, entry.stamp);
+        return finish(slot, Reason::Denied);
+    }
+    if let Transport::Malformed = t {
+        return malformed(slot, word);
+    }
+    if let Some(entry) = OR_ALLOW.get(&key) {
+        check_stamp(slot, stamp, entry.stamp);
+        return finish(slot, Reason::Allowed);
+    }
+    let (Some(policy), Transport::Port { new_flow, .. }) = (listener, t) else {
+        return finish(slot, Reason::Passed);
+    };
+    if policy.flags & CHARGE_ALL_PACKETS == 0 && !new_flow {
+        return finish(slot, Reason::Passed);
+    }
+    let okey = Key::new(
+        OVERRIDE_KEY_HEAD_BITS + 128,
+        OverrideKey {
+            generation: generation.to_be_bytes(),
+            listener: policy.id.to_be_bytes(),
+            addr: *src,
+        },
+    );
+    let budget = match OR_OVERRIDES.get(&okey) {
+        Some(o) => {
+            check_stamp(slot, Some(policy.stamp), o.stamp);
+            o.budget
+        }
+        None => policy.budget,
+    };
+    let bucket = BucketKey {
+        listener: policy.id,
+        addr: *src,
+    };
+    if charge(&bucket, &budget) {
+        finish(slot, Reason::Passed)
+    } else {
+        finish(slot, Reason::OverBudget)
+    }
+}
+
+#[inline(always)]
+fn check_stamp(slot: u32, listener_stamp: Option<u64>, entry_stamp: u64) {
+    if let Some(s) = listener_stamp
+        && s != entry_stamp
+    {
+        count(slot, Reason::Inconsistent);
+    }
+}
+
+/// The listener for a destination: exact address, then the family's wildcard, then the
+/// dual-stack wildcard `::`.
+#[inline(always)]
+fn find_listener(generation: u32, dst: &[u8; 16], port: u16) -> Option<ListenerPolicy> {
+    let mut key = ListenerKey {
+        generation,
+        addr: *dst,
+        port,
+        pad: 0,
+    };
+    // SAFETY (lookups): hash-map values are valid for the program's run.
+    if let Some(p) = unsafe { OR_LISTENERS.get(&key) } {
+        return Some(*p);
+    }
+    let v4 = parse::is_v4_mapped(dst);
+    key.addr = [0; 16];
+    if v4 {
+        key.addr[10] = 0xff;
+        key.addr[11] = 0xff;
+        if let Some(p) = unsafe { OR_LISTENERS.get(&key) } {
+            return Some(*p);
+        }
+        key.addr = [0; 16];
+    }
+    unsafe { OR_LISTENERS.get(&key) }.copied()
+}
+
+/// Takes one token from the source's bucket; false when it has none.
+#[inline(always)]
+fn charge(key: &BucketKey, budget: &Budget) -> bool {
+    if budget.emission_ns == 0 {
+        return false;
+    }
+    // SAFETY: a helper with no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(bucket) = OR_BUCKETS.get_ptr_mut(key) else {
+        // First packet from this source: it conforms (tolerance is at least one token).
+        let fresh = Bucket {
+            tat_ns: now.wrapping_add(budget.emission_ns),
+        };
+        let _ = OR_BUCKETS.insert(key, &fresh, BPF_NOEXIST.into());
+        return true;
+    };
+    // SAFETY: the value pointer is valid and 8-byte aligned for the program's run; other
+    // CPUs touch it only through the same atomic operations.
+    let tat = unsafe { &raw mut (*bucket).tat_ns };
+    let mut i = 0;
+    while i < CAS_ATTEMPTS {
+        // SAFETY: as above (an aligned 64-bit load is single-copy atomic on BPF).
+        let seen = unsafe { core::ptr::read_volatile(tat) };
+        let start = if seen > now { seen } else { now };
+        let next = start.wrapping_add(budget.emission_ns);
+        if next.wrapping_sub(now) > budget.tolerance_ns {
+            return false;
+        }
+        // SAFETY: as above.
+        let (_, swapped) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+                tat, seen, next,
+            )
+        };
+        if swapped {
+            return true;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Picks the worker socket for a new connection by the 4-tuple hash, in proportion to
+/// the workers' weights. A worker of weight 0 gets no new connections. When nothing is
+/// registered for the port, or every weight is 0, the kernel's own hash decides.
+#[sk_reuseport]
+pub fn steer_reuseport(ctx: SkReuseportContext) -> u32 {
+    let data = ctx.data();
+    if data + 4 > ctx.data_end() {
+        return sk_action::SK_PASS;
+    }
+    // SAFETY: bounds-checked above; TCP and UDP both carry the destination port in bytes
+    // 2..4 of their header, where `data` starts for reuseport programs.
+    let port = unsafe {
+        let p = data as *const u8;
+        u16::from_be_bytes([*p.add(2), *p.add(3)])
+    };
+    // SAFETY: map values are valid for the program's run.
+    let Some(group) = (unsafe { OR_STEER_PORTS.get(&u32::from(port)) }) else {
+        return sk_action::SK_PASS;
+    };
+    let Some(weights) = OR_STEER_WEIGHTS.get(active() & ACTIVE_GENERATION) else {
+        return sk_action::SK_PASS;
+    };
+    let workers = if group.workers > MAX_WORKERS {
+        MAX_WORKERS
+    } else {
+        group.workers
+    };
+    let mut total: u32 = 0;
+    for (i, w) in weights.weights.iter().enumerate() {
+        if i as u32 >= workers {
+            break;
+        }
+        total = total.wrapping_add(*w);
+    }
+    if total == 0 {
+        return sk_action::SK_PASS;
+    }
+    let mut pick = ctx.hash() % total;
+    let mut chosen = 0;
+    for (i, w) in weights.weights.iter().enumerate() {
+        if i as u32 >= workers {
+            break;
+        }
+        if pick < *w {
+            chosen = i as u32;
+            break;
+        }
+        pick -= *w;
+    }
+    if let Err(errno) = OR_STEER_SOCKETS.select_reuseport(&ctx, group.base.wrapping_add(chosen)) {
+        // Only on a registration fault (a worker socket missing from the array): the
+        // kernel's own hash picks instead.
+        warn!(
+            &ctx,
+            "steering: port {} worker {} has no registered socket (error {}); kernel hash used",
+            port,
+            chosen,
+            errno
+        );
+    }
+    sk_action::SK_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    // eBPF programs cannot unwind; the verifier rejects any path that could reach here.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
