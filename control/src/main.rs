@@ -50,6 +50,23 @@ enum Command {
     },
     /// Print the embedded example config.
     ExampleConfig,
+    /// Measure the XDP limiter's cost per packet with BPF_PROG_TEST_RUN, beside a program
+    /// that only drops (prints one JSON object per run).
+    XdpCost {
+        /// Runs of each program per measurement.
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+        /// Measurements.
+        #[arg(long, default_value_t = 1)]
+        runs: u32,
+    },
+    /// Detach the kernel programs and remove every pinned map, link and program under the
+    /// pin folder (enforcement stops).
+    KernelDetach {
+        /// The `[kernel].pin_dir` to remove.
+        #[arg(long, default_value = omnirelay_control::config::DEFAULT_PIN_DIR)]
+        pin_dir: std::path::PathBuf,
+    },
     /// Attach the XDP packet counter to an interface and print its counters.
     XdpCount {
         /// Interface to attach to (in this process's network namespace).
@@ -119,6 +136,18 @@ fn main() -> anyhow::Result<()> {
         Command::Validate { file } => validate(&file),
         Command::ExampleConfig => {
             print!("{}", omnirelay_control::EXAMPLE_CONFIG);
+            Ok(())
+        }
+        Command::XdpCost { repeat, runs } => {
+            for _ in 0..runs {
+                let sample = omnirelay_control::kernel::cost::measure(repeat)?;
+                println!("{}", serde_json::to_string(&sample)?);
+            }
+            Ok(())
+        }
+        Command::KernelDetach { pin_dir } => {
+            omnirelay_control::kernel::remove_pins(&pin_dir)?;
+            println!("removed {} (programs detached)", pin_dir.display());
             Ok(())
         }
         Command::XdpCount {

@@ -104,8 +104,8 @@ impl std::str::FromStr for Prefix {
             std::net::IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
             std::net::IpAddr::V6(v) => u128::from(v),
         };
-        let total = u32::from(len) + if addr.is_ipv4() { 96 } else { 0 };
-        let host = if total >= 128 { 0 } else { u128::MAX >> total };
+        // IPv4 sits in the top 32 bits here, so the host part is below `len` for both.
+        let host = if len >= 128 { 0 } else { u128::MAX >> len };
         if bits & host != 0 {
             return Err(format!(
                 "{s:?} has host bits set (did you mean the network address?)"

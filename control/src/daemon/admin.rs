@@ -25,6 +25,8 @@ pub struct AdminState {
     pub publisher: Arc<Publisher>,
     /// Daemon metrics.
     pub metrics: Arc<ControlMetrics>,
+    /// The kernel limiter, when `[kernel]` enabled it.
+    pub kernel: Option<Arc<super::kernel::KernelService>>,
     /// Asks the reload task to reload and answers with the outcome.
     pub reload: mpsc::Sender<tokio::sync::oneshot::Sender<ReloadOutcome>>,
 }
@@ -55,7 +57,10 @@ async fn healthz(State(s): State<AdminState>) -> Response {
 async fn metrics(State(s): State<AdminState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
+        match &s.kernel {
+            Some(k) => s.metrics.render() + &k.render(),
+            None => s.metrics.render(),
+        },
     )
         .into_response()
 }
@@ -70,6 +75,7 @@ async fn snapshot_info(State(s): State<AdminState>) -> Response {
             "config_sha256": p.config_sha256,
             "key_id": p.signed.key_id,
             "watchers": s.metrics.watchers.load(Ordering::Relaxed),
+            "kernel_version": s.kernel.as_ref().map(|k| k.version.load(Ordering::Relaxed)),
         }))
         .into_response(),
         None => (

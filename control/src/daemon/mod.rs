@@ -4,6 +4,7 @@
 
 mod admin;
 mod grpc;
+mod kernel;
 mod metrics;
 mod publish;
 
@@ -16,6 +17,7 @@ use omnirelay_plugin_store_sqlite::SqliteSnapshotStore;
 use omnirelay_proto::v1::control_plane_server::ControlPlaneServer;
 use tokio::sync::{mpsc, oneshot};
 
+pub use kernel::KernelService;
 pub use metrics::ControlMetrics;
 pub use publish::{Published, Publisher, ReloadOutcome};
 
@@ -68,13 +70,23 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         }
     }
     let text = std::fs::read_to_string(&opts.config).unwrap_or_default();
-    let (grpc_default, admin_default) = match crate::config::parse(&text, "") {
-        Ok(c) => (c.control.grpc_listen, c.control.admin_listen),
+    let (grpc_default, admin_default, kernel_section) = match crate::config::parse(&text, "") {
+        Ok(c) => (c.control.grpc_listen, c.control.admin_listen, c.kernel),
         Err(_) => (
             SocketAddr::from(([127, 0, 0, 1], 7800)),
             SocketAddr::from(([127, 0, 0, 1], 7801)),
+            crate::config::KernelSection::default(),
         ),
     };
+    // The kernel side starts before anything listens: an attach failure stops the daemon
+    // with the interface, mode and errno. Interfaces, mode and pin folder are read once;
+    // budgets, prefix lists and weights follow every published snapshot.
+    let kernel = tokio::task::spawn_blocking(move || KernelService::start(&kernel_section))
+        .await?
+        .context("starting the kernel limiter ([kernel] in the config)")?;
+    if let Some(k) = &kernel {
+        tokio::spawn(Arc::clone(k).follow(publisher.subscribe()));
+    }
     let grpc_addr = opts.grpc_listen.unwrap_or(grpc_default);
     let admin_addr = opts.admin_listen.unwrap_or(admin_default);
 
@@ -92,6 +104,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let admin = admin::router(admin::AdminState {
         publisher: Arc::clone(&publisher),
         metrics: Arc::clone(&metrics),
+        kernel,
         reload: reload_tx,
     });
     let admin_listener = tokio::net::TcpListener::bind(admin_addr)

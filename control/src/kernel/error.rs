@@ -58,6 +58,9 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
+    /// A self-check of a measurement or a kernel answer failed.
+    #[error("{0}")]
+    Check(String),
     /// A helper thread could not be started.
     #[error("spawning the eBPF log thread failed: {0}")]
     Spawn(#[source] std::io::Error),

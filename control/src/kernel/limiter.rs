@@ -30,13 +30,15 @@ use aya::{
 };
 use omnirelay_ebpf_common::{
     limiter::{
-        ACTIVE_DROP_MALFORMED, ACTIVE_GENERATION, COUNTER_SLOTS, ListenerKey, ListenerPolicy,
-        OVERRIDE_KEY_HEAD_BITS, OverrideEntry, OverrideKey, PREFIX_KEY_HEAD_BITS, PrefixEntry,
-        PrefixKey, Reason, SteerWeights, counter_index,
+        ACTIVE_DROP_MALFORMED, ACTIVE_GENERATION, ACTIVE_HAS_ALLOW, ACTIVE_HAS_DENY,
+        ACTIVE_HAS_OVERRIDES, COUNTER_SLOTS, ListenerKey, ListenerPolicy, OVERRIDE_KEY_HEAD_BITS,
+        OverrideEntry, OverrideKey, PORT_ANY, PORT_ANY_V4, PORT_LOOKUP, PORTS_PER_GENERATION,
+        PREFIX_KEY_HEAD_BITS, PortEntry, PrefixEntry, PrefixKey, Reason, SteerWeights,
+        counter_index, v4_mapped,
     },
     names::{
         ACTIVE_MAP, ALLOW_MAP, DENY_MAP, LIMITER_COUNTERS_MAP, LISTENERS_MAP, OVERRIDES_MAP,
-        STEER_PROGRAM, STEER_WEIGHTS_MAP, XDP_LIMITER_PROGRAM,
+        PORTS_MAP, STEER_PROGRAM, STEER_WEIGHTS_MAP, XDP_LIMITER_PROGRAM,
     },
 };
 
@@ -195,12 +197,12 @@ impl KernelLimiter {
         // A previous apply may have died half-way: start the new generation from empty.
         self.clear_generation(new)?;
         self.write_generation(new, plan)?;
+        let flag = |on: bool, bit: u32| if on { bit } else { 0 };
         let word = new
-            | if plan.drop_malformed {
-                ACTIVE_DROP_MALFORMED
-            } else {
-                0
-            };
+            | flag(plan.drop_malformed, ACTIVE_DROP_MALFORMED)
+            | flag(!plan.deny.is_empty(), ACTIVE_HAS_DENY)
+            | flag(!plan.allow.is_empty(), ACTIVE_HAS_ALLOW)
+            | flag(!plan.overrides.is_empty(), ACTIVE_HAS_OVERRIDES);
         let mut active: Array<&mut MapData, u32> =
             Array::try_from(self.ebpf.map_mut(ACTIVE_MAP).ok_or(KernelError::Missing {
                 kind: "map",
@@ -259,6 +261,19 @@ impl KernelLimiter {
                 m.insert(key, *policy, 0).map_err(map_err(LISTENERS_MAP))?;
             }
         }
+        {
+            let mut ports: Array<&mut MapData, PortEntry> =
+                Array::try_from(self.map_mut(PORTS_MAP)?).map_err(map_err(PORTS_MAP))?;
+            for (port, entry) in port_entries(plan) {
+                ports
+                    .set(
+                        generation * PORTS_PER_GENERATION + u32::from(port),
+                        entry,
+                        0,
+                    )
+                    .map_err(map_err(PORTS_MAP))?;
+            }
+        }
         for (name, list) in [(ALLOW_MAP, &plan.allow), (DENY_MAP, &plan.deny)] {
             let mut m: LpmTrie<&mut MapData, PrefixKey, PrefixEntry> =
                 LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name))?;
@@ -311,8 +326,21 @@ impl KernelLimiter {
                 .filter_map(Result::ok)
                 .filter(|k| k.generation == generation)
                 .collect();
-            for k in stale {
-                m.remove(&k).map_err(map_err(LISTENERS_MAP))?;
+            for k in &stale {
+                m.remove(k).map_err(map_err(LISTENERS_MAP))?;
+            }
+            // The port array entries of this generation are exactly the ports of its
+            // listener keys (written after them, cleared with them).
+            let mut ports: Array<&mut MapData, PortEntry> =
+                Array::try_from(self.map_mut(PORTS_MAP)?).map_err(map_err(PORTS_MAP))?;
+            for k in &stale {
+                ports
+                    .set(
+                        generation * PORTS_PER_GENERATION + u32::from(k.port),
+                        PortEntry::default(),
+                        0,
+                    )
+                    .map_err(map_err(PORTS_MAP))?;
             }
         }
         for name in [ALLOW_MAP, DENY_MAP] {
@@ -364,6 +392,39 @@ impl KernelLimiter {
     pub fn counters(&self) -> Result<LimiterCounters, KernelError> {
         read_counters(self.map(LIMITER_COUNTERS_MAP)?)
     }
+}
+
+/// The port array entries of a plan: a port with one wildcard listener carries its
+/// policy inline; any other budgeted port sends the program to the hash map.
+fn port_entries(plan: &KernelPlan) -> Vec<(u16, PortEntry)> {
+    type Listener = ([u8; 16], u16, ListenerPolicy);
+    let mut by_port: std::collections::BTreeMap<u16, Vec<&Listener>> =
+        std::collections::BTreeMap::new();
+    for l in &plan.listeners {
+        by_port.entry(l.1).or_default().push(l);
+    }
+    by_port
+        .into_iter()
+        .map(|(port, ls)| {
+            let entry = match ls.as_slice() {
+                [(addr, _, policy)] if *addr == [0; 16] => PortEntry {
+                    kind: PORT_ANY,
+                    pad: 0,
+                    policy: *policy,
+                },
+                [(addr, _, policy)] if *addr == v4_mapped([0; 4]) => PortEntry {
+                    kind: PORT_ANY_V4,
+                    pad: 0,
+                    policy: *policy,
+                },
+                _ => PortEntry {
+                    kind: PORT_LOOKUP,
+                    ..PortEntry::default()
+                },
+            };
+            (port, entry)
+        })
+        .collect()
 }
 
 /// Reads the limiter's counters from a map handle (also used on a pinned map by tools).
@@ -481,7 +542,7 @@ fn attach_or_relink(
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
 }
 
 /// Makes sure the pin folder's parent is on a bpffs, mounting one at `/sys/fs/bpf` when

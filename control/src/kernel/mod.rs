@@ -2,6 +2,7 @@
 //! them to interfaces, reading their maps, and forwarding their aya-log records to
 //! `tracing`.
 
+pub mod cost;
 mod error;
 mod limiter;
 mod log_bridge;

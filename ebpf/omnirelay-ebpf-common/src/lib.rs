@@ -15,6 +15,8 @@ pub mod names {
     /// Per-CPU array of [`super::PacketCounters`], indexed by [`super::TrafficClass`].
     pub const XDP_COUNTERS_MAP: &str = "XDP_COUNTERS";
 
+    /// A program that only returns `XDP_DROP`: the harness floor of the cost bench.
+    pub const XDP_FLOOR_PROGRAM: &str = "xdp_floor";
     /// The XDP rate limiter program.
     pub const XDP_LIMITER_PROGRAM: &str = "xdp_limiter";
     /// The `SO_REUSEPORT` steering program.
@@ -23,6 +25,8 @@ pub mod names {
     pub const ACTIVE_MAP: &str = "OR_ACTIVE";
     /// Hash map `ListenerKey` → `ListenerPolicy`.
     pub const LISTENERS_MAP: &str = "OR_LISTENERS";
+    /// Array of `PortEntry`, indexed by generation × 65536 + port.
+    pub const PORTS_MAP: &str = "OR_PORTS";
     /// LPM trie `PrefixKey` → `PrefixEntry`: sources that bypass budgets.
     pub const ALLOW_MAP: &str = "OR_ALLOW";
     /// LPM trie `PrefixKey` → `PrefixEntry`: sources always dropped.

@@ -44,8 +44,29 @@ pub const CHARGE_ALL_PACKETS: u32 = 1;
 /// Bit 0 of the active-generation word: the generation (0 or 1).
 pub const ACTIVE_GENERATION: u32 = 1;
 /// Bit 1 of the active-generation word: drop malformed packets instead of passing them.
-/// It flips together with the generation, in the same 32-bit store.
+/// It flips together with the generation, in the same 32-bit store, like the bits below.
 pub const ACTIVE_DROP_MALFORMED: u32 = 2;
+/// The active generation has a deny list (else the program skips that trie lookup).
+pub const ACTIVE_HAS_DENY: u32 = 4;
+/// The active generation has an allow list.
+pub const ACTIVE_HAS_ALLOW: u32 = 8;
+/// The active generation has budget overrides.
+pub const ACTIVE_HAS_OVERRIDES: u32 = 16;
+
+/// Ports per generation in the port array: the array index is `generation * 65536 + port`.
+pub const PORTS_PER_GENERATION: u32 = 65_536;
+
+/// [`PortEntry::kind`]: no budgeted listener on this port.
+pub const PORT_NONE: u32 = 0;
+/// [`PortEntry::kind`]: one listener on the IPv4 wildcard; its policy is inline and
+/// applies to every IPv4 destination.
+pub const PORT_ANY_V4: u32 = 1;
+/// [`PortEntry::kind`]: one listener on `[::]`; its policy is inline and applies to
+/// every destination.
+pub const PORT_ANY: u32 = 2;
+/// [`PortEntry::kind`]: address-specific listeners: look the destination up in the
+/// listener hash map.
+pub const PORT_LOOKUP: u32 = 3;
 
 /// Why a packet got its verdict. The discriminant is the counter index within a slot.
 #[repr(u32)]
@@ -167,6 +188,19 @@ pub struct ListenerPolicy {
     pub stamp: u64,
 }
 
+/// Value of the port array: the fast path to a port's listener, one array lookup (which
+/// the verifier inlines) instead of hash lookups for the common single-listener case.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortEntry {
+    /// One of [`PORT_NONE`], [`PORT_ANY_V4`], [`PORT_ANY`], [`PORT_LOOKUP`].
+    pub kind: u32,
+    /// Always zero.
+    pub pad: u32,
+    /// The listener's policy for [`PORT_ANY_V4`] and [`PORT_ANY`].
+    pub policy: ListenerPolicy,
+}
+
 /// Data of an LPM-trie key for the allow and deny lists: generation, then address. The
 /// prefix length counts the 32 generation bits.
 #[repr(C)]
@@ -272,17 +306,38 @@ pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    // SAFETY (all): `repr(C)` structs of integers and byte arrays with no implicit padding
-    // (checked by the layout tests below), so every bit pattern is a valid value.
+    // SAFETY: `repr(C)` integers and byte arrays with no implicit padding (see the layout
+    // test), so every bit pattern is a valid value.
     unsafe impl aya::Pod for ListenerKey {}
+    // SAFETY: `repr(C)` integers and byte arrays with no implicit padding (see the layout
+    // test), so every bit pattern is a valid value.
     unsafe impl aya::Pod for ListenerPolicy {}
+    // SAFETY: `repr(C)` integers and byte arrays with no implicit padding (see the layout
+    // test), so every bit pattern is a valid value.
+    unsafe impl aya::Pod for PortEntry {}
+    // SAFETY: `repr(C)` integers and byte arrays with no implicit padding (see the layout
+    // test), so every bit pattern is a valid value.
     unsafe impl aya::Pod for PrefixKey {}
+    // SAFETY: `repr(C)` integers and byte arrays with no implicit padding (see the layout
+    // test), so every bit pattern is a valid value.
     unsafe impl aya::Pod for PrefixEntry {}
+    // SAFETY: `repr(C)` integers and byte arrays with no implicit padding (see the layout
+    // test), so every bit pattern is a valid value.
     unsafe impl aya::Pod for OverrideKey {}
+    // SAFETY: `repr(C)` integers and byte arrays with no implicit padding (see the layout
+    // test), so every bit pattern is a valid value.
     unsafe impl aya::Pod for OverrideEntry {}
+    // SAFETY: `repr(C)` integers and byte arrays with no implicit padding (see the layout
+    // test), so every bit pattern is a valid value.
     unsafe impl aya::Pod for BucketKey {}
+    // SAFETY: `repr(C)` integers and byte arrays with no implicit padding (see the layout
+    // test), so every bit pattern is a valid value.
     unsafe impl aya::Pod for Bucket {}
+    // SAFETY: `repr(C)` integers and byte arrays with no implicit padding (see the layout
+    // test), so every bit pattern is a valid value.
     unsafe impl aya::Pod for SteerPort {}
+    // SAFETY: `repr(C)` integers and byte arrays with no implicit padding (see the layout
+    // test), so every bit pattern is a valid value.
     unsafe impl aya::Pod for SteerWeights {}
 }
 
@@ -295,6 +350,7 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<ListenerKey>(), 4 + 16 + 2 + 2);
         assert_eq!(size_of::<ListenerPolicy>(), 4 + 4 + 16 + 8);
+        assert_eq!(size_of::<PortEntry>(), 8 + 32);
         assert_eq!(size_of::<PrefixKey>(), 20);
         assert_eq!(size_of::<OverrideKey>(), 24);
         assert_eq!(size_of::<OverrideEntry>(), 24);

@@ -27,17 +27,19 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, sk_action, xdp_action},
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::{map, sk_reuseport, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ReusePortSockArray, lpm_trie::Key},
     programs::{SkReuseportContext, XdpContext},
 };
 use aya_log_ebpf::warn;
 use omnirelay_ebpf_common::limiter::{
-    ACTIVE_DROP_MALFORMED, ACTIVE_GENERATION, Bucket, BucketKey, Budget, CHARGE_ALL_PACKETS,
-    COUNTER_ENTRIES, ListenerKey, ListenerPolicy, MAX_BUCKETS, MAX_CONFIG_ENTRIES, MAX_STEER_PORTS,
-    MAX_STEER_SOCKETS, MAX_WORKERS, OVERRIDE_KEY_HEAD_BITS, OverrideEntry, OverrideKey,
-    PREFIX_KEY_HEAD_BITS, PrefixEntry, PrefixKey, Reason, SteerPort, SteerWeights, counter_index,
+    ACTIVE_DROP_MALFORMED, ACTIVE_GENERATION, ACTIVE_HAS_ALLOW, ACTIVE_HAS_DENY,
+    ACTIVE_HAS_OVERRIDES, Bucket, BucketKey, Budget, CHARGE_ALL_PACKETS, COUNTER_ENTRIES,
+    ListenerKey, ListenerPolicy, MAX_BUCKETS, MAX_CONFIG_ENTRIES, MAX_STEER_PORTS,
+    MAX_STEER_SOCKETS, MAX_WORKERS, OVERRIDE_KEY_HEAD_BITS, OverrideEntry, OverrideKey, PORT_ANY,
+    PORT_ANY_V4, PORT_LOOKUP, PORTS_PER_GENERATION, PREFIX_KEY_HEAD_BITS, PortEntry, PrefixEntry,
+    PrefixKey, Reason, SteerPort, SteerWeights, counter_index,
 };
 use parse::{Packet, Transport};
 
@@ -46,6 +48,9 @@ static OR_ACTIVE: Array<u32> = Array::pinned(1, 0);
 
 #[map(name = "OR_LISTENERS")]
 static OR_LISTENERS: HashMap<ListenerKey, ListenerPolicy> = HashMap::pinned(MAX_CONFIG_ENTRIES, 0);
+
+#[map(name = "OR_PORTS")]
+static OR_PORTS: Array<PortEntry> = Array::pinned(2 * PORTS_PER_GENERATION, 0);
 
 #[map(name = "OR_ALLOW")]
 static OR_ALLOW: LpmTrie<PrefixKey, PrefixEntry> = LpmTrie::pinned(MAX_CONFIG_ENTRIES, 0);
@@ -139,6 +144,7 @@ fn limit(generation: u32, word: u32, src: &[u8; 16], dst: &[u8; 16], t: Transpor
         Transport::Malformed | Transport::None => None,
     };
     let listener = port.and_then(|p| find_listener(generation, dst, p));
+    let has = |bit: u32| word & bit != 0;
     let slot = match listener {
         Some(l) => l.id.wrapping_add(1),
         None => 0,
@@ -147,15 +153,20 @@ fn limit(generation: u32, word: u32, src: &[u8; 16], dst: &[u8; 16], t: Transpor
 
     // Deny first, before anything about the transport is trusted: a denied source is
     // dropped even when its TCP/UDP header is truncated (the list fails closed).
+    // Empty lists are known from the active word: no trie walk for them.
     let key = prefix_key(generation, src);
-    if let Some(entry) = OR_DENY.get(&key) {
+    if has(ACTIVE_HAS_DENY)
+        && let Some(entry) = OR_DENY.get(&key)
+    {
         check_stamp(slot, stamp, entry.stamp);
         return finish(slot, Reason::Denied);
     }
     if let Transport::Malformed = t {
         return malformed(slot, word);
     }
-    if let Some(entry) = OR_ALLOW.get(&key) {
+    if has(ACTIVE_HAS_ALLOW)
+        && let Some(entry) = OR_ALLOW.get(&key)
+    {
         check_stamp(slot, stamp, entry.stamp);
         return finish(slot, Reason::Allowed);
     }
@@ -165,21 +176,21 @@ fn limit(generation: u32, word: u32, src: &[u8; 16], dst: &[u8; 16], t: Transpor
     if policy.flags & CHARGE_ALL_PACKETS == 0 && !new_flow {
         return finish(slot, Reason::Passed);
     }
-    let okey = Key::new(
-        OVERRIDE_KEY_HEAD_BITS + 128,
-        OverrideKey {
-            generation: generation.to_be_bytes(),
-            listener: policy.id.to_be_bytes(),
-            addr: *src,
-        },
-    );
-    let budget = match OR_OVERRIDES.get(&okey) {
-        Some(o) => {
+    let mut budget = policy.budget;
+    if has(ACTIVE_HAS_OVERRIDES) {
+        let okey = Key::new(
+            OVERRIDE_KEY_HEAD_BITS + 128,
+            OverrideKey {
+                generation: generation.to_be_bytes(),
+                listener: policy.id.to_be_bytes(),
+                addr: *src,
+            },
+        );
+        if let Some(o) = OR_OVERRIDES.get(&okey) {
             check_stamp(slot, Some(policy.stamp), o.stamp);
-            o.budget
+            budget = o.budget;
         }
-        None => policy.budget,
-    };
+    }
     let bucket = BucketKey {
         listener: policy.id,
         addr: *src,
@@ -200,10 +211,18 @@ fn check_stamp(slot: u32, listener_stamp: Option<u64>, entry_stamp: u64) {
     }
 }
 
-/// The listener for a destination: exact address, then the family's wildcard, then the
-/// dual-stack wildcard `::`.
+/// The listener for a destination. The port array answers alone for a port with a single
+/// wildcard listener; otherwise the hash map is asked for the exact address, then the
+/// family's wildcard, then the dual-stack wildcard `::`.
 #[inline(always)]
 fn find_listener(generation: u32, dst: &[u8; 16], port: u16) -> Option<ListenerPolicy> {
+    let entry = OR_PORTS.get(generation * PORTS_PER_GENERATION + u32::from(port))?;
+    match entry.kind {
+        PORT_ANY => return Some(entry.policy),
+        PORT_ANY_V4 if parse::is_v4_mapped(dst) => return Some(entry.policy),
+        PORT_LOOKUP => {}
+        _ => return None,
+    }
     let mut key = ListenerKey {
         generation,
         addr: *dst,
@@ -234,7 +253,7 @@ fn charge(key: &BucketKey, budget: &Budget) -> bool {
         return false;
     }
     // SAFETY: a helper with no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let Some(bucket) = OR_BUCKETS.get_ptr_mut(key) else {
         // First packet from this source: it conforms (tolerance is at least one token).
         let fresh = Bucket {

@@ -53,6 +53,13 @@ pub fn xdp_counter(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// The cost floor for benchmarks: returns `XDP_DROP` and nothing else. `xdp-cost`
+/// measures the limiter side by side with it under `BPF_PROG_TEST_RUN`.
+#[xdp]
+pub fn xdp_floor(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
 /// Sorts a frame by its EtherType. `start..end` are the packet bounds from the context;
 /// every read is bounds-checked against `end` first, as the verifier requires.
 #[inline(always)]

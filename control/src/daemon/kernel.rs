@@ -1,0 +1,160 @@
+//! The daemon's kernel side: starts the limiter from `[kernel]`, writes every published
+//! snapshot into the maps, and renders the limiter's counters for `/metrics`.
+
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU64, Ordering},
+};
+
+use omnirelay_ebpf_common::limiter::Reason;
+use omnirelay_proto::v1;
+use prost::Message as _;
+use tokio::sync::watch;
+
+use super::publish::Published;
+use crate::{
+    config::{KernelSection, XdpAttach},
+    kernel::{AttachMode, KernelError, KernelLimiter, LimiterSettings, plan},
+};
+
+/// The running limiter and what the daemon knows about it.
+#[derive(Debug)]
+pub struct KernelService {
+    limiter: Mutex<KernelLimiter>,
+    /// Snapshots written into the maps.
+    pub applied: AtomicU64,
+    /// Snapshots whose kernel part could not be written (the previous set stays active).
+    pub failed: AtomicU64,
+    /// Version of the snapshot the maps hold.
+    pub version: AtomicU64,
+}
+
+impl KernelService {
+    /// Starts the limiter when `[kernel]` asks for it (interfaces or steering); `None`
+    /// otherwise. Errors name the interface, mode and errno.
+    pub fn start(section: &KernelSection) -> Result<Option<Arc<Self>>, KernelError> {
+        if section.interfaces.is_empty() && !section.steering {
+            return Ok(None);
+        }
+        let limiter = KernelLimiter::start(LimiterSettings {
+            interfaces: section.interfaces.clone(),
+            mode: match section.attach_mode {
+                XdpAttach::Native => AttachMode::Native,
+                XdpAttach::Generic => AttachMode::Generic,
+            },
+            pin_dir: section.pin_dir.clone(),
+            steering: section.steering,
+        })?;
+        Ok(Some(Arc::new(KernelService {
+            limiter: Mutex::new(limiter),
+            applied: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            version: AtomicU64::new(0),
+        })))
+    }
+
+    /// Writes one published snapshot into the maps (blocking: map writes and the
+    /// generation grace period).
+    pub fn apply(&self, published: &Published) {
+        let snapshot = match v1::Snapshot::decode(published.signed.payload.as_slice()) {
+            Ok(s) => s,
+            Err(e) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(version = published.version, error = %e, "cannot decode the published snapshot for the kernel maps");
+                return;
+            }
+        };
+        let plan = match plan(&snapshot) {
+            Ok(p) => p,
+            Err(e) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(version = published.version, error = %e, "snapshot has no valid kernel plan; the kernel keeps the previous one");
+                return;
+            }
+        };
+        let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+        match limiter.apply(&plan) {
+            Ok(()) => {
+                self.applied.fetch_add(1, Ordering::Relaxed);
+                self.version.store(published.version, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(version = published.version, error = %e, "writing the kernel maps failed; the kernel keeps the previous generation");
+            }
+        }
+    }
+
+    /// Follows the publisher: every new snapshot goes into the maps, in order.
+    pub async fn follow(self: Arc<Self>, mut rx: watch::Receiver<Option<Arc<Published>>>) {
+        let mut last = 0;
+        loop {
+            let current = rx.borrow_and_update().clone();
+            if let Some(p) = current
+                && p.version != last
+            {
+                last = p.version;
+                let me = Arc::clone(&self);
+                if let Err(e) = tokio::task::spawn_blocking(move || me.apply(&p)).await {
+                    tracing::error!(error = %e, "kernel map writer panicked");
+                }
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Prometheus text for the limiter: packets by listener and reason, and map writes.
+    pub fn render(&self) -> String {
+        let limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::new();
+        out.push_str("# HELP omnirelay_xdp_packets_total Packets seen by the XDP limiter, by listener and verdict reason.\n");
+        out.push_str("# TYPE omnirelay_xdp_packets_total counter\n");
+        match limiter.counters() {
+            Ok(c) => {
+                let names = limiter.listener_names();
+                for (slot, row) in c.slots.iter().enumerate() {
+                    let listener = match slot {
+                        0 => "-",
+                        n => match names.get(n - 1) {
+                            Some(name) => name.as_str(),
+                            None if row.iter().all(|v| *v == 0) => continue,
+                            None => "(removed)",
+                        },
+                    };
+                    for reason in Reason::ALL {
+                        out.push_str(&format!(
+                            "omnirelay_xdp_packets_total{{listener=\"{listener}\",reason=\"{}\"}} {}\n",
+                            reason.name(),
+                            row[reason as usize]
+                        ));
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the XDP counters failed"),
+        }
+        for (name, help, v) in [
+            (
+                "omnirelay_control_kernel_applies_total",
+                "Snapshots written into the kernel maps.",
+                &self.applied,
+            ),
+            (
+                "omnirelay_control_kernel_apply_failures_total",
+                "Snapshots whose kernel maps could not be written.",
+                &self.failed,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                v.load(Ordering::Relaxed)
+            ));
+        }
+        out.push_str(&format!(
+            "# HELP omnirelay_control_kernel_version Snapshot version held by the kernel maps.\n# TYPE omnirelay_control_kernel_version gauge\nomnirelay_control_kernel_version {}\n",
+            self.version.load(Ordering::Relaxed)
+        ));
+        out
+    }
+}
