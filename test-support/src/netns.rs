@@ -140,6 +140,28 @@ impl NetNs {
         })
     }
 
+    /// Makes `cmd` start inside this namespace by `setns(2)` alone. Unlike `ip netns exec`
+    /// it keeps the caller's mount namespace, so `/sys/fs/bpf` pins stay shared with the
+    /// host (what a daemon restart test needs).
+    pub fn enter(&self, cmd: &mut Command) -> Result<(), NetnsError> {
+        use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
+        let file = std::fs::File::open(self.path()).map_err(|source| NetnsError::Io {
+            what: format!("open {}", self.path().display()),
+            source,
+        })?;
+        // SAFETY: the closure runs in the forked child before exec and only calls setns(2),
+        // which is async-signal-safe; `file` is moved in and outlives the call.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(())
+    }
+
     /// A command that runs `program` inside this namespace (through `ip netns exec`).
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("ip");
