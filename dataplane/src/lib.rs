@@ -19,4 +19,5 @@ pub mod lb;
 pub mod proxy;
 pub mod router;
 pub mod snapshot;
+pub mod steering;
 pub mod telemetry;

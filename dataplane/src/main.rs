@@ -55,6 +55,10 @@ struct Cli {
     /// Name reported to the control daemon.
     #[arg(long, default_value = "dataplane")]
     node_id: String,
+    /// Register the worker sockets with the kernel steering program the control daemon
+    /// pinned in this folder (its `[kernel].pin_dir`, with `steering = true`).
+    #[arg(long)]
+    steering_pin_dir: Option<PathBuf>,
     /// Seconds to wait for the first snapshot.
     #[arg(long, default_value_t = 30)]
     wait: u64,
@@ -134,7 +138,10 @@ fn main() -> anyhow::Result<()> {
             )?
         }
     };
-    let mut opts = ProxyOptions::default();
+    let mut opts = ProxyOptions {
+        steering: cli.steering_pin_dir.clone(),
+        ..ProxyOptions::default()
+    };
     if let Some(w) = cli.workers {
         opts.workers = w;
     }

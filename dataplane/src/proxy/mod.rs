@@ -85,6 +85,9 @@ pub struct ProxyOptions {
     pub uring_mode: UringMode,
     /// Timeouts.
     pub settings: ProxySettings,
+    /// Register the worker sockets with the kernel steering program pinned here (see
+    /// [`crate::steering`]); start-up fails if it cannot.
+    pub steering: Option<std::path::PathBuf>,
 }
 
 impl Default for ProxyOptions {
@@ -96,6 +99,7 @@ impl Default for ProxyOptions {
             ring_entries: 1024,
             uring_mode: UringMode::CoopTaskrun,
             settings: ProxySettings::default(),
+            steering: None,
         }
     }
 }
@@ -133,7 +137,8 @@ pub fn start(
     };
     let addrs: Vec<SocketAddr> = cfg.listeners.iter().map(|l| l.address).collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<&'static str, String>>();
+    type Ready = Result<(usize, &'static str, Vec<std::os::fd::RawFd>), String>;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Ready>();
     let mut threads = Vec::new();
     for id in 0..opts.workers.max(1) {
         let holder = Arc::clone(&holder);
@@ -191,7 +196,11 @@ pub fn start(
                             }
                         }
                     }
-                    let _ = ready.send(Ok(driver));
+                    let fds = listeners
+                        .iter()
+                        .map(|(_, l)| std::os::fd::AsRawFd::as_raw_fd(l))
+                        .collect();
+                    let _ = ready.send(Ok((id, driver, fds)));
                     drop(ready);
                     let ctx = worker::context(id, holder, stats, log, opts.settings);
                     worker::run(ctx, listeners).await;
@@ -201,12 +210,28 @@ pub fn start(
     }
     drop(ready_tx);
     let mut drivers = Vec::new();
+    // Each worker's listening sockets, indexed by worker id (workers report in any order).
+    let mut by_worker = vec![Vec::new(); threads.len()];
     for _ in 0..threads.len() {
         match ready_rx.recv() {
-            Ok(Ok(d)) => drivers.push(d),
+            Ok(Ok((id, d, fds))) => {
+                drivers.push(d);
+                by_worker[id] = fds;
+            }
             Ok(Err(e)) => return Err(std::io::Error::other(e)),
             Err(_) => return Err(std::io::Error::other("a worker died while starting")),
         }
+    }
+    if let Some(pin_dir) = &opts.steering {
+        // Worker `w`'s socket goes to slot `w`, so `[kernel].worker_weights[w]` is its weight.
+        let groups: Vec<(SocketAddr, Vec<std::os::fd::RawFd>)> = addrs
+            .iter()
+            .enumerate()
+            .map(|(l, a)| (*a, by_worker.iter().map(|fds| fds[l]).collect()))
+            .collect();
+        crate::steering::Steering::open(pin_dir)
+            .and_then(|mut s| s.register(&groups))
+            .map_err(std::io::Error::other)?;
     }
     tracing::info!(workers = threads.len(), driver = drivers.first().copied().unwrap_or("?"), listeners = ?addrs, "proxy workers running");
     Ok(Proxy {

@@ -1,0 +1,140 @@
+//! Kernel steering end to end: the control daemon (with `[kernel] steering = true`) pins the
+//! `sk_reuseport` program; a 2-worker data plane registers its sockets and attaches it.
+//! New connections are spread over both workers; weight 0 on worker 1 sends every new
+//! connection to worker 0 while worker 1's open connections keep being served. Counted per
+//! worker from the data plane's /metrics. Runs as root; elsewhere it prints a skip line.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
+mod common;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    time::Duration,
+};
+
+use common::{Ports, curl, nginx_servers, start_control, start_dataplane, write_config};
+use omnirelay_test_support::{
+    Capability, nginx::Nginx, process::TempDir, process::wait_until, require_caps,
+};
+
+fn worker_conns(ports: &Ports, worker: usize) -> f64 {
+    let out = curl(&[
+        "-s",
+        &format!("http://127.0.0.1:{}/metrics", ports.dp_admin),
+    ]);
+    common::metric(
+        &String::from_utf8_lossy(&out.stdout),
+        &format!("omnirelay_worker_connections{{worker=\"{worker}\"}}"),
+    )
+    .unwrap_or(-1.0)
+}
+
+fn kernel_version(ports: &Ports) -> u64 {
+    let out = curl(&[
+        "-s",
+        &format!("http://127.0.0.1:{}/control/snapshot", ports.control_admin),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["kernel_version"].as_u64().unwrap_or(0)
+}
+
+fn open(ports: &Ports, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| TcpStream::connect(("127.0.0.1", ports.proxy)).unwrap())
+        .collect()
+}
+
+/// One keep-alive request on an already open connection; true on a 200.
+fn request_ok(conn: &mut TcpStream) -> bool {
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    conn.write_all(b"GET /who HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"one\n") {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    got.starts_with(b"HTTP/1.1 200")
+}
+
+#[test]
+fn steering_spreads_new_connections_and_weight_zero_drains_a_worker() {
+    require_caps!(Capability::Root, Capability::BpfSyscall);
+    let ports = Ports::new();
+    let _nginx = Nginx::start(&nginx_servers(&ports), &[ports.up1, ports.up2]).unwrap();
+    let dir = TempDir::new("steer");
+    let pin_dir = format!("/sys/fs/bpf/omnirelay-test-{}-steer", std::process::id());
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    let base = common::config(&ports, "one");
+    let with_weights = |w: &str| {
+        format!(
+            "{base}\n[kernel]\nsteering = true\npin_dir = \"{pin_dir}\"\nworker_weights = {w}\n"
+        )
+    };
+    let config_path = dir.path().join("omnirelay.toml");
+    std::fs::write(&config_path, with_weights("[1, 1]")).unwrap();
+    let control = start_control(&dir, &config_path, &ports);
+    assert!(
+        control.wait_for_log("kernel maps updated", Duration::from_secs(15)),
+        "{}",
+        control.log()
+    );
+    let dataplane = start_dataplane(&dir, &ports, &["--steering-pin-dir", &pin_dir]);
+    assert!(
+        dataplane.log().contains("registered for kernel steering"),
+        "{}",
+        dataplane.log()
+    );
+
+    let mut first = open(&ports, 200);
+    assert!(
+        wait_until(Duration::from_secs(5), || worker_conns(&ports, 0)
+            + worker_conns(&ports, 1)
+            == 200.0),
+        "connections not all accepted"
+    );
+    let (w0, w1) = (worker_conns(&ports, 0), worker_conns(&ports, 1));
+    assert!(
+        w0 >= 50.0 && w1 >= 50.0,
+        "equal weights should spread 200 connections: worker 0 has {w0}, worker 1 has {w1}"
+    );
+
+    // Drain worker 1.
+    let before = kernel_version(&ports);
+    write_config(&config_path, &with_weights("[1, 0]"));
+    assert!(
+        wait_until(Duration::from_secs(5), || kernel_version(&ports) > before),
+        "the control daemon did not write the new weights:\n{}",
+        control.log()
+    );
+    let second = open(&ports, 100);
+    assert!(wait_until(Duration::from_secs(5), || {
+        worker_conns(&ports, 0) + worker_conns(&ports, 1) == 300.0
+    }));
+    assert_eq!(
+        worker_conns(&ports, 1),
+        w1,
+        "a drained worker received new connections"
+    );
+    assert_eq!(worker_conns(&ports, 0), w0 + 100.0);
+
+    // Worker 1's open connections still serve requests.
+    let mut served = 0;
+    for c in &mut first {
+        served += usize::from(request_ok(c));
+    }
+    assert_eq!(
+        served, 200,
+        "open connections stopped being served after the drain"
+    );
+    drop(second);
+    let _ = std::fs::remove_dir_all(&pin_dir);
+}
