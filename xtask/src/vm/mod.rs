@@ -112,6 +112,16 @@ const TESTS: &[TestDef] = &[
         about: "the XDP counter end to end on a veth pair (control/tests/xdp_counter.rs)",
     },
     TestDef {
+        name: "xdp_limiter_verdicts",
+        build: Build::IntegrationTest {
+            package: "omnirelay-control",
+            test: "xdp_limiter_verdicts",
+        },
+        timeout_secs: 300,
+        about: "the XDP limiter's verdicts under the guest kernel's verifier, via BPF_PROG_TEST_RUN \
+                (control/tests/xdp_limiter_verdicts.rs)",
+    },
+    TestDef {
         name: "ktls_check",
         build: Build::Bin {
             package: "ktls-check",
@@ -659,7 +669,15 @@ mod tests {
             .iter()
             .map(|t| t.name)
             .collect();
-        assert_eq!(names, ["xdp_counter", "ktls_check", "planted_failure"]);
+        assert_eq!(
+            names,
+            [
+                "xdp_counter",
+                "xdp_limiter_verdicts",
+                "ktls_check",
+                "planted_failure"
+            ]
+        );
         let bad = VmTestArgs {
             kernels: vec!["2.6".into()],
             ..VmTestArgs::default()
