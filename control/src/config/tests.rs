@@ -172,3 +172,54 @@ fn a_config_without_listeners_is_rejected() {
     let err = parse("", "empty.toml").unwrap_err();
     assert!(err.to_string().contains("at least one [[listeners]]"));
 }
+
+#[test]
+fn kernel_section_and_budget_overrides_parse_and_their_errors_name_the_field() {
+    let good = format!(
+        "{GOOD}\n[kernel]\ninterfaces = [\"eth0\", \"eth1\"]\nattach_mode = \"generic\"\n\
+         allow = [\"192.0.2.0/24\", \"2001:db8::/32\"]\ndeny = [\"198.51.100.7\"]\n\
+         malformed = \"drop\"\nsteering = true\nworker_weights = [1, 0, 2]\n"
+    )
+    .replace(
+        "burst = 200",
+        "burst = 200\noverrides = [{ prefix = \"10.0.0.0/8\", rate_per_second = 5000 }]",
+    );
+    let c = parse(&good, "good.toml").unwrap();
+    assert_eq!(c.kernel.interfaces, ["eth0", "eth1"]);
+    assert_eq!(c.kernel.attach_mode, XdpAttach::Generic);
+    assert_eq!(c.kernel.allow[1].to_string(), "2001:db8::/32");
+    assert_eq!(c.kernel.deny[0].to_string(), "198.51.100.7/32");
+    assert!(c.kernel.drop_malformed && c.kernel.steering);
+    assert_eq!(c.kernel.worker_weights, [1, 0, 2]);
+    assert_eq!(c.budgets[0].overrides[0].prefix.to_string(), "10.0.0.0/8");
+    assert_eq!(c.kernel.pin_dir, std::path::Path::new(DEFAULT_PIN_DIR));
+
+    let bad = format!(
+        "{GOOD}\n[[budgets]]\nname = \"again\"\nlistener = \"public\"\nrate_per_second = 20000000\n\
+         overrides = [{{ prefix = \"10.0.0.1/8\", rate_per_second = 1 }}, \"x\"]\n\
+         [kernel]\nattach_mode = \"turbo\"\ndeny = [\"10.0.0.0/33\", \"nope\"]\n\
+         malformed = \"ignore\"\npin_dir = \"relative\"\nworker_weights = [-1]\n\
+         interfaces = [\"bad name\"]\n"
+    );
+    let err = parse(&bad, "bad.toml").unwrap_err();
+    let text: Vec<String> = err.errors.iter().map(ToString::to_string).collect();
+    for e in [
+        "budgets[1].rate_per_second: 20000000 is out of range 1..=10000000",
+        "budgets[1].overrides[0].prefix: \"10.0.0.1/8\" has host bits set",
+        "budgets[1].overrides[1]: expected a table",
+        "budgets[1].listener: listener \"public\" already has a budget (budgets[0])",
+        "kernel.attach_mode: unknown mode \"turbo\"",
+        "kernel.deny[0]: \"10.0.0.0/33\": prefix length must be 0..=32",
+        "kernel.deny[1]: \"nope\" is not an address prefix",
+        "kernel.malformed: unknown policy \"ignore\"",
+        "kernel.pin_dir: \"relative\" must be an absolute path",
+        "kernel.worker_weights[0]: expected a weight in 0..=1000000",
+        "kernel.interfaces[0]: \"bad name\" is not an interface name",
+    ] {
+        assert!(
+            text.iter().any(|t| t.starts_with(e)),
+            "missing error {e:?} in:\n{}",
+            text.join("\n")
+        );
+    }
+}
