@@ -13,11 +13,13 @@ mod dashboard;
 mod http;
 mod idle;
 mod keepalive;
+mod kernel;
 mod knobs;
 mod peers;
 mod procs;
 mod results;
 mod schema;
+mod series;
 mod stats;
 mod summary;
 mod tools;
@@ -34,7 +36,7 @@ pub use args::BenchArgs;
 use peers::{Binaries, Peer};
 
 /// Every scenario that has landed.
-const SCENARIOS: &[&str] = &[keepalive::NAME];
+const SCENARIOS: &[&str] = &[keepalive::NAME, kernel::XDP_COST, kernel::FLOOD];
 
 fn results_dir() -> PathBuf {
     run::workspace_root().join("bench/results")
@@ -121,7 +123,24 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     for name in names {
         step(&format!("scenario {name}"));
-        let sc = keepalive::run(&plan, &bins).unwrap_or_else(|e| {
+        let result = match name {
+            kernel::XDP_COST => {
+                kernel::cost::run(&bins.omnirelay_dir, plan.proxy_core, plan.runs.max(3) * 2)
+            }
+            kernel::FLOOD => kernel::flood::run(
+                &bins.omnirelay_dir,
+                &kernel::flood::FloodPlan {
+                    runs: plan.runs.min(3),
+                    duration_s: plan.duration_s,
+                    connections: plan.connections,
+                    proxy_core: plan.proxy_core,
+                    load_core: plan.load_core,
+                },
+                bins.nofile,
+            ),
+            _ => keepalive::run(&plan, &bins),
+        };
+        let sc = result.unwrap_or_else(|e| {
             println!("    FAILED {e:#}");
             results::scenario_error(
                 name,

@@ -22,6 +22,36 @@ pub fn print(doc: &Value) {
         if let Some(e) = sc["error"].as_str() {
             println!("FAILED: {e}");
         }
+        for series in sc["series"].as_array().into_iter().flatten() {
+            println!(
+                "\n{} ({}); medians (min–max), ratio to {}\n",
+                series["title"].as_str().unwrap_or("?"),
+                series["unit"].as_str().unwrap_or(""),
+                series["reference"].as_str().unwrap_or("?")
+            );
+            println!("| variant | median | min–max | ratio |\n|---|---|---|---|");
+            for r in series["rows"].as_array().into_iter().flatten() {
+                let label = r["label"].as_str().unwrap_or("?");
+                if r["status"] != "ok" {
+                    let err = r["error"].as_str().unwrap_or("?");
+                    println!(
+                        "| {label} | FAILED: {} | | |",
+                        err.lines().next().unwrap_or("")
+                    );
+                    continue;
+                }
+                println!(
+                    "| {label} | {} | {}–{} | {} |",
+                    num(&r["median"], 1),
+                    num(&r["min"], 1),
+                    num(&r["max"], 1),
+                    ratio(&r["ratio"])
+                );
+            }
+        }
+        for note in sc["notes"].as_array().into_iter().flatten() {
+            println!("\n{}", note.as_str().unwrap_or(""));
+        }
         for case in sc["cases"].as_array().into_iter().flatten() {
             println!(
                 "\n{} B body; medians (min–max of CPU), ratio = value / best peer's\n",

@@ -23,6 +23,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("wrk", "wrk"),               // HTTP/1.1 load generator
     ("h2load", "nghttp2-client"), // h2/TLS load generator (later scenarios)
     ("taskset", "util-linux"),    // CPU pinning
+    ("iptables", "iptables"),     // the flood scenario's hashlimit peer
 ];
 
 /// The Envoy release the benchmarks compare against: the official binary shipped in the

@@ -4,6 +4,7 @@
 //! connection, history across runs; then the knobs of every run, failures flagged.
 
 mod memory;
+mod series;
 mod svg;
 mod table;
 
@@ -132,6 +133,7 @@ fn scenario_section(h: &mut String, name: &str, docs: &[&Value]) {
         failures(h, &proxies);
         history(h, &runs, case);
     }
+    series::section(h, sc, &runs);
     memory::rss_section(h, sc);
     h.push_str("</section>\n");
 }

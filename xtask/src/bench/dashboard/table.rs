@@ -30,6 +30,21 @@ pub fn knobs_table(h: &mut String, docs: &[&Value]) {
                 .flatten()
                 .map(|v| fmt(v.as_f64().unwrap_or(0.0)))
                 .collect();
+            if sc.get("series").is_some() {
+                // Series scenarios have knobs of their own: shown as they were recorded.
+                let _ = write!(
+                    h,
+                    "<tr class=\"{cls}\"><td>{id}</td><td>{mode}</td><td>{name}</td><td>{status}</td><td colspan=\"6\"><code>{knobs}</code></td><td>{load}</td><td>{ver}</td></tr>",
+                    cls = if status == "ok" { "" } else { "bad" },
+                    id = esc(d["id"].as_str().unwrap_or("?")),
+                    mode = esc(d["mode"].as_str().unwrap_or("?")),
+                    name = esc(sc["name"].as_str().unwrap_or("?")),
+                    knobs = esc(&k.to_string()),
+                    load = load.join(" "),
+                    ver = esc(&versions.join("; ")),
+                );
+                continue;
+            }
             let _ = write!(
                 h,
                 "<tr class=\"{cls}\"><td>{id}</td><td>{mode}</td><td>{name}</td><td>{status}</td><td>{bodies}</td><td>{conns}</td><td>{workers}</td><td>{dur} s × {runs} ({warm} s)</td><td>{idle}</td><td>{drivers}, ring {ring}, mode {um}, sqpoll {sq}</td><td>{load}</td><td>{ver}</td></tr>",
