@@ -42,6 +42,11 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         run::run(run::cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     }
 
+    step("headless Chromium (the dashboard test opens the page in it)");
+    if let Err(e) = crate::bench::ensure_browser() {
+        println!("    missing   chromium: {e:#} (the dashboard test fails without it)");
+    }
+
     step("unit and integration tests");
     let log = skip_log();
     if let Some(dir) = log.parent() {

