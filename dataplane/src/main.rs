@@ -59,6 +59,13 @@ struct Cli {
     /// pinned in this folder (its `[kernel].pin_dir`, with `steering = true`).
     #[arg(long)]
     steering_pin_dir: Option<PathBuf>,
+    /// Close a keep-alive client connection idle this long (milliseconds).
+    #[arg(long, default_value_t = 60_000)]
+    client_idle_timeout_ms: u64,
+    /// Answer 408 and close when a request head is not complete this long after its first
+    /// byte (milliseconds).
+    #[arg(long, default_value_t = 30_000)]
+    client_head_timeout_ms: u64,
     /// Seconds to wait for the first snapshot.
     #[arg(long, default_value_t = 30)]
     wait: u64,
@@ -148,6 +155,8 @@ fn main() -> anyhow::Result<()> {
     opts.pin = !cli.no_pin;
     opts.uring_mode = cli.uring_mode;
     opts.ring_entries = cli.ring_entries;
+    opts.settings.client_idle_timeout = Duration::from_millis(cli.client_idle_timeout_ms.max(1));
+    opts.settings.client_head_timeout = Duration::from_millis(cli.client_head_timeout_ms.max(1));
     let proxy = proxy::start(Arc::clone(&holder), Arc::clone(&metrics), access_log, opts)?;
     let admin_addr = admin::spawn(
         cli.admin,

@@ -7,7 +7,9 @@ use std::{net::SocketAddr, rc::Rc, sync::atomic::Ordering, time::Instant};
 use bytes::BytesMut;
 use monoio::net::TcpStream;
 
-use super::{forward, io, worker::WorkerCtx};
+use std::os::fd::AsRawFd as _;
+
+use super::{forward, idle::IdleToken, io, worker::WorkerCtx};
 use crate::http1::{self, Http1Error, ParseStatus, RequestHead};
 
 /// The client side of one connection.
@@ -28,6 +30,28 @@ impl Downstream {
         http1::write_error_response(status, reason, &mut out);
         let (_, out) = io::write_all(&mut self.stream, out).await;
         self.out = out;
+    }
+}
+
+/// Ends an idle registration when the wait ends, or when the task is dropped mid-wait
+/// (before its socket is closed, so the reaper never touches a reused descriptor).
+struct IdleGuard<'a> {
+    ctx: &'a WorkerCtx,
+    token: IdleToken,
+}
+
+impl IdleGuard<'_> {
+    /// Ends the registration; false when the reaper got there first.
+    fn finish(self) -> bool {
+        let kept = self.ctx.idle.borrow_mut().remove(self.token);
+        std::mem::forget(self);
+        kept
+    }
+}
+
+impl Drop for IdleGuard<'_> {
+    fn drop(&mut self) {
+        self.ctx.idle.borrow_mut().remove(self.token);
     }
 }
 
@@ -55,14 +79,20 @@ pub(crate) async fn serve(
         peer,
     };
     loop {
-        // An idle connection waits for readability here, holding no buffer, no snapshot
-        // and no request state: the heavier futures below are boxed and exist only while a
-        // request is being read or served.
+        // An idle connection waits for readability here, holding no buffer, no snapshot,
+        // no request state and no timer: the worker's idle reaper shuts the socket down
+        // when the idle timeout passes. The heavier futures below are boxed and exist only
+        // while a request is being read or served.
         if ds.buf.is_empty() {
-            let idle = ctx.settings.client_idle_timeout;
-            match monoio::time::timeout(idle, ds.stream.readable(false)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => return,
+            let deadline = Instant::now() + ctx.settings.client_idle_timeout;
+            let token = ctx
+                .idle
+                .borrow_mut()
+                .register(ds.stream.as_raw_fd(), deadline);
+            let guard = IdleGuard { ctx, token };
+            let ready = ds.stream.readable(false).await;
+            if !guard.finish() || ready.is_err() {
+                return;
             }
         }
         let Some(cfg) = ctx.holder.current() else {
@@ -118,6 +148,9 @@ async fn next_head(ctx: &WorkerCtx, ds: &mut Downstream, limits: &http1::Limits)
             Ok(ParseStatus::Partial) => {}
             Err(e) => return reject(ctx, ds, &e).await,
         }
+        // The buffer moves into the read; on a timeout it is gone with the cancelled
+        // read, so remember whether part of a head had arrived.
+        let partial = !ds.buf.is_empty();
         let buf = std::mem::take(&mut ds.buf);
         let read =
             monoio::time::timeout_at(deadline.into(), io::read_more(&mut ds.stream, buf)).await;
@@ -133,7 +166,7 @@ async fn next_head(ctx: &WorkerCtx, ds: &mut Downstream, limits: &http1::Limits)
             Ok((Ok(_), buf)) => ds.buf = buf,
             Ok((Err(_), _)) => return NextHead::Closed,
             Err(_) => {
-                if ds.buf.is_empty() {
+                if !partial {
                     return NextHead::Closed;
                 }
                 ds.send_error(408, "request head not received in time")

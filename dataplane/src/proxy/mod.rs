@@ -6,6 +6,7 @@
 mod body;
 mod downstream;
 mod forward;
+mod idle;
 mod io;
 mod pool;
 mod worker;

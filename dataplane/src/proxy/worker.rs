@@ -16,7 +16,7 @@ use monoio::net::{ListenerOpts, TcpListener};
 
 use bytes::BytesMut;
 
-use super::{ProxySettings, downstream, io, pool::UpstreamPool};
+use super::{ProxySettings, downstream, idle::IdleSet, io, pool::UpstreamPool};
 use crate::{
     lb::{LbState, RetryBudget, SplitMix64},
     snapshot::{RuntimeConfig, SnapshotHolder},
@@ -113,6 +113,8 @@ pub(crate) struct WorkerCtx {
     pub rng: RefCell<SplitMix64>,
     /// Free I/O buffers, reused across requests instead of a malloc/free pair each time.
     buffers: RefCell<Vec<BytesMut>>,
+    /// Idle keep-alive client connections and their deadlines (see [`super::idle`]).
+    pub idle: RefCell<IdleSet>,
 }
 
 /// Buffers kept for reuse per worker; beyond this, released buffers are freed.
@@ -160,6 +162,17 @@ pub(crate) async fn run(ctx: Rc<WorkerCtx>, listeners: Vec<(SocketAddr, TcpListe
         let ctx = Rc::clone(&ctx);
         tasks.push(monoio::spawn(accept_loop(ctx, addr, listener)));
     }
+    let ctx_idle = Rc::clone(&ctx);
+    monoio::spawn(async move {
+        let tick = super::idle::tick(ctx_idle.settings.client_idle_timeout);
+        loop {
+            monoio::time::sleep(tick).await;
+            let expired = ctx_idle.idle.borrow_mut().expire(Instant::now());
+            for fd in expired {
+                super::idle::shut_down(fd);
+            }
+        }
+    });
     let ctx_expire = Rc::clone(&ctx);
     monoio::spawn(async move {
         loop {
@@ -217,5 +230,6 @@ pub(crate) fn context(
         balancers: RefCell::new(Balancers::new()),
         rng: RefCell::new(SplitMix64::new(seed)),
         buffers: RefCell::new(Vec::new()),
+        idle: RefCell::new(IdleSet::default()),
     })
 }

@@ -1,0 +1,329 @@
+//! The client side's timeouts and start-up paths, through the real binaries: an idle
+//! keep-alive connection is closed by the worker's idle reaper after the idle timeout; a
+//! stalled request head gets 408; a data plane starts from a saved snapshot file with no
+//! control daemon (and refuses a damaged one, naming it); and with io_uring made
+//! unavailable to the process (a seccomp filter), the workers fall back to epoll, say so,
+//! and serve.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
+mod common;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{Ports, config, curl, get, nginx_servers, start_control, start_dataplane};
+use omnirelay_test_support::{
+    nginx::Nginx,
+    process::{ChildGuard, TempDir, free_port, wait_for_port},
+};
+
+const IDLE_MS: u64 = 600;
+const HEAD_MS: u64 = 600;
+
+struct Site {
+    ports: Ports,
+    _nginx: Nginx,
+    _control: ChildGuard,
+    _dataplane: ChildGuard,
+    dir: TempDir,
+}
+
+fn site() -> Site {
+    let ports = Ports::new();
+    let nginx = Nginx::start(&nginx_servers(&ports), &[ports.up1, ports.up2]).unwrap();
+    let dir = TempDir::new("timeouts");
+    let cfg = dir.path().join("omnirelay.toml");
+    std::fs::write(&cfg, config(&ports, "one")).unwrap();
+    let control = start_control(&dir, &cfg, &ports);
+    let dataplane = start_dataplane(
+        &dir,
+        &ports,
+        &[
+            "--client-idle-timeout-ms",
+            &IDLE_MS.to_string(),
+            "--client-head-timeout-ms",
+            &HEAD_MS.to_string(),
+        ],
+    );
+    Site {
+        ports,
+        _nginx: nginx,
+        _control: control,
+        _dataplane: dataplane,
+        dir,
+    }
+}
+
+/// Reads until the peer closes (or 5 s pass); returns what arrived and when it closed.
+fn read_to_close(s: &mut TcpStream) -> (Vec<u8>, Option<Instant>) {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (got, Some(Instant::now())),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return (got, Some(Instant::now()));
+            }
+            Err(_) => return (got, None),
+        }
+    }
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let s = site();
+    let mut conn = TcpStream::connect(("127.0.0.1", s.ports.proxy)).unwrap();
+    conn.write_all(b"GET /who HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 512];
+    let n = conn.read(&mut first).unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"));
+    let idle_since = Instant::now();
+    let (rest, closed) = read_to_close(&mut conn);
+    let closed = closed.expect("the idle connection was not closed within 5 s");
+    let after = closed - idle_since;
+    assert!(rest.is_empty(), "nothing more is sent before the close");
+    // Closed no earlier than the timeout and within a reaper tick (a quarter) plus slack.
+    assert!(
+        after >= Duration::from_millis(IDLE_MS - 50) && after < Duration::from_millis(IDLE_MS * 3),
+        "idle connection closed after {after:?}, timeout {IDLE_MS} ms"
+    );
+
+    // A connection that never sends anything is idle from the start.
+    let t0 = Instant::now();
+    let mut silent = TcpStream::connect(("127.0.0.1", s.ports.proxy)).unwrap();
+    let (_, closed) = read_to_close(&mut silent);
+    let after = closed.expect("silent connection not closed") - t0;
+    assert!(after >= Duration::from_millis(IDLE_MS - 50), "{after:?}");
+
+    // A connection that keeps sending requests within the timeout stays open.
+    let mut busy = TcpStream::connect(("127.0.0.1", s.ports.proxy)).unwrap();
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(IDLE_MS / 2));
+        busy.write_all(b"GET /who HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let n = busy.read(&mut first).unwrap();
+        assert!(
+            first[..n].starts_with(b"HTTP/1.1 200"),
+            "kept-alive request failed"
+        );
+    }
+}
+
+#[test]
+fn a_stalled_request_head_gets_408_and_the_connection_closes() {
+    let s = site();
+    let mut conn = TcpStream::connect(("127.0.0.1", s.ports.proxy)).unwrap();
+    let t0 = Instant::now();
+    conn.write_all(b"GET /who HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+        .unwrap();
+    let (got, closed) = read_to_close(&mut conn);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "got {text:?}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    let after = closed.expect("not closed after 408") - t0;
+    assert!(
+        after >= Duration::from_millis(HEAD_MS - 50),
+        "408 after {after:?}"
+    );
+    // The worker keeps serving others.
+    let (code, body) = get(&format!("http://127.0.0.1:{}/who", s.ports.proxy));
+    assert_eq!((code, body.as_slice()), (200, b"one\n".as_slice()));
+}
+
+fn dataplane_from_file(
+    file: &std::path::Path,
+    key: &std::path::Path,
+    dir: &TempDir,
+) -> (ChildGuard, u16) {
+    let admin = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_omnirelay-dataplane"));
+    cmd.arg("--snapshot-file")
+        .arg(file)
+        .arg("--public-key")
+        .arg(key)
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .args(["--workers", "1", "--access-log", "off", "--wait", "2"]);
+    let log = dir.path().join(format!("dp-file-{admin}.log"));
+    (
+        ChildGuard::spawn("omnirelay-dataplane", cmd, &log).unwrap(),
+        admin,
+    )
+}
+
+#[test]
+fn a_data_plane_starts_from_a_snapshot_file_and_refuses_a_damaged_one() {
+    let s = site();
+    // Save the published snapshot through the control daemon's HTTP pull, then stop
+    // using the daemon: the second data plane gets no --control.
+    let file = s.dir.path().join("snapshot.bin");
+    let out = curl(&[
+        "-s",
+        "-o",
+        file.to_str().unwrap(),
+        "-w",
+        "%{http_code}",
+        &format!("http://127.0.0.1:{}/v1/snapshot", s.ports.control_admin),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    let key = s.dir.path().join("state/snapshot-signing.pub");
+
+    // The file's listener is the stack's proxy port; the first data plane holds it with
+    // SO_REUSEPORT, so the second one joins the same port: requests reach either, and
+    // both serve the same routes.
+    let (mut dp, admin) = dataplane_from_file(&file, &key, &s.dir);
+    assert!(
+        wait_for_port(
+            SocketAddr::from(([127, 0, 0, 1], admin)),
+            Duration::from_secs(10)
+        ),
+        "data plane from file did not start:\n{}",
+        dp.log()
+    );
+    let snap = curl(&["-s", &format!("http://127.0.0.1:{admin}/snapshot")]);
+    let v: serde_json::Value = serde_json::from_slice(&snap.stdout).unwrap();
+    assert!(v["version"].as_u64().unwrap() >= 1, "{v}");
+    assert!(dp.is_running());
+
+    // A damaged file: refused with the file named, nothing served.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    let bad = s.dir.path().join("damaged.bin");
+    std::fs::write(&bad, &bytes).unwrap();
+    let (mut bad_dp, _) = dataplane_from_file(&bad, &key, &s.dir);
+    assert!(
+        omnirelay_test_support::process::wait_until(Duration::from_secs(10), || !bad_dp
+            .is_running()),
+        "a data plane started from a damaged snapshot"
+    );
+    let log = bad_dp.log();
+    assert!(
+        log.contains("damaged.bin"),
+        "the error does not name the file:\n{log}"
+    );
+    dp.kill();
+}
+
+/// Makes `io_uring_setup(2)` fail with ENOSYS in the child (x86_64 only; other syscalls
+/// and architectures are allowed).
+fn deny_io_uring(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt as _;
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const SYS_IO_URING_SETUP: u32 = 425;
+    let filter = [
+        libc::sock_filter {
+            code: 0x20,
+            jt: 0,
+            jf: 0,
+            k: 4,
+        }, // ld arch
+        libc::sock_filter {
+            code: 0x15,
+            jt: 0,
+            jf: 3,
+            k: AUDIT_ARCH_X86_64,
+        },
+        libc::sock_filter {
+            code: 0x20,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        }, // ld nr
+        libc::sock_filter {
+            code: 0x15,
+            jt: 0,
+            jf: 1,
+            k: SYS_IO_URING_SETUP,
+        },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0x0005_0000 | libc::ENOSYS as u32,
+        },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0x7fff_0000,
+        },
+    ];
+    // SAFETY: runs in the forked child before exec; prctl with a filter that lives on the
+    // child's copy of this stack frame until the call returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr().cast_mut(),
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &raw const prog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn without_io_uring_the_workers_fall_back_to_epoll_say_so_and_serve() {
+    if !cfg!(target_arch = "x86_64") {
+        omnirelay_test_support::skip::report("the seccomp filter of this test is x86_64-only");
+        return;
+    }
+    let ports = Ports::new();
+    let _nginx = Nginx::start(&nginx_servers(&ports), &[ports.up1, ports.up2]).unwrap();
+    let dir = TempDir::new("epoll");
+    let cfg = dir.path().join("omnirelay.toml");
+    std::fs::write(&cfg, config(&ports, "one")).unwrap();
+    let _control = start_control(&dir, &cfg, &ports);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_omnirelay-dataplane"));
+    cmd.arg("--control")
+        .arg(format!("http://127.0.0.1:{}", ports.grpc))
+        .arg("--public-key")
+        .arg(dir.path().join("state/snapshot-signing.pub"))
+        .args(["--admin", &format!("127.0.0.1:{}", ports.dp_admin)])
+        .args(["--workers", "2", "--access-log", "off"]);
+    deny_io_uring(&mut cmd);
+    let dp = ChildGuard::spawn("omnirelay-dataplane", cmd, &dir.path().join("dp.log")).unwrap();
+    assert!(
+        wait_for_port(
+            SocketAddr::from(([127, 0, 0, 1], ports.proxy)),
+            Duration::from_secs(15)
+        ),
+        "data plane did not start without io_uring:\n{}",
+        dp.log()
+    );
+    let (code, body) = get(&format!("http://127.0.0.1:{}/who", ports.proxy));
+    assert_eq!((code, body.as_slice()), (200, b"one\n".as_slice()));
+    let log = dp.log();
+    assert_eq!(
+        log.matches("io_uring unavailable: running on the epoll driver")
+            .count(),
+        2,
+        "one line per worker expected:\n{log}"
+    );
+    assert!(
+        log.contains("driver=\"epoll\"") || log.contains("driver=epoll"),
+        "{log}"
+    );
+}
