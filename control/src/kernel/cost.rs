@@ -51,10 +51,7 @@ fn run(program: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, Duration), Kern
             repeat,
             ..TestRunOptions::new()
         })
-        .map_err(|source| KernelError::Load {
-            program: XDP_FLOOR_PROGRAM,
-            source: Box::new(source),
-        })?;
+        .map_err(super::load_error(XDP_FLOOR_PROGRAM))?;
     Ok((r.return_value, r.duration))
 }
 
@@ -73,21 +70,8 @@ pub fn measure(repeat: u32) -> Result<CostSample, KernelError> {
 
 fn measure_in(pin_dir: &std::path::Path, repeat: u32) -> Result<CostSample, KernelError> {
     let mut floor_obj = Ebpf::load(XDP_OBJECT).map_err(|e| KernelError::Object(Box::new(e)))?;
-    let floor: &mut Xdp = floor_obj
-        .program_mut(XDP_FLOOR_PROGRAM)
-        .ok_or(KernelError::Missing {
-            kind: "program",
-            name: XDP_FLOOR_PROGRAM,
-        })?
-        .try_into()
-        .map_err(|source| KernelError::Load {
-            program: XDP_FLOOR_PROGRAM,
-            source: Box::new(source),
-        })?;
-    floor.load().map_err(|source| KernelError::Load {
-        program: XDP_FLOOR_PROGRAM,
-        source: Box::new(source),
-    })?;
+    let floor: &mut Xdp = super::program(&mut floor_obj, XDP_FLOOR_PROGRAM)?;
+    floor.load().map_err(super::load_error(XDP_FLOOR_PROGRAM))?;
 
     let mut limiter = KernelLimiter::start(LimiterSettings {
         interfaces: Vec::new(),

@@ -42,7 +42,7 @@ use omnirelay_ebpf_common::{
     },
 };
 
-use super::{AttachMode, EbpfLogPump, KernelError, LIMITER_OBJECT, plan::KernelPlan};
+use super::{AttachMode, EbpfLogPump, KernelError, LIMITER_OBJECT, load_error, plan::KernelPlan};
 
 /// How long the daemon waits after flipping the generation before it deletes the old one.
 /// An XDP or reuseport program run takes well under a microsecond and runs inside an RCU
@@ -132,30 +132,14 @@ impl KernelLimiter {
             }
         };
         // Loaded even with no interface: `test_run` and the cost bench use it unattached.
-        let program = xdp_program(&mut ebpf)?;
-        program.load().map_err(|source| KernelError::Load {
-            program: XDP_LIMITER_PROGRAM,
-            source: Box::new(source),
-        })?;
+        let program: &mut Xdp = super::program(&mut ebpf, XDP_LIMITER_PROGRAM)?;
+        program.load().map_err(load_error(XDP_LIMITER_PROGRAM))?;
         for interface in &settings.interfaces {
             attach_or_relink(program, interface, settings.mode, &links_dir)?;
         }
         if settings.steering {
-            let program: &mut SkReuseport = ebpf
-                .program_mut(STEER_PROGRAM)
-                .ok_or(KernelError::Missing {
-                    kind: "program",
-                    name: STEER_PROGRAM,
-                })?
-                .try_into()
-                .map_err(|source| KernelError::Load {
-                    program: STEER_PROGRAM,
-                    source: Box::new(source),
-                })?;
-            program.load().map_err(|source| KernelError::Load {
-                program: STEER_PROGRAM,
-                source: Box::new(source),
-            })?;
+            let program: &mut SkReuseport = super::program(&mut ebpf, STEER_PROGRAM)?;
+            program.load().map_err(load_error(STEER_PROGRAM))?;
             let pin = settings.pin_dir.join(STEER_PROGRAM);
             // Replace the pin: data planes started from now on attach this version; groups
             // that attached the old one keep it until they restart.
@@ -344,28 +328,13 @@ impl KernelLimiter {
             }
         }
         for name in [ALLOW_MAP, DENY_MAP] {
-            let mut m: LpmTrie<&mut MapData, PrefixKey, PrefixEntry> =
-                LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name))?;
-            let stale: Vec<Key<PrefixKey>> = m
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| k.data().generation == gen_bytes)
-                .collect();
-            for k in stale {
-                m.remove(&k).map_err(map_err(name))?;
-            }
+            clear_trie::<PrefixKey, PrefixEntry>(self.map_mut(name)?, name, |k| {
+                k.generation == gen_bytes
+            })?;
         }
-        let mut m: LpmTrie<&mut MapData, OverrideKey, OverrideEntry> =
-            LpmTrie::try_from(self.map_mut(OVERRIDES_MAP)?).map_err(map_err(OVERRIDES_MAP))?;
-        let stale: Vec<Key<OverrideKey>> = m
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.data().generation == gen_bytes)
-            .collect();
-        for k in stale {
-            m.remove(&k).map_err(map_err(OVERRIDES_MAP))?;
-        }
-        Ok(())
+        clear_trie::<OverrideKey, OverrideEntry>(self.map_mut(OVERRIDES_MAP)?, OVERRIDES_MAP, |k| {
+            k.generation == gen_bytes
+        })
     }
 
     /// Runs the XDP program on one frame `repeat` times in the kernel (`BPF_PROG_TEST_RUN`),
@@ -373,7 +342,7 @@ impl KernelLimiter {
     /// kernel's mean time per run.
     pub fn test_run(&mut self, frame: &[u8], repeat: u32) -> Result<(u32, Duration), KernelError> {
         use aya::programs::{TestRun as _, TestRunOptions};
-        let program = xdp_program(&mut self.ebpf)?;
+        let program: &mut Xdp = super::program(&mut self.ebpf, XDP_LIMITER_PROGRAM)?;
         let mut out = vec![0u8; frame.len() + 256];
         let opts = TestRunOptions {
             data_in: Some(frame),
@@ -381,10 +350,9 @@ impl KernelLimiter {
             repeat,
             ..TestRunOptions::new()
         };
-        let r = program.test_run(opts).map_err(|source| KernelError::Load {
-            program: XDP_LIMITER_PROGRAM,
-            source: Box::new(source),
-        })?;
+        let r = program
+            .test_run(opts)
+            .map_err(load_error(XDP_LIMITER_PROGRAM))?;
         Ok((r.return_value, r.duration))
     }
 
@@ -392,6 +360,24 @@ impl KernelLimiter {
     pub fn counters(&self) -> Result<LimiterCounters, KernelError> {
         read_counters(self.map(LIMITER_COUNTERS_MAP)?)
     }
+}
+
+/// Deletes every key of an LPM trie for which `stale` holds.
+fn clear_trie<K: aya::Pod, V: aya::Pod>(
+    map: &mut aya::maps::Map,
+    name: &'static str,
+    stale: impl Fn(&K) -> bool,
+) -> Result<(), KernelError> {
+    let mut m: LpmTrie<&mut MapData, K, V> = LpmTrie::try_from(map).map_err(map_err(name))?;
+    let keys: Vec<Key<K>> = m
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| stale(&k.data()))
+        .collect();
+    for k in keys {
+        m.remove(&k).map_err(map_err(name))?;
+    }
+    Ok(())
 }
 
 /// The port array entries of a plan: a port with one wildcard listener carries its
@@ -453,19 +439,6 @@ pub fn read_pinned_counters(pin_dir: &Path) -> Result<LimiterCounters, KernelErr
     read_counters(&map)
 }
 
-fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, KernelError> {
-    ebpf.program_mut(XDP_LIMITER_PROGRAM)
-        .ok_or(KernelError::Missing {
-            kind: "program",
-            name: XDP_LIMITER_PROGRAM,
-        })?
-        .try_into()
-        .map_err(|source| KernelError::Load {
-            program: XDP_LIMITER_PROGRAM,
-            source: Box::new(source),
-        })
-}
-
 /// Puts `program` on `interface`: inside the pinned link if there is one (atomic
 /// replacement, no detach gap), else as a new link that is then pinned.
 fn attach_or_relink(
@@ -484,10 +457,9 @@ fn attach_or_relink(
             Ok(id) => {
                 // The program's link list owns the fd now; forget it so the link is not
                 // detached when this process exits (the pin keeps it alive).
-                let link = program.take_link(id).map_err(|source| KernelError::Load {
-                    program: XDP_LIMITER_PROGRAM,
-                    source: Box::new(source),
-                })?;
+                let link = program
+                    .take_link(id)
+                    .map_err(load_error(XDP_LIMITER_PROGRAM))?;
                 std::mem::forget(link);
                 tracing::info!(
                     program = XDP_LIMITER_PROGRAM,
@@ -512,10 +484,9 @@ fn attach_or_relink(
             mode,
             source: Box::new(source),
         })?;
-    let link = program.take_link(id).map_err(|source| KernelError::Load {
-        program: XDP_LIMITER_PROGRAM,
-        source: Box::new(source),
-    })?;
+    let link = program
+        .take_link(id)
+        .map_err(load_error(XDP_LIMITER_PROGRAM))?;
     let fd_link = FdLink::try_from(link).map_err(|e| KernelError::Pin {
         what: format!(
             "interface {interface}: the kernel gave a netlink XDP attachment, not a bpf_link \

@@ -103,21 +103,10 @@ impl XdpCounter {
     pub fn attach(interface: &str, mode: AttachMode) -> Result<Self, KernelError> {
         let mut ebpf = Ebpf::load(XDP_OBJECT).map_err(|e| KernelError::Object(Box::new(e)))?;
         let log = EbpfLogPump::start(&mut ebpf, XDP_COUNTER_PROGRAM)?;
-        let program: &mut Xdp = ebpf
-            .program_mut(XDP_COUNTER_PROGRAM)
-            .ok_or(KernelError::Missing {
-                kind: "program",
-                name: XDP_COUNTER_PROGRAM,
-            })?
-            .try_into()
-            .map_err(|source| KernelError::Load {
-                program: XDP_COUNTER_PROGRAM,
-                source: Box::new(source),
-            })?;
-        program.load().map_err(|source| KernelError::Load {
-            program: XDP_COUNTER_PROGRAM,
-            source: Box::new(source),
-        })?;
+        let program: &mut Xdp = super::program(&mut ebpf, XDP_COUNTER_PROGRAM)?;
+        program
+            .load()
+            .map_err(super::load_error(XDP_COUNTER_PROGRAM))?;
         program
             .attach(interface, mode.to_aya())
             .map_err(|source| KernelError::Attach {

@@ -22,6 +22,7 @@
 #![feature(core_intrinsics)]
 
 mod parse;
+mod runtime;
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
@@ -350,14 +351,3 @@ pub fn steer_reuseport(ctx: SkReuseportContext) -> u32 {
     }
     sk_action::SK_PASS
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
-    // eBPF programs cannot unwind; the verifier rejects any path that could reach here.
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";

@@ -7,6 +7,8 @@
 #![no_std]
 #![no_main]
 
+mod runtime;
+
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
@@ -79,14 +81,3 @@ fn classify(start: usize, end: usize) -> TrafficClass {
         _ => TrafficClass::Other,
     }
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
-    // eBPF programs cannot unwind; the verifier rejects any path that could reach here.
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
