@@ -105,6 +105,11 @@ fn cluster(c: &config::Cluster) -> v1::Cluster {
     }
 }
 
+/// A burst of 0 (not given) means one second's worth of the rate.
+fn burst_or_rate(burst: u64, rate: u64) -> u64 {
+    if burst == 0 { rate } else { burst }
+}
+
 /// Compiles `config` into snapshot `version`.
 pub fn compile(
     config: &Config,
@@ -154,11 +159,7 @@ pub fn compile(
                 name: b.name.clone(),
                 listener: b.listener.clone(),
                 rate_per_second: b.rate_per_second,
-                burst: if b.burst == 0 {
-                    b.rate_per_second
-                } else {
-                    b.burst
-                },
+                burst: burst_or_rate(b.burst, b.rate_per_second),
                 new_flows_only: b.new_flows_only,
                 overrides: b
                     .overrides
@@ -166,11 +167,7 @@ pub fn compile(
                     .map(|o| v1::BudgetOverride {
                         prefix: o.prefix.to_string(),
                         rate_per_second: o.rate_per_second,
-                        burst: if o.burst == 0 {
-                            o.rate_per_second
-                        } else {
-                            o.burst
-                        },
+                        burst: burst_or_rate(o.burst, o.rate_per_second),
                     })
                     .collect(),
             })
