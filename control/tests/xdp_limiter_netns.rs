@@ -162,6 +162,25 @@ pin_dir = "{}"
         child
     }
 
+    /// GET on the daemon's admin API (it listens on the server namespace's loopback).
+    fn admin_get(&self, path: &str) -> String {
+        let path = path.to_owned();
+        self.server
+            .run(move || {
+                use std::io::{Read as _, Write as _};
+                let mut s = std::net::TcpStream::connect("127.0.0.1:7801").unwrap();
+                write!(
+                    s,
+                    "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+                )
+                .unwrap();
+                let mut out = String::new();
+                s.read_to_string(&mut out).unwrap();
+                out
+            })
+            .unwrap()
+    }
+
     fn counters(&self) -> LimiterCounters {
         read_pinned_counters(&self.pin_dir).unwrap()
     }
@@ -304,6 +323,16 @@ fn an_over_budget_client_is_held_to_its_rate_and_a_polite_one_loses_nothing() {
     let c = site.counters();
     assert!(c.get(SLOT, Reason::OverBudget) > 3000, "{c:?}");
     assert_eq!(c.total(Reason::Inconsistent), 0);
+
+    // The same counters on the daemon's /metrics, labelled by listener and reason.
+    let metrics = site.admin_get("/metrics");
+    let over = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("omnirelay_xdp_packets_total{listener=\"udp\",reason=\"over_budget\"} ")
+        })
+        .unwrap_or_else(|| panic!("no XDP series on /metrics:\n{metrics}"));
+    assert!(over.trim().parse::<u64>().unwrap() >= c.get(SLOT, Reason::OverBudget));
 }
 
 #[test]

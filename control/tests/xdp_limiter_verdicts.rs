@@ -80,17 +80,29 @@ fn load(text: &str, tag: &str) -> Loaded {
         std::process::id()
     ));
     let _ = remove_pins(&pin_dir);
+    load_config_at(&pin_dir, text)
+}
+
+/// Starts (or restarts, reusing the pins) the limiter in `pin_dir` with [`CONFIG`].
+fn load_at(pin_dir: &std::path::Path) -> Loaded {
+    load_config_at(pin_dir, CONFIG)
+}
+
+fn load_config_at(pin_dir: &std::path::Path, text: &str) -> Loaded {
     let mut limiter = KernelLimiter::start(LimiterSettings {
         interfaces: vec![],
         mode: AttachMode::Generic,
-        pin_dir: pin_dir.clone(),
+        pin_dir: pin_dir.to_path_buf(),
         steering: false,
     })
     .unwrap();
     let cfg = config::parse(text, "test.toml").unwrap();
     let snap = compile(&cfg, 1, 0, "test", "");
     limiter.apply(&plan(&snap).unwrap()).unwrap();
-    Loaded { limiter, pin_dir }
+    Loaded {
+        limiter,
+        pin_dir: pin_dir.to_path_buf(),
+    }
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -355,4 +367,93 @@ fn malformed_frames_are_counted_and_pass_or_drop_per_policy() {
     let c = counters(&l);
     assert_eq!(c.total(Reason::Malformed), 0);
     assert_eq!(c.get(0, Reason::Passed), 3);
+}
+
+#[test]
+fn a_pinned_map_with_another_layout_is_recreated_not_reused() {
+    require_caps!(Capability::Root, Capability::BpfSyscall);
+    use aya::maps::MapInfo;
+    let pin_dir = PathBuf::from(format!(
+        "/sys/fs/bpf/omnirelay-test-{}-layout",
+        std::process::id()
+    ));
+    let _ = remove_pins(&pin_dir);
+    // A first start pins every map; then OR_BUCKETS is replaced by a map of another type
+    // and size (the counter object's per-CPU array), as an older build might have left.
+    let first = load_at(&pin_dir);
+    let bucket_pin = pin_dir.join("maps/OR_BUCKETS");
+    let wanted = MapInfo::from_pin(&bucket_pin).unwrap();
+    std::fs::remove_file(&bucket_pin).unwrap();
+    let mut other = aya::Ebpf::load(aya::include_bytes_aligned!(concat!(
+        env!("OUT_DIR"),
+        "/omnirelay-xdp"
+    )))
+    .unwrap();
+    other
+        .map_mut("XDP_COUNTERS")
+        .unwrap()
+        .pin(&bucket_pin)
+        .unwrap();
+    drop(other);
+    let stale = MapInfo::from_pin(&bucket_pin).unwrap();
+    assert_ne!(stale.value_size(), wanted.value_size());
+
+    let mut l = load_at(&pin_dir);
+    let now = MapInfo::from_pin(&bucket_pin).unwrap();
+    drop(first);
+    assert_eq!(
+        (now.key_size(), now.value_size(), now.max_entries()),
+        (wanted.key_size(), wanted.value_size(), wanted.max_entries()),
+        "the incompatible pinned map was reused"
+    );
+    // And the limiter works with it.
+    let verdicts: Vec<u32> = (0..4)
+        .map(|_| run(&mut l, &syn("10.7.7.7", "10.0.0.5", 8080)))
+        .collect();
+    assert_eq!(verdicts, vec![PASS, PASS, PASS, DROP]);
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        s.push_str(&format!(": {e}"));
+        source = e.source();
+    }
+    s
+}
+
+#[test]
+fn an_attach_failure_names_the_interface_mode_and_errno() {
+    require_caps!(Capability::Root, Capability::BpfSyscall, Capability::NetNs);
+    let start = |interface: &str, tag: &str| {
+        let pin_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/omnirelay-test-{}-{tag}",
+            std::process::id()
+        ));
+        let result = KernelLimiter::start(LimiterSettings {
+            interfaces: vec![interface.to_owned()],
+            mode: AttachMode::Native,
+            pin_dir: pin_dir.clone(),
+            steering: false,
+        });
+        let _ = remove_pins(&pin_dir);
+        error_chain(&result.unwrap_err())
+    };
+    let missing = start("or-missing0", "attach-missing");
+    assert!(
+        missing.contains("or-missing0") && missing.contains("native"),
+        "{missing}"
+    );
+    assert!(missing.contains("unknown network interface"), "{missing}");
+
+    // Loopback has no native XDP: the kernel refuses with an errno, and there is no
+    // silent fallback to generic mode. In a namespace of its own, so nothing else is hit.
+    let ns = omnirelay_test_support::NetNs::new("xat").unwrap();
+    let refused = ns.run(|| start("lo", "attach-lo")).unwrap();
+    assert!(
+        refused.contains("interface lo") && refused.contains("native"),
+        "{refused}"
+    );
+    assert!(refused.contains("os error"), "no errno in: {refused}");
 }
