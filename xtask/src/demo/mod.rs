@@ -4,8 +4,8 @@
 //! invalid config being rejected while traffic continues, and prints where to look. Ends
 //! after `--duration` seconds or on Ctrl-C, leaving nothing running.
 //!
-//! `cargo xtask demo --xdp` runs the kernel demo instead: the XDP counter on live traffic
-//! between two network namespaces.
+//! `cargo xtask demo --xdp` runs the kernel demo instead: the XDP limiter, attached by the
+//! control daemon, holding a flooding client to its budget while a polite one loses nothing.
 
 mod upstream;
 mod xdp;
@@ -28,11 +28,11 @@ pub struct DemoArgs {
     /// Seconds to keep everything running at the end, for a look around (Ctrl-C ends early).
     #[arg(long, default_value_t = 20)]
     pub duration: u64,
-    /// Run the XDP counter demo instead (root, network namespaces).
+    /// Run the XDP limiter demo instead (root, network namespaces).
     #[arg(long)]
     pub xdp: bool,
-    /// XDP demo: datagrams per second the client sends (each family).
-    #[arg(long, default_value_t = 200)]
+    /// XDP demo: datagrams per second the flooding client sends.
+    #[arg(long, default_value_t = 1000)]
     pub rate: u32,
 }
 
