@@ -5,12 +5,14 @@ use super::{keepalive, peers::Peer};
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Scenarios to run (default: all that have landed: http1-keepalive).
+    /// Scenarios to run (default: all that have landed: http1-keepalive, http1-large-body,
+    /// xdp-cost, flood).
     pub scenarios: Vec<String>,
-    /// Fewer, shorter runs (3 × 5 s per proxy and body size); all scenarios in minutes.
+    /// Fewer, shorter runs (3 × 5 s per proxy and case); all scenarios in under 10 minutes.
     #[arg(long)]
     pub quick: bool,
-    /// One 2 s run with OmniRelay and nginx; results and dashboard into a temp dir only.
+    /// One 2 s run of http1-keepalive (or of the scenarios named) with OmniRelay and nginx;
+    /// results and dashboard into a temp dir only.
     #[arg(long, conflicts_with = "quick")]
     pub smoke: bool,
     /// Measured runs per proxy and body size (default 5; --quick 3).
@@ -28,7 +30,7 @@ pub struct BenchArgs {
     /// Proxies, comma-separated (default: omnirelay,nginx,haproxy,envoy).
     #[arg(long, value_delimiter = ',')]
     pub proxies: Vec<String>,
-    /// Response body sizes in bytes, comma-separated (default: 100,16384).
+    /// http1-keepalive: response body sizes in bytes, comma-separated (default: 100,16384).
     #[arg(long, value_delimiter = ',')]
     pub bodies: Vec<usize>,
     /// Idle keep-alive connections for the memory test (default 10000; 0 skips it).

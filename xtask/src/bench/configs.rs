@@ -4,6 +4,14 @@
 
 use std::path::Path;
 
+/// Where the upstream takes POSTed bodies (read to their end, then [`UPLOAD_REPLY`]).
+pub const UPLOAD_PATH: &str = "/upload";
+/// The upstream's answer to a POST: what nginx's `echo ok` writes.
+pub const UPLOAD_REPLY: &str = "ok\n";
+/// nginx's echo module (Debian's nginx-light depends on it), which reads a request body
+/// to its end before answering.
+pub const ECHO_MODULE: &str = "/usr/lib/nginx/modules/ngx_http_echo_module.so";
+
 /// Paths and sizes the upstream serves: fixed bodies of these many bytes.
 pub fn body_path(bytes: usize) -> String {
     format!("/body-{bytes}")
@@ -52,13 +60,41 @@ fn nginx_http_common(dir: &Path) -> String {
 
 /// The upstream: static files from `root`.
 pub fn upstream_nginx(dir: &Path, root: &Path, port: u16, nofile: u64) -> String {
+    upstream_nginx_with(dir, root, port, nofile, false)
+}
+
+/// The upstream, with `uploads`: also [`UPLOAD_PATH`], which reads a POSTed body of any
+/// size to its end (in memory up to 4 MiB) and answers [`UPLOAD_REPLY`].
+pub fn upstream_nginx_with(
+    dir: &Path,
+    root: &Path,
+    port: u16,
+    nofile: u64,
+    uploads: bool,
+) -> String {
+    let (module, upload) = if uploads {
+        (
+            format!("load_module {ECHO_MODULE};\n"),
+            format!(
+                "location = {UPLOAD_PATH} {{
+      client_max_body_size 0;
+      client_body_buffer_size 4m;
+      echo_read_request_body;
+      echo ok;
+    }}"
+            ),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     format!(
-        "{common}http {{
+        "{module}{common}http {{
   {http}
   server {{
     listen 127.0.0.1:{port} backlog=4096;
     root {root};
     location / {{ }}
+    {upload}
   }}
 }}
 ",
@@ -68,8 +104,26 @@ pub fn upstream_nginx(dir: &Path, root: &Path, port: u16, nofile: u64) -> String
     )
 }
 
-/// nginx as the proxy under test.
-pub fn nginx_proxy(dir: &Path, port: u16, upstream: u16, nofile: u64) -> String {
+/// What nginx as the proxy under test adds for large bodies, so that it streams like the
+/// other proxies: request bodies are passed on as they arrive (not spooled to a temp
+/// file first), responses are buffered in memory only (never in temp files), no body size
+/// limit, and 64 KiB buffers like OmniRelay's reads (its 4 KiB default buffers cost it
+/// about three times the CPU per 1 MiB response here).
+pub const NGINX_LARGE_BODIES: &str = "proxy_request_buffering off; proxy_max_temp_file_size 0; \
+     client_max_body_size 0; proxy_buffer_size 64k; proxy_buffers 4 64k;";
+
+/// What haproxy as the proxy under test adds for large bodies: 64 KiB buffers (its default
+/// is 16 KiB), like OmniRelay's reads.
+pub const HAPROXY_LARGE_BODIES: &str = "tune.bufsize 65536";
+
+/// nginx as the proxy under test (with [`NGINX_LARGE_BODIES`] when `large_bodies`).
+pub fn nginx_proxy(
+    dir: &Path,
+    port: u16,
+    upstream: u16,
+    nofile: u64,
+    large_bodies: bool,
+) -> String {
     format!(
         "{common}http {{
   {http}
@@ -85,12 +139,14 @@ pub fn nginx_proxy(dir: &Path, port: u16, upstream: u16, nofile: u64) -> String 
       proxy_pass http://backend;
       proxy_http_version 1.1;
       proxy_set_header Connection \"\";
+      {large}
     }}
   }}
 }}
 ",
         common = nginx_common(dir, nofile),
-        http = nginx_http_common(dir)
+        http = nginx_http_common(dir),
+        large = if large_bodies { NGINX_LARGE_BODIES } else { "" },
     )
 }
 
@@ -100,13 +156,15 @@ pub fn haproxy_maxconn(nofile: u64) -> u64 {
     (nofile.saturating_sub(200) / 2).max(512)
 }
 
-/// haproxy as the proxy under test (one thread, keep-alive both sides, no logging).
-pub fn haproxy(port: u16, upstream: u16, nofile: u64) -> String {
+/// haproxy as the proxy under test (one thread, keep-alive both sides, no logging; with
+/// [`HAPROXY_LARGE_BODIES`] when `large_bodies`).
+pub fn haproxy(port: u16, upstream: u16, nofile: u64, large_bodies: bool) -> String {
     format!(
         "global
   nbthread 1
   maxconn {maxconn}
   ulimit-n {nofile}
+  {large}
 
 defaults
   mode http
@@ -123,7 +181,12 @@ frontend bench
 backend upstream
   server up 127.0.0.1:{upstream}
 ",
-        maxconn = haproxy_maxconn(nofile)
+        maxconn = haproxy_maxconn(nofile),
+        large = if large_bodies {
+            HAPROXY_LARGE_BODIES
+        } else {
+            ""
+        },
     )
 }
 

@@ -32,6 +32,22 @@ pub fn get(s: &mut TcpStream, path: &str) -> anyhow::Result<Reply> {
         s,
         "GET {path} HTTP/1.1\r\nHost: bench\r\nUser-Agent: omnirelay-bench\r\n\r\n"
     )?;
+    read_response(s)
+}
+
+/// Sends `POST path` with `body` on `s` and reads the whole response.
+pub fn post(s: &mut TcpStream, path: &str, body: &[u8]) -> anyhow::Result<Reply> {
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: bench\r\nUser-Agent: omnirelay-bench\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )?;
+    s.write_all(body)?;
+    read_response(s)
+}
+
+/// Reads one whole response from `s`.
+fn read_response(s: &mut TcpStream) -> anyhow::Result<Reply> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 16384];
     let head_end = loop {

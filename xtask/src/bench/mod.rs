@@ -16,6 +16,7 @@ mod idle;
 mod keepalive;
 mod kernel;
 mod knobs;
+mod large_body;
 mod peers;
 mod procs;
 mod results;
@@ -37,7 +38,12 @@ pub use args::BenchArgs;
 use peers::{Binaries, Peer};
 
 /// Every scenario that has landed.
-const SCENARIOS: &[&str] = &[keepalive::NAME, kernel::XDP_COST, kernel::FLOOD];
+const SCENARIOS: &[&str] = &[
+    keepalive::NAME,
+    large_body::NAME,
+    kernel::XDP_COST,
+    kernel::FLOOD,
+];
 
 fn results_dir() -> PathBuf {
     run::workspace_root().join("bench/results")
@@ -123,7 +129,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let load_before = load_average();
 
     let mut scenarios = Vec::new();
-    let names: Vec<&str> = if args.scenarios.is_empty() {
+    let names: Vec<&str> = if args.smoke && args.scenarios.is_empty() {
+        // The test command's smoke is one short run of one scenario.
+        vec![keepalive::NAME]
+    } else if args.scenarios.is_empty() {
         SCENARIOS.to_vec()
     } else {
         args.scenarios.iter().map(String::as_str).collect()
@@ -145,6 +154,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 },
                 bins.nofile,
             ),
+            large_body::NAME => large_body::run(&plan, &bins),
             _ => keepalive::run(&plan, &bins),
         };
         let sc = result.unwrap_or_else(|e| {

@@ -62,18 +62,28 @@ pub struct Running {
     _dir: TempDir,
 }
 
-/// Starts `peer` pinned to `core` (OmniRelay's control daemon on `aux_core`, its data plane
-/// with `omnirelay_args` too), proxying to `upstream`; checks that one request through it
-/// returns `probe_bytes` of body.
-pub fn start(
-    peer: Peer,
-    bins: &Binaries,
-    omnirelay_args: &[String],
-    core: usize,
-    aux_core: usize,
-    upstream: u16,
-    probe_bytes: usize,
-) -> anyhow::Result<Running> {
+/// How the proxies of a scenario are started.
+#[derive(Debug, Clone)]
+pub struct Launch<'a> {
+    /// Extra flags of OmniRelay's data plane (its io_uring knobs).
+    pub omnirelay_args: &'a [String],
+    /// The proxy core.
+    pub core: usize,
+    /// Where OmniRelay's control daemon runs (the load core).
+    pub aux_core: usize,
+    /// The upstream's port.
+    pub upstream: u16,
+    /// The readiness probe: one GET of this body size must return it whole.
+    pub probe_bytes: usize,
+    /// Settings for large bodies ([`configs::NGINX_LARGE_BODIES`]).
+    pub large_bodies: bool,
+}
+
+/// Starts `peer` pinned to `l.core` (OmniRelay's control daemon on `l.aux_core`, its data
+/// plane with `l.omnirelay_args` too), proxying to the upstream; checks that one request
+/// through it returns `l.probe_bytes` of body.
+pub fn start(peer: Peer, bins: &Binaries, l: &Launch<'_>) -> anyhow::Result<Running> {
+    let (core, aux_core, upstream) = (l.core, l.aux_core, l.upstream);
     let dir = TempDir::new(&format!("bench-{}", peer.name()));
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -86,7 +96,7 @@ pub fn start(
             let conf = dir.path().join("nginx.conf");
             std::fs::write(
                 &conf,
-                configs::nginx_proxy(dir.path(), port, upstream, bins.nofile),
+                configs::nginx_proxy(dir.path(), port, upstream, bins.nofile, l.large_bodies),
             )?;
             let mut cmd = procs::pinned(core, &tools::program("nginx")?);
             cmd.arg("-c").arg(&conf).arg("-p").arg(dir.path());
@@ -94,7 +104,10 @@ pub fn start(
         }
         Peer::Haproxy => {
             let conf = dir.path().join("haproxy.cfg");
-            std::fs::write(&conf, configs::haproxy(port, upstream, bins.nofile))?;
+            std::fs::write(
+                &conf,
+                configs::haproxy(port, upstream, bins.nofile, l.large_bodies),
+            )?;
             let maxconn = configs::haproxy_maxconn(bins.nofile);
             conn_cap = Some((
                 u32::try_from(maxconn.saturating_sub(100)).unwrap_or(u32::MAX),
@@ -149,7 +162,7 @@ pub fn start(
                 .arg(state.join("snapshot-signing.pub"))
                 .args(["--workers", "1", "--access-log", "off", "--admin"])
                 .arg(format!("127.0.0.1:{dp_admin}"))
-                .args(omnirelay_args)
+                .args(l.omnirelay_args)
                 .env("RUST_LOG", "warn");
             let g = Group::spawn(cmd, &log)?;
             if wait_for_port(
@@ -171,7 +184,7 @@ pub fn start(
         _aux: aux,
         _dir: dir,
     };
-    ready(&mut running, probe_bytes)?;
+    ready(&mut running, l.probe_bytes)?;
     Ok(running)
 }
 

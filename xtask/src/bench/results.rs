@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::{
     idle::RssReport,
-    keepalive::ProxyCase,
+    keepalive::{Case, ProxyCase},
     peers::Peer,
     stats::{self, Metric},
 };
@@ -17,10 +17,10 @@ use super::{
 /// The version of the result format (`schema_version`; see bench/schema/result.schema.json).
 pub const SCHEMA_VERSION: u64 = 1;
 
-/// One body size of a scenario: every proxy's samples and summaries, and the ratios of
-/// each proxy's medians to the best peer's (OmniRelay excluded from "peer"; failed proxies
-/// get no ratio and do not count as best).
-pub fn case_json(body: usize, path: &str, cases: &[ProxyCase]) -> Value {
+/// One case of a scenario: every proxy's samples and summaries, and the ratios of each
+/// proxy's medians to the best peer's (OmniRelay excluded from "peer"; failed proxies get
+/// no ratio and do not count as best).
+pub fn case_json(case: &Case, cases: &[ProxyCase]) -> Value {
     let counts = |c: &ProxyCase| c.error.is_none() && !c.samples.is_empty();
     let med = |c: &ProxyCase, m: Metric| {
         let v: Vec<f64> = c.samples.iter().map(|s| s.value(m)).collect();
@@ -63,9 +63,11 @@ pub fn case_json(body: usize, path: &str, cases: &[ProxyCase]) -> Value {
         })
         .collect();
     json!({
-        "name": format!("body-{body}"),
-        "body_bytes": body,
-        "path": path,
+        "name": case.name,
+        "body_bytes": case.response_bytes,
+        "path": case.path,
+        "method": case.method(),
+        "upload_bytes": case.upload_bytes,
         "best_peer": best_peer,
         "proxies": proxies,
     })

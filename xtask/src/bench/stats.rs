@@ -12,15 +12,18 @@ pub enum Metric {
     Rps,
     P50Us,
     P99Us,
+    /// Body bytes through the proxy (both directions) per second, in 10^6 bytes.
+    MbPerS,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 5] = [
+    pub const ALL: [Metric; 6] = [
         Metric::CpuUsPerReq,
         Metric::ReqPerCoreS,
         Metric::Rps,
         Metric::P50Us,
         Metric::P99Us,
+        Metric::MbPerS,
     ];
 
     /// The JSON key.
@@ -31,6 +34,7 @@ impl Metric {
             Metric::Rps => "rps",
             Metric::P50Us => "p50_us",
             Metric::P99Us => "p99_us",
+            Metric::MbPerS => "mb_per_s",
         }
     }
 
@@ -44,6 +48,8 @@ impl Metric {
 pub struct Sample {
     pub run: u32,
     pub wrk: WrkReport,
+    /// Body bytes per request through the proxy, request and response.
+    pub payload_bytes: u64,
     /// The proxy's CPU time (utime + stime of all its processes) over the wrk window.
     pub cpu_us: u64,
     pub wall_s: f64,
@@ -64,6 +70,10 @@ impl Sample {
             Metric::Rps => self.wrk.rps,
             Metric::P50Us => self.wrk.p50_us,
             Metric::P99Us => self.wrk.p99_us,
+            Metric::MbPerS if self.wrk.duration_s > 0.0 => {
+                req * self.payload_bytes as f64 / self.wrk.duration_s / 1e6
+            }
+            Metric::MbPerS => 0.0,
         }
     }
 
@@ -87,6 +97,7 @@ impl Sample {
         let mut v = json!({
             "run": self.run,
             "requests": w.requests,
+            "payload_bytes": self.payload_bytes,
             "wrk_duration_s": w.duration_s,
             "wall_s": self.wall_s,
             "cpu_us": self.cpu_us,
@@ -190,8 +201,10 @@ mod tests {
             run: 0,
             wrk: WrkReport {
                 requests: 100_000,
+                duration_s: 5.0,
                 ..Default::default()
             },
+            payload_bytes: 1000,
             cpu_us: 2_500_000,
             wall_s: 5.0,
             proxy_core_busy: None,
@@ -199,6 +212,8 @@ mod tests {
         };
         assert!((s.value(Metric::CpuUsPerReq) - 25.0).abs() < 1e-9);
         assert!((s.value(Metric::ReqPerCoreS) - 40_000.0).abs() < 1e-6);
+        // 100,000 requests of 1,000 body bytes in 5 s.
+        assert!((s.value(Metric::MbPerS) - 20.0).abs() < 1e-9);
         assert_eq!(s.problem(), None);
     }
 }

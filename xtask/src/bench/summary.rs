@@ -53,34 +53,41 @@ pub fn print(doc: &Value) {
             println!("\n{}", note.as_str().unwrap_or(""));
         }
         for case in sc["cases"].as_array().into_iter().flatten() {
+            let upload = case["upload_bytes"].as_u64().unwrap_or(0);
+            let what = if upload > 0 {
+                format!("POST of {upload} B, {} B response", case["body_bytes"])
+            } else {
+                format!("{} B body", case["body_bytes"])
+            };
             println!(
-                "\n{} B body; medians (min–max of CPU), ratio = value / best peer's\n",
-                case["body_bytes"]
+                "\n{what}; medians (min–max of CPU), ratio = value / best peer's; MB/s: bodies both ways\n"
             );
             println!(
-                "| proxy | CPU µs/req | req per core-s | req/s | p50 µs | p99 µs | CPU ratio | req/core-s ratio | p99 ratio |"
+                "| proxy | CPU µs/req | req per core-s | req/s | MB/s | p50 µs | p99 µs | CPU ratio | req/core-s ratio | MB/s ratio | p99 ratio |"
             );
-            println!("|---|---|---|---|---|---|---|---|---|");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|");
             for p in case["proxies"].as_array().into_iter().flatten() {
                 let (med, r) = (&p["median"], &p["ratio_to_best_peer"]);
                 let proxy = p["proxy"].as_str().unwrap_or("?");
                 if p["status"] != "ok" {
                     let err = p["error"].as_str().unwrap_or("?");
                     let first = err.lines().next().unwrap_or("");
-                    println!("| {proxy} | FAILED: {first} | | | | | | | |");
+                    println!("| {proxy} | FAILED: {first} | | | | | | | | | |");
                     continue;
                 }
                 println!(
-                    "| {proxy} | {} ({}–{}) | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {proxy} | {} ({}–{}) | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     num(&med["cpu_us_per_req"], 1),
                     num(&p["min"]["cpu_us_per_req"], 1),
                     num(&p["max"]["cpu_us_per_req"], 1),
                     num(&med["req_per_core_s"], 0),
                     num(&med["rps"], 0),
+                    num(&med["mb_per_s"], 0),
                     num(&med["p50_us"], 0),
                     num(&med["p99_us"], 0),
                     ratio(&r["cpu_us_per_req"]),
                     ratio(&r["req_per_core_s"]),
+                    ratio(&r["mb_per_s"]),
                     ratio(&r["p99_us"]),
                 );
             }
@@ -91,10 +98,10 @@ pub fn print(doc: &Value) {
             .flatten()
             .flat_map(|c| {
                 let proxies = c["proxies"].as_array().map_or(&[][..], Vec::as_slice);
-                let body = c["body_bytes"].clone();
+                let case = c["name"].as_str().unwrap_or("?").to_owned();
                 stats::contended(proxies)
                     .into_iter()
-                    .map(move |n| format!("{body} B {n}"))
+                    .map(move |n| format!("{case} {n}"))
             })
             .collect();
         if !noisy.is_empty() {

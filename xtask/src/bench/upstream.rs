@@ -16,8 +16,20 @@ pub struct Upstream {
     _dir: TempDir,
 }
 
-/// Starts the upstream and waits until it serves every body.
-pub fn start(core: usize, bodies: &[usize], nofile: u64) -> anyhow::Result<Upstream> {
+/// Starts the upstream and waits until it serves every body (and, with `uploads`, takes
+/// a POST at [`configs::UPLOAD_PATH`]).
+pub fn start(
+    core: usize,
+    bodies: &[usize],
+    uploads: bool,
+    nofile: u64,
+) -> anyhow::Result<Upstream> {
+    if uploads && !std::path::Path::new(configs::ECHO_MODULE).exists() {
+        bail!(
+            "the upstream needs nginx's echo module for uploads: {} is missing (Debian package libnginx-mod-http-echo)",
+            configs::ECHO_MODULE
+        );
+    }
     let dir = TempDir::new("bench-upstream");
     let root = dir.path().join("www");
     configs::write_bodies(&root, bodies)?;
@@ -25,7 +37,7 @@ pub fn start(core: usize, bodies: &[usize], nofile: u64) -> anyhow::Result<Upstr
     let conf = dir.path().join("nginx.conf");
     std::fs::write(
         &conf,
-        configs::upstream_nginx(dir.path(), &root, port, nofile),
+        configs::upstream_nginx_with(dir.path(), &root, port, nofile, uploads),
     )?;
     let mut cmd = procs::pinned(core, &tools::program("nginx")?);
     cmd.arg("-c").arg(&conf).arg("-p").arg(dir.path());
@@ -40,6 +52,13 @@ pub fn start(core: usize, bodies: &[usize], nofile: u64) -> anyhow::Result<Upstr
         anyhow::ensure!(
             reply.status == 200 && reply.body_len == b,
             "upstream: {reply:?}"
+        );
+    }
+    if uploads {
+        let reply = http::post(&mut s, configs::UPLOAD_PATH, &[b'x'; 100_000])?;
+        anyhow::ensure!(
+            reply.status == 200 && reply.body_len == configs::UPLOAD_REPLY.len(),
+            "upstream upload: {reply:?}"
         );
     }
     Ok(Upstream {

@@ -1,6 +1,10 @@
 //! wrk, pinned to the load core, and what its `--latency` report says.
 
-use std::{net::SocketAddr, process::Command};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, bail};
 
@@ -26,21 +30,44 @@ impl WrkReport {
     }
 }
 
-/// The wrk command line: one thread, `connections`, `seconds`, pinned to `core`.
+/// The wrk command line: one thread, `connections`, `seconds`, pinned to `core`; with
+/// `script` (from [`script`]) the requests are what the script makes them.
 pub fn command(
     core: usize,
     connections: u32,
     seconds: u64,
     addr: SocketAddr,
     path: &str,
+    script: Option<&Path>,
 ) -> Command {
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", &core.to_string(), "wrk", "-t1"])
         .arg(format!("-c{connections}"))
         .arg(format!("-d{seconds}s"))
-        .arg("--latency")
-        .arg(format!("http://{addr}{path}"));
+        .arg("--latency");
+    if let Some(s) = script {
+        cmd.arg("-s").arg(s);
+    }
+    cmd.arg(format!("http://{addr}{path}"));
     cmd
+}
+
+/// For a POST of `upload_bytes` (0: plain GETs, no script), writes a wrk Lua script into
+/// `dir` that makes every request a POST of that many bytes (wrk adds Content-Length).
+pub fn script(dir: &Path, upload_bytes: usize) -> std::io::Result<Option<PathBuf>> {
+    if upload_bytes == 0 {
+        return Ok(None);
+    }
+    let path = dir.join(format!("post-{upload_bytes}.lua"));
+    std::fs::write(
+        &path,
+        format!(
+            "wrk.method = \"POST\"\n\
+             wrk.body = string.rep(\"x\", {upload_bytes})\n\
+             wrk.headers[\"Content-Type\"] = \"application/octet-stream\"\n"
+        ),
+    )?;
+    Ok(Some(path))
 }
 
 /// Runs `cmd` (from [`command`]) and parses its report.

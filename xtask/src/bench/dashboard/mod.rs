@@ -28,7 +28,16 @@ const METRICS: &[(&str, &str, &str)] = &[
     ("rps", "Requests per second (load-generator bound)", "req/s"),
     ("p50_us", "Latency p50", "µs"),
     ("p99_us", "Latency p99", "µs"),
+    (
+        "mb_per_s",
+        "Throughput (load-generator bound)",
+        "MB/s of bodies, both directions",
+    ),
 ];
+
+/// The metrics whose medians the history charts follow across runs (the others are bound
+/// by the load generator, or follow from these).
+const HISTORY: [&str; 3] = ["cpu_us_per_req", "req_per_core_s", "p99_us"];
 
 const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:1.5em;color:#222;max-width:1500px}
 h2{border-bottom:2px solid #ccc;padding-bottom:.2em;margin-top:2em}
@@ -113,7 +122,7 @@ fn scenario_section(h: &mut String, name: &str, docs: &[&Value]) {
             "<h3>{}</h3><div class=\"grid\">",
             esc(&case_heading(case))
         );
-        for (key, title, unit) in METRICS {
+        for (key, title, unit) in METRICS.iter().filter(|m| recorded(&proxies, m.0)) {
             let rows: Vec<Bar> = proxies
                 .iter()
                 .map(|p| bar(p, &p["median"][key], Some(key)))
@@ -140,9 +149,28 @@ fn scenario_section(h: &mut String, name: &str, docs: &[&Value]) {
     h.push_str("</section>\n");
 }
 
+/// Whether any proxy of a case has a median of `metric` (older results lack some).
+fn recorded(proxies: &[Value], metric: &str) -> bool {
+    proxies.iter().any(|p| p["median"][metric].is_number())
+}
+
 /// The heading of a case: what each request carries.
 fn case_heading(case: &Value) -> String {
-    format!("{} B responses", case["body_bytes"])
+    let response = size(case["body_bytes"].as_u64().unwrap_or(0));
+    match case["upload_bytes"].as_u64().filter(|u| *u > 0) {
+        Some(up) => format!("POST of {}, {response} responses", size(up)),
+        None => format!("{response} responses"),
+    }
+}
+
+/// Bytes as `N MiB`, `N KiB` or `N B`, whichever is exact.
+fn size(n: u64) -> String {
+    match n {
+        0 => "0 B".into(),
+        n if n.is_multiple_of(1 << 20) => format!("{} MiB", n >> 20),
+        n if n.is_multiple_of(1024) => format!("{} KiB", n >> 10),
+        n => format!("{n} B"),
+    }
 }
 
 /// One bar of a proxy: `value`, with the min–max range of `metric` when given.
@@ -208,7 +236,7 @@ fn history(h: &mut String, runs: &[(&Value, &Value)], case: &Value) {
         }
     }
     h.push_str("<div class=\"grid history\">");
-    for (key, title, unit) in METRICS.iter().filter(|m| m.0 != "rps" && m.0 != "p50_us") {
+    for (key, title, unit) in METRICS.iter().filter(|m| HISTORY.contains(&m.0)) {
         let series: Vec<(String, Vec<Option<f64>>)> = proxies
             .iter()
             .map(|name| {
