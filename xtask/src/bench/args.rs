@@ -6,9 +6,10 @@ use super::{keepalive, peers::Peer};
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Scenarios to run (default: all that have landed: http1-keepalive, http1-large-body,
-    /// xdp-cost, flood).
+    /// xdp-cost, flood, snapshot-propagation).
     pub scenarios: Vec<String>,
-    /// Fewer, shorter runs (3 × 5 s per proxy and case); all scenarios in under 10 minutes.
+    /// Fewer, shorter runs (3 × 5 s per proxy and case; 20 config changes per route count
+    /// and trigger); all scenarios in under 10 minutes.
     #[arg(long)]
     pub quick: bool,
     /// One 2 s run of http1-keepalive (or of the scenarios named) with OmniRelay and nginx;
@@ -33,6 +34,13 @@ pub struct BenchArgs {
     /// http1-keepalive: response body sizes in bytes, comma-separated (default: 100,16384).
     #[arg(long, value_delimiter = ',')]
     pub bodies: Vec<usize>,
+    /// snapshot-propagation: route counts, comma-separated (default: 10,1000,10000).
+    #[arg(long, value_delimiter = ',')]
+    pub routes: Vec<usize>,
+    /// snapshot-propagation: config changes per route count and trigger (default 60;
+    /// --quick 20; --smoke 3).
+    #[arg(long)]
+    pub changes: Option<u32>,
     /// Idle keep-alive connections for the memory test (default 10000; 0 skips it).
     #[arg(long)]
     pub idle_conns: Option<u32>,
@@ -61,6 +69,8 @@ pub fn mode(args: &BenchArgs) -> &'static str {
         || args.idle_conns.is_some()
         || !args.proxies.is_empty()
         || !args.bodies.is_empty()
+        || !args.routes.is_empty()
+        || args.changes.is_some()
         || args.connections != 64
         || args.ring_entries.is_some()
         || args.uring_mode.is_some();
@@ -74,10 +84,10 @@ pub fn mode(args: &BenchArgs) -> &'static str {
 
 /// The knobs of the run: the mode's defaults, overridden by the options given.
 pub fn plan(args: &BenchArgs) -> anyhow::Result<keepalive::Plan> {
-    let (runs, duration, warmup, idle) = match (args.smoke, args.quick) {
-        (true, _) => (1, 2, 1, 1_000),
-        (_, true) => (3, 5, 2, 10_000),
-        _ => (5, 10, 3, 10_000),
+    let (runs, duration, warmup, idle, changes) = match (args.smoke, args.quick) {
+        (true, _) => (1, 2, 1, 1_000, 3),
+        (_, true) => (3, 5, 2, 10_000, 20),
+        _ => (5, 10, 3, 10_000, 60),
     };
     let peers = if !args.proxies.is_empty() {
         args.proxies
@@ -104,6 +114,12 @@ pub fn plan(args: &BenchArgs) -> anyhow::Result<keepalive::Plan> {
         idle_conns: args.idle_conns.unwrap_or(idle),
         proxy_core: args.proxy_core,
         load_core: args.load_core,
+        route_counts: if args.routes.is_empty() {
+            vec![10, 1_000, 10_000]
+        } else {
+            args.routes.clone()
+        },
+        changes: args.changes.unwrap_or(changes).max(1),
         omni: Default::default(),
     })
 }

@@ -104,6 +104,33 @@ pub fn upstream_nginx_with(
     )
 }
 
+/// Two upstreams in one nginx for `snapshot-propagation`: every path on `old` answers
+/// `old_body`, every path on `new` answers `new_body` (so a client tells which route
+/// served it by the body).
+pub fn upstream_pair(
+    dir: &Path,
+    (old, old_body): (u16, &str),
+    (new, new_body): (u16, &str),
+    nofile: u64,
+) -> String {
+    format!(
+        "{common}http {{
+  {http}
+  server {{
+    listen 127.0.0.1:{old} backlog=4096;
+    location / {{ return 200 \"{old_body}\"; }}
+  }}
+  server {{
+    listen 127.0.0.1:{new} backlog=4096;
+    location / {{ return 200 \"{new_body}\"; }}
+  }}
+}}
+",
+        common = nginx_common(dir, nofile),
+        http = nginx_http_common(dir),
+    )
+}
+
 /// What nginx as the proxy under test adds for large bodies, so that it streams like the
 /// other proxies: request bodies are passed on as they arrive (not spooled to a temp
 /// file first), responses are buffered in memory only (never in temp files), no body size

@@ -37,17 +37,31 @@ pub fn get(s: &mut TcpStream, path: &str) -> anyhow::Result<Reply> {
 
 /// Sends `POST path` with `body` on `s` and reads the whole response.
 pub fn post(s: &mut TcpStream, path: &str, body: &[u8]) -> anyhow::Result<Reply> {
+    post_reading(s, path, body).map(|(r, _)| r)
+}
+
+/// [`post`], returning the response body too (as sent: chunked framing is not removed).
+pub fn post_reading(
+    s: &mut TcpStream,
+    path: &str,
+    body: &[u8],
+) -> anyhow::Result<(Reply, Vec<u8>)> {
     write!(
         s,
         "POST {path} HTTP/1.1\r\nHost: bench\r\nUser-Agent: omnirelay-bench\r\nContent-Length: {}\r\n\r\n",
         body.len()
     )?;
     s.write_all(body)?;
-    read_response(s)
+    read_response_body(s)
 }
 
 /// Reads one whole response from `s`.
 fn read_response(s: &mut TcpStream) -> anyhow::Result<Reply> {
+    read_response_body(s).map(|(r, _)| r)
+}
+
+/// Reads one whole response from `s`, with its body.
+fn read_response_body(s: &mut TcpStream) -> anyhow::Result<(Reply, Vec<u8>)> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 16384];
     let head_end = loop {
@@ -84,10 +98,13 @@ fn read_response(s: &mut TcpStream) -> anyhow::Result<Reply> {
             }
             body.extend_from_slice(&chunk[..n]);
         }
-        return Ok(Reply {
-            status,
-            body_len: len,
-        });
+        return Ok((
+            Reply {
+                status,
+                body_len: len,
+            },
+            body,
+        ));
     }
     if header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
         while find(&body, b"0\r\n\r\n").is_none() {
@@ -97,10 +114,13 @@ fn read_response(s: &mut TcpStream) -> anyhow::Result<Reply> {
             }
             body.extend_from_slice(&chunk[..n]);
         }
-        return Ok(Reply {
-            status,
-            body_len: dechunked_len(&body),
-        });
+        return Ok((
+            Reply {
+                status,
+                body_len: dechunked_len(&body),
+            },
+            body,
+        ));
     }
     bail!("response has neither content-length nor chunked framing")
 }

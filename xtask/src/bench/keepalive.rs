@@ -35,6 +35,9 @@ pub struct Plan {
     pub idle_conns: u32,
     pub proxy_core: usize,
     pub load_core: usize,
+    /// `snapshot-propagation`: route counts, and changes per count and trigger.
+    pub route_counts: Vec<usize>,
+    pub changes: u32,
     /// OmniRelay's io_uring knobs (settled once its binary is built).
     pub omni: knobs::OmniKnobs,
 }

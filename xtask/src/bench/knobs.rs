@@ -74,6 +74,21 @@ pub fn omnirelay(
     Ok(k)
 }
 
+/// OmniRelay's own knobs: I/O drivers (as its admin endpoint reported them), io_uring
+/// settings, the flags the harness passed, and the defaults it runs with.
+pub fn omnirelay_json(plan: &Plan, io_drivers: Option<Value>) -> Value {
+    json!({
+        "io_drivers": io_drivers,
+        "io_uring_ring_entries": plan.omni.ring_entries.parse::<u64>().ok(),
+        "io_uring_mode": plan.omni.uring_mode,
+        "io_uring_sqpoll": false,
+        "dataplane_args": plan.omni.args,
+        "listen_backlog": OMNIRELAY_BACKLOG,
+        "max_idle_per_endpoint": 64,
+        "access_log": "off",
+    })
+}
+
 /// The knobs recorded with the scenario.
 pub fn knobs(plan: &Plan, nofile: u64, io_drivers: Option<Value>) -> Value {
     json!({
@@ -89,16 +104,7 @@ pub fn knobs(plan: &Plan, nofile: u64, io_drivers: Option<Value>) -> Value {
         "load_core": plan.load_core,
         "nofile_limit": nofile,
         "proxies": plan.peers.iter().map(|p| p.name()).collect::<Vec<_>>(),
-        "omnirelay": {
-            "io_drivers": io_drivers,
-            "io_uring_ring_entries": plan.omni.ring_entries.parse::<u64>().ok(),
-            "io_uring_mode": plan.omni.uring_mode,
-            "io_uring_sqpoll": false,
-            "dataplane_args": plan.omni.args,
-            "listen_backlog": OMNIRELAY_BACKLOG,
-            "max_idle_per_endpoint": 64,
-            "access_log": "off",
-        },
+        "omnirelay": omnirelay_json(plan, io_drivers),
         "peer_settings": {
             "nginx": "worker_processes 1, upstream keepalive 64, access_log off",
             "haproxy": "nbthread 1, http-reuse safe (default), no logging",

@@ -19,6 +19,7 @@ mod knobs;
 mod large_body;
 mod peers;
 mod procs;
+mod propagation;
 mod results;
 mod schema;
 mod series;
@@ -43,6 +44,7 @@ const SCENARIOS: &[&str] = &[
     large_body::NAME,
     kernel::XDP_COST,
     kernel::FLOOD,
+    propagation::NAME,
 ];
 
 fn results_dir() -> PathBuf {
@@ -155,6 +157,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 bins.nofile,
             ),
             large_body::NAME => large_body::run(&plan, &bins),
+            propagation::NAME => propagation::run(&plan, &bins),
             _ => keepalive::run(&plan, &bins),
         };
         let sc = result.unwrap_or_else(|e| {

@@ -1,7 +1,12 @@
 //! The proxies under test, OmniRelay and its peers, each started pinned to the proxy core
 //! with one worker, as a reverse proxy to the shared upstream.
 
-use std::{net::SocketAddr, path::PathBuf, process::Command, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use omnirelay_test_support::process::{TempDir, free_port, wait_for_port};
@@ -135,44 +140,23 @@ pub fn start(peer: Peer, bins: &Binaries, l: &Launch<'_>) -> anyhow::Result<Runn
             Group::spawn(cmd, &log)?
         }
         Peer::OmniRelay => {
-            let (grpc, admin, dp_admin) = (free_port(), free_port(), free_port());
-            let conf = dir.path().join("omnirelay.toml");
-            std::fs::write(&conf, configs::omnirelay(port, grpc, admin, upstream))?;
-            let state = dir.path().join("state");
-            let mut cmd = procs::pinned(aux_core, &bins.omnirelay_dir.join("omnirelay-control"));
-            cmd.arg("run")
-                .arg("--config")
-                .arg(&conf)
-                .arg("--state-dir")
-                .arg(&state);
-            cmd.env("RUST_LOG", "warn");
-            let control = Group::spawn(cmd, &dir.path().join("control.log"))?;
-            let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin));
-            if !wait_for_port(admin_addr, Duration::from_secs(20)) {
-                bail!(
-                    "the control daemon did not start:\n{}",
-                    control.log_tail(20)
-                );
-            }
-            aux.push(control);
-            let mut cmd = procs::pinned(core, &bins.omnirelay_dir.join("omnirelay-dataplane"));
-            cmd.arg("--control")
-                .arg(format!("http://127.0.0.1:{grpc}"))
-                .arg("--public-key")
-                .arg(state.join("snapshot-signing.pub"))
-                .args(["--workers", "1", "--access-log", "off", "--admin"])
-                .arg(format!("127.0.0.1:{dp_admin}"))
-                .args(l.omnirelay_args)
-                .env("RUST_LOG", "warn");
-            let g = Group::spawn(cmd, &log)?;
-            if wait_for_port(
-                SocketAddr::from(([127, 0, 0, 1], dp_admin)),
-                Duration::from_secs(20),
-            ) {
-                io_drivers =
-                    admin_json(dp_admin, "/snapshot").and_then(|v| v.get("io_drivers").cloned());
-            }
-            g
+            let (grpc, admin) = (free_port(), free_port());
+            let omni = start_omnirelay(
+                bins,
+                &OmniStart {
+                    dir: dir.path(),
+                    config: &configs::omnirelay(port, grpc, admin, upstream),
+                    grpc,
+                    admin,
+                    control_core: aux_core,
+                    dataplane_core: Some(core),
+                    workers: 1,
+                    extra_args: l.omnirelay_args,
+                },
+            )?;
+            io_drivers = omni.io_drivers;
+            aux.push(omni.control);
+            omni.dataplane
         }
     };
     let mut running = Running {
@@ -186,6 +170,91 @@ pub fn start(peer: Peer, bins: &Binaries, l: &Launch<'_>) -> anyhow::Result<Runn
     };
     ready(&mut running, l.probe_bytes)?;
     Ok(running)
+}
+
+/// How to start OmniRelay: its config (TOML text, written into `dir`), where the control
+/// daemon listens, and the data plane's cores and workers.
+#[derive(Debug, Clone)]
+pub struct OmniStart<'a> {
+    pub dir: &'a Path,
+    pub config: &'a str,
+    /// The config's `[control]` gRPC and admin ports.
+    pub grpc: u16,
+    pub admin: u16,
+    pub control_core: usize,
+    /// `Some(core)`: the data plane pinned there with `taskset`; `None`: it pins its workers
+    /// itself, one per core.
+    pub dataplane_core: Option<usize>,
+    pub workers: usize,
+    /// More data-plane flags.
+    pub extra_args: &'a [String],
+}
+
+/// OmniRelay's processes, started by [`start_omnirelay`].
+#[derive(Debug)]
+pub struct Omni {
+    pub control: Group,
+    pub dataplane: Group,
+    /// The data plane's admin port.
+    pub dataplane_admin: u16,
+    /// Its I/O drivers as its admin endpoint reports them.
+    pub io_drivers: Option<serde_json::Value>,
+}
+
+/// Starts the control daemon on `o.config` (state in `o.dir/state`), then a data plane
+/// subscribed to it (access log off, output in `o.dir/proxy.log`).
+pub fn start_omnirelay(bins: &Binaries, o: &OmniStart<'_>) -> anyhow::Result<Omni> {
+    let conf = o.dir.join("omnirelay.toml");
+    std::fs::write(&conf, o.config)?;
+    let state = o.dir.join("state");
+    let mut cmd = procs::pinned(
+        o.control_core,
+        &bins.omnirelay_dir.join("omnirelay-control"),
+    );
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&conf)
+        .arg("--state-dir")
+        .arg(&state);
+    cmd.env("RUST_LOG", "warn");
+    let control = Group::spawn(cmd, &o.dir.join("control.log"))?;
+    let admin_addr = SocketAddr::from(([127, 0, 0, 1], o.admin));
+    if !wait_for_port(admin_addr, Duration::from_secs(20)) {
+        bail!(
+            "the control daemon did not start:\n{}",
+            control.log_tail(20)
+        );
+    }
+    let dp_admin = free_port();
+    let program = bins.omnirelay_dir.join("omnirelay-dataplane");
+    let mut cmd = match o.dataplane_core {
+        Some(core) => procs::pinned(core, &program),
+        None => Command::new(&program),
+    };
+    cmd.arg("--control")
+        .arg(format!("http://127.0.0.1:{}", o.grpc))
+        .arg("--public-key")
+        .arg(state.join("snapshot-signing.pub"))
+        .arg("--workers")
+        .arg(o.workers.to_string())
+        .args(["--access-log", "off", "--admin"])
+        .arg(format!("127.0.0.1:{dp_admin}"))
+        .args(o.extra_args)
+        .env("RUST_LOG", "warn");
+    let dataplane = Group::spawn(cmd, &o.dir.join("proxy.log"))?;
+    let mut io_drivers = None;
+    if wait_for_port(
+        SocketAddr::from(([127, 0, 0, 1], dp_admin)),
+        Duration::from_secs(20),
+    ) {
+        io_drivers = admin_json(dp_admin, "/snapshot").and_then(|v| v.get("io_drivers").cloned());
+    }
+    Ok(Omni {
+        control,
+        dataplane,
+        dataplane_admin: dp_admin,
+        io_drivers,
+    })
 }
 
 /// Waits for the listener, then one GET through the proxy must return the expected body.
@@ -217,7 +286,7 @@ fn ready(r: &mut Running, probe_bytes: usize) -> anyhow::Result<()> {
 }
 
 /// One GET of a JSON admin endpoint.
-fn admin_json(port: u16, path: &str) -> Option<serde_json::Value> {
+pub fn admin_json(port: u16, path: &str) -> Option<serde_json::Value> {
     let out = crate::run::output(Command::new("curl").args([
         "-sf",
         "--max-time",

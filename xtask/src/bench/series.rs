@@ -1,7 +1,8 @@
 //! Series: the result shape of scenarios that do not fit "proxies × HTTP metrics", such as
 //! the kernel scenarios. A series is one measured quantity (title, unit, direction) with
 //! one row per variant (a program path, a protection mode, ...): every raw sample, the
-//! median, min and max, and the ratio of the median to a reference row's median.
+//! median, min and max (and p99, in series that ask for it), and the ratio of the median
+//! to a reference row's median.
 
 use serde_json::{Value, json};
 
@@ -25,6 +26,8 @@ pub struct Series {
     /// Label of the row the ratios are relative to.
     pub reference: String,
     pub rows: Vec<Row>,
+    /// Whether rows report their p99 (nearest rank) too.
+    pub p99: bool,
 }
 
 impl Series {
@@ -35,6 +38,7 @@ impl Series {
             lower_is_better,
             reference: reference.to_owned(),
             rows: Vec::new(),
+            p99: false,
         }
     }
 
@@ -78,7 +82,7 @@ impl Series {
                 let ok = r.error.is_none() && !r.samples.is_empty();
                 let median = if ok { stats::median(&r.samples) } else { None };
                 let fold = |f: fn(f64, f64) -> f64| r.samples.iter().copied().reduce(f);
-                json!({
+                let mut row = json!({
                     "label": r.label,
                     "status": if ok { "ok" } else { "failed" },
                     "error": r.error,
@@ -90,7 +94,15 @@ impl Series {
                         (Some(m), Some(b)) if b > 0.0 => json!(m / b),
                         _ => Value::Null,
                     },
-                })
+                });
+                if self.p99 {
+                    row["p99"] = json!(if ok {
+                        stats::percentile(&r.samples, 99.0)
+                    } else {
+                        None
+                    });
+                }
+                row
             })
             .collect();
         json!({
@@ -154,6 +166,9 @@ mod tests {
         assert_eq!(j["rows"][1]["median"], 42.0);
         assert_eq!(j["rows"][1]["ratio"], 2.0);
         assert_eq!(j["rows"][1]["min"], 40.0);
+        assert!(j["rows"][1].get("p99").is_none());
+        s.p99 = true;
+        assert_eq!(s.to_json()["rows"][1]["p99"], 44.0);
         assert!(j["rows"][2]["ratio"].is_null());
         assert_eq!(j["rows"][2]["status"], "failed");
         let sc = scenario_json("xdp-cost", 1.0, json!({}), &[s], &[]);

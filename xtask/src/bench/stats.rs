@@ -157,6 +157,18 @@ pub fn median(v: &[f64]) -> Option<f64> {
     })
 }
 
+/// The `p`-th percentile (0 < p <= 100) of `v` by nearest rank: the smallest value with at
+/// least p% of the values at or below it (with fewer than 100 values, p99 is the maximum).
+pub fn percentile(v: &[f64], p: f64) -> Option<f64> {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if s.is_empty() {
+        return None;
+    }
+    s.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
+    Some(s[rank.clamp(1, s.len()) - 1])
+}
+
 /// `{metric: median}`, `{metric: min}`, `{metric: max}` over `samples`.
 pub fn summaries(samples: &[Sample]) -> (Value, Value, Value) {
     let (mut med, mut min, mut max) = (json!({}), json!({}), json!({}));
@@ -186,6 +198,16 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
         assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<f64> = (1..=200).map(f64::from).collect();
+        assert_eq!(percentile(&v, 99.0), Some(198.0));
+        assert_eq!(percentile(&v, 50.0), Some(100.0));
+        assert_eq!(percentile(&[3.0, 1.0, 2.0], 99.0), Some(3.0));
+        assert_eq!(percentile(&[5.0], 1.0), Some(5.0));
+        assert_eq!(percentile(&[], 99.0), None);
     }
 
     #[test]

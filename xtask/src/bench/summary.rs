@@ -29,22 +29,42 @@ pub fn print(doc: &Value) {
                 series["unit"].as_str().unwrap_or(""),
                 series["reference"].as_str().unwrap_or("?")
             );
-            println!("| variant | median | min–max | ratio |\n|---|---|---|---|");
-            for r in series["rows"].as_array().into_iter().flatten() {
+            let rows = series["rows"].as_array().map_or(&[][..], Vec::as_slice);
+            let p99 = rows.iter().any(|r| r.get("p99").is_some());
+            if p99 {
+                println!(
+                    "| variant | median | p99 | min–max | n | ratio |\n|---|---|---|---|---|---|"
+                );
+            } else {
+                println!("| variant | median | min–max | ratio |\n|---|---|---|---|");
+            }
+            for r in rows {
                 let label = r["label"].as_str().unwrap_or("?");
                 if r["status"] != "ok" {
                     let err = r["error"].as_str().unwrap_or("?");
                     println!(
-                        "| {label} | FAILED: {} | | |",
-                        err.lines().next().unwrap_or("")
+                        "| {label} | FAILED: {} | | |{}",
+                        err.lines().next().unwrap_or(""),
+                        if p99 { " | |" } else { "" }
                     );
                     continue;
                 }
+                let p99 = if p99 {
+                    format!(" {} |", num(&r["p99"], 1),)
+                } else {
+                    String::new()
+                };
+                let n = r["samples"].as_array().map_or(0, Vec::len);
                 println!(
-                    "| {label} | {} | {}–{} | {} |",
+                    "| {label} | {} |{p99} {}–{} |{} {} |",
                     num(&r["median"], 1),
                     num(&r["min"], 1),
                     num(&r["max"], 1),
+                    if p99.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" {n} |")
+                    },
                     ratio(&r["ratio"])
                 );
             }

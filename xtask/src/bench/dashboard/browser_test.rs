@@ -263,6 +263,19 @@ fn check_scenario(charts: &[Chart], name: &str, runs: &[&Value]) -> usize {
             find(charts, name, &heading, title),
             &bars_of(rows, "label", |r| r["median"].as_f64()),
         );
+        if rows
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r.get("p99").is_some())
+        {
+            let t = format!("{title}: p99");
+            assert_holds(
+                find(charts, name, &heading, &t),
+                &bars_of(rows, "label", |r| r["p99"].as_f64()),
+            );
+            checked += 1;
+        }
         let t = format!(
             "{title}: ratio to {}",
             series["reference"].as_str().unwrap()

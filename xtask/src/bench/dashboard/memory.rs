@@ -29,6 +29,7 @@ pub fn rss_section(h: &mut String, sc: &Value) {
                 range: None,
                 failed: (r["status"] != "ok")
                     .then(|| r["error"].as_str().unwrap_or("failed").to_owned()),
+                color: None,
             })
             .collect()
     };

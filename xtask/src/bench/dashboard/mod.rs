@@ -181,6 +181,7 @@ fn bar(p: &Value, value: &Value, metric: Option<&str>) -> Bar {
         value: value.as_f64(),
         range: metric.and_then(|m| Some((p["min"][m].as_f64()?, p["max"][m].as_f64()?))),
         failed,
+        color: None,
     }
 }
 

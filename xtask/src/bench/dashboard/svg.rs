@@ -15,6 +15,16 @@ pub fn color(proxy: &str) -> &'static str {
     }
 }
 
+/// Colors of rows that are not proxies (series rows), by position; none is a proxy's.
+const PALETTE: [&str; 6] = [
+    "#17becf", "#d62728", "#8c564b", "#e377c2", "#bcbd22", "#393b79",
+];
+
+/// The color of the `i`-th row of a series.
+pub fn palette(i: usize) -> &'static str {
+    PALETTE[i % PALETTE.len()]
+}
+
 /// Escapes text for HTML and SVG.
 pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -39,6 +49,8 @@ pub struct Bar {
     pub value: Option<f64>,
     pub range: Option<(f64, f64)>,
     pub failed: Option<String>,
+    /// The bar's color; `None`: the proxy's ([`color`]).
+    pub color: Option<&'static str>,
 }
 
 const W: f64 = 460.0;
@@ -78,7 +90,7 @@ pub fn bars(title: &str, unit: &str, rows: &[Bar], reference: Option<f64>) -> St
                     r#"<rect class="bar" data-proxy="{l}" data-value="{v}" x="{LABEL_W}" y="{y:.1}" width="{w:.1}" height="16" fill="{c}"><title>{l}: {f} {u}</title></rect>"#,
                     l = esc(&r.label),
                     w = (x(v) - LABEL_W).max(1.0),
-                    c = color(&r.label),
+                    c = r.color.unwrap_or_else(|| color(&r.label)),
                     f = fmt(v),
                     u = esc(unit)
                 );
@@ -127,12 +139,25 @@ pub fn bars(title: &str, unit: &str, rows: &[Bar], reference: Option<f64>) -> St
     s + "</svg>"
 }
 
-/// A line chart of `series` (name, one optional value per x label).
+/// A line chart of `series` (name, one optional value per x label), each in its proxy's
+/// color.
 pub fn lines(
     title: &str,
     unit: &str,
     x_labels: &[String],
     series: &[(String, Vec<Option<f64>>)],
+) -> String {
+    let colors: Vec<&str> = series.iter().map(|(n, _)| color(n)).collect();
+    lines_colored(title, unit, x_labels, series, &colors)
+}
+
+/// [`lines`] with the color of each series given.
+pub fn lines_colored(
+    title: &str,
+    unit: &str,
+    x_labels: &[String],
+    series: &[(String, Vec<Option<f64>>)],
+    colors: &[&str],
 ) -> String {
     let (w, h, left, top, bottom) = (460.0, 200.0, 50.0, 24.0, 40.0);
     let max = series
@@ -178,7 +203,7 @@ pub fn lines(
         );
     }
     for (k, (name, vals)) in series.iter().enumerate() {
-        let c = color(name);
+        let c = colors.get(k).copied().unwrap_or_else(|| color(name));
         let pts: Vec<String> = vals
             .iter()
             .enumerate()
