@@ -64,13 +64,41 @@ enum NextHead {
     Rejected,
 }
 
-/// Serves requests on one client connection until it closes.
-pub(crate) async fn serve(
-    ctx: &Rc<WorkerCtx>,
+/// A connection's handle on its worker, counted in the worker's active connections while
+/// it lives: the count drops when the task ends, however it ends.
+struct Active(Rc<WorkerCtx>);
+
+impl std::ops::Deref for Active {
+    type Target = WorkerCtx;
+    fn deref(&self) -> &WorkerCtx {
+        &self.0
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0
+            .stats
+            .connections_active
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The task that serves requests on one client connection until it closes (counted in
+/// the worker's active connections while it lives).
+///
+/// Not an `async fn`: an async fn keeps a copy of its arguments beside the locals they
+/// are moved into, for the whole life of the task. Here the state is built first and the
+/// async block uses what it captured in place, which keeps an idle connection's task
+/// small (`worker::tests` prints the sizes).
+pub(crate) fn serve(
+    ctx: Rc<WorkerCtx>,
     stream: TcpStream,
     peer: SocketAddr,
-    bound: SocketAddr,
-) {
+    listen_index: u32,
+) -> impl Future<Output = ()> {
+    ctx.stats.connections_active.fetch_add(1, Ordering::Relaxed);
+    let ctx = Active(ctx);
     let _ = stream.set_nodelay(true);
     let mut ds = Downstream {
         stream,
@@ -78,60 +106,67 @@ pub(crate) async fn serve(
         out: BytesMut::new(),
         peer,
     };
-    loop {
-        // An idle connection waits for readability here, holding no buffer, no snapshot,
-        // no request state and no timer: the worker's idle reaper shuts the socket down
-        // when the idle timeout passes. The heavier futures below are boxed and exist only
-        // while a request is being read or served.
-        if ds.buf.is_empty() {
-            let deadline = Instant::now() + ctx.settings.client_idle_timeout;
-            let token = ctx
-                .idle
-                .borrow_mut()
-                .register(ds.stream.as_raw_fd(), deadline);
-            let guard = IdleGuard { ctx, token };
-            let ready = ds.stream.readable(false).await;
-            if !guard.finish() || ready.is_err() {
+    async move {
+        loop {
+            // An idle connection waits for readability here, holding no buffer, no
+            // snapshot, no request state and no timer: the worker's idle reaper shuts the
+            // socket down when the idle timeout passes. The heavier futures below are
+            // boxed and exist only while a request is being read or served.
+            if ds.buf.is_empty() {
+                let deadline = Instant::now() + ctx.settings.client_idle_timeout;
+                let token = ctx
+                    .idle
+                    .borrow_mut()
+                    .register(ds.stream.as_raw_fd(), deadline);
+                let guard = IdleGuard { ctx: &ctx, token };
+                let ready = ds.stream.readable(false).await;
+                if !guard.finish() || ready.is_err() {
+                    return;
+                }
+            }
+            // Boxed: reading a head and serving the request (routing, upstream exchange,
+            // body relay) takes several KiB of state; boxing it means an idle keep-alive
+            // connection's task holds only this small loop, not room for a request it is
+            // not serving.
+            if !Box::pin(request(&ctx.0, &mut ds, listen_index)).await {
                 return;
             }
-        }
-        let Some(cfg) = ctx.holder.current() else {
-            Box::pin(ds.send_error(503, "no configuration loaded yet")).await;
-            return;
-        };
-        // Found by address, not index: a new snapshot may reorder or remove listeners.
-        let Some(listener) = cfg.listener_by_addr(bound) else {
-            Box::pin(ds.send_error(503, "listener removed by the current configuration")).await;
-            return;
-        };
-        let l = &cfg.listeners[listener];
-        let limits = http1::Limits {
-            max_head_bytes: l.limits.max_header_bytes,
-            max_headers: l.limits.max_headers,
-            max_body_bytes: Some(l.limits.max_body_bytes),
-            ..http1::Limits::default()
-        };
-        let head = match Box::pin(next_head(ctx, &mut ds, &limits)).await {
-            NextHead::Head(h) => h,
-            NextHead::Closed | NextHead::Rejected => return,
-        };
-        let started = Instant::now();
-        // Boxed: the request's state machine (routing, upstream exchange, body relay) is
-        // several KiB; boxing it means an idle keep-alive connection's task holds only this
-        // small loop, not room for a request it is not serving.
-        let keep_alive = Box::pin(forward::handle(
-            ctx, &cfg, listener, &limits, &mut ds, head, started,
-        ))
-        .await;
-        if !keep_alive {
-            return;
-        }
-        if ds.buf.is_empty() {
-            // Idle keep-alive connections hold no buffers: they go back to the worker's pool.
-            ctx.give_buf(std::mem::take(&mut ds.buf));
-            ctx.give_buf(std::mem::take(&mut ds.out));
+            if ds.buf.is_empty() {
+                // Idle keep-alive connections hold no buffers: they go back to the
+                // worker's pool.
+                ctx.give_buf(std::mem::take(&mut ds.buf));
+                ctx.give_buf(std::mem::take(&mut ds.out));
+            }
         }
     }
+}
+
+/// Reads one request head and serves the request; whether the connection stays open.
+async fn request(ctx: &Rc<WorkerCtx>, ds: &mut Downstream, listen_index: u32) -> bool {
+    let Some(cfg) = ctx.holder.current() else {
+        ds.send_error(503, "no configuration loaded yet").await;
+        return false;
+    };
+    // Found by address, not index: a new snapshot may reorder or remove listeners.
+    let bound = ctx.listen_addrs.get(listen_index as usize);
+    let Some(listener) = bound.and_then(|a| cfg.listener_by_addr(*a)) else {
+        ds.send_error(503, "listener removed by the current configuration")
+            .await;
+        return false;
+    };
+    let l = &cfg.listeners[listener];
+    let limits = http1::Limits {
+        max_head_bytes: l.limits.max_header_bytes,
+        max_headers: l.limits.max_headers,
+        max_body_bytes: Some(l.limits.max_body_bytes),
+        ..http1::Limits::default()
+    };
+    let head = match next_head(ctx, ds, &limits).await {
+        NextHead::Head(h) => h,
+        NextHead::Closed | NextHead::Rejected => return false,
+    };
+    let started = Instant::now();
+    forward::handle(ctx, &cfg, listener, &limits, ds, head, started).await
 }
 
 async fn next_head(ctx: &WorkerCtx, ds: &mut Downstream, limits: &http1::Limits) -> NextHead {

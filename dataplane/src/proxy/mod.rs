@@ -190,7 +190,7 @@ pub fn start(
                     let mut listeners = Vec::new();
                     for addr in &addrs {
                         match worker::bind(*addr, opts.backlog) {
-                            Ok(l) => listeners.push((*addr, l)),
+                            Ok(l) => listeners.push(l),
                             Err(e) => {
                                 let _ = ready.send(Err(format!("worker {id}: bind {addr}: {e}")));
                                 return;
@@ -199,11 +199,11 @@ pub fn start(
                     }
                     let fds = listeners
                         .iter()
-                        .map(|(_, l)| std::os::fd::AsRawFd::as_raw_fd(l))
+                        .map(std::os::fd::AsRawFd::as_raw_fd)
                         .collect();
                     let _ = ready.send(Ok((id, driver, fds)));
                     drop(ready);
-                    let ctx = worker::context(id, holder, stats, log, opts.settings);
+                    let ctx = worker::context(id, holder, stats, log, opts.settings, addrs);
                     worker::run(ctx, listeners).await;
                 });
             })?;
