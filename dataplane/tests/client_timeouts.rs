@@ -1,9 +1,10 @@
 //! The client side's timeouts and start-up paths, through the real binaries: an idle
-//! keep-alive connection is closed by the worker's idle reaper after the idle timeout; a
-//! stalled request head gets 408; a data plane starts from a saved snapshot file with no
-//! control daemon (and refuses a damaged one, naming it); and with io_uring made
-//! unavailable to the process (a seccomp filter), the workers fall back to epoll, say so,
-//! and serve.
+//! keep-alive connection is closed by the worker's idle reaper after the idle timeout (not
+//! before); a stalled request head gets 408 and a close; a data plane starts from a saved
+//! snapshot file with no control daemon and serves its routes (and refuses a truncated,
+//! tampered or missing file, naming it and the reason); and with io_uring made unavailable
+//! to the process (a seccomp filter), the workers fall back to epoll, say so, serve, and
+//! still close idle connections.
 
 #![allow(
     clippy::unwrap_used,
@@ -31,8 +32,8 @@ const HEAD_MS: u64 = 600;
 struct Site {
     ports: Ports,
     _nginx: Nginx,
-    _control: ChildGuard,
-    _dataplane: ChildGuard,
+    control: ChildGuard,
+    dataplane: ChildGuard,
     dir: TempDir,
 }
 
@@ -56,8 +57,8 @@ fn site() -> Site {
     Site {
         ports,
         _nginx: nginx,
-        _control: control,
-        _dataplane: dataplane,
+        control,
+        dataplane,
         dir,
     }
 }
@@ -79,10 +80,10 @@ fn read_to_close(s: &mut TcpStream) -> (Vec<u8>, Option<Instant>) {
     }
 }
 
-#[test]
-fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
-    let s = site();
-    let mut conn = TcpStream::connect(("127.0.0.1", s.ports.proxy)).unwrap();
+/// One request on a new keep-alive connection to `port`, then idle: the data plane must
+/// close it after about [`IDLE_MS`], not before.
+fn assert_closed_when_idle(port: u16) {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
     conn.write_all(b"GET /who HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
     let mut first = [0u8; 512];
@@ -98,6 +99,13 @@ fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
         after >= Duration::from_millis(IDLE_MS - 50) && after < Duration::from_millis(IDLE_MS * 3),
         "idle connection closed after {after:?}, timeout {IDLE_MS} ms"
     );
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let s = site();
+    assert_closed_when_idle(s.ports.proxy);
+    let mut first = [0u8; 512];
 
     // A connection that never sends anything is idle from the start.
     let t0 = Instant::now();
@@ -164,11 +172,39 @@ fn dataplane_from_file(
     )
 }
 
+/// Starts a data plane on `file` that must refuse it: it exits, naming the file and
+/// saying `why`, and serves nothing.
+fn refused(file: &std::path::Path, key: &std::path::Path, dir: &TempDir, proxy: u16, why: &str) {
+    let (mut dp, admin) = dataplane_from_file(file, key, dir);
+    assert!(
+        omnirelay_test_support::process::wait_until(Duration::from_secs(10), || !dp.is_running()),
+        "a data plane started from {}:\n{}",
+        file.display(),
+        dp.log()
+    );
+    let log = dp.log();
+    assert!(
+        log.contains(&file.display().to_string()) && log.contains(why),
+        "the error should name {} and say {why:?}:\n{log}",
+        file.display()
+    );
+    for port in [proxy, admin] {
+        assert!(
+            TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "port {port} is served after a refused start"
+        );
+    }
+}
+
 #[test]
-fn a_data_plane_starts_from_a_snapshot_file_and_refuses_a_damaged_one() {
-    let s = site();
-    // Save the published snapshot through the control daemon's HTTP pull, then stop
-    // using the daemon: the second data plane gets no --control.
+fn a_data_plane_starts_from_a_snapshot_file_and_refuses_a_bad_one() {
+    use omnirelay_proto::v1::SignedSnapshot;
+    use prost::Message as _;
+
+    let mut s = site();
+    // Save the published snapshot through the control daemon's HTTP pull, then stop the
+    // daemon and the data plane: the one started from the file has nobody else to ask,
+    // and nobody else serves its port.
     let file = s.dir.path().join("snapshot.bin");
     let out = curl(&[
         "-s",
@@ -180,42 +216,75 @@ fn a_data_plane_starts_from_a_snapshot_file_and_refuses_a_damaged_one() {
     ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
     let key = s.dir.path().join("state/snapshot-signing.pub");
+    s.dataplane.kill();
+    s.control.kill();
+    assert!(
+        omnirelay_test_support::process::wait_until(Duration::from_secs(5), || {
+            TcpStream::connect(("127.0.0.1", s.ports.proxy)).is_err()
+        }),
+        "the proxy port is still served"
+    );
 
-    // The file's listener is the stack's proxy port; the first data plane holds it with
-    // SO_REUSEPORT, so the second one joins the same port: requests reach either, and
-    // both serve the same routes.
     let (mut dp, admin) = dataplane_from_file(&file, &key, &s.dir);
     assert!(
         wait_for_port(
-            SocketAddr::from(([127, 0, 0, 1], admin)),
+            SocketAddr::from(([127, 0, 0, 1], s.ports.proxy)),
             Duration::from_secs(10)
         ),
         "data plane from file did not start:\n{}",
         dp.log()
     );
+    // The file's route: "default" to cluster "one", which says "one" at /who.
+    let (code, body) = get(&format!("http://127.0.0.1:{}/who", s.ports.proxy));
+    assert_eq!(
+        (code, body.as_slice()),
+        (200, b"one\n".as_slice()),
+        "{}",
+        dp.log()
+    );
+    assert!(wait_for_port(
+        SocketAddr::from(([127, 0, 0, 1], admin)),
+        Duration::from_secs(5)
+    ));
     let snap = curl(&["-s", &format!("http://127.0.0.1:{admin}/snapshot")]);
     let v: serde_json::Value = serde_json::from_slice(&snap.stdout).unwrap();
     assert!(v["version"].as_u64().unwrap() >= 1, "{v}");
     assert!(dp.is_running());
-
-    // A damaged file: refused with the file named, nothing served.
-    let mut bytes = std::fs::read(&file).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xff;
-    let bad = s.dir.path().join("damaged.bin");
-    std::fs::write(&bad, &bytes).unwrap();
-    let (mut bad_dp, _) = dataplane_from_file(&bad, &key, &s.dir);
-    assert!(
-        omnirelay_test_support::process::wait_until(Duration::from_secs(10), || !bad_dp
-            .is_running()),
-        "a data plane started from a damaged snapshot"
-    );
-    let log = bad_dp.log();
-    assert!(
-        log.contains("damaged.bin"),
-        "the error does not name the file:\n{log}"
-    );
     dp.kill();
+    assert!(
+        omnirelay_test_support::process::wait_until(Duration::from_secs(5), || {
+            TcpStream::connect(("127.0.0.1", s.ports.proxy)).is_err()
+        }),
+        "the proxy port is still served"
+    );
+
+    // Bad files: refused at start with the file named and the reason given.
+    let bytes = std::fs::read(&file).unwrap();
+    let truncated = s.dir.path().join("truncated.bin");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    refused(
+        &truncated,
+        &key,
+        &s.dir,
+        s.ports.proxy,
+        "snapshot does not decode",
+    );
+
+    let mut signed = SignedSnapshot::decode(bytes.as_slice()).unwrap();
+    let last = signed.payload.len() - 1;
+    signed.payload[last] ^= 0x01;
+    let tampered = s.dir.path().join("tampered.bin");
+    std::fs::write(&tampered, signed.encode_to_vec()).unwrap();
+    refused(
+        &tampered,
+        &key,
+        &s.dir,
+        s.ports.proxy,
+        "signature does not verify",
+    );
+
+    let missing = s.dir.path().join("missing.bin");
+    refused(&missing, &key, &s.dir, s.ports.proxy, "reading");
 }
 
 /// Makes `io_uring_setup(2)` fail with ENOSYS in the child (x86_64 only; other syscalls
@@ -302,7 +371,8 @@ fn without_io_uring_the_workers_fall_back_to_epoll_say_so_and_serve() {
         .arg("--public-key")
         .arg(dir.path().join("state/snapshot-signing.pub"))
         .args(["--admin", &format!("127.0.0.1:{}", ports.dp_admin)])
-        .args(["--workers", "2", "--access-log", "off"]);
+        .args(["--workers", "2", "--access-log", "off"])
+        .args(["--client-idle-timeout-ms", &IDLE_MS.to_string()]);
     deny_io_uring(&mut cmd);
     let dp = ChildGuard::spawn("omnirelay-dataplane", cmd, &dir.path().join("dp.log")).unwrap();
     assert!(
@@ -326,4 +396,6 @@ fn without_io_uring_the_workers_fall_back_to_epoll_say_so_and_serve() {
         log.contains("driver=\"epoll\"") || log.contains("driver=epoll"),
         "{log}"
     );
+    // The idle reaper's shutdown(2) also ends an idle wait on the epoll driver.
+    assert_closed_when_idle(ports.proxy);
 }
