@@ -95,6 +95,9 @@ pub struct Spec {
     pub large_bodies: bool,
     /// Idle keep-alive connections for the memory test (0: no memory test).
     pub idle_conns: u32,
+    /// wrk's `--timeout` in seconds (None: wrk's 2 s); a response later than this counts
+    /// as a wrk error and fails the proxy.
+    pub wrk_timeout_s: Option<u64>,
     /// The knobs recorded with the scenario.
     pub knobs: Value,
 }
@@ -115,6 +118,7 @@ pub fn run(plan: &Plan, bins: &Binaries) -> anyhow::Result<Value> {
             cases: plan.bodies.iter().map(|&b| Case::get(b)).collect(),
             large_bodies: false,
             idle_conns: plan.idle_conns,
+            wrk_timeout_s: None,
             knobs: Value::Null,
         },
         plan,
@@ -179,6 +183,7 @@ pub fn run_spec(spec: &Spec, plan: &Plan, bins: &Binaries) -> anyhow::Result<Val
                 r.addr,
                 &case.path,
                 script.as_deref(),
+                spec.wrk_timeout_s,
             )
         };
         let mut results: Vec<ProxyCase> = plan

@@ -31,7 +31,8 @@ impl WrkReport {
 }
 
 /// The wrk command line: one thread, `connections`, `seconds`, pinned to `core`; with
-/// `script` (from [`script`]) the requests are what the script makes them.
+/// `script` (from [`script`]) the requests are what the script makes them; `timeout`:
+/// wrk's `--timeout` in seconds (wrk's default is 2 s).
 pub fn command(
     core: usize,
     connections: u32,
@@ -39,6 +40,7 @@ pub fn command(
     addr: SocketAddr,
     path: &str,
     script: Option<&Path>,
+    timeout: Option<u64>,
 ) -> Command {
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", &core.to_string(), "wrk", "-t1"])
@@ -47,6 +49,9 @@ pub fn command(
         .arg("--latency");
     if let Some(s) = script {
         cmd.arg("-s").arg(s);
+    }
+    if let Some(t) = timeout {
+        cmd.arg(format!("--timeout={t}s"));
     }
     cmd.arg(format!("http://{addr}{path}"));
     cmd
