@@ -65,11 +65,12 @@ const CHANGE_TIMEOUT: Duration = Duration::from_secs(20);
 const OLD_BODY: &str = "a";
 const NEW_BODY: &str = "bb";
 
-const WATCH: &str = "Config file change → last worker serving it (file watch, polled every 250 ms)";
-const RELOAD: &str = "Config file change + POST /control/reload → last worker serving it";
-const REBUILD: &str = "Rebuild: POST /control/reload round trip (coalescing wait, load, validate, compile, sign, store)";
-const UNCHANGED: &str =
-    "Reload of an unchanged config: POST /control/reload round trip (coalescing wait, load, hash)";
+/// Series titles (short: they head 460 px charts); [`SERIES_NOTE`] says what each is.
+const WATCH: &str = "File change → last worker (file watch)";
+const RELOAD: &str = "File change + reload → last worker";
+const REBUILD: &str = "Rebuild (reload round trip)";
+const UNCHANGED: &str = "Unchanged reload (round trip)";
+const SERIES_NOTE: &str = "File change → last worker (file watch): from the rename of the new config file until every worker serves its new route; the daemon polls the file every 250 ms. File change + reload: the same with POST /control/reload sent right after the rename. Rebuild: that POST's round trip (the daemon's coalescing wait, then load, validate, compile, sign, store). Unchanged reload: a POST /control/reload of the config already published (wait, load, hash only).";
 
 /// `1,000` for 1000.
 fn thousands(n: usize) -> String {
@@ -523,6 +524,7 @@ pub fn run(plan: &Plan, bins: &Binaries) -> anyhow::Result<Value> {
             "snapshot_bytes": snapshot,
             "reloads_unchanged": unchanged,
         }));
+        let plural = if unchanged == 1 { "" } else { "s" };
         let show = |s: &Series| s.median(&row).map_or("-".into(), |m| format!("{m:.1} ms"));
         println!(
             "    {row:>14}: file watch {}, reload {}, rebuild {}, unchanged reload {} (medians; config {} KiB, snapshot {} KiB{})",
@@ -533,7 +535,7 @@ pub fn run(plan: &Plan, bins: &Binaries) -> anyhow::Result<Value> {
             config_bytes / 1024,
             snapshot.map_or("?".into(), |b| (b / 1024).to_string()),
             if unchanged > 0 {
-                format!("; {unchanged} reloads found the watch had been first")
+                format!("; {unchanged} reload{plural} found the watch had been first")
             } else {
                 String::new()
             }
@@ -543,6 +545,7 @@ pub fn run(plan: &Plan, bins: &Binaries) -> anyhow::Result<Value> {
     drop(omni);
     drop(upstream);
 
+    notes.push(SERIES_NOTE.into());
     let p99 = |s: &Series| {
         let r = s.rows.iter().find(|r| r.label == label(TARGET_ROUTES))?;
         if r.error.is_some() {

@@ -28,11 +28,7 @@ const METRICS: &[(&str, &str, &str)] = &[
     ("rps", "Requests per second (load-generator bound)", "req/s"),
     ("p50_us", "Latency p50", "µs"),
     ("p99_us", "Latency p99", "µs"),
-    (
-        "mb_per_s",
-        "Throughput (load-generator bound)",
-        "MB/s of bodies, both directions",
-    ),
+    ("mb_per_s", "Body throughput (load-generator bound)", "MB/s"),
 ];
 
 /// The metrics whose medians the history charts follow across runs (the others are bound

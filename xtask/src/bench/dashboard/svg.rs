@@ -167,7 +167,8 @@ pub fn lines_colored(
         .max(1e-9)
         * 1.1;
     let n = x_labels.len().max(1);
-    let plot_w = w - left - 90.0;
+    // Room on the right for the legend (`10,000 routes`).
+    let plot_w = w - left - 110.0;
     let plot_h = h - top - bottom;
     let px = |i: usize| {
         left + if n == 1 {
