@@ -21,6 +21,8 @@ pub struct ControlMetrics {
     pub watchers: AtomicU64,
     /// Snapshots served over HTTP pull.
     pub http_pulls: AtomicU64,
+    /// Microseconds the last published snapshot took: load, validate, compile, sign, store.
+    pub last_build_us: AtomicU64,
 }
 
 impl ControlMetrics {
@@ -59,6 +61,12 @@ impl ControlMetrics {
                 "Open gRPC Watch streams.",
                 "gauge",
                 &self.watchers,
+            ),
+            (
+                "omnirelay_control_last_build_microseconds",
+                "Time to load, validate, compile, sign and store the last published snapshot.",
+                "gauge",
+                &self.last_build_us,
             ),
             (
                 "omnirelay_control_http_pulls_total",

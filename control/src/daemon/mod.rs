@@ -119,7 +119,17 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let grpc = tonic::transport::Server::builder()
         .add_service(ControlPlaneServer::new(service))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            // Snapshots are pushed as soon as they exist: no Nagle delay on the streams
+            // (tonic's own nodelay setting does not apply to an incoming stream).
+            tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                |conn| {
+                    if let Ok(c) = &conn {
+                        let _ = c.set_nodelay(true);
+                    }
+                    conn
+                },
+            ),
             shutdown_signal(),
         );
     let admin = axum::serve(admin_listener, admin).with_graceful_shutdown(shutdown_signal());
@@ -130,10 +140,14 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long a reload waits for more triggers of the same burst.
+const RELOAD_COALESCE: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Serializes reloads; coalesces bursts of triggers (an editor's write + rename) into one.
 async fn reload_loop(publisher: Arc<Publisher>, mut rx: mpsc::Receiver<ReloadRequest>) {
     while let Some(first) = rx.recv().await {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // A short pause groups a burst of triggers (an editor's write, then rename).
+        tokio::time::sleep(RELOAD_COALESCE).await;
         let mut waiters = vec![first];
         while let Ok(more) = rx.try_recv() {
             waiters.push(more);

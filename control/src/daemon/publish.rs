@@ -156,13 +156,21 @@ impl Publisher {
 
     /// Loads the config and publishes a new version if it is valid and changed.
     pub fn reload(&self) -> ReloadOutcome {
+        let started = std::time::Instant::now();
         let outcome = self.try_reload();
+        let took = started.elapsed();
         let m = &self.metrics;
         match &outcome {
             ReloadOutcome::Published(v) => {
                 m.reloads_published.fetch_add(1, Ordering::Relaxed);
                 m.snapshot_version.store(*v, Ordering::Relaxed);
-                tracing::info!(version = v, "published a new snapshot");
+                m.last_build_us
+                    .store(took.as_micros() as u64, Ordering::Relaxed);
+                tracing::info!(
+                    version = v,
+                    build_ms = took.as_secs_f64() * 1e3,
+                    "published a new snapshot (load, validate, compile, sign, store)"
+                );
             }
             ReloadOutcome::Unchanged(v) => {
                 m.reloads_unchanged.fetch_add(1, Ordering::Relaxed);

@@ -1,11 +1,12 @@
 //! The default [`ConfigSource`]: a file on local disk.
 //!
-//! Changes are detected by polling every [`POLL_INTERVAL`]: the file's metadata (modification
-//! time, size, inode) and a hash of its contents, since two quick writes of the same size
-//! can share a coarse timestamp and a recycled inode. Polling rather than inotify is
-//! deliberate: it sees editors that replace the file by renaming, bind-mounted config maps
-//! whose symlinks are swapped, and files on network filesystems, at the cost of reading a
-//! small file four times a second.
+//! Changes are detected by polling: the file's metadata (modification time, size, inode)
+//! every [`POLL_INTERVAL`], and a hash of its contents whenever the metadata changed and at
+//! least every [`HASH_INTERVAL`], since two quick writes of the same size can share a
+//! coarse timestamp and a recycled inode. Polling rather than inotify is deliberate: it sees
+//! editors that replace the file by renaming, bind-mounted config maps whose symlinks are
+//! swapped, and files on network filesystems, at the cost of a `stat` twenty times a
+//! second and reading the file once a second.
 #![forbid(unsafe_code)]
 
 use std::{
@@ -24,8 +25,11 @@ use omnirelay_abstractions::{
     config::{ConfigDocument, ConfigSource, WatchGuard},
 };
 
-/// How often the watcher looks at the file.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the watcher looks at the file's metadata.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// How often the watcher hashes the contents when the metadata did not change.
+pub const HASH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A config file on local disk.
 #[derive(Debug, Clone)]
@@ -45,13 +49,18 @@ impl FileConfigSource {
     }
 }
 
-/// What the watcher compares between polls; `None` while the file is missing.
-fn fingerprint(path: &Path) -> Option<(i64, i64, u64, u64, u64)> {
-    use std::hash::{Hash as _, Hasher as _};
+/// The file's metadata the watcher compares; `None` while the file is missing.
+fn metadata(path: &Path) -> Option<(i64, i64, u64, u64)> {
     let m = std::fs::metadata(path).ok()?;
+    Some((m.mtime(), m.mtime_nsec(), m.size(), m.ino()))
+}
+
+/// A hash of the contents; `None` while the file is unreadable.
+fn content_hash(path: &Path) -> Option<u64> {
+    use std::hash::{Hash as _, Hasher as _};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     std::fs::read(path).ok()?.hash(&mut h);
-    Some((m.mtime(), m.mtime_nsec(), m.size(), m.ino(), h.finish()))
+    Some(h.finish())
 }
 
 impl ConfigSource for FileConfigSource {
@@ -81,15 +90,24 @@ impl ConfigSource for FileConfigSource {
         let path = self.path.clone();
         let flag = Arc::clone(&stop);
         // Taken before returning, so a change made right after `watch` is never missed.
-        let mut last = fingerprint(&path);
+        let mut last_meta = metadata(&path);
+        let mut last_hash = content_hash(&path);
+        let mut hashed_at = std::time::Instant::now();
         let thread = std::thread::Builder::new()
             .name("config-file-watch".into())
             .spawn(move || {
                 while !flag.load(Ordering::Acquire) {
                     std::thread::sleep(POLL_INTERVAL);
-                    let now = fingerprint(&path);
-                    if now != last {
-                        last = now;
+                    let meta = metadata(&path);
+                    let meta_changed = meta != last_meta;
+                    if !meta_changed && hashed_at.elapsed() < HASH_INTERVAL {
+                        continue;
+                    }
+                    last_meta = meta;
+                    let hash = content_hash(&path);
+                    hashed_at = std::time::Instant::now();
+                    if meta_changed || hash != last_hash {
+                        last_hash = hash;
                         if !flag.load(Ordering::Acquire) {
                             on_change();
                         }
