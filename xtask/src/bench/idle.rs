@@ -1,6 +1,7 @@
 //! Memory per idle keep-alive connection: open N client connections to a proxy, each sends
 //! one request and reads its response, all are held open, and the proxy's resident memory
-//! (VmRSS summed over its processes) is compared with what it was just before.
+//! (VmRSS summed over its processes) is compared with what it was just before, on a proxy
+//! started afresh for this test (after load, freed memory would absorb the connections).
 
 use std::{
     net::TcpStream,

@@ -254,12 +254,29 @@ pub fn run_spec(spec: &Spec, plan: &Plan, bins: &Binaries) -> anyhow::Result<Val
             "    resident memory with {} idle keep-alive connections",
             spec.idle_conns
         );
-        for r in &mut live {
+        // Each proxy is measured fresh: after the load runs, its allocator keeps freed
+        // memory that new connections would reuse, and the growth would read near zero.
+        let peers_run: Vec<Peer> = live.iter().map(|r| r.peer).collect();
+        live.clear();
+        for peer in peers_run {
+            let mut r = match peers::start(peer, bins, &launch) {
+                Ok(r) => r,
+                Err(e) => {
+                    rss.push(RssReport {
+                        peer: peer.name().into(),
+                        wanted: spec.idle_conns,
+                        error: Some(format!("restart for the memory test: {e:#}")),
+                        ..Default::default()
+                    });
+                    continue;
+                }
+            };
+            std::thread::sleep(Duration::from_millis(300));
             let idle = idle_kib
                 .iter()
                 .find(|(p, _)| *p == r.peer)
                 .map_or(0, |(_, k)| *k);
-            let rep = idle::measure(r, spec.idle_conns, &configs::body_path(probe), idle);
+            let rep = idle::measure(&mut r, spec.idle_conns, &configs::body_path(probe), idle);
             println!(
                 "    {:<10} idle {} KiB, before {} KiB, with {} conns {} KiB: {} KiB/conn{}",
                 rep.peer,
