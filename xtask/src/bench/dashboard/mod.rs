@@ -44,6 +44,7 @@ h2{border-bottom:2px solid #ccc;padding-bottom:.2em;margin-top:2em}
 .whisker{stroke:#000;stroke-width:1.5}.ref{stroke:#c00;stroke-dasharray:4 3}.axis{stroke:#999}
 table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}
 tr.bad td{background:#fdd}.bad{color:#c00;font-weight:600}pre{white-space:pre-wrap;font-size:11px}
+td.knobs{max-width:48em;word-break:break-word;font-size:11px}
 .note{color:#555}";
 
 /// Writes `index.html` for `results` (oldest first) into `out_dir`; returns its path.

@@ -34,12 +34,12 @@ pub fn knobs_table(h: &mut String, docs: &[&Value]) {
                 // Series scenarios have knobs of their own: shown as they were recorded.
                 let _ = write!(
                     h,
-                    "<tr class=\"{cls}\"><td>{id}</td><td>{mode}</td><td>{name}</td><td>{status}</td><td colspan=\"6\"><code>{knobs}</code></td><td>{load}</td><td>{ver}</td></tr>",
+                    "<tr class=\"{cls}\"><td>{id}</td><td>{mode}</td><td>{name}</td><td>{status}</td><td colspan=\"6\" class=\"knobs\">{knobs}</td><td>{load}</td><td>{ver}</td></tr>",
                     cls = if status == "ok" { "" } else { "bad" },
                     id = esc(d["id"].as_str().unwrap_or("?")),
                     mode = esc(d["mode"].as_str().unwrap_or("?")),
                     name = esc(sc["name"].as_str().unwrap_or("?")),
-                    knobs = esc(&k.to_string()),
+                    knobs = esc(&knob_list(k)),
                     load = load.join(" "),
                     ver = esc(&versions.join("; ")),
                 );
@@ -69,4 +69,19 @@ pub fn knobs_table(h: &mut String, docs: &[&Value]) {
         }
     }
     h.push_str("</table>");
+}
+
+/// A series scenario's knobs as `name: value` pairs, so the cell wraps.
+fn knob_list(k: &Value) -> String {
+    match k.as_object() {
+        Some(o) => o
+            .iter()
+            .map(|(n, v)| match v.as_str() {
+                Some(s) => format!("{n}: {s}"),
+                None => format!("{n}: {v}"),
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        None => k.to_string(),
+    }
 }
