@@ -50,14 +50,8 @@ pub(crate) fn request_framing(head: &RequestHead, limits: &Limits) -> Result<Fra
         return Err(Http1Error::UpgradeNotSupported);
     }
     let headers = head.headers();
-    if headers.contains("transfer-encoding") {
-        if headers.contains("content-length") {
-            return Err(Http1Error::ContentLengthWithTransferEncoding);
-        }
-        if head.version() == Version::Http10 {
-            return Err(Http1Error::TransferEncodingInHttp10);
-        }
-        return match transfer_coding(headers)? {
+    if let Some(coding) = transfer_encoding(headers, head.version())? {
+        return match coding {
             Coding::ChunkedOnly => Ok(Framing::Chunked),
             Coding::ChunkedAfterOthers => Err(Http1Error::UnsupportedTransferCoding),
             Coding::NotChunkedFinal => Err(Http1Error::ChunkedNotFinal),
@@ -84,14 +78,8 @@ pub(crate) fn response_framing(
         return Ok(Framing::None);
     }
     let headers = head.headers();
-    if headers.contains("transfer-encoding") {
-        if headers.contains("content-length") {
-            return Err(Http1Error::ContentLengthWithTransferEncoding);
-        }
-        if head.version() == Version::Http10 {
-            return Err(Http1Error::TransferEncodingInHttp10);
-        }
-        return match transfer_coding(headers)? {
+    if let Some(coding) = transfer_encoding(headers, head.version())? {
+        return match coding {
             Coding::ChunkedOnly => Ok(Framing::Chunked),
             Coding::ChunkedAfterOthers | Coding::NotChunkedFinal => {
                 Err(Http1Error::UnsupportedTransferCoding)
@@ -99,6 +87,22 @@ pub(crate) fn response_framing(
         };
     }
     Ok(content_length(headers)?.map_or(Framing::CloseDelimited, Framing::ContentLength))
+}
+
+/// The message's transfer coding, or `None` without Transfer-Encoding. A message with both
+/// Transfer-Encoding and Content-Length (a smuggling vector) and HTTP/1.0 with
+/// Transfer-Encoding are rejected, for requests and responses alike.
+fn transfer_encoding(headers: &Headers, version: Version) -> Result<Option<Coding>, Http1Error> {
+    if !headers.contains("transfer-encoding") {
+        return Ok(None);
+    }
+    if headers.contains("content-length") {
+        return Err(Http1Error::ContentLengthWithTransferEncoding);
+    }
+    if version == Version::Http10 {
+        return Err(Http1Error::TransferEncodingInHttp10);
+    }
+    transfer_coding(headers).map(Some)
 }
 
 /// The message's Content-Length, if it has one.

@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::Http1Error;
 
@@ -152,6 +152,27 @@ pub(crate) fn parse_error(e: httparse::Error) -> Http1Error {
         httparse::Error::Version => Http1Error::UnsupportedVersion,
         other => Http1Error::MalformedHead(other),
     }
+}
+
+/// The rules every head shares, around a start-line parser: `parse` sees at most
+/// `max_head_bytes` of `buf` and returns the head's length and its parts (`None` while the
+/// head is incomplete). A head still incomplete at the limit is too large; bare-LF line
+/// endings are rejected; a complete head's bytes are split off `buf` (untouched otherwise).
+pub(crate) fn split_head<T>(
+    buf: &mut BytesMut,
+    max_head_bytes: usize,
+    parse: impl FnOnce(&[u8]) -> Result<Option<(usize, T)>, Http1Error>,
+) -> Result<Option<(Bytes, T)>, Http1Error> {
+    let max_head = max_head_bytes.min(u32::MAX as usize);
+    let Some((len, parts)) = parse(&buf[..buf.len().min(max_head)])? else {
+        return if buf.len() >= max_head {
+            Err(Http1Error::HeadTooLarge)
+        } else {
+            Ok(None)
+        };
+    };
+    reject_bare_lf(&buf[..len])?;
+    Ok(Some((buf.split_to(len).freeze(), parts)))
 }
 
 /// Rejects an LF not preceded by CR. httparse accepts bare LF as a line end (RFC 9112 §2.2

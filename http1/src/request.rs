@@ -28,35 +28,30 @@ impl RequestHead {
         buf: &mut BytesMut,
         limits: &Limits,
     ) -> Result<ParseStatus<RequestHead>, Http1Error> {
-        let max_head = limits.max_head_bytes.min(u32::MAX as usize);
-        let window = &buf[..buf.len().min(max_head)];
-        check_request_line(window, limits.max_request_line_bytes)?;
-        let parsed = headers::with_slots(limits.max_headers, |slots| {
-            let mut req = httparse::Request::new(slots);
-            match req.parse(window).map_err(headers::parse_error)? {
-                httparse::Status::Partial => Ok(None),
-                httparse::Status::Complete(len) => {
-                    let method = Span::of(window, req.method.unwrap_or_default().as_bytes());
-                    let target = Span::of(window, req.path.unwrap_or_default().as_bytes());
-                    let version = match req.version {
-                        Some(0) => Version::Http10,
-                        Some(1) => Version::Http11,
-                        _ => return Err(Http1Error::UnsupportedVersion),
-                    };
-                    let fields = Headers::spans(window, req.headers);
-                    Ok(Some((len, method, target, version, fields)))
+        let split = headers::split_head(buf, limits.max_head_bytes, |window| {
+            check_request_line(window, limits.max_request_line_bytes)?;
+            headers::with_slots(limits.max_headers, |slots| {
+                let mut req = httparse::Request::new(slots);
+                match req.parse(window).map_err(headers::parse_error)? {
+                    httparse::Status::Partial => Ok(None),
+                    httparse::Status::Complete(len) => {
+                        let method = Span::of(window, req.method.unwrap_or_default().as_bytes());
+                        let target = Span::of(window, req.path.unwrap_or_default().as_bytes());
+                        let version = match req.version {
+                            Some(0) => Version::Http10,
+                            Some(1) => Version::Http11,
+                            _ => return Err(Http1Error::UnsupportedVersion),
+                        };
+                        let fields = Headers::spans(window, req.headers);
+                        Ok(Some((len, (method, target, version, fields))))
+                    }
                 }
-            }
+            })
         })?;
-        let Some((len, method, target, version, fields)) = parsed else {
-            return if buf.len() >= max_head {
-                Err(Http1Error::HeadTooLarge)
-            } else {
-                Ok(ParseStatus::Partial)
-            };
+        let Some((raw, (method, target, version, fields))) = split else {
+            return Ok(ParseStatus::Partial);
         };
-        headers::reject_bare_lf(&buf[..len])?;
-        let raw = buf.split_to(len).freeze();
+        let len = raw.len();
         let head = RequestHead {
             headers: Headers::new(raw.clone(), fields),
             raw,

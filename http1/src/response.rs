@@ -27,37 +27,32 @@ impl ResponseHead {
         buf: &mut BytesMut,
         limits: &Limits,
     ) -> Result<ParseStatus<ResponseHead>, Http1Error> {
-        let max_head = limits.max_head_bytes.min(u32::MAX as usize);
-        let window = &buf[..buf.len().min(max_head)];
-        let parsed = headers::with_slots(limits.max_headers, |slots| {
-            let mut resp = httparse::Response::new(slots);
-            match resp.parse(window).map_err(headers::parse_error)? {
-                httparse::Status::Partial => Ok(None),
-                httparse::Status::Complete(len) => {
-                    let version = match resp.version {
-                        Some(0) => Version::Http10,
-                        Some(1) => Version::Http11,
-                        _ => return Err(Http1Error::UnsupportedVersion),
-                    };
-                    let status = resp.code.unwrap_or_default();
-                    if !(100..=599).contains(&status) {
-                        return Err(Http1Error::MalformedHead(httparse::Error::Status));
+        let split = headers::split_head(buf, limits.max_head_bytes, |window| {
+            headers::with_slots(limits.max_headers, |slots| {
+                let mut resp = httparse::Response::new(slots);
+                match resp.parse(window).map_err(headers::parse_error)? {
+                    httparse::Status::Partial => Ok(None),
+                    httparse::Status::Complete(len) => {
+                        let version = match resp.version {
+                            Some(0) => Version::Http10,
+                            Some(1) => Version::Http11,
+                            _ => return Err(Http1Error::UnsupportedVersion),
+                        };
+                        let status = resp.code.unwrap_or_default();
+                        if !(100..=599).contains(&status) {
+                            return Err(Http1Error::MalformedHead(httparse::Error::Status));
+                        }
+                        let reason = Span::of(window, resp.reason.unwrap_or_default().as_bytes());
+                        let fields = Headers::spans(window, resp.headers);
+                        Ok(Some((len, (version, status, reason, fields))))
                     }
-                    let reason = Span::of(window, resp.reason.unwrap_or_default().as_bytes());
-                    let fields = Headers::spans(window, resp.headers);
-                    Ok(Some((len, version, status, reason, fields)))
                 }
-            }
+            })
         })?;
-        let Some((len, version, status, reason, fields)) = parsed else {
-            return if buf.len() >= max_head {
-                Err(Http1Error::HeadTooLarge)
-            } else {
-                Ok(ParseStatus::Partial)
-            };
+        let Some((raw, (version, status, reason, fields))) = split else {
+            return Ok(ParseStatus::Partial);
         };
-        headers::reject_bare_lf(&buf[..len])?;
-        let raw = buf.split_to(len).freeze();
+        let len = raw.len();
         let head = ResponseHead {
             headers: Headers::new(raw.clone(), fields),
             raw,
