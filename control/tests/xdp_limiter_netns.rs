@@ -106,34 +106,20 @@ impl Site {
 
     /// Writes the config: one listener on 0.0.0.0:PORT with a budget charging every packet.
     fn write_config(&self, rate: u64, burst: u64, kernel_extra: &str) {
-        let text = format!(
-            r#"
-[[listeners]]
-name = "udp"
-address = "0.0.0.0:{PORT}"
-[[routes]]
-name = "all"
-path_prefix = "/"
-cluster = "c"
-[[clusters]]
-name = "c"
-endpoints = ["127.0.0.1:1"]
-[[budgets]]
-name = "udp-budget"
-listener = "udp"
-rate_per_second = {rate}
-burst = {burst}
-new_flows_only = false
-[kernel]
-interfaces = ["{}", "{}"]
-attach_mode = "native"
-pin_dir = "{}"
-{kernel_extra}
-"#,
+        let mut text = omnirelay_test_support::config::budgeted_listener(
+            "udp",
+            &format!("0.0.0.0:{PORT}"),
+            "127.0.0.1:1",
+            rate,
+            burst,
+            false,
+        );
+        text.push_str(&format!(
+            "[kernel]\ninterfaces = [\"{}\", \"{}\"]\nattach_mode = \"native\"\npin_dir = \"{}\"\n{kernel_extra}\n",
             self.pa.a.ifname,
             self.pb.a.ifname,
             self.pin_dir.display()
-        );
+        ));
         // Write then rename, as editors do: the daemon never reads half a file.
         let tmp = self.dir.path().join("omnirelay.toml.tmp");
         std::fs::write(&tmp, text).unwrap();

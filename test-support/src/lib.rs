@@ -15,6 +15,7 @@
 //! This crate is for tests and tooling only; no production crate may depend on it.
 
 pub mod caps;
+pub mod config;
 pub mod frames;
 pub mod netns;
 pub mod nginx;

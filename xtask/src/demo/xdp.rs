@@ -33,32 +33,19 @@ const PORT: u16 = 9300;
 const BUDGET: u32 = 100;
 
 fn config(pa: &VethPair, pb: &VethPair, pin_dir: &Path) -> String {
+    // Every datagram is charged (UDP), not only new flows.
+    let listener = omnirelay_test_support::config::budgeted_listener(
+        "demo",
+        &format!("0.0.0.0:{PORT}"),
+        "127.0.0.1:1",
+        BUDGET.into(),
+        BUDGET.into(),
+        false,
+    );
     format!(
-        r#"# The demo's config: one listener, a budget of {BUDGET} datagrams per second and source.
-[control]
-grpc_listen = "127.0.0.1:7800"
-admin_listen = "127.0.0.1:7801"
-[[listeners]]
-name = "demo"
-address = "0.0.0.0:{PORT}"
-[[routes]]
-name = "all"
-path_prefix = "/"
-cluster = "none"
-[[clusters]]
-name = "none"
-endpoints = ["127.0.0.1:1"]
-[[budgets]]
-name = "per-source"
-listener = "demo"
-rate_per_second = {BUDGET}
-burst = {BUDGET}
-new_flows_only = false      # charge every datagram (UDP), not only new flows
-[kernel]
-interfaces = ["{}", "{}"]
-attach_mode = "native"
-pin_dir = "{}"
-"#,
+        "# The demo's config: one listener, a budget of {BUDGET} datagrams per second and source.\n\
+         [control]\ngrpc_listen = \"127.0.0.1:7800\"\nadmin_listen = \"127.0.0.1:7801\"\n\
+         {listener}[kernel]\ninterfaces = [\"{}\", \"{}\"]\nattach_mode = \"native\"\npin_dir = \"{}\"\n",
         pa.a.ifname,
         pb.a.ifname,
         pin_dir.display()

@@ -90,28 +90,16 @@ fn wait_in(ns: &NetNs, addr: SocketAddr, secs: u64) -> anyhow::Result<bool> {
 }
 
 fn control_config(grpc: u16, admin: u16, upstream: u16, kernel: &str) -> String {
+    let listener = omnirelay_test_support::config::budgeted_listener(
+        "edge",
+        &format!("0.0.0.0:{PORT}"),
+        &format!("127.0.0.1:{upstream}"),
+        RATE,
+        BURST,
+        true,
+    );
     format!(
-        r#"[control]
-grpc_listen = "127.0.0.1:{grpc}"
-admin_listen = "127.0.0.1:{admin}"
-[[listeners]]
-name = "edge"
-address = "0.0.0.0:{PORT}"
-[[routes]]
-name = "all"
-path_prefix = "/"
-cluster = "upstream"
-[[clusters]]
-name = "upstream"
-endpoints = ["127.0.0.1:{upstream}"]
-[[budgets]]
-name = "syn"
-listener = "edge"
-rate_per_second = {RATE}
-burst = {BURST}
-new_flows_only = true
-{kernel}
-"#
+        "[control]\ngrpc_listen = \"127.0.0.1:{grpc}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n{listener}{kernel}\n"
     )
 }
 
