@@ -383,7 +383,7 @@ fn cluster(o: Obj<'_>) -> Cluster {
 }
 
 /// Highest rate per source the XDP limiter keeps precisely (whole-nanosecond intervals).
-const MAX_RATE: i64 = 10_000_000;
+const MAX_RATE: i64 = omnirelay_ebpf_common::limiter::MAX_RATE_PER_SECOND as i64;
 const MAX_BURST: i64 = 1 << 32;
 
 fn rate(o: &Obj<'_>) -> u64 {

@@ -162,11 +162,6 @@ impl KernelLimiter {
         })
     }
 
-    /// The settings it was started with.
-    pub fn settings(&self) -> &LimiterSettings {
-        &self.settings
-    }
-
     /// Listener names by id, from the last applied plan.
     pub fn listener_names(&self) -> &[String] {
         &self.names
