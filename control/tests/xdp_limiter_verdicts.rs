@@ -15,7 +15,9 @@ use omnirelay_control::{
     kernel::{AttachMode, KernelLimiter, LimiterCounters, LimiterSettings, plan, remove_pins},
     snapshot::compile,
 };
-use omnirelay_ebpf_common::limiter::Reason;
+use omnirelay_ebpf_common::limiter::{
+    Active, Reason, addr_words, bucket_hash, bucket_set, v4_mapped,
+};
 use omnirelay_test_support::{
     Capability,
     frames::{self, L4, QUIC_SHORT, QUIC_V1_INITIAL, tcp},
@@ -367,6 +369,82 @@ fn malformed_frames_are_counted_and_pass_or_drop_per_policy() {
     let c = counters(&l);
     assert_eq!(c.total(Reason::Malformed), 0);
     assert_eq!(c.get(0, Reason::Passed), 3);
+}
+
+/// The bucket hash seed the limiter in `pin_dir` uses, read from its pinned map.
+fn seed(pin_dir: &std::path::Path) -> u64 {
+    use aya::maps::{Array, Map, MapData};
+    let data = MapData::from_pin(pin_dir.join("maps/OR_ACTIVE")).unwrap();
+    let active: Array<_, Active> = Array::try_from(Map::Array(data)).unwrap();
+    active.get(&0, 0).unwrap().seed
+}
+
+/// `n` IPv4 sources (in 172.16.0.0/12) whose buckets for listener `id` fall in the set of
+/// `of`'s bucket, found by the same hash the program computes.
+fn set_mates(seed: u64, id: u32, of: std::net::Ipv4Addr, n: usize) -> Vec<std::net::Ipv4Addr> {
+    let set = |a: std::net::Ipv4Addr| {
+        bucket_set(bucket_hash(seed, id, &addr_words(&v4_mapped(a.octets()))))
+    };
+    let target = set(of);
+    let mates: Vec<_> = (0..1u32 << 20)
+        .map(|i| std::net::Ipv4Addr::from(0xac10_0000 | i))
+        .filter(|a| *a != of && set(*a) == target)
+        .take(n)
+        .collect();
+    assert_eq!(mates.len(), n, "not enough addresses share a set in a /12");
+    mates
+}
+
+#[test]
+fn a_source_in_debt_keeps_its_bucket_while_new_sources_cycle_through_its_set() {
+    require_caps!(Capability::Root, Capability::BpfSyscall);
+    let mut l = load(CONFIG, "sets");
+    // Listener "web" (id 0): 1 SYN/s, burst 3. The debtor spends its burst and is held.
+    let debtor = std::net::Ipv4Addr::new(172, 31, 0, 1);
+    let verdicts: Vec<u32> = (0..4)
+        .map(|_| run(&mut l, &syn(&debtor.to_string(), "10.0.0.5", 8080)))
+        .collect();
+    assert_eq!(verdicts, vec![PASS, PASS, PASS, DROP]);
+    // Twelve new sources of the same set (four ways) take their first SYN: each needs a
+    // way, and the way given up is always the least indebted one, never the debtor's.
+    for mate in set_mates(seed(&l.pin_dir), 0, debtor, 12) {
+        assert_eq!(
+            run(&mut l, &syn(&mate.to_string(), "10.0.0.5", 8080)),
+            PASS,
+            "first SYN from {mate}"
+        );
+    }
+    assert_eq!(
+        run(&mut l, &syn(&debtor.to_string(), "10.0.0.5", 8080)),
+        DROP,
+        "the debtor's bucket was given up to a newcomer: its debt was forgotten"
+    );
+}
+
+#[test]
+fn a_restart_keeps_the_seed_so_buckets_survive() {
+    require_caps!(Capability::Root, Capability::BpfSyscall);
+    let pin_dir = PathBuf::from(format!(
+        "/sys/fs/bpf/omnirelay-test-{}-seed",
+        std::process::id()
+    ));
+    let _ = remove_pins(&pin_dir);
+    let mut first = load_at(&pin_dir);
+    let seed_before = seed(&pin_dir);
+    assert_ne!(seed_before, 0);
+    let verdicts: Vec<u32> = (0..4)
+        .map(|_| run(&mut first, &syn("10.4.4.4", "10.0.0.5", 8080)))
+        .collect();
+    assert_eq!(verdicts, vec![PASS, PASS, PASS, DROP]);
+    // A second start on the same pins (a restarted daemon: new program, same maps).
+    let mut second = load_at(&pin_dir);
+    assert_eq!(seed(&pin_dir), seed_before, "the restart chose a new seed");
+    assert_eq!(
+        run(&mut second, &syn("10.4.4.4", "10.0.0.5", 8080)),
+        DROP,
+        "the restarted program found no bucket for the held source"
+    );
+    drop(first);
 }
 
 #[test]

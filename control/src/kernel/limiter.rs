@@ -31,14 +31,14 @@ use aya::{
 use omnirelay_ebpf_common::{
     limiter::{
         ACTIVE_DROP_MALFORMED, ACTIVE_GENERATION, ACTIVE_HAS_ALLOW, ACTIVE_HAS_DENY,
-        ACTIVE_HAS_OVERRIDES, COUNTER_SLOTS, ListenerKey, ListenerPolicy, OVERRIDE_KEY_HEAD_BITS,
-        OverrideEntry, OverrideKey, PORT_ANY, PORT_ANY_V4, PORT_LOOKUP, PORTS_PER_GENERATION,
-        PREFIX_KEY_HEAD_BITS, PortEntry, PrefixEntry, PrefixKey, Reason, SteerWeights,
-        counter_index, v4_mapped,
+        ACTIVE_HAS_OVERRIDES, Active, COUNTER_SLOTS, ListenerKey, ListenerPolicy,
+        OVERRIDE_KEY_HEAD_BITS, OverrideEntry, OverrideKey, PORT_ANY, PORT_ANY_V4, PORT_LOOKUP,
+        PORTS_PER_GENERATION, PREFIX_KEY_HEAD_BITS, PortEntry, PrefixEntry, PrefixKey, Reason,
+        SteerWeights, counter_index, v4_mapped,
     },
     names::{
-        ACTIVE_MAP, ALLOW_MAP, DENY_MAP, LIMITER_COUNTERS_MAP, LISTENERS_MAP, OVERRIDES_MAP,
-        PORTS_MAP, STEER_PROGRAM, STEER_WEIGHTS_MAP, XDP_LIMITER_PROGRAM,
+        ACTIVE_MAP, ALLOW_MAP, CLOCK_PROBE_PROGRAM, DENY_MAP, LIMITER_COUNTERS_MAP, LISTENERS_MAP,
+        OVERRIDES_MAP, PORTS_MAP, STEER_PROGRAM, STEER_WEIGHTS_MAP, XDP_LIMITER_PROGRAM,
     },
 };
 
@@ -124,6 +124,7 @@ impl KernelLimiter {
             .default_map_pin_directory(&maps_dir)
             .load(LIMITER_OBJECT)
             .map_err(|e| KernelError::Object(Box::new(e)))?;
+        init_active(&mut ebpf)?;
         let log = match EbpfLogPump::start(&mut ebpf, STEER_PROGRAM) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -170,8 +171,7 @@ impl KernelLimiter {
     /// Writes `plan` as the next generation and makes it active: the programs see either
     /// the previous set or this one, never a mix.
     pub fn apply(&mut self, plan: &KernelPlan) -> Result<(), KernelError> {
-        let word = self.active_word()?;
-        let old = word & ACTIVE_GENERATION;
+        let old = self.active()?.word & ACTIVE_GENERATION;
         let new = old ^ 1;
         // A previous apply may have died half-way: start the new generation from empty.
         self.clear_generation(new)?;
@@ -182,13 +182,8 @@ impl KernelLimiter {
             | flag(!plan.deny.is_empty(), ACTIVE_HAS_DENY)
             | flag(!plan.allow.is_empty(), ACTIVE_HAS_ALLOW)
             | flag(!plan.overrides.is_empty(), ACTIVE_HAS_OVERRIDES);
-        let mut active: Array<&mut MapData, u32> =
-            Array::try_from(self.ebpf.map_mut(ACTIVE_MAP).ok_or(KernelError::Missing {
-                kind: "map",
-                name: ACTIVE_MAP,
-            })?)
-            .map_err(map_err(ACTIVE_MAP))?;
-        active.set(0, word, 0).map_err(map_err(ACTIVE_MAP))?;
+        let current = self.active()?;
+        write_active(&mut self.ebpf, Active { word, ..current })?;
         std::thread::sleep(GENERATION_GRACE);
         self.clear_generation(old)?;
         self.names.clone_from(&plan.names);
@@ -204,10 +199,8 @@ impl KernelLimiter {
         Ok(())
     }
 
-    fn active_word(&self) -> Result<u32, KernelError> {
-        let active: Array<&MapData, u32> =
-            Array::try_from(self.map(ACTIVE_MAP)?).map_err(map_err(ACTIVE_MAP))?;
-        active.get(&0, 0).map_err(map_err(ACTIVE_MAP))
+    fn active(&self) -> Result<Active, KernelError> {
+        read_active(&self.ebpf)
     }
 
     fn map(&self, name: &'static str) -> Result<&aya::maps::Map, KernelError> {
@@ -358,6 +351,94 @@ impl KernelLimiter {
 }
 
 /// Deletes every key of an LPM trie for which `stale` holds.
+fn read_active(ebpf: &aya::Ebpf) -> Result<Active, KernelError> {
+    let map = ebpf.map(ACTIVE_MAP).ok_or(KernelError::Missing {
+        kind: "map",
+        name: ACTIVE_MAP,
+    })?;
+    let active: Array<&MapData, Active> = Array::try_from(map).map_err(map_err(ACTIVE_MAP))?;
+    active.get(&0, 0).map_err(map_err(ACTIVE_MAP))
+}
+
+fn write_active(ebpf: &mut aya::Ebpf, value: Active) -> Result<(), KernelError> {
+    let map = ebpf.map_mut(ACTIVE_MAP).ok_or(KernelError::Missing {
+        kind: "map",
+        name: ACTIVE_MAP,
+    })?;
+    let mut active: Array<&mut MapData, Active> =
+        Array::try_from(map).map_err(map_err(ACTIVE_MAP))?;
+    active.set(0, value, 0).map_err(map_err(ACTIVE_MAP))
+}
+
+/// Fills in the clock scale and, unless the (pinned) map already has one, a random bucket
+/// hash seed, before any program is attached. The generation word is left as found: a
+/// restarted daemon keeps enforcing the set it left active.
+fn init_active(ebpf: &mut aya::Ebpf) -> Result<(), KernelError> {
+    let mut active = read_active(ebpf)?;
+    active.tick_ns = tick_ns(ebpf)?;
+    if active.seed == 0 {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).map_err(|e| {
+            KernelError::Check(format!("no random bytes for the bucket hash seed: {e}"))
+        })?;
+        active.seed = u64::from_ne_bytes(bytes) | 1;
+    }
+    write_active(ebpf, active)
+}
+
+/// The kernel's tick length in nanoseconds, from two runs of the clock probe program
+/// (jiffies and the coarse clock, which advance together at each tick) at least
+/// [`TICK_PROBE_WINDOW`] apart, rounded to the nearest standard `CONFIG_HZ` when one is
+/// within 5%.
+fn tick_ns(ebpf: &mut aya::Ebpf) -> Result<u32, KernelError> {
+    use aya::programs::{TestRun as _, TestRunOptions};
+    let program: &mut Xdp = super::program(ebpf, CLOCK_PROBE_PROGRAM)?;
+    program.load().map_err(load_error(CLOCK_PROBE_PROGRAM))?;
+    let sample = || -> Result<(u64, u64), KernelError> {
+        let frame = [0u8; 64];
+        let mut out = [0u8; 64 + 256];
+        program
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .map_err(load_error(CLOCK_PROBE_PROGRAM))?;
+        let word = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&out[at..at + 8]);
+            u64::from_ne_bytes(b)
+        };
+        Ok((word(0), word(8)))
+    };
+    let (j0, ns0) = sample()?;
+    std::thread::sleep(TICK_PROBE_WINDOW);
+    let (j1, ns1) = sample()?;
+    tick_from_samples(j1.wrapping_sub(j0), ns1.wrapping_sub(ns0)).ok_or_else(|| {
+        KernelError::Check(format!(
+            "the kernel clock probe saw {} ticks in {} ns; cannot derive the tick length",
+            j1.wrapping_sub(j0),
+            ns1.wrapping_sub(ns0)
+        ))
+    })
+}
+
+/// How long the tick probe waits between its two samples: 10 ticks at `HZ=100`.
+const TICK_PROBE_WINDOW: Duration = Duration::from_millis(100);
+
+/// Nanoseconds per tick from a number of ticks and the coarse clock's advance over them.
+fn tick_from_samples(ticks: u64, ns: u64) -> Option<u32> {
+    if ticks == 0 || ns == 0 {
+        return None;
+    }
+    let measured = ns / ticks;
+    let snapped = [100u64, 250, 300, 1000, 1024, 48, 24]
+        .iter()
+        .map(|hz| 1_000_000_000 / hz)
+        .find(|t| measured.abs_diff(*t) * 20 <= *t);
+    u32::try_from(snapped.unwrap_or(measured)).ok()
+}
+
 fn clear_trie<K: aya::Pod, V: aya::Pod>(
     map: &mut aya::maps::Map,
     name: &'static str,
@@ -596,4 +677,22 @@ pub fn remove_pins(pin_dir: &Path) -> Result<(), KernelError> {
         return Ok(());
     }
     std::fs::remove_dir_all(pin_dir).map_err(io_err(format!("removing {}", pin_dir.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tick_from_samples;
+
+    #[test]
+    fn tick_length_snaps_to_the_standard_hz_values() {
+        // HZ=250 seen over 100 ms: 25 ticks, give or take one at either end.
+        assert_eq!(tick_from_samples(25, 100_000_000), Some(4_000_000));
+        assert_eq!(tick_from_samples(25, 96_000_000), Some(4_000_000));
+        assert_eq!(tick_from_samples(30, 100_000_000), Some(3_333_333));
+        assert_eq!(tick_from_samples(100, 100_000_000), Some(1_000_000));
+        assert_eq!(tick_from_samples(10, 100_000_000), Some(10_000_000));
+        // An unusual tick length is used as measured.
+        assert_eq!(tick_from_samples(50, 100_000_000), Some(2_000_000));
+        assert_eq!(tick_from_samples(0, 100_000_000), None);
+    }
 }

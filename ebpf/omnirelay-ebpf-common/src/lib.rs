@@ -19,9 +19,13 @@ pub mod names {
     pub const XDP_FLOOR_PROGRAM: &str = "xdp_floor";
     /// The XDP rate limiter program.
     pub const XDP_LIMITER_PROGRAM: &str = "xdp_limiter";
+    /// Writes `bpf_jiffies64()` and `bpf_ktime_get_coarse_ns()` into the frame: run by
+    /// the daemon to learn the kernel's tick length.
+    pub const CLOCK_PROBE_PROGRAM: &str = "xdp_clock_probe";
     /// The `SO_REUSEPORT` steering program.
     pub const STEER_PROGRAM: &str = "steer_reuseport";
-    /// Array with one `u32`: the active configuration generation (0 or 1).
+    /// Array with one `limiter::Active`: the active configuration generation and flags,
+    /// the clock scale and the bucket hash seed.
     pub const ACTIVE_MAP: &str = "OR_ACTIVE";
     /// Hash map `ListenerKey` → `ListenerPolicy`.
     pub const LISTENERS_MAP: &str = "OR_LISTENERS";
@@ -33,7 +37,7 @@ pub mod names {
     pub const DENY_MAP: &str = "OR_DENY";
     /// LPM trie `OverrideKey` → `OverrideEntry`: per-source-prefix budgets.
     pub const OVERRIDES_MAP: &str = "OR_OVERRIDES";
-    /// LRU hash `BucketKey` → `Bucket`: token buckets.
+    /// Array of `BucketSet`, indexed by `bucket_set`: token buckets.
     pub const BUCKETS_MAP: &str = "OR_BUCKETS";
     /// Per-CPU array of `u64`, indexed by `limiter::counter_index`.
     pub const LIMITER_COUNTERS_MAP: &str = "OR_COUNTERS";

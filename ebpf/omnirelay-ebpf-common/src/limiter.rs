@@ -25,8 +25,6 @@ pub const MAX_LISTENERS: u32 = 63;
 pub const COUNTER_SLOTS: u32 = MAX_LISTENERS + 1;
 /// Entries of the configuration hash map and tries (both generations together).
 pub const MAX_CONFIG_ENTRIES: u32 = 16_384;
-/// Source addresses tracked at once in the token-bucket LRU map.
-pub const MAX_BUCKETS: u32 = 262_144;
 /// Largest number of workers the steering program chooses between, per listener port.
 pub const MAX_WORKERS: u32 = 64;
 /// Listener ports the steering program knows.
@@ -40,6 +38,25 @@ pub const MAX_RATE_PER_SECOND: u64 = 10_000_000;
 
 /// [`ListenerPolicy::flags`]: charge every packet, not only new flows.
 pub const CHARGE_ALL_PACKETS: u32 = 1;
+
+/// Value of the active-configuration array (its one entry).
+///
+/// The daemon writes the whole value in one map update. Only `word` changes after start-up,
+/// and all its bits (generation and flags) lie in its first byte, so a reader sees the old
+/// bits or the new ones, never a mix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Active {
+    /// Generation and flags: [`ACTIVE_GENERATION`], [`ACTIVE_DROP_MALFORMED`], ...
+    pub word: u32,
+    /// Nanoseconds per kernel tick. The limiter's clock is `bpf_jiffies64() * tick_ns`:
+    /// the verifier turns that helper into one load, where `bpf_ktime_get_coarse_ns` (the
+    /// same tick resolution) is a function call. Measured by the daemon at start.
+    pub tick_ns: u32,
+    /// Key of [`bucket_hash`]: random, chosen when the map is created and kept across
+    /// daemon restarts and program upgrades, so buckets stay where the program looks.
+    pub seed: u64,
+}
 
 /// Bit 0 of the active-generation word: the generation (0 or 1).
 pub const ACTIVE_GENERATION: u32 = 1;
@@ -248,22 +265,71 @@ pub struct OverrideEntry {
     pub stamp: u64,
 }
 
-/// Key of the bucket LRU map: one bucket per listener and source address.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct BucketKey {
-    /// Listener id.
-    pub listener: u32,
-    /// Source address (IPv4-mapped for IPv4).
-    pub addr: [u8; 16],
-}
+/// Ways per bucket set: a source's bucket lives in one of these slots of its set.
+pub const BUCKET_WAYS: usize = 4;
+/// Sets in the bucket array, a power of two (the set index is masked from the hash).
+pub const BUCKET_SETS: u32 = 65_536;
+/// Token buckets held at once.
+pub const MAX_BUCKETS: u32 = BUCKET_SETS * BUCKET_WAYS as u32;
 
-/// Value of the bucket LRU map.
+/// One token bucket in the bucket array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Bucket {
-    /// Theoretical arrival time of the next conforming packet, `bpf_ktime_get_ns` clock.
+pub struct BucketWay {
+    /// [`bucket_hash`] of the (listener, source) pair that owns the bucket; zero when the
+    /// way is empty.
+    pub tag: u64,
+    /// Theoretical arrival time of the next conforming packet, on the limiter's clock
+    /// (see [`Active::tick_ns`]). A bucket whose TAT has passed is full, the same as no bucket at all.
     pub tat_ns: u64,
+}
+
+/// Value of the bucket array: one set of [`BUCKET_WAYS`] buckets, one cache line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketSet {
+    /// The set's buckets.
+    pub ways: [BucketWay; BUCKET_WAYS],
+}
+
+/// The bucket tag of a listener and a source address (its four 32-bit words as they lie in
+/// memory, IPv4-mapped for IPv4), keyed by [`Active::seed`].
+/// Never zero (zero marks an empty way). The set index is `(tag >> 32) % BUCKET_SETS`.
+///
+/// For one listener, the tag is a bijection of the address's last 64 bits when the first 64
+/// are equal (but for the hash zero, mapped to one): two IPv4 sources never share a bucket.
+/// Other pairs collide with probability about 2^-48 within a set, and the secret seed keeps
+/// a sender from choosing a colliding address (and so draining someone else's bucket).
+#[inline(always)]
+pub const fn bucket_hash(seed: u64, listener: u32, addr: &[u32; 4]) -> u64 {
+    const K0: u64 = 0x9e37_79b9_7f4a_7c15;
+    const K1: u64 = 0xbf58_476d_1ce4_e5b9;
+    const K2: u64 = 0x94d0_49bb_1331_11eb;
+    let lo = (addr[0] as u64) | ((addr[1] as u64) << 32);
+    let hi = (addr[2] as u64) | ((addr[3] as u64) << 32);
+    // Each step is a bijection (xor with a value independent of `hi`, multiplication by an
+    // odd constant, xor-shift), so for fixed `lo` the tag is a bijection of `hi`.
+    let mut h = (seed ^ (listener as u64).wrapping_mul(K0) ^ lo).wrapping_mul(K1);
+    h ^= h >> 32;
+    h = (h ^ hi).wrapping_mul(K2);
+    h ^= h >> 32;
+    h = h.wrapping_mul(K1);
+    h ^= h >> 29;
+    if h == 0 { 1 } else { h }
+}
+
+/// An address's bytes as the four 32-bit words the program hashes (each word holding four
+/// bytes in memory order, as loaded from the packet).
+pub fn addr_words(a: &[u8; 16]) -> [u32; 4] {
+    core::array::from_fn(|i| {
+        u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]])
+    })
+}
+
+/// The set of a [`bucket_hash`] tag.
+#[inline(always)]
+pub const fn bucket_set(tag: u64) -> u32 {
+    ((tag >> 32) as u32) & (BUCKET_SETS - 1)
 }
 
 /// Value of the steering port map: where a listener port's workers sit in the socket
@@ -329,10 +395,10 @@ mod pod {
     unsafe impl aya::Pod for OverrideEntry {}
     // SAFETY: `repr(C)` integers and byte arrays with no implicit padding (see the layout
     // test), so every bit pattern is a valid value.
-    unsafe impl aya::Pod for BucketKey {}
-    // SAFETY: `repr(C)` integers and byte arrays with no implicit padding (see the layout
-    // test), so every bit pattern is a valid value.
-    unsafe impl aya::Pod for Bucket {}
+    unsafe impl aya::Pod for BucketSet {}
+    // SAFETY: `repr(C)` integers with no implicit padding (see the layout test), so every
+    // bit pattern is a valid value.
+    unsafe impl aya::Pod for Active {}
     // SAFETY: `repr(C)` integers and byte arrays with no implicit padding (see the layout
     // test), so every bit pattern is a valid value.
     unsafe impl aya::Pod for SteerPort {}
@@ -354,7 +420,8 @@ mod tests {
         assert_eq!(size_of::<PrefixKey>(), 20);
         assert_eq!(size_of::<OverrideKey>(), 24);
         assert_eq!(size_of::<OverrideEntry>(), 24);
-        assert_eq!(size_of::<BucketKey>(), 20);
+        assert_eq!(size_of::<BucketSet>(), 64);
+        assert_eq!(size_of::<Active>(), 16);
         assert_eq!(size_of::<SteerPort>(), 8);
         assert_eq!(size_of::<SteerWeights>(), 4 * 64 + 8);
     }
@@ -377,6 +444,48 @@ mod tests {
         for (i, r) in Reason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i);
         }
+    }
+
+    #[test]
+    fn bucket_tags_of_ipv4_sources_never_collide() {
+        // The tag is a bijection of the last 64 address bits: distinct IPv4 sources of one
+        // listener get distinct, non-zero tags whatever the seed.
+        for seed in [0u64, 1, 0xdead_beef_0123_4567] {
+            let mut tags: [u64; 4096] = [0; 4096];
+            for (i, t) in tags.iter_mut().enumerate() {
+                let a = v4_mapped((i as u32).wrapping_mul(2_654_435_761).to_be_bytes());
+                *t = bucket_hash(seed, 3, &addr_words(&a));
+                assert_ne!(*t, 0);
+            }
+            tags.sort_unstable();
+            assert!(tags.windows(2).all(|w| w[0] != w[1]));
+        }
+    }
+
+    #[test]
+    fn bucket_sets_spread_and_depend_on_seed() {
+        // 65,536 consecutive IPv4 sources over 65,536 sets: no set gets more than a
+        // handful (a poor hash would pile a /16 into a few sets), and another seed moves
+        // a source to another set.
+        let mut load = [0u16; BUCKET_SETS as usize];
+        let mut moved = 0;
+        for i in 0..65_536u32 {
+            let a = addr_words(&v4_mapped((0x0a00_0000 | i).to_be_bytes()));
+            let set = bucket_set(bucket_hash(7, 0, &a)) as usize;
+            load[set] += 1;
+            if bucket_set(bucket_hash(8, 0, &a)) as usize != set {
+                moved += 1;
+            }
+        }
+        assert!(
+            *load.iter().max().unwrap() <= 12,
+            "max set load {}",
+            load.iter().max().unwrap()
+        );
+        assert!(
+            moved > 60_000,
+            "only {moved} sources changed set with the seed"
+        );
     }
 
     #[test]

@@ -5,11 +5,17 @@
 //!
 //! The limiter parses Ethernet (one VLAN tag), IPv4/IPv6 and TCP/UDP with a bounds check
 //! before every read. Anything it cannot parse passes. Per source address and listener it
-//! keeps a token bucket in virtual-scheduling form (one 64-bit theoretical arrival time),
-//! advanced with a compare-and-swap so concurrent CPUs never double-spend a token. The
-//! accepted races, and their bounds:
-//! - two CPUs seeing a new source at once both insert a fresh bucket: at most one extra
-//!   packet per CPU for that source;
+//! keeps a token bucket in virtual-scheduling form (one 64-bit theoretical arrival time,
+//! TAT) in a set-associative array: a keyed hash of (listener, source) picks a set of four
+//! ways and is the tag kept in the way. The TAT advances with a compare-and-swap so
+//! concurrent CPUs never double-spend a token. A source with no way gets the way whose
+//! bucket is fullest (lowest TAT): a bucket whose TAT has passed is full, so replacing it
+//! loses nothing; only when all four ways are in debt does one source's debt get forgotten.
+//! The accepted races, and their bounds:
+//! - two CPUs claiming a way at once: the tag compare-and-swap lets one win; the other's
+//!   packet passes uncharged (at most one packet per CPU per claim);
+//! - a claim between another CPU's tag match and its TAT update: that CPU charges the new
+//!   owner's bucket once (one packet's token moved between two sources);
 //! - a compare-and-swap that loses four times in a row passes the packet uncharged: at
 //!   most one packet per lost race, which needs four concurrent winners on other CPUs.
 //!
@@ -20,6 +26,8 @@
 // kernel has BPF_CMPXCHG since 5.12); the intrinsic lowers to that instruction.
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
+// `asm!` on BPF: single misaligned packet loads (see `parse::word`).
+#![feature(asm_experimental_arch)]
 
 mod parse;
 mod runtime;
@@ -27,25 +35,25 @@ mod runtime;
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, sk_action, xdp_action},
-    helpers::bpf_ktime_get_coarse_ns,
+    bindings::{sk_action, xdp_action},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
     macros::{map, sk_reuseport, xdp},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ReusePortSockArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, ReusePortSockArray, lpm_trie::Key},
     programs::{SkReuseportContext, XdpContext},
 };
 use aya_log_ebpf::warn;
 use omnirelay_ebpf_common::limiter::{
     ACTIVE_DROP_MALFORMED, ACTIVE_GENERATION, ACTIVE_HAS_ALLOW, ACTIVE_HAS_DENY,
-    ACTIVE_HAS_OVERRIDES, Bucket, BucketKey, Budget, CHARGE_ALL_PACKETS, COUNTER_ENTRIES,
-    ListenerKey, ListenerPolicy, MAX_BUCKETS, MAX_CONFIG_ENTRIES, MAX_STEER_PORTS,
+    ACTIVE_HAS_OVERRIDES, Active, BUCKET_SETS, BUCKET_WAYS, BucketSet, Budget, CHARGE_ALL_PACKETS,
+    COUNTER_ENTRIES, ListenerKey, ListenerPolicy, MAX_CONFIG_ENTRIES, MAX_STEER_PORTS,
     MAX_STEER_SOCKETS, MAX_WORKERS, OVERRIDE_KEY_HEAD_BITS, OverrideEntry, OverrideKey, PORT_ANY,
     PORT_ANY_V4, PORT_LOOKUP, PORTS_PER_GENERATION, PREFIX_KEY_HEAD_BITS, PortEntry, PrefixEntry,
-    PrefixKey, Reason, SteerPort, SteerWeights, counter_index,
+    PrefixKey, Reason, SteerPort, SteerWeights, bucket_hash, bucket_set, counter_index,
 };
-use parse::{Packet, Transport};
+use parse::{Addr, L4, Packet, Transport};
 
 #[map(name = "OR_ACTIVE")]
-static OR_ACTIVE: Array<u32> = Array::pinned(1, 0);
+static OR_ACTIVE: Array<Active> = Array::pinned(1, 0);
 
 #[map(name = "OR_LISTENERS")]
 static OR_LISTENERS: HashMap<ListenerKey, ListenerPolicy> = HashMap::pinned(MAX_CONFIG_ENTRIES, 0);
@@ -63,7 +71,7 @@ static OR_DENY: LpmTrie<PrefixKey, PrefixEntry> = LpmTrie::pinned(MAX_CONFIG_ENT
 static OR_OVERRIDES: LpmTrie<OverrideKey, OverrideEntry> = LpmTrie::pinned(MAX_CONFIG_ENTRIES, 0);
 
 #[map(name = "OR_BUCKETS")]
-static OR_BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::pinned(MAX_BUCKETS, 0);
+static OR_BUCKETS: Array<BucketSet> = Array::pinned(BUCKET_SETS, 0);
 
 #[map(name = "OR_COUNTERS")]
 static OR_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_ENTRIES, 0);
@@ -88,9 +96,11 @@ fn count(slot: u32, reason: Reason) {
     }
 }
 
+/// The active configuration; all zero (generation 0, nothing budgeted) until the daemon
+/// has written it.
 #[inline(always)]
-fn active() -> u32 {
-    OR_ACTIVE.get(0).copied().unwrap_or(0)
+fn active() -> Active {
+    OR_ACTIVE.get(0).copied().unwrap_or_default()
 }
 
 #[inline(always)]
@@ -105,17 +115,42 @@ fn finish(slot: u32, reason: Reason) -> u32 {
 
 #[xdp]
 pub fn xdp_limiter(ctx: XdpContext) -> u32 {
-    let word = active();
-    let generation = word & ACTIVE_GENERATION;
+    let active = active();
+    // Two call sites of the inlined `limit`: the IPv4 one is compiled with the first three
+    // address words known, which folds them out of the keys and the bucket hash.
     match parse::parse(ctx.data(), ctx.data_end()) {
         Packet::NotIp => finish(0, Reason::Passed),
-        Packet::Malformed => malformed(0, word),
-        Packet::Ip {
+        Packet::Malformed => malformed(0, active.word),
+        Packet::V4 {
             src,
             dst,
             transport,
-        } => limit(generation, word, &src, &dst, transport),
+        } => limit(&active, &parse::v4(src), &parse::v4(dst), transport),
+        Packet::V6 {
+            src,
+            dst,
+            transport,
+        } => limit(&active, &src, &dst, transport),
     }
+}
+
+/// Writes the tick counter and the coarse clock into the first 16 bytes of the frame
+/// (native byte order) for the daemon, which runs it with `BPF_PROG_TEST_RUN` to learn
+/// the tick length (see `Active::tick_ns`). Never attached.
+#[xdp]
+pub fn xdp_clock_probe(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + 16 > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: helpers with no preconditions; the 16 bytes were bounds-checked above.
+    unsafe {
+        let jiffies = bpf_jiffies64();
+        let ns = bpf_ktime_get_coarse_ns();
+        core::ptr::write_unaligned(start as *mut u64, jiffies);
+        core::ptr::write_unaligned((start + 8) as *mut u64, ns);
+    }
+    xdp_action::XDP_PASS
 }
 
 #[inline(always)]
@@ -129,20 +164,24 @@ fn malformed(slot: u32, word: u32) -> u32 {
 }
 
 #[inline(always)]
-fn prefix_key(generation: u32, addr: &[u8; 16]) -> Key<PrefixKey> {
+fn prefix_key(generation: u32, addr: &Addr) -> Key<PrefixKey> {
     Key::new(
         PREFIX_KEY_HEAD_BITS + 128,
         PrefixKey {
             generation: generation.to_be_bytes(),
-            addr: *addr,
+            addr: parse::addr_bytes(addr),
         },
     )
 }
 
-fn limit(generation: u32, word: u32, src: &[u8; 16], dst: &[u8; 16], t: Transport) -> u32 {
-    let port = match t {
-        Transport::Port { port, .. } => Some(port),
-        Transport::Malformed | Transport::None => None,
+#[inline(always)]
+fn limit(active: &Active, src: &Addr, dst: &Addr, t: Transport) -> u32 {
+    let word = active.word;
+    let generation = word & ACTIVE_GENERATION;
+    let port = if t.kind == L4::Port {
+        Some(t.port)
+    } else {
+        None
     };
     let listener = port.and_then(|p| find_listener(generation, dst, p));
     let has = |bit: u32| word & bit != 0;
@@ -155,26 +194,25 @@ fn limit(generation: u32, word: u32, src: &[u8; 16], dst: &[u8; 16], t: Transpor
     // Deny first, before anything about the transport is trusted: a denied source is
     // dropped even when its TCP/UDP header is truncated (the list fails closed).
     // Empty lists are known from the active word: no trie walk for them.
-    let key = prefix_key(generation, src);
     if has(ACTIVE_HAS_DENY)
-        && let Some(entry) = OR_DENY.get(&key)
+        && let Some(entry) = OR_DENY.get(&prefix_key(generation, src))
     {
         check_stamp(slot, stamp, entry.stamp);
         return finish(slot, Reason::Denied);
     }
-    if let Transport::Malformed = t {
+    if t.kind == L4::Malformed {
         return malformed(slot, word);
     }
     if has(ACTIVE_HAS_ALLOW)
-        && let Some(entry) = OR_ALLOW.get(&key)
+        && let Some(entry) = OR_ALLOW.get(&prefix_key(generation, src))
     {
         check_stamp(slot, stamp, entry.stamp);
         return finish(slot, Reason::Allowed);
     }
-    let (Some(policy), Transport::Port { new_flow, .. }) = (listener, t) else {
+    let Some(policy) = listener else {
         return finish(slot, Reason::Passed);
     };
-    if policy.flags & CHARGE_ALL_PACKETS == 0 && !new_flow {
+    if policy.flags & CHARGE_ALL_PACKETS == 0 && !t.new_flow {
         return finish(slot, Reason::Passed);
     }
     let mut budget = policy.budget;
@@ -184,7 +222,7 @@ fn limit(generation: u32, word: u32, src: &[u8; 16], dst: &[u8; 16], t: Transpor
             OverrideKey {
                 generation: generation.to_be_bytes(),
                 listener: policy.id.to_be_bytes(),
-                addr: *src,
+                addr: parse::addr_bytes(src),
             },
         );
         if let Some(o) = OR_OVERRIDES.get(&okey) {
@@ -192,11 +230,7 @@ fn limit(generation: u32, word: u32, src: &[u8; 16], dst: &[u8; 16], t: Transpor
             budget = o.budget;
         }
     }
-    let bucket = BucketKey {
-        listener: policy.id,
-        addr: *src,
-    };
-    if charge(&bucket, &budget) {
+    if charge(active, policy.id, src, &budget) {
         finish(slot, Reason::Passed)
     } else {
         finish(slot, Reason::OverBudget)
@@ -216,7 +250,7 @@ fn check_stamp(slot: u32, listener_stamp: Option<u64>, entry_stamp: u64) {
 /// wildcard listener; otherwise the hash map is asked for the exact address, then the
 /// family's wildcard, then the dual-stack wildcard `::`.
 #[inline(always)]
-fn find_listener(generation: u32, dst: &[u8; 16], port: u16) -> Option<ListenerPolicy> {
+fn find_listener(generation: u32, dst: &Addr, port: u16) -> Option<ListenerPolicy> {
     let entry = OR_PORTS.get(generation * PORTS_PER_GENERATION + u32::from(port))?;
     match entry.kind {
         PORT_ANY => return Some(entry.policy),
@@ -226,7 +260,7 @@ fn find_listener(generation: u32, dst: &[u8; 16], port: u16) -> Option<ListenerP
     }
     let mut key = ListenerKey {
         generation,
-        addr: *dst,
+        addr: parse::addr_bytes(dst),
         port,
         pad: 0,
     };
@@ -247,35 +281,76 @@ fn find_listener(generation: u32, dst: &[u8; 16], port: u16) -> Option<ListenerP
     unsafe { OR_LISTENERS.get(&key) }.copied()
 }
 
-/// Takes one token from the source's bucket; false when it has none.
+/// Takes one token from the bucket of `listener` and `src`; false when it has none.
 #[inline(always)]
-fn charge(key: &BucketKey, budget: &Budget) -> bool {
+fn charge(active: &Active, listener: u32, src: &Addr, budget: &Budget) -> bool {
     if budget.emission_ns == 0 {
         return false;
     }
-    // SAFETY: a helper with no preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let Some(bucket) = OR_BUCKETS.get_ptr_mut(key) else {
-        // First packet from this source: it conforms (tolerance is at least one token).
-        let fresh = Bucket {
-            tat_ns: now.wrapping_add(budget.emission_ns),
-        };
-        let _ = OR_BUCKETS.insert(key, &fresh, BPF_NOEXIST.into());
+    let tag = bucket_hash(active.seed, listener, src);
+    let Some(set) = OR_BUCKETS.get_ptr_mut(bucket_set(tag)) else {
         return true;
     };
-    // SAFETY: the value pointer is valid and 8-byte aligned for the program's run; other
-    // CPUs touch it only through the same atomic operations.
-    let tat = unsafe { &raw mut (*bucket).tat_ns };
+    // SAFETY: a helper with no preconditions (the verifier inlines it as one load).
+    let now = unsafe { bpf_jiffies64() }.wrapping_mul(u64::from(active.tick_ns));
+    // SAFETY (all pointer use below): `set` points to a map value, valid and 8-byte aligned
+    // for the program's run; other CPUs touch it only through aligned 64-bit loads and
+    // stores and the same compare-and-swaps, which are single-copy atomic on BPF.
+    let ways = unsafe { &raw mut (*set).ways };
+    let mut victim = 0;
+    let mut victim_tag = 0;
+    let mut victim_tat = u64::MAX;
+    let mut i = 0;
+    while i < BUCKET_WAYS {
+        let way = unsafe { &raw mut (*ways)[i] };
+        let seen_tag = unsafe { core::ptr::read_volatile(&raw const (*way).tag) };
+        let tat = unsafe { &raw mut (*way).tat_ns };
+        if seen_tag == tag {
+            return take(tat, now, budget);
+        }
+        let t = if seen_tag == 0 {
+            0
+        } else {
+            unsafe { core::ptr::read_volatile(tat) }
+        };
+        if t < victim_tat {
+            victim = i;
+            victim_tag = seen_tag;
+            victim_tat = t;
+        }
+        i += 1;
+    }
+    // A new source: its first packet conforms (the tolerance is at least one token). It
+    // takes the fullest way, if no other CPU claims that way first.
+    let way = unsafe { &raw mut (*ways)[victim] };
+    let (_, claimed) = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+            &raw mut (*way).tag,
+            victim_tag,
+            tag,
+        )
+    };
+    if claimed {
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*way).tat_ns, now.wrapping_add(budget.emission_ns))
+        };
+    }
+    true
+}
+
+/// One token from a bucket's TAT, by compare-and-swap.
+#[inline(always)]
+fn take(tat: *mut u64, now: u64, budget: &Budget) -> bool {
     let mut i = 0;
     while i < CAS_ATTEMPTS {
-        // SAFETY: as above (an aligned 64-bit load is single-copy atomic on BPF).
+        // SAFETY: see `charge`.
         let seen = unsafe { core::ptr::read_volatile(tat) };
         let start = if seen > now { seen } else { now };
         let next = start.wrapping_add(budget.emission_ns);
         if next.wrapping_sub(now) > budget.tolerance_ns {
             return false;
         }
-        // SAFETY: as above.
+        // SAFETY: see `charge`.
         let (_, swapped) = unsafe {
             atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
                 tat, seen, next,
@@ -308,7 +383,7 @@ pub fn steer_reuseport(ctx: SkReuseportContext) -> u32 {
     let Some(group) = (unsafe { OR_STEER_PORTS.get(&u32::from(port)) }) else {
         return sk_action::SK_PASS;
     };
-    let Some(weights) = OR_STEER_WEIGHTS.get(active() & ACTIVE_GENERATION) else {
+    let Some(weights) = OR_STEER_WEIGHTS.get(active().word & ACTIVE_GENERATION) else {
         return sk_action::SK_PASS;
     };
     let workers = if group.workers > MAX_WORKERS {

@@ -17,20 +17,48 @@ const TCP_ACK: u8 = 0x10;
 const QUIC_V1: u32 = 0x0000_0001;
 const QUIC_V2: u32 = 0x6b33_43cf;
 
-/// What the transport header said.
-#[derive(Clone, Copy)]
-pub enum Transport {
+/// An address as four 32-bit words holding its bytes in network order, as loaded from the
+/// packet (IPv4-mapped for IPv4). Words, not bytes: the BPF backend copies a byte array one
+/// byte at a time, and the program moves addresses into keys and hashes.
+pub type Addr = [u32; 4];
+
+/// The third word of an IPv4-mapped address (`::ffff:0:0/96`).
+const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// Kinds of transport header.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum L4 {
     /// TCP or UDP with a complete header.
-    Port {
-        /// Destination port, host order.
-        port: u16,
-        /// TCP SYN without ACK, or a QUIC v1/v2 Initial packet.
-        new_flow: bool,
-    },
+    Port,
     /// TCP or UDP whose header is truncated or impossible.
     Malformed,
     /// No port to read: another protocol, or a non-first IPv4 fragment.
     None,
+}
+
+/// What the transport header said. A plain struct whose fields are always written, not an
+/// enum with payloads: LLVM may leave an absent payload undefined and then reuse whatever a
+/// register held (a pointer, say), which the verifier rejects.
+#[derive(Clone, Copy)]
+pub struct Transport {
+    pub kind: L4,
+    /// Destination port, host order; 0 unless `kind` is `Port`.
+    pub port: u16,
+    /// TCP SYN without ACK, or a QUIC v1/v2 Initial packet.
+    pub new_flow: bool,
+}
+
+impl Transport {
+    const MALFORMED: Transport = Transport {
+        kind: L4::Malformed,
+        port: 0,
+        new_flow: false,
+    };
+    const NONE: Transport = Transport {
+        kind: L4::None,
+        port: 0,
+        new_flow: false,
+    };
 }
 
 /// A parsed frame.
@@ -39,12 +67,24 @@ pub enum Packet {
     NotIp,
     /// Truncated Ethernet/VLAN/IP header or a bad IP version / IHL.
     Malformed,
-    /// An IP packet with its addresses (IPv4-mapped for IPv4).
-    Ip {
-        src: [u8; 16],
-        dst: [u8; 16],
+    /// An IPv4 packet with its addresses (as loaded: network byte order in memory).
+    V4 {
+        src: u32,
+        dst: u32,
         transport: Transport,
     },
+    /// An IPv6 packet with its addresses.
+    V6 {
+        src: Addr,
+        dst: Addr,
+        transport: Transport,
+    },
+}
+
+/// The IPv4-mapped form of an IPv4 address word.
+#[inline(always)]
+pub fn v4(a: u32) -> Addr {
+    [0, 0, V4_MAPPED_WORD, a]
 }
 
 #[inline(always)]
@@ -53,21 +93,54 @@ fn byte(start: usize, off: usize) -> u8 {
     unsafe { *((start + off) as *const u8) }
 }
 
+/// A 32-bit load from packet memory at any alignment, the word's bytes as they lie in the
+/// packet. The kernel allows misaligned packet loads where the CPU does (x86-64, arm64);
+/// LLVM's BPF backend would split an unaligned read into four byte loads, so the one
+/// instruction is written out.
 #[inline(always)]
-fn be16(start: usize, off: usize) -> u16 {
-    u16::from_be_bytes([byte(start, off), byte(start, off + 1)])
+fn word(start: usize, off: usize) -> u32 {
+    let v: u64;
+    // SAFETY: every caller has checked `start + off + 4 <= end` first; the instruction
+    // only reads those four bytes.
+    unsafe {
+        core::arch::asm!(
+            "{v} = *(u32 *)({p} + 0)",
+            p = in(reg) start + off,
+            v = lateout(reg) v,
+            options(readonly, nostack, preserves_flags)
+        );
+    }
+    v as u32
 }
 
+/// A big-endian 16-bit field, as a host-order number.
 #[inline(always)]
-fn copy<const N: usize>(start: usize, off: usize) -> [u8; N] {
-    // SAFETY: every caller has checked `start + off + N <= end` first.
-    unsafe { core::ptr::read_unaligned((start + off) as *const [u8; N]) }
+fn be16(start: usize, off: usize) -> u16 {
+    let v: u64;
+    // SAFETY: as for `word`, for two bytes.
+    unsafe {
+        core::arch::asm!(
+            "{v} = *(u16 *)({p} + 0)",
+            p = in(reg) start + off,
+            v = lateout(reg) v,
+            options(readonly, nostack, preserves_flags)
+        );
+    }
+    u16::from_be(v as u16)
 }
 
 /// Whether an address is IPv4-mapped (`::ffff:a.b.c.d`).
 #[inline(always)]
-pub fn is_v4_mapped(a: &[u8; 16]) -> bool {
-    a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff
+pub fn is_v4_mapped(a: &Addr) -> bool {
+    a[0] == 0 && a[1] == 0 && a[2] == V4_MAPPED_WORD
+}
+
+/// An address's bytes, for map keys.
+#[inline(always)]
+pub fn addr_bytes(a: &Addr) -> [u8; 16] {
+    // SAFETY: `[u32; 4]` and `[u8; 16]` have the same size and no padding; every bit
+    // pattern is a valid byte array.
+    unsafe { core::mem::transmute::<Addr, [u8; 16]>(*a) }
 }
 
 #[inline(always)]
@@ -101,17 +174,15 @@ fn ipv4(ip: usize, end: usize) -> Packet {
     if ver_ihl >> 4 != 4 || ihl < 20 {
         return Packet::Malformed;
     }
-    let src: [u8; 4] = copy(ip, 12);
-    let dst: [u8; 4] = copy(ip, 16);
-    let src = omnirelay_ebpf_common::limiter::v4_mapped(src);
-    let dst = omnirelay_ebpf_common::limiter::v4_mapped(dst);
+    let src = word(ip, 12);
+    let dst = word(ip, 16);
     let fragment_offset = be16(ip, 6) & 0x1fff;
     let transport = if fragment_offset != 0 {
-        Transport::None
+        Transport::NONE
     } else {
         transport(byte(ip, 9), ip + ihl, end)
     };
-    Packet::Ip {
+    Packet::V4 {
         src,
         dst,
         transport,
@@ -126,12 +197,12 @@ fn ipv6(ip: usize, end: usize) -> Packet {
     if byte(ip, 0) >> 4 != 6 {
         return Packet::Malformed;
     }
-    let src: [u8; 16] = copy(ip, 8);
-    let dst: [u8; 16] = copy(ip, 24);
+    let src = [word(ip, 8), word(ip, 12), word(ip, 16), word(ip, 20)];
+    let dst = [word(ip, 24), word(ip, 28), word(ip, 32), word(ip, 36)];
     // Extension headers are not walked: a packet whose next header is not TCP or UDP has
     // no port for the limiter and passes (after the deny list).
     let transport = transport(byte(ip, 6), ip + IPV6_HDR_LEN, end);
-    Packet::Ip {
+    Packet::V6 {
         src,
         dst,
         transport,
@@ -143,28 +214,30 @@ fn transport(protocol: u8, l4: usize, end: usize) -> Transport {
     match protocol {
         IPPROTO_TCP => {
             if l4 + TCP_MIN_LEN > end {
-                return Transport::Malformed;
+                return Transport::MALFORMED;
             }
             let data_offset = ((byte(l4, 12) >> 4) as usize) * 4;
             if data_offset < TCP_MIN_LEN {
-                return Transport::Malformed;
+                return Transport::MALFORMED;
             }
             let flags = byte(l4, 13);
-            Transport::Port {
+            Transport {
+                kind: L4::Port,
                 port: be16(l4, 2),
                 new_flow: flags & TCP_SYN != 0 && flags & TCP_ACK == 0,
             }
         }
         IPPROTO_UDP => {
             if l4 + UDP_LEN > end {
-                return Transport::Malformed;
+                return Transport::MALFORMED;
             }
-            Transport::Port {
+            Transport {
+                kind: L4::Port,
                 port: be16(l4, 2),
                 new_flow: quic_initial(l4 + UDP_LEN, end),
             }
         }
-        _ => Transport::None,
+        _ => Transport::NONE,
     }
 }
 
@@ -178,7 +251,7 @@ fn quic_initial(payload: usize, end: usize) -> bool {
     if first & 0xc0 != 0xc0 {
         return false;
     }
-    let version = u32::from_be_bytes(copy(payload, 1));
+    let version = u32::from_be(word(payload, 1));
     let packet_type = (first >> 4) & 0x03;
     (version == QUIC_V1 && packet_type == 0) || (version == QUIC_V2 && packet_type == 1)
 }
