@@ -66,6 +66,10 @@ struct Cli {
     /// byte (milliseconds).
     #[arg(long, default_value_t = 30_000)]
     client_head_timeout_ms: u64,
+    /// After a response, read the next request directly (buffers kept) for this long before
+    /// falling back to a buffer-less readiness wait (milliseconds; 0: always wait).
+    #[arg(long, default_value_t = 2)]
+    client_hot_read_ms: u64,
     /// Seconds to wait for the first snapshot.
     #[arg(long, default_value_t = 30)]
     wait: u64,
@@ -157,6 +161,7 @@ fn main() -> anyhow::Result<()> {
     opts.ring_entries = cli.ring_entries;
     opts.settings.client_idle_timeout = Duration::from_millis(cli.client_idle_timeout_ms.max(1));
     opts.settings.client_head_timeout = Duration::from_millis(cli.client_head_timeout_ms.max(1));
+    opts.settings.client_hot_read = Duration::from_millis(cli.client_hot_read_ms);
     let proxy = proxy::start(Arc::clone(&holder), Arc::clone(&metrics), access_log, opts)?;
     let admin_addr = admin::spawn(
         cli.admin,

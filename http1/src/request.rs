@@ -31,8 +31,10 @@ impl RequestHead {
         let split = headers::split_head(buf, limits.max_head_bytes, |window| {
             check_request_line(window, limits.max_request_line_bytes)?;
             headers::with_slots(limits.max_headers, |slots| {
-                let mut req = httparse::Request::new(slots);
-                match req.parse(window).map_err(headers::parse_error)? {
+                let mut req = httparse::Request::new(&mut []);
+                let parsed = httparse::ParserConfig::default()
+                    .parse_request_with_uninit_headers(&mut req, window, slots);
+                match parsed.map_err(headers::parse_error)? {
                     httparse::Status::Partial => Ok(None),
                     httparse::Status::Complete(len) => {
                         let method = Span::of(window, req.method.unwrap_or_default().as_bytes());

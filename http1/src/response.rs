@@ -29,8 +29,10 @@ impl ResponseHead {
     ) -> Result<ParseStatus<ResponseHead>, Http1Error> {
         let split = headers::split_head(buf, limits.max_head_bytes, |window| {
             headers::with_slots(limits.max_headers, |slots| {
-                let mut resp = httparse::Response::new(slots);
-                match resp.parse(window).map_err(headers::parse_error)? {
+                let mut resp = httparse::Response::new(&mut []);
+                let parsed = httparse::ParserConfig::default()
+                    .parse_response_with_uninit_headers(&mut resp, window, slots);
+                match parsed.map_err(headers::parse_error)? {
                     httparse::Status::Partial => Ok(None),
                     httparse::Status::Complete(len) => {
                         let version = match resp.version {

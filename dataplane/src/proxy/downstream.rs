@@ -1,15 +1,20 @@
-//! A client connection: reads request heads (an idle keep-alive connection holds no read
-//! buffer: it waits for readability first), rejects bad input with the right 4xx and
+//! A client connection: reads request heads, rejects bad input with the right 4xx and
 //! closes, and hands good requests to [`super::forward`].
+//!
+//! Between requests a connection is *hot* or *idle*. Right after a response it is hot: it
+//! keeps its buffers and reads the next head directly, so a busy keep-alive connection
+//! costs one read per request. If nothing arrives within `client_hot_read` the read is
+//! cancelled, the buffers go back to the worker's pool and the connection becomes idle: it
+//! waits for readability holding no buffer, then reads.
 
 use std::{net::SocketAddr, rc::Rc, sync::atomic::Ordering, time::Instant};
 
 use bytes::BytesMut;
-use monoio::net::TcpStream;
+use monoio::{io::Canceller, net::TcpStream};
 
 use std::os::fd::AsRawFd as _;
 
-use super::{forward, idle::IdleToken, io, worker::WorkerCtx};
+use super::{forward, idle::IdleToken, io, slot::FutureSlot, worker::WorkerCtx};
 use crate::http1::{self, Http1Error, ParseStatus, RequestHead};
 
 /// The client side of one connection.
@@ -20,6 +25,9 @@ pub(crate) struct Downstream {
     /// Staging buffer for writes to the client.
     pub out: BytesMut,
     pub peer: SocketAddr,
+    /// Cancels a hot connection's pending read when the hot window passes (made on first
+    /// use, dropped when the connection cools).
+    pub canceller: Option<Canceller>,
 }
 
 impl Downstream {
@@ -60,6 +68,8 @@ enum NextHead {
     Head(RequestHead),
     /// Clean close or idle timeout between requests.
     Closed,
+    /// Nothing arrived within the hot-read window: wait for readability instead.
+    Cooled,
     /// Bad input: answered and the connection must close.
     Rejected,
 }
@@ -105,14 +115,19 @@ pub(crate) fn serve(
         buf: BytesMut::new(),
         out: BytesMut::new(),
         peer,
+        canceller: None,
     };
     async move {
+        let mut hot = false;
+        // Heap room for the request future (several KiB), reused while the connection
+        // is hot and released when it goes idle.
+        let mut slot = FutureSlot::new();
         loop {
             // An idle connection waits for readability here, holding no buffer, no
             // snapshot, no request state and no timer: the worker's idle reaper shuts the
             // socket down when the idle timeout passes. The heavier futures below are
             // boxed and exist only while a request is being read or served.
-            if ds.buf.is_empty() {
+            if ds.buf.is_empty() && !hot {
                 let deadline = Instant::now() + ctx.settings.client_idle_timeout;
                 let token = ctx
                     .idle
@@ -124,65 +139,115 @@ pub(crate) fn serve(
                     return;
                 }
             }
-            // Boxed: reading a head and serving the request (routing, upstream exchange,
-            // body relay) takes several KiB of state; boxing it means an idle keep-alive
+            // On the heap: reading a head and serving the request (routing, upstream
+            // exchange, body relay) takes several KiB of state; an idle keep-alive
             // connection's task holds only this small loop, not room for a request it is
             // not serving.
-            if !Box::pin(request(&ctx.0, &mut ds, listen_index)).await {
-                return;
+            let served;
+            (served, ds) = slot
+                .run(request(Rc::clone(&ctx.0), ds, listen_index, hot))
+                .await;
+            match served {
+                Served::Close => return,
+                Served::KeepAlive => hot = !ctx.settings.client_hot_read.is_zero(),
+                Served::Cooled => hot = false,
             }
-            if ds.buf.is_empty() {
-                // Idle keep-alive connections hold no buffers: they go back to the
-                // worker's pool.
+            if ds.buf.is_empty() && !hot {
+                // Idle keep-alive connections hold no buffers (they go back to the
+                // worker's pool) and no request memory.
                 ctx.give_buf(std::mem::take(&mut ds.buf));
                 ctx.give_buf(std::mem::take(&mut ds.out));
+                slot.release();
             }
         }
     }
 }
 
-/// Reads one request head and serves the request; whether the connection stays open.
-async fn request(ctx: &Rc<WorkerCtx>, ds: &mut Downstream, listen_index: u32) -> bool {
-    let Some(cfg) = ctx.holder.current() else {
-        ds.send_error(503, "no configuration loaded yet").await;
-        return false;
-    };
-    // Found by address, not index: a new snapshot may reorder or remove listeners.
-    let bound = ctx.listen_addrs.get(listen_index as usize);
-    let Some(listener) = bound.and_then(|a| cfg.listener_by_addr(*a)) else {
-        ds.send_error(503, "listener removed by the current configuration")
-            .await;
-        return false;
-    };
-    let l = &cfg.listeners[listener];
-    let limits = http1::Limits {
-        max_head_bytes: l.limits.max_header_bytes,
-        max_headers: l.limits.max_headers,
-        max_body_bytes: Some(l.limits.max_body_bytes),
-        ..http1::Limits::default()
-    };
-    let head = match next_head(ctx, ds, &limits).await {
-        NextHead::Head(h) => h,
-        NextHead::Closed | NextHead::Rejected => return false,
-    };
-    let started = Instant::now();
-    forward::handle(ctx, &cfg, listener, &limits, ds, head, started).await
+/// What serving one request left the connection as.
+enum Served {
+    /// Open, a response just went out: read the next head directly.
+    KeepAlive,
+    /// Open, but quiet for the whole hot-read window: wait for readability.
+    Cooled,
+    /// Closed or to be closed.
+    Close,
 }
 
-async fn next_head(ctx: &WorkerCtx, ds: &mut Downstream, limits: &http1::Limits) -> NextHead {
+/// Reads one request head and serves the request. `hot`: the connection just served a
+/// request and nothing is buffered; the first read waits only `client_hot_read`. Takes
+/// and gives back the connection, so that the future borrows nothing and can live in the
+/// connection's [`FutureSlot`] across requests.
+async fn request(
+    ctx: Rc<WorkerCtx>,
+    mut ds: Downstream,
+    listen_index: u32,
+    hot: bool,
+) -> (Served, Downstream) {
+    // One async fn, not a wrapper around another: each level of nesting copies the inner
+    // future (several KiB) into the outer one once per request.
+    let served = 'served: {
+        let Some(cfg) = ctx.holder.current() else {
+            ds.send_error(503, "no configuration loaded yet").await;
+            break 'served Served::Close;
+        };
+        // Found by address, not index: a new snapshot may reorder or remove listeners.
+        let bound = ctx.listen_addrs.get(listen_index as usize);
+        let Some(listener) = bound.and_then(|a| cfg.listener_by_addr(*a)) else {
+            ds.send_error(503, "listener removed by the current configuration")
+                .await;
+            break 'served Served::Close;
+        };
+        let l = &cfg.listeners[listener];
+        let limits = http1::Limits {
+            max_head_bytes: l.limits.max_header_bytes,
+            max_headers: l.limits.max_headers,
+            max_body_bytes: Some(l.limits.max_body_bytes),
+            ..http1::Limits::default()
+        };
+        let head = match next_head(&ctx, &mut ds, &limits, hot).await {
+            NextHead::Head(h) => h,
+            NextHead::Cooled => break 'served Served::Cooled,
+            NextHead::Closed | NextHead::Rejected => break 'served Served::Close,
+        };
+        let started = Instant::now();
+        if forward::handle(&ctx, &cfg, listener, &limits, &mut ds, head, started).await {
+            Served::KeepAlive
+        } else {
+            Served::Close
+        }
+    };
+    (served, ds)
+}
+
+async fn next_head(
+    ctx: &WorkerCtx,
+    ds: &mut Downstream,
+    limits: &http1::Limits,
+    hot: bool,
+) -> NextHead {
     if ds.buf.capacity() == 0 {
         ds.buf = ctx.take_buf();
     }
     if ds.out.capacity() == 0 {
         ds.out = ctx.take_buf();
     }
-    let deadline = Instant::now() + ctx.settings.client_head_timeout;
+    if hot {
+        match hot_read(ctx, ds).await {
+            HotRead::Data => {}
+            HotRead::Cooled => return NextHead::Cooled,
+            HotRead::Closed => return NextHead::Closed,
+        }
+    }
+    // Set at the first read this head needs (a hot read usually brings it whole).
+    let mut deadline = None;
     loop {
         match RequestHead::parse(&mut ds.buf, limits) {
             Ok(ParseStatus::Complete { head, .. }) => return NextHead::Head(head),
             Ok(ParseStatus::Partial) => {}
             Err(e) => return reject(ctx, ds, &e).await,
         }
+        let deadline =
+            *deadline.get_or_insert_with(|| Instant::now() + ctx.settings.client_head_timeout);
         // The buffer moves into the read; on a timeout it is gone with the cancelled
         // read, so remember whether part of a head had arrived.
         let partial = !ds.buf.is_empty();
@@ -209,6 +274,43 @@ async fn next_head(ctx: &WorkerCtx, ds: &mut Downstream, limits: &http1::Limits)
                 return NextHead::Rejected;
             }
         }
+    }
+}
+
+/// How a hot connection's first read ended.
+enum HotRead {
+    /// Bytes arrived (in `ds.buf`).
+    Data,
+    /// Nothing within the window; the read was cancelled and its buffer is back.
+    Cooled,
+    /// The client closed, or the read failed.
+    Closed,
+}
+
+/// The first read of a hot connection: directly into its buffer, for at most
+/// `client_hot_read`. On expiry the read is cancelled and awaited, so bytes the kernel
+/// delivered in the meantime are kept, never lost with a dropped operation.
+async fn hot_read(ctx: &WorkerCtx, ds: &mut Downstream) -> HotRead {
+    let until = Instant::now() + ctx.settings.client_hot_read;
+    let handle = ds.canceller.get_or_insert_with(Canceller::new).handle();
+    let buf = std::mem::take(&mut ds.buf);
+    let mut read = std::pin::pin!(io::read_more_cancelable(&mut ds.stream, buf, handle));
+    let (res, buf) = match monoio::time::timeout_at(until.into(), read.as_mut()).await {
+        Ok(done) => done,
+        Err(_) => {
+            // The canceller is spent; a connection that turns hot again makes a new one.
+            if let Some(c) = ds.canceller.take() {
+                drop(c.cancel());
+            }
+            read.await
+        }
+    };
+    ds.buf = buf;
+    match res {
+        Ok(0) => HotRead::Closed,
+        Ok(_) => HotRead::Data,
+        Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => HotRead::Cooled,
+        Err(_) => HotRead::Closed,
     }
 }
 

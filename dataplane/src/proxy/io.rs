@@ -4,8 +4,8 @@ use std::io;
 
 use bytes::BytesMut;
 use monoio::{
-    buf::IoBufMut,
-    io::{AsyncReadRent, AsyncWriteRentExt},
+    buf::{IoBufMut, SliceMut},
+    io::{AsyncReadRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent},
     net::TcpStream,
 };
 
@@ -16,14 +16,30 @@ pub const READ_CHUNK: usize = 64 * 1024;
 
 /// Reads more bytes, appending them to `buf` (which grows by [`READ_CHUNK`] when full).
 /// Returns the buffer and the number of bytes read (0: the peer closed).
-pub async fn read_more(stream: &mut TcpStream, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
+pub async fn read_more(stream: &mut TcpStream, buf: BytesMut) -> (io::Result<usize>, BytesMut) {
+    let (res, slice) = stream.read(spare(buf)).await;
+    (res, slice.into_inner())
+}
+
+/// [`read_more`] that `handle`'s canceller can cancel; a cancelled read returns
+/// `ECANCELED` and the buffer, or the bytes if they arrived first.
+pub async fn read_more_cancelable(
+    stream: &mut TcpStream,
+    buf: BytesMut,
+    handle: CancelHandle,
+) -> (io::Result<usize>, BytesMut) {
+    let (res, slice) = stream.cancelable_read(spare(buf), handle).await;
+    (res, slice.into_inner())
+}
+
+/// The spare room of `buf` (grown by [`READ_CHUNK`] when short), for a read to fill.
+fn spare(mut buf: BytesMut) -> SliceMut<BytesMut> {
     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
         buf.reserve(READ_CHUNK);
     }
     let len = buf.len();
     let cap = buf.capacity();
-    let (res, slice) = stream.read(buf.slice_mut(len..cap)).await;
-    (res, slice.into_inner())
+    buf.slice_mut(len..cap)
 }
 
 /// Writes all of `out` and returns it cleared, for reuse.

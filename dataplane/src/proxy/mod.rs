@@ -9,6 +9,7 @@ mod forward;
 mod idle;
 mod io;
 mod pool;
+mod slot;
 mod worker;
 
 use std::{net::SocketAddr, sync::Arc, thread::JoinHandle, time::Duration};
@@ -25,6 +26,11 @@ pub struct ProxySettings {
     pub client_idle_timeout: Duration,
     /// A request head must arrive within this once its first byte did.
     pub client_head_timeout: Duration,
+    /// After a response, the connection keeps its buffers and reads the next request
+    /// directly for this long, one operation per request instead of a readiness wait and
+    /// then a read. A connection quiet for longer gives its buffers back and waits for
+    /// readability holding none. Zero waits for readability after every response.
+    pub client_hot_read: Duration,
     /// Pooled upstream connections are closed after this, whatever the cluster says.
     pub upstream_idle_max: Duration,
 }
@@ -34,6 +40,7 @@ impl Default for ProxySettings {
         ProxySettings {
             client_idle_timeout: Duration::from_secs(60),
             client_head_timeout: Duration::from_secs(30),
+            client_hot_read: Duration::from_millis(2),
             upstream_idle_max: Duration::from_secs(300),
         }
     }
