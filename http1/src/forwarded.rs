@@ -2,7 +2,7 @@
 //! (RFC 9110 §7.6.3). Each takes the values already in the message and appends this hop.
 
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use super::Version;
 use super::headers::{is_token, trim_ows};
@@ -18,10 +18,23 @@ pub fn x_forwarded_for<'a>(
     existing: impl IntoIterator<Item = &'a [u8]>,
     peer: SocketAddr,
 ) -> Vec<u8> {
-    let mut out = join_existing(existing);
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "{}", peer.ip().to_canonical());
+    let mut out = Vec::with_capacity(64);
+    x_forwarded_for_into(existing, peer, &mut out);
     out
+}
+
+/// [`x_forwarded_for`], appended to `out` (no allocation when it has room).
+pub fn x_forwarded_for_into<'a>(
+    existing: impl IntoIterator<Item = &'a [u8]>,
+    peer: SocketAddr,
+    out: &mut Vec<u8>,
+) {
+    join_existing(existing, out);
+    match peer.ip().to_canonical() {
+        IpAddr::V4(v4) => put_ipv4(out, v4),
+        // Writing into a Vec cannot fail.
+        IpAddr::V6(v6) => drop(write!(out, "{v6}")),
+    }
 }
 
 /// `Forwarded` with an element for this hop appended to the `existing` values:
@@ -34,41 +47,77 @@ pub fn forwarded<'a>(
     proto: &str,
     host: Option<&[u8]>,
 ) -> Vec<u8> {
-    let mut out = join_existing(existing);
+    let mut out = Vec::with_capacity(64);
+    forwarded_into(existing, peer, proto, host, &mut out);
+    out
+}
+
+/// [`forwarded`], appended to `out`.
+pub fn forwarded_into<'a>(
+    existing: impl IntoIterator<Item = &'a [u8]>,
+    peer: SocketAddr,
+    proto: &str,
+    host: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) {
+    join_existing(existing, out);
     out.extend_from_slice(b"for=");
-    let _ = match peer.ip().to_canonical() {
-        IpAddr::V4(v4) => write!(out, "{v4}"),
-        IpAddr::V6(v6) => write!(out, "\"[{v6}]\""),
-    };
+    match peer.ip().to_canonical() {
+        IpAddr::V4(v4) => put_ipv4(out, v4),
+        IpAddr::V6(v6) => drop(write!(out, "\"[{v6}]\"")),
+    }
     out.extend_from_slice(b";proto=");
-    put_token_or_quoted(&mut out, proto.as_bytes());
+    put_token_or_quoted(out, proto.as_bytes());
     if let Some(host) = host {
         out.extend_from_slice(b";host=");
-        put_token_or_quoted(&mut out, host);
+        put_token_or_quoted(out, host);
     }
-    out
 }
 
 /// `Via` with `<received> omnirelay` appended to the `existing` values, where `received` is
 /// the version of the message as this proxy received it (`1.1`, or `1.0`).
 pub fn via<'a>(existing: impl IntoIterator<Item = &'a [u8]>, received: Version) -> Vec<u8> {
-    let mut out = join_existing(existing);
+    let mut out = Vec::with_capacity(64);
+    via_into(existing, received, &mut out);
+    out
+}
+
+/// [`via`], appended to `out`.
+pub fn via_into<'a>(
+    existing: impl IntoIterator<Item = &'a [u8]>,
+    received: Version,
+    out: &mut Vec<u8>,
+) {
+    join_existing(existing, out);
     out.extend_from_slice(match received {
         Version::Http10 => b"1.0 ",
         Version::Http11 => b"1.1 ",
     });
     out.extend_from_slice(PROXY_PSEUDONYM.as_bytes());
-    out
 }
 
 /// The non-empty `existing` values joined by `, `, ending in `, ` if there were any.
-fn join_existing<'a>(existing: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
+fn join_existing<'a>(existing: impl IntoIterator<Item = &'a [u8]>, out: &mut Vec<u8>) {
     for value in existing.into_iter().map(trim_ows).filter(|v| !v.is_empty()) {
         out.extend_from_slice(value);
         out.extend_from_slice(b", ");
     }
-    out
+}
+
+/// Dotted-decimal IPv4, without the formatting machinery (this runs for every request).
+fn put_ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
+    for (i, &octet) in ip.octets().iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        if octet >= 100 {
+            out.push(b'0' + octet / 100);
+        }
+        if octet >= 10 {
+            out.push(b'0' + octet / 10 % 10);
+        }
+        out.push(b'0' + octet % 10);
+    }
 }
 
 /// Writes `value` as a token if it is one, else as a quoted-string, escaping `"` and `\`

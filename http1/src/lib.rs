@@ -43,7 +43,10 @@ mod tests;
 pub use body::{BodyDecoder, Decoded, LengthDecoder};
 pub use chunked::ChunkedDecoder;
 pub use error::{Http1Error, write_error_response};
-pub use forwarded::{PROXY_PSEUDONYM, forwarded, via, x_forwarded_for};
+pub use forwarded::{
+    PROXY_PSEUDONYM, forwarded, forwarded_into, via, via_into, x_forwarded_for,
+    x_forwarded_for_into,
+};
 pub use framing::{Framing, downstream_framing, keep_alive};
 pub use headers::Headers;
 pub use request::RequestHead;

@@ -8,7 +8,12 @@ use std::time::Instant;
 use bytes::{Buf as _, BytesMut};
 use monoio::net::TcpStream;
 
-use super::{downstream::Downstream, io, worker::WorkerCtx};
+use super::{
+    deadline::{Timer, within},
+    downstream::Downstream,
+    io,
+    worker::WorkerCtx,
+};
 use crate::http1::{self, BodyDecoder, Framing, Http1Error, ResponseHead, Version};
 
 /// Bytes staged before a write is issued.
@@ -69,6 +74,7 @@ impl RequestBody {
         head: &BytesMut,
         ds: &mut Downstream,
         deadline: Instant,
+        timer: &mut Timer<'_>,
     ) -> Result<(), SendError> {
         let mut out = ctx.take_buf();
         out.extend_from_slice(head);
@@ -123,9 +129,7 @@ impl RequestBody {
                 res.map_err(|_| SendError::Upstream)?;
             }
             let buf = std::mem::take(&mut ds.buf);
-            match monoio::time::timeout_at(deadline.into(), io::read_more(&mut ds.stream, buf))
-                .await
-            {
+            match within(timer, deadline, io::read_more(&mut ds.stream, buf)).await {
                 Ok((Ok(0), b)) => {
                     ds.buf = b;
                     let e = self
@@ -146,6 +150,7 @@ impl RequestBody {
 /// Streams a response to the client. Returns (body bytes sent, whether the client
 /// connection may continue, whether the upstream connection may be pooled, the upstream
 /// read buffer for reuse).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn relay_response(
     resp: &ResponseHead,
     head_request: bool,
@@ -154,6 +159,7 @@ pub(crate) async fn relay_response(
     mut up_buf: BytesMut,
     ds: &mut Downstream,
     deadline: Instant,
+    timer: &mut Timer<'_>,
 ) -> (u64, bool, bool, BytesMut) {
     let framing = match resp.framing(head_request) {
         Ok(f) => f,
@@ -208,7 +214,7 @@ pub(crate) async fn relay_response(
                 return (sent, false, false, up_buf);
             }
         }
-        match monoio::time::timeout_at(deadline.into(), io::read_more(up, up_buf)).await {
+        match within(timer, deadline, io::read_more(up, up_buf)).await {
             Ok((Ok(0), b)) => {
                 up_buf = b;
                 complete = decoder.finish().is_ok() && framing == Framing::CloseDelimited;

@@ -14,7 +14,14 @@ use monoio::{io::Canceller, net::TcpStream};
 
 use std::os::fd::AsRawFd as _;
 
-use super::{forward, idle::IdleToken, io, slot::FutureSlot, worker::WorkerCtx};
+use super::{
+    deadline::{self, Timer, within},
+    forward,
+    idle::IdleToken,
+    io,
+    slot::FutureSlot,
+    worker::WorkerCtx,
+};
 use crate::http1::{self, Http1Error, ParseStatus, RequestHead};
 
 /// The client side of one connection.
@@ -185,6 +192,8 @@ async fn request(
 ) -> (Served, Downstream) {
     // One async fn, not a wrapper around another: each level of nesting copies the inner
     // future (several KiB) into the outer one once per request.
+    // The one timer every deadline of this request uses (see `deadline`).
+    let mut timer = std::pin::pin!(deadline::timer());
     let served = 'served: {
         let Some(cfg) = ctx.holder.current() else {
             ds.send_error(503, "no configuration loaded yet").await;
@@ -204,13 +213,16 @@ async fn request(
             max_body_bytes: Some(l.limits.max_body_bytes),
             ..http1::Limits::default()
         };
-        let head = match next_head(&ctx, &mut ds, &limits, hot).await {
+        let head = match next_head(&ctx, &mut ds, &limits, hot, &mut timer).await {
             NextHead::Head(h) => h,
             NextHead::Cooled => break 'served Served::Cooled,
             NextHead::Closed | NextHead::Rejected => break 'served Served::Close,
         };
         let started = Instant::now();
-        if forward::handle(&ctx, &cfg, listener, &limits, &mut ds, head, started).await {
+        let handled = forward::handle(
+            &ctx, &cfg, listener, &limits, &mut ds, head, started, &mut timer,
+        );
+        if handled.await {
             Served::KeepAlive
         } else {
             Served::Close
@@ -224,6 +236,7 @@ async fn next_head(
     ds: &mut Downstream,
     limits: &http1::Limits,
     hot: bool,
+    timer: &mut Timer<'_>,
 ) -> NextHead {
     if ds.buf.capacity() == 0 {
         ds.buf = ctx.take_buf();
@@ -232,7 +245,7 @@ async fn next_head(
         ds.out = ctx.take_buf();
     }
     if hot {
-        match hot_read(ctx, ds).await {
+        match hot_read(ctx, ds, timer).await {
             HotRead::Data => {}
             HotRead::Cooled => return NextHead::Cooled,
             HotRead::Closed => return NextHead::Closed,
@@ -252,8 +265,7 @@ async fn next_head(
         // read, so remember whether part of a head had arrived.
         let partial = !ds.buf.is_empty();
         let buf = std::mem::take(&mut ds.buf);
-        let read =
-            monoio::time::timeout_at(deadline.into(), io::read_more(&mut ds.stream, buf)).await;
+        let read = within(timer, deadline, io::read_more(&mut ds.stream, buf)).await;
         match read {
             Ok((Ok(0), buf)) => {
                 ds.buf = buf;
@@ -290,12 +302,12 @@ enum HotRead {
 /// The first read of a hot connection: directly into its buffer, for at most
 /// `client_hot_read`. On expiry the read is cancelled and awaited, so bytes the kernel
 /// delivered in the meantime are kept, never lost with a dropped operation.
-async fn hot_read(ctx: &WorkerCtx, ds: &mut Downstream) -> HotRead {
+async fn hot_read(ctx: &WorkerCtx, ds: &mut Downstream, timer: &mut Timer<'_>) -> HotRead {
     let until = Instant::now() + ctx.settings.client_hot_read;
     let handle = ds.canceller.get_or_insert_with(Canceller::new).handle();
     let buf = std::mem::take(&mut ds.buf);
     let mut read = std::pin::pin!(io::read_more_cancelable(&mut ds.stream, buf, handle));
-    let (res, buf) = match monoio::time::timeout_at(until.into(), read.as_mut()).await {
+    let (res, buf) = match within(timer, until, read.as_mut()).await {
         Ok(done) => done,
         Err(_) => {
             // The canceller is spent; a connection that turns hot again makes a new one.

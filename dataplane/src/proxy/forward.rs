@@ -15,9 +15,10 @@ use monoio::net::TcpStream;
 
 use super::{
     body::{self, BodyError},
+    deadline::{self, Timer, within},
     downstream::Downstream,
     io,
-    worker::WorkerCtx,
+    worker::{PooledBuf, WorkerCtx},
 };
 use crate::{
     http1::{self, Framing, ParseStatus, RequestHead, ResponseHead},
@@ -74,6 +75,7 @@ fn idempotent(method: &str) -> bool {
 }
 
 /// Handles one request; returns whether the client connection may serve another.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn handle(
     ctx: &Rc<WorkerCtx>,
     cfg: &Arc<RuntimeConfig>,
@@ -82,6 +84,7 @@ pub(crate) async fn handle(
     ds: &mut Downstream,
     head: RequestHead,
     started: Instant,
+    timer: &mut Timer<'_>,
 ) -> bool {
     // Wall-clock time is only for the access log; the hot path skips it when logging is off.
     let wall = ctx.access_log.enabled().then(SystemTime::now);
@@ -113,7 +116,8 @@ pub(crate) async fn handle(
             Ok(framing) => {
                 let route = &cfg.routes[idx];
                 proxy(
-                    ctx, cfg, listener, idx, route, limits, ds, &head, framing, request_id, started,
+                    ctx, cfg, listener, idx, route, limits, ds, &head, framing, request_id,
+                    started, timer,
                 )
                 .await
             }
@@ -194,6 +198,7 @@ async fn proxy(
     framing: Framing,
     request_id: &[u8],
     started: Instant,
+    timer: &mut Timer<'_>,
 ) -> Summary {
     let cluster = &cfg.clusters[route.cluster];
     // The head was parsed a moment ago: its time serves the balancer bookkeeping and the
@@ -220,36 +225,48 @@ async fn proxy(
     let mut tried: Vec<EndpointId> = Vec::new();
     let mut attempts = 0u32;
 
-    // Extra upstream fields, built once per request.
-    let xff = http1::x_forwarded_for(head.headers().get_all("x-forwarded-for"), ds.peer);
-    let fwd = http1::forwarded(
-        head.headers().get_all("forwarded"),
-        ds.peer,
-        "http",
-        head.host(),
-    );
-    let via = http1::via(head.headers().get_all("via"), head.version());
-    // HTTP/1.0 clients may omit Host; the upstream gets HTTP/1.1, which requires one.
-    let listener_host = if head.host().is_none() {
-        cfg.listeners[listener].address.to_string()
-    } else {
-        String::new()
-    };
-    let extras: [(&str, &[u8]); 6] = [
-        ("x-forwarded-for", &xff),
-        ("forwarded", &fwd),
-        ("via", &via),
-        ("x-forwarded-proto", b"http"),
-        ("x-request-id", request_id),
-        ("host", listener_host.as_bytes()),
-    ];
-    let extras = if head.host().is_none() {
-        &extras[..]
-    } else {
-        &extras[..5]
-    };
-    let mut up_head = BytesMut::with_capacity(head.raw().len() + 256);
-    http1::write_request_head(head, framing, extras, &mut up_head);
+    // The upstream head, with the fields this hop adds, built once per request. The added
+    // values are written into the worker's scratch buffer (nothing awaits while it is
+    // borrowed) and the head into a pooled buffer that goes back when the request ends:
+    // no allocation either way.
+    let mut up_head = PooledBuf::new(ctx);
+    {
+        let mut scratch = ctx.scratch.borrow_mut();
+        scratch.clear();
+        let fields = head.headers();
+        http1::x_forwarded_for_into(fields.get_all("x-forwarded-for"), ds.peer, &mut scratch);
+        let xff = scratch.len();
+        let host = head.host();
+        http1::forwarded_into(
+            fields.get_all("forwarded"),
+            ds.peer,
+            "http",
+            host,
+            &mut scratch,
+        );
+        let fwd = scratch.len();
+        http1::via_into(fields.get_all("via"), head.version(), &mut scratch);
+        // HTTP/1.0 clients may omit Host; the upstream gets HTTP/1.1, which requires one.
+        let listener_host = if host.is_none() {
+            cfg.listeners[listener].address.to_string()
+        } else {
+            String::new()
+        };
+        let extras: [(&str, &[u8]); 6] = [
+            ("x-forwarded-for", &scratch[..xff]),
+            ("forwarded", &scratch[xff..fwd]),
+            ("via", &scratch[fwd..]),
+            ("x-forwarded-proto", b"http"),
+            ("x-request-id", request_id),
+            ("host", listener_host.as_bytes()),
+        ];
+        let extras = if host.is_none() {
+            &extras[..]
+        } else {
+            &extras[..5]
+        };
+        http1::write_request_head(head, framing, extras, &mut up_head);
+    }
 
     let mut body_state = body::RequestBody::new(framing, limits, head.expects_continue());
     loop {
@@ -298,6 +315,7 @@ async fn proxy(
             head.version(),
             deadline,
             &cluster_stats,
+            timer,
         )
         .await;
         drop(in_flight);
@@ -353,7 +371,7 @@ async fn proxy(
                     &mut || ctx.random(),
                 );
                 if !delay.is_zero() {
-                    monoio::time::sleep(delay).await;
+                    deadline::sleep_until(timer, Instant::now() + delay).await;
                 }
                 continue;
             }
@@ -362,7 +380,7 @@ async fn proxy(
             Ok(mut r) => {
                 if r.pending_5xx {
                     // A retryable 5xx whose retry was not allowed: forward it now.
-                    r = forward_pending(ds, r, head).await;
+                    r = forward_pending(ds, r, head, timer).await;
                 }
                 Summary {
                     status: r.status,
@@ -434,6 +452,7 @@ async fn attempt(
     client_version: http1::Version,
     deadline: Instant,
     stats: &Option<Arc<crate::telemetry::ClusterStats>>,
+    timer: &mut Timer<'_>,
 ) -> Result<AttemptResult, AttemptError> {
     let t0 = Instant::now();
     let pooled = ctx.pool.borrow_mut().take(addr, cluster.idle_timeout, t0);
@@ -446,8 +465,12 @@ async fn attempt(
             s
         }
         None => {
-            let connect =
-                monoio::time::timeout(cluster.connect_timeout, TcpStream::connect_addr(addr)).await;
+            let connect = within(
+                timer,
+                t0 + cluster.connect_timeout,
+                TcpStream::connect_addr(addr),
+            )
+            .await;
             let s = match connect {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -472,7 +495,9 @@ async fn attempt(
     };
 
     // Request head and body.
-    let sent = body_state.send(ctx, &mut up, up_head, ds, deadline).await;
+    let sent = body_state
+        .send(ctx, &mut up, up_head, ds, deadline, timer)
+        .await;
     if let Err(e) = sent {
         return Err(match e {
             body::SendError::Upstream => AttemptError::UpstreamClosed {
@@ -496,7 +521,7 @@ async fn attempt(
             Ok(ParseStatus::Partial) => {}
             Err(e) => return Err(AttemptError::BadResponse(e)),
         }
-        let read = monoio::time::timeout_at(deadline.into(), io::read_more(&mut up, up_buf)).await;
+        let read = within(timer, deadline, io::read_more(&mut up, up_buf)).await;
         match read {
             Ok((Ok(0), _)) | Ok((Err(_), _)) => {
                 return Err(AttemptError::UpstreamClosed {
@@ -537,6 +562,7 @@ async fn attempt(
         up_buf,
         ds,
         deadline,
+        timer,
     )
     .await;
     // The head points into `up_buf`'s allocation: dropped first, the buffer goes back
@@ -563,6 +589,7 @@ async fn forward_pending(
     ds: &mut Downstream,
     mut r: AttemptResult,
     head: &RequestHead,
+    timer: &mut Timer<'_>,
 ) -> AttemptResult {
     if let Some((resp, mut up, up_buf)) = r.pending.take() {
         let far = Instant::now() + Duration::from_secs(30);
@@ -574,6 +601,7 @@ async fn forward_pending(
             up_buf,
             ds,
             far,
+            timer,
         )
         .await;
         r.bytes_out = bytes;

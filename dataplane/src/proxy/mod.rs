@@ -4,6 +4,7 @@
 //! read the current snapshot through the [`SnapshotHolder`].
 
 mod body;
+mod deadline;
 mod downstream;
 mod forward;
 mod idle;

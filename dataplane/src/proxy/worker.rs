@@ -113,6 +113,9 @@ pub(crate) struct WorkerCtx {
     pub rng: RefCell<SplitMix64>,
     /// Free I/O buffers, reused across requests instead of a malloc/free pair each time.
     buffers: RefCell<Vec<BytesMut>>,
+    /// Scratch space for values built and consumed without an await in between (the
+    /// forwarding fields of an upstream head).
+    pub scratch: RefCell<Vec<u8>>,
     /// Idle keep-alive client connections and their deadlines (see [`super::idle`]).
     pub idle: RefCell<IdleSet>,
     /// The addresses this worker listens on; a connection keeps the index of its own.
@@ -124,6 +127,41 @@ pub(crate) struct WorkerCtx {
 /// concurrency churns: measured at 64 connections, a pool of 32 freed one buffer in six
 /// and allocated as many again. 128 × 64 KiB = 8 MiB per worker at most.
 const POOLED_BUFFERS: usize = 128;
+
+/// A buffer from the worker's pool, given back when dropped (on every path out of the code
+/// that holds it).
+pub(crate) struct PooledBuf<'a> {
+    ctx: &'a WorkerCtx,
+    buf: BytesMut,
+}
+
+impl<'a> PooledBuf<'a> {
+    pub(crate) fn new(ctx: &'a WorkerCtx) -> Self {
+        PooledBuf {
+            ctx,
+            buf: ctx.take_buf(),
+        }
+    }
+}
+
+impl std::ops::Deref for PooledBuf<'_> {
+    type Target = BytesMut;
+    fn deref(&self) -> &BytesMut {
+        &self.buf
+    }
+}
+
+impl std::ops::DerefMut for PooledBuf<'_> {
+    fn deref_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+}
+
+impl Drop for PooledBuf<'_> {
+    fn drop(&mut self) {
+        self.ctx.give_buf(std::mem::take(&mut self.buf));
+    }
+}
 
 impl WorkerCtx {
     /// A buffer of at least [`io::READ_CHUNK`] bytes of capacity, empty.
@@ -237,6 +275,7 @@ pub(crate) fn context(
         balancers: RefCell::new(Balancers::new()),
         rng: RefCell::new(SplitMix64::new(seed)),
         buffers: RefCell::new(Vec::new()),
+        scratch: RefCell::new(Vec::with_capacity(512)),
         idle: RefCell::new(IdleSet::default()),
         listen_addrs,
     })

@@ -91,3 +91,20 @@ fn via_names_the_received_version() {
     assert_eq!(Version::Http11.as_str(), "HTTP/1.1");
     assert_eq!(Version::Http10.as_str(), "HTTP/1.0");
 }
+
+#[test]
+fn ipv4_peers_are_written_as_std_formats_them() {
+    // The hand-written dotted decimal against the standard library's, over octets of one,
+    // two and three digits in every position.
+    for a in [0u8, 7, 10, 99, 100, 199, 255] {
+        for b in [0u8, 9, 42, 250] {
+            let ip = std::net::Ipv4Addr::new(a, b, 255 - b, a.wrapping_mul(3));
+            let peer = std::net::SocketAddr::from((ip, 4321));
+            assert_eq!(text(x_forwarded_for(NONE, peer)), ip.to_string());
+            assert_eq!(
+                text(forwarded(NONE, peer, "http", None)),
+                format!("for={ip};proto=http")
+            );
+        }
+    }
+}
