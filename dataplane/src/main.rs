@@ -66,8 +66,9 @@ struct Cli {
     /// byte (milliseconds).
     #[arg(long, default_value_t = 30_000)]
     client_head_timeout_ms: u64,
-    /// After a response, read the next request directly (buffers kept) for this long before
-    /// falling back to a buffer-less readiness wait (milliseconds; 0: always wait).
+    /// After a response on a reused connection, read the next request directly (buffers
+    /// kept) for this long before falling back to a buffer-less readiness wait
+    /// (milliseconds; 0: always wait).
     #[arg(long, default_value_t = 2)]
     client_hot_read_ms: u64,
     /// Seconds to wait for the first snapshot.

@@ -1,9 +1,9 @@
 //! A client connection: reads request heads, rejects bad input with the right 4xx and
 //! closes, and hands good requests to [`super::forward`].
 //!
-//! Between requests a connection is *hot* or *idle*. Right after a response it is hot: it
-//! keeps its buffers and reads the next head directly, so a busy keep-alive connection
-//! costs one read per request. If nothing arrives within `client_hot_read` the read is
+//! Between requests a connection is *hot* or *idle*. Right after a response on a connection
+//! already reused (its second request or later) it is hot: it keeps its buffers and reads
+//! the next head directly, so a busy keep-alive connection costs one read per request. If nothing arrives within `client_hot_read` the read is
 //! cancelled, the buffers go back to the worker's pool and the connection becomes idle: it
 //! waits for readability holding no buffer, then reads.
 
@@ -126,6 +126,10 @@ pub(crate) fn serve(
     };
     async move {
         let mut hot = false;
+        // Requests served so far (saturating): a connection turns hot only once it has
+        // been reused, so a client that sends one request and then idles (or thousands of
+        // them at once) never holds read buffers for the hot window.
+        let mut served_count: u8 = 0;
         // Heap room for the request future (several KiB), reused while the connection
         // is hot and released when it goes idle.
         let mut slot = FutureSlot::new();
@@ -156,7 +160,10 @@ pub(crate) fn serve(
                 .await;
             match served {
                 Served::Close => return,
-                Served::KeepAlive => hot = !ctx.settings.client_hot_read.is_zero(),
+                Served::KeepAlive => {
+                    served_count = served_count.saturating_add(1);
+                    hot = served_count >= 2 && !ctx.settings.client_hot_read.is_zero();
+                }
                 Served::Cooled => hot = false,
             }
             if ds.buf.is_empty() && !hot {

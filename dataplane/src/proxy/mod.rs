@@ -27,8 +27,8 @@ pub struct ProxySettings {
     pub client_idle_timeout: Duration,
     /// A request head must arrive within this once its first byte did.
     pub client_head_timeout: Duration,
-    /// After a response, the connection keeps its buffers and reads the next request
-    /// directly for this long, one operation per request instead of a readiness wait and
+    /// After a response on a connection already reused (its second request or later), the
+    /// connection keeps its buffers and reads the next request directly for this long, one operation per request instead of a readiness wait and
     /// then a read. A connection quiet for longer gives its buffers back and waits for
     /// readability holding none. Zero waits for readability after every response.
     pub client_hot_read: Duration,
