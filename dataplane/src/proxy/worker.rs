@@ -326,7 +326,7 @@ mod tests {
                  the connection {} B)",
                 std::mem::size_of::<downstream::Downstream>()
             );
-            // 312 B here (it was 816 B as an async fn in a wrapper task); the bound catches
+            // 344 B here (it was 816 B as an async fn in a wrapper task); the bound catches
             // a regression such as an unboxed request future (several KiB) or a timer in
             // the idle state.
             assert!(size <= 400, "connection task grew to {size} B");
