@@ -38,22 +38,26 @@ struct Site {
 }
 
 fn site() -> Site {
+    site_with(&[])
+}
+
+fn site_with(extra: &[&str]) -> Site {
     let ports = Ports::new();
     let nginx = Nginx::start(&nginx_servers(&ports), &[ports.up1, ports.up2]).unwrap();
     let dir = TempDir::new("timeouts");
     let cfg = dir.path().join("omnirelay.toml");
     std::fs::write(&cfg, config(&ports, "one")).unwrap();
     let control = start_control(&dir, &cfg, &ports);
-    let dataplane = start_dataplane(
-        &dir,
-        &ports,
-        &[
-            "--client-idle-timeout-ms",
-            &IDLE_MS.to_string(),
-            "--client-head-timeout-ms",
-            &HEAD_MS.to_string(),
-        ],
-    );
+    let idle = IDLE_MS.to_string();
+    let head = HEAD_MS.to_string();
+    let mut args = vec![
+        "--client-idle-timeout-ms",
+        &idle,
+        "--client-head-timeout-ms",
+        &head,
+    ];
+    args.extend_from_slice(extra);
+    let dataplane = start_dataplane(&dir, &ports, &args);
     Site {
         ports,
         _nginx: nginx,
@@ -170,6 +174,33 @@ fn requests_on_either_side_of_the_hot_read_window_are_served() {
     // And after a long quiet spell (cold: buffers returned, readiness wait), still served.
     std::thread::sleep(Duration::from_millis(50));
     assert!(roundtrip(&mut conn).starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn pipelined_requests_on_a_hot_connection_are_not_held_for_the_window() {
+    // A hot window of a whole second: a hot connection that waited for new bytes while a
+    // complete request sat in its buffer would answer that request a second late.
+    let s = site_with(&["--client-hot-read-ms", "1000"]);
+    let mut conn = TcpStream::connect(("127.0.0.1", s.ports.proxy)).unwrap();
+    for _ in 0..2 {
+        assert!(roundtrip(&mut conn).starts_with("HTTP/1.1 200"));
+    }
+    let t0 = Instant::now();
+    conn.write_all(b"GET /who HTTP/1.1\r\nHost: t\r\n\r\nGET /who HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    while got.windows(6).filter(|w| w == b"\r\none\n").count() < 2 {
+        let n = conn.read(&mut buf).expect("two responses within 5 s");
+        assert_ne!(n, 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_millis(500),
+        "two pipelined responses took {took:?} (the hot window is 1 s)"
+    );
 }
 
 #[test]

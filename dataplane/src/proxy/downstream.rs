@@ -136,8 +136,8 @@ pub(crate) fn serve(
         loop {
             // An idle connection waits for readability here, holding no buffer, no
             // snapshot, no request state and no timer: the worker's idle reaper shuts the
-            // socket down when the idle timeout passes. The heavier futures below are
-            // boxed and exist only while a request is being read or served.
+            // socket down when the idle timeout passes. The heavier request future below
+            // lives in the slot only while a request is being read or served.
             if ds.buf.is_empty() && !hot {
                 let deadline = Instant::now() + ctx.settings.client_idle_timeout;
                 let token = ctx
@@ -154,9 +154,11 @@ pub(crate) fn serve(
             // exchange, body relay) takes several KiB of state; an idle keep-alive
             // connection's task holds only this small loop, not room for a request it is
             // not serving.
+            // Bytes already buffered (a pipelined request) are parsed first, not waited on.
+            let hot_read = hot && ds.buf.is_empty();
             let served;
             (served, ds) = slot
-                .run(request(Rc::clone(&ctx.0), ds, listen_index, hot))
+                .run(request(Rc::clone(&ctx.0), ds, listen_index, hot_read))
                 .await;
             match served {
                 Served::Close => return,
