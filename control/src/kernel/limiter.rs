@@ -204,15 +204,11 @@ impl KernelLimiter {
     }
 
     fn map(&self, name: &'static str) -> Result<&aya::maps::Map, KernelError> {
-        self.ebpf
-            .map(name)
-            .ok_or(KernelError::Missing { kind: "map", name })
+        map_of(&self.ebpf, name)
     }
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, KernelError> {
-        self.ebpf
-            .map_mut(name)
-            .ok_or(KernelError::Missing { kind: "map", name })
+        map_of_mut(&mut self.ebpf, name)
     }
 
     fn write_generation(&mut self, generation: u32, plan: &KernelPlan) -> Result<(), KernelError> {
@@ -350,32 +346,42 @@ impl KernelLimiter {
     }
 }
 
-/// Deletes every key of an LPM trie for which `stale` holds.
+/// Map `name` of `ebpf` (missing only with a mismatched build).
+fn map_of<'a>(ebpf: &'a aya::Ebpf, name: &'static str) -> Result<&'a aya::maps::Map, KernelError> {
+    ebpf.map(name)
+        .ok_or(KernelError::Missing { kind: "map", name })
+}
+
+fn map_of_mut<'a>(
+    ebpf: &'a mut aya::Ebpf,
+    name: &'static str,
+) -> Result<&'a mut aya::maps::Map, KernelError> {
+    ebpf.map_mut(name)
+        .ok_or(KernelError::Missing { kind: "map", name })
+}
+
 fn read_active(ebpf: &aya::Ebpf) -> Result<Active, KernelError> {
-    let map = ebpf.map(ACTIVE_MAP).ok_or(KernelError::Missing {
-        kind: "map",
-        name: ACTIVE_MAP,
-    })?;
-    let active: Array<&MapData, Active> = Array::try_from(map).map_err(map_err(ACTIVE_MAP))?;
+    let active: Array<&MapData, Active> =
+        Array::try_from(map_of(ebpf, ACTIVE_MAP)?).map_err(map_err(ACTIVE_MAP))?;
     active.get(&0, 0).map_err(map_err(ACTIVE_MAP))
 }
 
 fn write_active(ebpf: &mut aya::Ebpf, value: Active) -> Result<(), KernelError> {
-    let map = ebpf.map_mut(ACTIVE_MAP).ok_or(KernelError::Missing {
-        kind: "map",
-        name: ACTIVE_MAP,
-    })?;
     let mut active: Array<&mut MapData, Active> =
-        Array::try_from(map).map_err(map_err(ACTIVE_MAP))?;
+        Array::try_from(map_of_mut(ebpf, ACTIVE_MAP)?).map_err(map_err(ACTIVE_MAP))?;
     active.set(0, value, 0).map_err(map_err(ACTIVE_MAP))
 }
 
-/// Fills in the clock scale and, unless the (pinned) map already has one, a random bucket
-/// hash seed, before any program is attached. The generation word is left as found: a
-/// restarted daemon keeps enforcing the set it left active.
+/// Fills in the clock scale and a random bucket hash seed unless the (pinned) map already
+/// has them, before any program is attached. Pins do not outlive a reboot, so a tick length
+/// found there was measured on this kernel: a restarted daemon skips the 100 ms probe. The
+/// generation word is left as found: a restarted daemon keeps enforcing the set it left
+/// active.
 fn init_active(ebpf: &mut aya::Ebpf) -> Result<(), KernelError> {
     let mut active = read_active(ebpf)?;
-    active.tick_ns = tick_ns(ebpf)?;
+    if active.tick_ns == 0 {
+        active.tick_ns = tick_ns(ebpf)?;
+    }
     if active.seed == 0 {
         let mut bytes = [0u8; 8];
         getrandom::fill(&mut bytes).map_err(|e| {
@@ -439,6 +445,7 @@ fn tick_from_samples(ticks: u64, ns: u64) -> Option<u32> {
     u32::try_from(snapped.unwrap_or(measured)).ok()
 }
 
+/// Deletes every key of an LPM trie for which `stale` holds.
 fn clear_trie<K: aya::Pod, V: aya::Pod>(
     map: &mut aya::maps::Map,
     name: &'static str,

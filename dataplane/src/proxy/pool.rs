@@ -4,7 +4,6 @@
 
 use std::{
     collections::HashMap,
-    hash::{BuildHasherDefault, Hasher},
     net::SocketAddr,
     time::{Duration, Instant},
 };
@@ -19,53 +18,10 @@ struct Idle {
 /// The pool of one worker.
 #[derive(Default)]
 pub struct UpstreamPool {
-    idle: HashMap<SocketAddr, Vec<Idle>, BuildHasherDefault<AddrHasher>>,
-}
-
-/// A multiply-rotate hasher (as in FxHash) for endpoint addresses. The pool is looked up
-/// twice per request, and the std default (SipHash, built to resist chosen keys) costs
-/// more than the rest of the lookup; the keys here are configured endpoints, not input.
-#[derive(Default)]
-struct AddrHasher(u64);
-
-impl AddrHasher {
-    fn add(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl Hasher for AddrHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u8(&mut self, v: u8) {
-        self.add(u64::from(v));
-    }
-
-    fn write_u16(&mut self, v: u16) {
-        self.add(u64::from(v));
-    }
-
-    fn write_u32(&mut self, v: u32) {
-        self.add(u64::from(v));
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.add(v);
-    }
-
-    fn write_usize(&mut self, v: usize) {
-        self.add(v as u64);
-    }
+    /// foldhash, not the std default: the pool is looked up twice per request and SipHash
+    /// (built to resist chosen keys) cost more than the rest of the lookup; the keys are
+    /// configured endpoints, not client input.
+    idle: HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>,
 }
 
 impl std::fmt::Debug for UpstreamPool {

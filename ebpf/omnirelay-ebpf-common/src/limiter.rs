@@ -269,8 +269,6 @@ pub struct OverrideEntry {
 pub const BUCKET_WAYS: usize = 4;
 /// Sets in the bucket array, a power of two (the set index is masked from the hash).
 pub const BUCKET_SETS: u32 = 65_536;
-/// Token buckets held at once.
-pub const MAX_BUCKETS: u32 = BUCKET_SETS * BUCKET_WAYS as u32;
 
 /// One token bucket in the bucket array.
 #[repr(C)]
@@ -361,6 +359,11 @@ impl Default for SteerWeights {
         }
     }
 }
+
+/// The third 32-bit word (memory order) of every IPv4-mapped address, `::ffff:0:0/96`.
+/// The program builds IPv4 sources from it without copying bytes; [`addr_words`] of
+/// [`v4_mapped`] gives the same words (tested).
+pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
 /// Maps an IPv4 address to its IPv4-mapped IPv6 form.
 pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
@@ -485,6 +488,15 @@ mod tests {
         assert!(
             moved > 60_000,
             "only {moved} sources changed set with the seed"
+        );
+    }
+
+    #[test]
+    fn the_program_s_ipv4_words_match_the_mapped_address() {
+        let octets = [192, 0, 2, 7];
+        assert_eq!(
+            addr_words(&v4_mapped(octets)),
+            [0, 0, V4_MAPPED_WORD, u32::from_ne_bytes(octets)]
         );
     }
 

@@ -1,6 +1,8 @@
 //! Header parsing for the limiter. Every read is preceded by a check of its end against
 //! the packet end, in a form the verifier can follow.
 
+use omnirelay_ebpf_common::limiter::V4_MAPPED_WORD;
+
 const ETH_HDR_LEN: usize = 14;
 const VLAN_HDR_LEN: usize = 4;
 const ETH_P_IP: u16 = 0x0800;
@@ -21,9 +23,6 @@ const QUIC_V2: u32 = 0x6b33_43cf;
 /// packet (IPv4-mapped for IPv4). Words, not bytes: the BPF backend copies a byte array one
 /// byte at a time, and the program moves addresses into keys and hashes.
 pub type Addr = [u32; 4];
-
-/// The third word of an IPv4-mapped address (`::ffff:0:0/96`).
-const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
 /// Kinds of transport header.
 #[derive(Clone, Copy, PartialEq, Eq)]
