@@ -333,17 +333,18 @@ fn sample(
     run: u32,
 ) -> anyhow::Result<Sample> {
     let cores0 = procs::core_times();
-    let cpu0 = r.proxy.cpu_us();
+    let cpu0 = r.proxy.cpu();
     let t0 = Instant::now();
     let report = wrk::run(cmd)?;
     let wall_s = t0.elapsed().as_secs_f64();
-    let cpu1 = r.proxy.cpu_us();
+    let cpu = r.proxy.cpu().since(cpu0);
     let cores1 = procs::core_times();
     Ok(Sample {
         run,
         wrk: report,
         payload_bytes: case.payload_bytes(),
-        cpu_us: cpu1.saturating_sub(cpu0),
+        cpu_us: cpu.total_us(),
+        user_us: cpu.user_us,
         wall_s,
         proxy_core_busy: procs::core_busy(&cores0, &cores1, plan.proxy_core),
         load_core_busy: procs::core_busy(&cores0, &cores1, plan.load_core),

@@ -65,7 +65,18 @@ impl Group {
 
     /// CPU time of the whole group so far, in microseconds.
     pub fn cpu_us(&self) -> u64 {
-        self.pids().into_iter().filter_map(cpu_us_of).sum()
+        self.cpu().total_us()
+    }
+
+    /// CPU time of the whole group so far, user and system.
+    pub fn cpu(&self) -> CpuTime {
+        self.pids()
+            .into_iter()
+            .filter_map(cpu_of)
+            .fold(CpuTime::default(), |a, b| CpuTime {
+                user_us: a.user_us + b.user_us,
+                sys_us: a.sys_us + b.sys_us,
+            })
     }
 
     /// Resident memory of the whole group, in KiB.
@@ -121,13 +132,40 @@ fn clock_ticks_per_second() -> u64 {
     u64::try_from(t).ok().filter(|t| *t > 0).unwrap_or(100)
 }
 
-/// utime + stime of a process (all its threads, including exited ones), in microseconds.
-pub fn cpu_us_of(pid: i32) -> Option<u64> {
+/// CPU time of a process, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTime {
+    /// utime: in user space.
+    pub user_us: u64,
+    /// stime: in the kernel on the process's behalf.
+    pub sys_us: u64,
+}
+
+impl CpuTime {
+    pub fn total_us(self) -> u64 {
+        self.user_us + self.sys_us
+    }
+
+    /// The time spent between `earlier` and `self`.
+    pub fn since(self, earlier: CpuTime) -> CpuTime {
+        CpuTime {
+            user_us: self.user_us.saturating_sub(earlier.user_us),
+            sys_us: self.sys_us.saturating_sub(earlier.sys_us),
+        }
+    }
+}
+
+/// utime and stime of a process (all its threads, including exited ones).
+pub fn cpu_of(pid: i32) -> Option<CpuTime> {
     let f = stat_fields(pid)?;
     // Fields 14 and 15 of proc(5); index 0 here is field 3 (state).
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) * 1_000_000 / clock_ticks_per_second())
+    let us = |ticks: u64| ticks * 1_000_000 / clock_ticks_per_second();
+    Some(CpuTime {
+        user_us: us(utime),
+        sys_us: us(stime),
+    })
 }
 
 /// VmRSS of a process in KiB.

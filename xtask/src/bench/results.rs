@@ -50,6 +50,12 @@ pub fn case_json(case: &Case, cases: &[ProxyCase]) -> Value {
                     _ => Value::Null,
                 };
             }
+            let best_cpu = best_peer[Metric::CpuUsPerReq.key()]["proxy"].as_str();
+            let paired = cases
+                .iter()
+                .find(|b| Some(b.peer.name()) == best_cpu && counts(b))
+                .filter(|_| counts(c))
+                .and_then(|b| stats::paired_ratio(Metric::CpuUsPerReq, &c.samples, &b.samples));
             json!({
                 "proxy": c.peer.name(),
                 "status": if counts(c) { "ok" } else { "failed" },
@@ -59,6 +65,7 @@ pub fn case_json(case: &Case, cases: &[ProxyCase]) -> Value {
                 "min": min,
                 "max": max,
                 "ratio_to_best_peer": ratio,
+                "paired_cpu_ratio_to_best_peer": paired,
             })
         })
         .collect();

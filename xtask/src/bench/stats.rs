@@ -14,16 +14,19 @@ pub enum Metric {
     P99Us,
     /// Body bytes through the proxy (both directions) per second, in 10^6 bytes.
     MbPerS,
+    /// The user-space share of [`Metric::CpuUsPerReq`] (utime only).
+    UserUsPerReq,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 6] = [
+    pub const ALL: [Metric; 7] = [
         Metric::CpuUsPerReq,
         Metric::ReqPerCoreS,
         Metric::Rps,
         Metric::P50Us,
         Metric::P99Us,
         Metric::MbPerS,
+        Metric::UserUsPerReq,
     ];
 
     /// The JSON key.
@@ -35,11 +38,15 @@ impl Metric {
             Metric::P50Us => "p50_us",
             Metric::P99Us => "p99_us",
             Metric::MbPerS => "mb_per_s",
+            Metric::UserUsPerReq => "user_us_per_req",
         }
     }
 
     pub fn lower_is_better(self) -> bool {
-        matches!(self, Metric::CpuUsPerReq | Metric::P50Us | Metric::P99Us)
+        matches!(
+            self,
+            Metric::CpuUsPerReq | Metric::UserUsPerReq | Metric::P50Us | Metric::P99Us
+        )
     }
 }
 
@@ -52,6 +59,8 @@ pub struct Sample {
     pub payload_bytes: u64,
     /// The proxy's CPU time (utime + stime of all its processes) over the wrk window.
     pub cpu_us: u64,
+    /// Of that, the time in user space (utime).
+    pub user_us: u64,
     pub wall_s: f64,
     /// How busy the proxy core and the load core were over the run (whole cores,
     /// interrupts included), from `/proc/stat`.
@@ -66,7 +75,8 @@ impl Sample {
         match m {
             Metric::CpuUsPerReq if req > 0.0 => cpu / req,
             Metric::ReqPerCoreS if cpu > 0.0 => req / (cpu / 1e6),
-            Metric::CpuUsPerReq | Metric::ReqPerCoreS => 0.0,
+            Metric::UserUsPerReq if req > 0.0 => self.user_us as f64 / req,
+            Metric::CpuUsPerReq | Metric::ReqPerCoreS | Metric::UserUsPerReq => 0.0,
             Metric::Rps => self.wrk.rps,
             Metric::P50Us => self.wrk.p50_us,
             Metric::P99Us => self.wrk.p99_us,
@@ -101,6 +111,7 @@ impl Sample {
             "wrk_duration_s": w.duration_s,
             "wall_s": self.wall_s,
             "cpu_us": self.cpu_us,
+            "user_us": self.user_us,
             "cpu_utilization": if self.wall_s > 0.0 { self.cpu_us as f64 / 1e6 / self.wall_s } else { 0.0 },
             "socket_errors": {
                 "connect": w.errors_connect, "read": w.errors_read,
@@ -116,6 +127,23 @@ impl Sample {
         }
         v
     }
+}
+
+/// The median over runs of `m` of `a`'s run divided by `b`'s run of the same number: runs
+/// alternate between the proxies, so a pair shares the machine's state of that moment and
+/// drift over the whole measurement cancels out. Runs with errors on either side are left
+/// out; None without a pair.
+pub fn paired_ratio(m: Metric, a: &[Sample], b: &[Sample]) -> Option<f64> {
+    let ratios: Vec<f64> = a
+        .iter()
+        .filter(|s| s.problem().is_none())
+        .filter_map(|x| {
+            let y = b.iter().find(|y| y.run == x.run && y.problem().is_none())?;
+            let (vx, vy) = (x.value(m), y.value(m));
+            (vy > 0.0).then(|| vx / vy)
+        })
+        .collect();
+    median(&ratios)
 }
 
 /// Share of the proxy core that other work took during a sample (the core's busy share
@@ -217,25 +245,54 @@ mod tests {
         assert_eq!(best(Metric::Rps, []), None);
     }
 
-    #[test]
-    fn cpu_per_request_and_its_inverse() {
-        let s = Sample {
-            run: 0,
+    /// A run of 100,000 requests in 5 s with `cpu_us` of CPU, a fifth of it in user space.
+    fn sample(run: u32, cpu_us: u64) -> Sample {
+        Sample {
+            run,
             wrk: WrkReport {
                 requests: 100_000,
                 duration_s: 5.0,
                 ..Default::default()
             },
             payload_bytes: 1000,
-            cpu_us: 2_500_000,
+            cpu_us,
+            user_us: cpu_us / 5,
             wall_s: 5.0,
             proxy_core_busy: None,
             load_core_busy: None,
-        };
+        }
+    }
+
+    #[test]
+    fn cpu_per_request_and_its_inverse() {
+        let s = sample(0, 2_500_000);
         assert!((s.value(Metric::CpuUsPerReq) - 25.0).abs() < 1e-9);
+        assert!((s.value(Metric::UserUsPerReq) - 5.0).abs() < 1e-9);
         assert!((s.value(Metric::ReqPerCoreS) - 40_000.0).abs() < 1e-6);
         // 100,000 requests of 1,000 body bytes in 5 s.
         assert!((s.value(Metric::MbPerS) - 20.0).abs() < 1e-9);
         assert_eq!(s.problem(), None);
+    }
+
+    #[test]
+    fn paired_ratios_pair_runs_of_the_same_number() {
+        // B drifts up run by run; A stays at 0.9 of B in every run. The ratio of the
+        // medians would be 0.9 × (median of B) / (median of B) too, but with one run of A
+        // missing the medians of the rest mislead; pairing does not.
+        let b: Vec<Sample> = (0..5)
+            .map(|r| sample(r, 1_000_000 * u64::from(r + 1)))
+            .collect();
+        let a: Vec<Sample> = (1..5)
+            .map(|r| sample(r, 900_000 * u64::from(r + 1)))
+            .collect();
+        let paired = paired_ratio(Metric::CpuUsPerReq, &a, &b).unwrap();
+        assert!((paired - 0.9).abs() < 1e-9, "{paired}");
+        // A run with errors on either side is no pair.
+        let mut broken = b.clone();
+        for s in &mut broken {
+            s.wrk.non_2xx_3xx = 1;
+        }
+        assert_eq!(paired_ratio(Metric::CpuUsPerReq, &a, &broken), None);
+        assert_eq!(paired_ratio(Metric::CpuUsPerReq, &a, &[]), None);
     }
 }

@@ -80,32 +80,34 @@ pub fn print(doc: &Value) {
                 format!("{} B body", case["body_bytes"])
             };
             println!(
-                "\n{what}; medians (min–max of CPU), ratio = value / best peer's; MB/s: bodies both ways\n"
+                "\n{what}; medians (min–max of CPU), ratio = value / best peer's; paired = median of per-run CPU ratios to the best peer; MB/s: bodies both ways\n"
             );
             println!(
-                "| proxy | CPU µs/req | req per core-s | req/s | MB/s | p50 µs | p99 µs | CPU ratio | req/core-s ratio | MB/s ratio | p99 ratio |"
+                "| proxy | CPU µs/req | user µs/req | req per core-s | req/s | MB/s | p50 µs | p99 µs | CPU ratio | paired | req/core-s ratio | MB/s ratio | p99 ratio |"
             );
-            println!("|---|---|---|---|---|---|---|---|---|---|---|");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
             for p in case["proxies"].as_array().into_iter().flatten() {
                 let (med, r) = (&p["median"], &p["ratio_to_best_peer"]);
                 let proxy = p["proxy"].as_str().unwrap_or("?");
                 if p["status"] != "ok" {
                     let err = p["error"].as_str().unwrap_or("?");
                     let first = err.lines().next().unwrap_or("");
-                    println!("| {proxy} | FAILED: {first} | | | | | | | | | |");
+                    println!("| {proxy} | FAILED: {first} | | | | | | | | | | | |");
                     continue;
                 }
                 println!(
-                    "| {proxy} | {} ({}–{}) | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {proxy} | {} ({}–{}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     num(&med["cpu_us_per_req"], 1),
                     num(&p["min"]["cpu_us_per_req"], 1),
                     num(&p["max"]["cpu_us_per_req"], 1),
+                    num(&med["user_us_per_req"], 1),
                     num(&med["req_per_core_s"], 0),
                     num(&med["rps"], 0),
                     num(&med["mb_per_s"], 0),
                     num(&med["p50_us"], 0),
                     num(&med["p99_us"], 0),
                     ratio(&r["cpu_us_per_req"]),
+                    ratio(&p["paired_cpu_ratio_to_best_peer"]),
                     ratio(&r["req_per_core_s"]),
                     ratio(&r["mb_per_s"]),
                     ratio(&r["p99_us"]),
