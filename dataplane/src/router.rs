@@ -69,8 +69,9 @@ pub trait RequestView {
     fn header(&self, name: &str) -> Option<&[u8]>;
 }
 
-/// Lowercases `host`, strips a port and a trailing dot. `None` if not valid UTF-8.
-pub fn normalize_host(host: &[u8]) -> Option<String> {
+/// Lowercases `host`, strips a port and a trailing dot. `None` if not valid UTF-8. Borrows
+/// when the host is lowercase already (no allocation per request).
+pub fn normalize_host(host: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
     let text = std::str::from_utf8(host).ok()?.trim();
     let without_port = if let Some(rest) = text.strip_prefix('[') {
         // [v6]:port
@@ -80,7 +81,12 @@ pub fn normalize_host(host: &[u8]) -> Option<String> {
             .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
             .map_or(text, |(h, _)| h)
     };
-    Some(without_port.trim_end_matches('.').to_ascii_lowercase())
+    let host = without_port.trim_end_matches('.');
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        host.to_ascii_lowercase().into()
+    } else {
+        host.into()
+    })
 }
 
 impl RouteMatcher {
@@ -117,11 +123,19 @@ pub fn select<'r, R>(
     matcher: impl Fn(&'r R) -> &'r RouteMatcher,
     req: &impl RequestView,
 ) -> Option<usize> {
-    let host = req.host().and_then(normalize_host);
+    // Normalized once, and only if a route asks for the host.
+    let host = std::cell::OnceCell::new();
     order.iter().copied().find(|&i| {
-        routes
-            .get(i)
-            .is_some_and(|r| matcher(r).matches(req, host.as_deref()))
+        routes.get(i).is_some_and(|r| {
+            let m = matcher(r);
+            let host = if m.hosts.is_empty() {
+                None
+            } else {
+                host.get_or_init(|| req.host().and_then(normalize_host))
+                    .as_deref()
+            };
+            m.matches(req, host)
+        })
     })
 }
 
@@ -191,6 +205,11 @@ mod tests {
         );
         assert_eq!(normalize_host(b"example.com.").unwrap(), "example.com");
         assert_eq!(normalize_host(b"[::1]:80").unwrap(), "::1");
+        // A lowercase host is borrowed, not copied.
+        assert!(matches!(
+            normalize_host(b"example.com:80"),
+            Some(std::borrow::Cow::Borrowed("example.com"))
+        ));
     }
 
     #[test]

@@ -128,6 +128,14 @@ fn put_token_or_quoted(out: &mut Vec<u8>, value: &[u8]) {
         return;
     }
     out.push(b'"');
+    // Most values (a host with a port) need no escaping: one copy.
+    if value.iter().all(|&b| {
+        b != b'"' && b != b'\\' && (b == b'\t' || b == b' ' || b.is_ascii_graphic() || b >= 0x80)
+    }) {
+        out.extend_from_slice(value);
+        out.push(b'"');
+        return;
+    }
     for &b in value {
         match b {
             b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),

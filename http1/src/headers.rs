@@ -83,6 +83,56 @@ impl Headers {
             .map(|(n, v)| (std::str::from_utf8(n).unwrap_or_default(), v))
     }
 
+    /// Appends the fields whose names `keep` accepts to `out`, each as a `name: value` line
+    /// ending in CRLF. Lines go out as received (the name's case and the whitespace after
+    /// the colon kept, trailing whitespace dropped), and a run of adjacent kept lines goes
+    /// in one copy: a head passed through mostly whole costs a few copies, not four per
+    /// field.
+    pub(crate) fn write_kept(&self, mut keep: impl FnMut(&[u8]) -> bool, out: &mut BytesMut) {
+        let raw = &self.raw[..];
+        // The bytes of the current run of verbatim lines, without its last CRLF.
+        let mut run: Option<Range<usize>> = None;
+        let flush = |run: &mut Option<Range<usize>>, out: &mut BytesMut| {
+            if let Some(r) = run.take() {
+                out.extend_from_slice(&raw[r]);
+                out.extend_from_slice(b"\r\n");
+            }
+        };
+        for f in &self.fields {
+            let name = &raw[f.name.range()];
+            if !keep(name) {
+                flush(&mut run, out);
+                continue;
+            }
+            let (n, v) = (f.name.range(), f.value.range());
+            // Verbatim when the line is `name:` OWS `value` in place (an empty value has no
+            // place, see `Span::of`); httparse hands out nothing else, but it is checked.
+            let verbatim = !v.is_empty()
+                && n.end < v.start
+                && raw[n.end] == b':'
+                && raw[n.end + 1..v.start]
+                    .iter()
+                    .all(|&b| b == b' ' || b == b'\t');
+            if !verbatim {
+                flush(&mut run, out);
+                out.extend_from_slice(name);
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(&raw[v]);
+                out.extend_from_slice(b"\r\n");
+                continue;
+            }
+            match &mut run {
+                // The previous kept line ends in CRLF right before this one: extend the run.
+                Some(r) if raw.get(r.end..n.start) == Some(&b"\r\n"[..]) => r.end = v.end,
+                _ => {
+                    flush(&mut run, out);
+                    run = Some(n.start..v.end);
+                }
+            }
+        }
+        flush(&mut run, out);
+    }
+
     pub(crate) fn raw_iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         self.fields
             .iter()
@@ -207,9 +257,38 @@ pub(crate) fn trim_ows(value: &[u8]) -> &[u8] {
     &value[start..end]
 }
 
+/// `tchar` (RFC 9110 §5.6.2) by byte value.
+static TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    t
+};
+
 /// Whether `b` is a `tchar` (RFC 9110 §5.6.2).
 pub(crate) fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TCHAR[usize::from(b)]
 }
 
 /// Whether `s` is a non-empty `token`.

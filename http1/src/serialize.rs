@@ -101,19 +101,42 @@ pub fn write_response_head(
     out.put_slice(b"\r\n");
 }
 
+/// A bit per name length (lengths of 63 and more share the top bit): a field whose
+/// name's length is not in a set of names cannot be one of them, whatever its case.
+const fn length_bit(len: usize) -> u64 {
+    1 << if len < 63 { len } else { 63 }
+}
+
+/// The lengths of the [`DROPPED`] names.
+const DROPPED_LENGTHS: u64 = {
+    let mut mask = 0;
+    let mut i = 0;
+    while i < DROPPED.len() {
+        mask |= length_bit(DROPPED[i].len());
+        i += 1;
+    }
+    mask
+};
+
 fn write_fields(headers: &Headers, extra: &[(&str, &[u8])], out: &mut BytesMut) {
     let nominated = Nominated::new(headers);
-    for (name, value) in headers.raw_iter() {
-        if DROPPED.iter().any(|d| d.eq_ignore_ascii_case(name))
-            || nominated.contains(name, headers)
-            || extra
-                .iter()
-                .any(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
-        {
-            continue;
-        }
-        put_field(out, name, value);
-    }
+    // Lengths of every name that may be left out; most fields are kept on this one test.
+    let maybe_out = extra
+        .iter()
+        .fold(DROPPED_LENGTHS | nominated.lengths, |m, (n, _)| {
+            m | length_bit(n.len())
+        });
+    headers.write_kept(
+        |name| {
+            maybe_out & length_bit(name.len()) == 0
+                || !(DROPPED.iter().any(|d| d.eq_ignore_ascii_case(name))
+                    || nominated.contains(name, headers)
+                    || extra
+                        .iter()
+                        .any(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name)))
+        },
+        out,
+    );
     for (name, value) in extra {
         debug_assert!(is_token(name.as_bytes()), "extra field name {name:?}");
         debug_assert!(
@@ -131,6 +154,8 @@ struct Nominated<'h> {
     len: usize,
     /// More names than fit: fall back to scanning the Connection fields.
     overflow: bool,
+    /// [`length_bit`]s of the names (every bit on overflow).
+    lengths: u64,
 }
 
 impl<'h> Nominated<'h> {
@@ -139,6 +164,7 @@ impl<'h> Nominated<'h> {
             names: [&[][..]; 16],
             len: 0,
             overflow: false,
+            lengths: 0,
         };
         for option in headers.get_all("connection").flat_map(list_elements) {
             match nominated.names.get_mut(nominated.len) {
@@ -146,6 +172,10 @@ impl<'h> Nominated<'h> {
                 None => nominated.overflow = true,
             }
             nominated.len += 1;
+            nominated.lengths |= length_bit(option.len());
+        }
+        if nominated.overflow {
+            nominated.lengths = u64::MAX;
         }
         nominated
     }

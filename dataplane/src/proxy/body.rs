@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use bytes::{Buf as _, BytesMut};
-use monoio::net::TcpStream;
+use monoio::{io::AsyncWriteRentExt as _, net::TcpStream};
 
 use super::{
     deadline::{Timer, within},
@@ -66,23 +66,25 @@ impl RequestBody {
         self.bytes
     }
 
-    /// Writes the request head, then streams the body from the client.
+    /// Writes the request head (`head` is the same again afterwards, for a retry), then
+    /// streams the body from the client.
     pub async fn send(
         &mut self,
         ctx: &WorkerCtx,
         up: &mut TcpStream,
-        head: &BytesMut,
+        head: &mut BytesMut,
         ds: &mut Downstream,
         deadline: Instant,
         timer: &mut Timer<'_>,
     ) -> Result<(), SendError> {
+        if self.framing == Framing::None {
+            // The head alone: written from its own buffer, which comes back unchanged.
+            let (res, written) = up.write_all(std::mem::take(head)).await;
+            *head = written;
+            return res.map(drop).map_err(|_| SendError::Upstream);
+        }
         let mut out = ctx.take_buf();
         out.extend_from_slice(head);
-        if self.framing == Framing::None {
-            let (res, out) = io::write_all(up, out).await;
-            ctx.give_buf(out);
-            return res.map_err(|_| SendError::Upstream);
-        }
         if self.expect_continue && ds.buf.is_empty() && !self.started {
             // Answer the expectation ourselves; the upstream's own 100 is skipped later.
             self.expect_continue = false;

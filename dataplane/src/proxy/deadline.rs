@@ -16,9 +16,10 @@ use monoio::time::Sleep;
 /// The request's timer, pinned where the request future lives.
 pub(crate) type Timer<'a> = Pin<&'a mut Sleep>;
 
-/// A fresh timer (not armed until a wait sets its deadline and polls it).
-pub(crate) fn timer() -> Sleep {
-    monoio::time::sleep_until(Instant::now().into())
+/// A fresh timer (not armed until a wait sets its deadline and polls it). `at` is any
+/// past time: every wait sets its own deadline first.
+pub(crate) fn timer(at: Instant) -> Sleep {
+    monoio::time::sleep_until(at.into())
 }
 
 /// The deadline passed before the work finished.
@@ -86,7 +87,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let mut t = pin!(timer());
+            let mut t = pin!(timer(Instant::now()));
             // Work that finishes first wins.
             let far = Instant::now() + Duration::from_secs(5);
             assert_eq!(within(&mut t, far, async { 7 }).await, Ok(7));

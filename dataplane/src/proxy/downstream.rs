@@ -125,7 +125,9 @@ pub(crate) fn serve(
         canceller: None,
     };
     async move {
-        let mut hot = false;
+        // Hot since when: the last response went out at this time and the connection is
+        // reading the next head directly (None: not hot).
+        let mut hot: Option<Instant> = None;
         // Requests served so far (saturating): a connection turns hot only once it has
         // been reused, so a client that sends one request and then idles (or thousands of
         // them at once) never holds read buffers for the hot window.
@@ -138,7 +140,7 @@ pub(crate) fn serve(
             // snapshot, no request state and no timer: the worker's idle reaper shuts the
             // socket down when the idle timeout passes. The heavier request future below
             // lives in the slot only while a request is being read or served.
-            if ds.buf.is_empty() && !hot {
+            if ds.buf.is_empty() && hot.is_none() {
                 let deadline = Instant::now() + ctx.settings.client_idle_timeout;
                 let token = ctx
                     .idle
@@ -155,20 +157,21 @@ pub(crate) fn serve(
             // connection's task holds only this small loop, not room for a request it is
             // not serving.
             // Bytes already buffered (a pipelined request) are parsed first, not waited on.
-            let hot_read = hot && ds.buf.is_empty();
+            let hot_read = hot.filter(|_| ds.buf.is_empty());
             let served;
             (served, ds) = slot
-                .run(request(Rc::clone(&ctx.0), ds, listen_index, hot_read))
+                .run(|| request(Rc::clone(&ctx.0), ds, listen_index, hot_read))
                 .await;
             match served {
                 Served::Close => return,
-                Served::KeepAlive => {
+                Served::KeepAlive { sent } => {
                     served_count = served_count.saturating_add(1);
-                    hot = served_count >= 2 && !ctx.settings.client_hot_read.is_zero();
+                    hot = (served_count >= 2 && !ctx.settings.client_hot_read.is_zero())
+                        .then_some(sent);
                 }
-                Served::Cooled => hot = false,
+                Served::Cooled => hot = None,
             }
-            if ds.buf.is_empty() && !hot {
+            if ds.buf.is_empty() && hot.is_none() {
                 // Idle keep-alive connections hold no buffers (they go back to the
                 // worker's pool) and no request memory.
                 ctx.give_buf(std::mem::take(&mut ds.buf));
@@ -181,28 +184,29 @@ pub(crate) fn serve(
 
 /// What serving one request left the connection as.
 enum Served {
-    /// Open, a response just went out: read the next head directly.
-    KeepAlive,
+    /// Open, a response just went out (at `sent`): read the next head directly.
+    KeepAlive { sent: Instant },
     /// Open, but quiet for the whole hot-read window: wait for readability.
     Cooled,
     /// Closed or to be closed.
     Close,
 }
 
-/// Reads one request head and serves the request. `hot`: the connection just served a
-/// request and nothing is buffered; the first read waits only `client_hot_read`. Takes
+/// Reads one request head and serves the request. `hot`: the connection served a request
+/// whose response went out at this time and nothing is buffered; the first read waits
+/// only until `client_hot_read` after that. Takes
 /// and gives back the connection, so that the future borrows nothing and can live in the
 /// connection's [`FutureSlot`] across requests.
 async fn request(
     ctx: Rc<WorkerCtx>,
     mut ds: Downstream,
     listen_index: u32,
-    hot: bool,
+    hot: Option<Instant>,
 ) -> (Served, Downstream) {
     // One async fn, not a wrapper around another: each level of nesting copies the inner
     // future (several KiB) into the outer one once per request.
     // The one timer every deadline of this request uses (see `deadline`).
-    let mut timer = std::pin::pin!(deadline::timer());
+    let mut timer = std::pin::pin!(deadline::timer(ctx.started));
     let served = 'served: {
         let Some(cfg) = ctx.holder.current() else {
             ds.send_error(503, "no configuration loaded yet").await;
@@ -231,10 +235,9 @@ async fn request(
         let handled = forward::handle(
             &ctx, &cfg, listener, &limits, &mut ds, head, started, &mut timer,
         );
-        if handled.await {
-            Served::KeepAlive
-        } else {
-            Served::Close
+        match handled.await {
+            Some(sent) => Served::KeepAlive { sent },
+            None => Served::Close,
         }
     };
     (served, ds)
@@ -244,7 +247,7 @@ async fn next_head(
     ctx: &WorkerCtx,
     ds: &mut Downstream,
     limits: &http1::Limits,
-    hot: bool,
+    hot: Option<Instant>,
     timer: &mut Timer<'_>,
 ) -> NextHead {
     if ds.buf.capacity() == 0 {
@@ -253,8 +256,8 @@ async fn next_head(
     if ds.out.capacity() == 0 {
         ds.out = ctx.take_buf();
     }
-    if hot {
-        match hot_read(ctx, ds, timer).await {
+    if let Some(since) = hot {
+        match hot_read(ctx, ds, since, timer).await {
             HotRead::Data => {}
             HotRead::Cooled => return NextHead::Cooled,
             HotRead::Closed => return NextHead::Closed,
@@ -311,8 +314,13 @@ enum HotRead {
 /// The first read of a hot connection: directly into its buffer, for at most
 /// `client_hot_read`. On expiry the read is cancelled and awaited, so bytes the kernel
 /// delivered in the meantime are kept, never lost with a dropped operation.
-async fn hot_read(ctx: &WorkerCtx, ds: &mut Downstream, timer: &mut Timer<'_>) -> HotRead {
-    let until = Instant::now() + ctx.settings.client_hot_read;
+async fn hot_read(
+    ctx: &WorkerCtx,
+    ds: &mut Downstream,
+    since: Instant,
+    timer: &mut Timer<'_>,
+) -> HotRead {
+    let until = since + ctx.settings.client_hot_read;
     let handle = ds.canceller.get_or_insert_with(Canceller::new).handle();
     let buf = std::mem::take(&mut ds.buf);
     let mut read = std::pin::pin!(io::read_more_cancelable(&mut ds.stream, buf, handle));

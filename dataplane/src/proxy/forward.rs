@@ -51,6 +51,8 @@ struct Summary {
     bytes_out: u64,
     attempts: u32,
     keep_alive: bool,
+    /// When the response was sent, where it was read already.
+    finished: Option<Instant>,
 }
 
 impl Summary {
@@ -63,6 +65,7 @@ impl Summary {
             bytes_out: 0,
             attempts: 0,
             keep_alive: false,
+            finished: None,
         }
     }
 }
@@ -74,7 +77,8 @@ fn idempotent(method: &str) -> bool {
     )
 }
 
-/// Handles one request; returns whether the client connection may serve another.
+/// Handles one request; when the client connection may serve another, returns when the
+/// response went out.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn handle(
     ctx: &Rc<WorkerCtx>,
@@ -85,7 +89,7 @@ pub(crate) async fn handle(
     head: RequestHead,
     started: Instant,
     timer: &mut Timer<'_>,
-) -> bool {
+) -> Option<Instant> {
     // Wall-clock time is only for the access log; the hot path skips it when logging is off.
     let wall = ctx.access_log.enabled().then(SystemTime::now);
     let mut made = [0u8; 32];
@@ -125,7 +129,8 @@ pub(crate) async fn handle(
             }
         },
     };
-    let duration = started.elapsed();
+    let finished = summary.finished.unwrap_or_else(Instant::now);
+    let duration = finished.saturating_duration_since(started);
     if let Some(i) = route_idx
         && let Some(stats) = ctx.balancers.borrow().route_stats.get(i)
     {
@@ -160,7 +165,7 @@ pub(crate) async fn handle(
             request_id: String::from_utf8_lossy(request_id).into_owned(),
         });
     }
-    summary.keep_alive && head.keep_alive()
+    (summary.keep_alive && head.keep_alive()).then_some(finished)
 }
 
 /// Why an attempt failed.
@@ -301,7 +306,8 @@ async fn proxy(
             ctx,
             cluster,
             addr,
-            &up_head,
+            now,
+            &mut up_head,
             ds,
             &mut body_state,
             head.is_head(),
@@ -312,7 +318,10 @@ async fn proxy(
         )
         .await;
         drop(in_flight);
-        let done = Instant::now();
+        let done = match &result {
+            Ok(r) => r.finished,
+            Err(_) => Instant::now(),
+        };
         let outcome = match &result {
             Ok(r) if r.status >= 500 && r.status != 501 => Outcome::Failure(FailureKind::Status5xx),
             Ok(_) => Outcome::Success,
@@ -383,6 +392,7 @@ async fn proxy(
                     bytes_out: r.bytes_out,
                     attempts,
                     keep_alive: r.client_keep_alive,
+                    finished: Some(r.finished),
                 }
             }
             Err(e) => {
@@ -430,6 +440,8 @@ struct AttemptResult {
     client_keep_alive: bool,
     /// A 5xx whose head was read but not yet forwarded, so it can still be retried.
     pending_5xx: bool,
+    /// When the response was relayed (for a held-back 5xx: when its head arrived).
+    finished: Instant,
     pending: Option<(ResponseHead, TcpStream, BytesMut)>,
 }
 
@@ -438,7 +450,9 @@ async fn attempt(
     ctx: &Rc<WorkerCtx>,
     cluster: &crate::snapshot::ClusterRt,
     addr: SocketAddr,
-    up_head: &BytesMut,
+    // The attempt's start: upstream time is measured from here.
+    t0: Instant,
+    up_head: &mut BytesMut,
     ds: &mut Downstream,
     body_state: &mut body::RequestBody,
     head_request: bool,
@@ -447,7 +461,6 @@ async fn attempt(
     stats: &Option<Arc<crate::telemetry::ClusterStats>>,
     timer: &mut Timer<'_>,
 ) -> Result<AttemptResult, AttemptError> {
-    let t0 = Instant::now();
     let pooled = ctx.pool.borrow_mut().take(addr, cluster.idle_timeout, t0);
     let reused = pooled.is_some();
     let mut up = match pooled {
@@ -531,7 +544,8 @@ async fn attempt(
             }
         }
     };
-    let upstream_time = t0.elapsed();
+    let head_at = Instant::now();
+    let upstream_time = head_at.saturating_duration_since(t0);
     if let Some(st) = stats {
         st.upstream_latency.observe(upstream_time);
     }
@@ -544,6 +558,7 @@ async fn attempt(
             bytes_out: 0,
             client_keep_alive: false,
             pending_5xx: true,
+            finished: head_at,
             pending: Some((resp, up, up_buf)),
         });
     }
@@ -562,10 +577,11 @@ async fn attempt(
     // to the pool whole instead of being freed.
     drop(resp);
     ctx.give_buf(up_buf);
+    let finished = Instant::now();
     if reusable {
         ctx.pool
             .borrow_mut()
-            .put(addr, up, cluster.max_idle_per_endpoint, Instant::now());
+            .put(addr, up, cluster.max_idle_per_endpoint, finished);
     }
     Ok(AttemptResult {
         status,
@@ -573,6 +589,7 @@ async fn attempt(
         bytes_out,
         client_keep_alive,
         pending_5xx: false,
+        finished,
         pending: None,
     })
 }
@@ -599,6 +616,7 @@ async fn forward_pending(
         .await;
         r.bytes_out = bytes;
         r.client_keep_alive = keep;
+        r.finished = Instant::now();
     }
     r.pending_5xx = false;
     r

@@ -29,12 +29,16 @@ impl<F: Future> FutureSlot<F> {
         }
     }
 
-    /// Moves `fut` into the slot and returns a future that runs it there; the slot's
-    /// future is dropped in place when it completes or when the returned future is dropped.
-    pub(crate) fn run(&mut self, fut: F) -> SlotRun<'_, F> {
+    /// Puts the future `make` returns into the slot and returns a future that runs it
+    /// there; the slot's future is dropped in place when it completes or when the returned
+    /// future is dropped. Made in the call, the future can be built in the slot's memory
+    /// directly instead of being built elsewhere and copied in whole (its size, not the
+    /// few bytes a fresh future sets, would be copied).
+    #[inline(always)]
+    pub(crate) fn run(&mut self, make: impl FnOnce() -> F) -> SlotRun<'_, F> {
         self.clear();
         let mem = self.mem.get_or_insert_with(Box::new_uninit);
-        mem.write(fut);
+        mem.write(make());
         self.occupied = true;
         SlotRun {
             slot: self,
@@ -163,7 +167,7 @@ mod tests {
         let mut addr = None;
         for i in 0..3 {
             {
-                let mut run = pin!(slot.run(probe(i)));
+                let mut run = pin!(slot.run(|| probe(i)));
                 assert_eq!(run.as_mut().poll(&mut cx), Poll::Ready(i));
             }
             let a = slot.mem.as_ref().map(|m| m.as_ptr() as usize);
@@ -176,17 +180,17 @@ mod tests {
         // Dropped mid-flight: the future is dropped in place, once.
         ready.set(false);
         {
-            let mut run = pin!(slot.run(probe(9)));
+            let mut run = pin!(slot.run(|| probe(9)));
             assert_eq!(run.as_mut().poll(&mut cx), Poll::Pending);
         }
         assert_eq!(drops.get(), 4);
 
         // Leaked mid-flight: the next use drops it before reusing the memory.
-        std::mem::forget(slot.run(probe(10)));
+        std::mem::forget(slot.run(|| probe(10)));
         assert_eq!(drops.get(), 4);
         ready.set(true);
         {
-            let mut run = pin!(slot.run(probe(11)));
+            let mut run = pin!(slot.run(|| probe(11)));
             assert_eq!(drops.get(), 5);
             assert_eq!(run.as_mut().poll(&mut cx), Poll::Ready(11));
         }
@@ -194,7 +198,7 @@ mod tests {
 
         slot.release();
         assert!(slot.mem.is_none());
-        std::mem::forget(slot.run(probe(12)));
+        std::mem::forget(slot.run(|| probe(12)));
         drop(slot);
         assert_eq!(
             drops.get(),

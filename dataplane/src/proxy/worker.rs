@@ -24,13 +24,14 @@ use crate::{
 };
 
 /// Per-snapshot caches of a worker: balancer state and metric cells, indexed like the
-/// snapshot's clusters and routes. Rebuilt (keeping state by name) when the version changes.
+/// snapshot's clusters and routes (a request finds its cluster's state by index, not by
+/// hashing the name). Rebuilt, keeping state by name, when the version changes.
 pub(crate) struct Balancers {
     version: u64,
-    by_name: HashMap<Arc<str>, LbState>,
-    budgets_by_name: HashMap<Arc<str>, RetryBudget>,
-    pub clusters: Vec<Arc<str>>,
-    pub routes: Vec<Arc<str>>,
+    /// Per cluster of the snapshot: its name and balancer state.
+    lbs: Vec<(Arc<str>, LbState)>,
+    /// Per route of the snapshot: its name and retry budget.
+    budgets: Vec<(Arc<str>, RetryBudget)>,
     pub route_stats: Vec<Arc<RouteStats>>,
     pub cluster_stats: Vec<Arc<ClusterStats>>,
 }
@@ -39,10 +40,8 @@ impl Balancers {
     fn new() -> Self {
         Balancers {
             version: 0,
-            by_name: HashMap::new(),
-            budgets_by_name: HashMap::new(),
-            clusters: Vec::new(),
-            routes: Vec::new(),
+            lbs: Vec::new(),
+            budgets: Vec::new(),
             route_stats: Vec::new(),
             cluster_stats: Vec::new(),
         }
@@ -54,27 +53,31 @@ impl Balancers {
             return;
         }
         self.version = cfg.version;
-        let mut by_name = HashMap::with_capacity(cfg.clusters.len());
-        for c in &cfg.clusters {
-            let state = self
-                .by_name
-                .remove(&c.name)
-                .unwrap_or_else(|| LbState::new(&c.lb, c.outlier.clone()));
-            by_name.insert(Arc::clone(&c.name), state);
-        }
-        self.by_name = by_name;
-        let mut budgets = HashMap::with_capacity(cfg.routes.len());
-        for r in &cfg.routes {
-            let b = self
-                .budgets_by_name
-                .remove(&r.name)
-                .filter(|b| *b.config() == r.retry.budget)
-                .unwrap_or_else(|| RetryBudget::new(r.retry.budget.clone(), now));
-            budgets.insert(Arc::clone(&r.name), b);
-        }
-        self.budgets_by_name = budgets;
-        self.clusters = cfg.clusters.iter().map(|c| Arc::clone(&c.name)).collect();
-        self.routes = cfg.routes.iter().map(|r| Arc::clone(&r.name)).collect();
+        let mut old: HashMap<Arc<str>, LbState> =
+            std::mem::take(&mut self.lbs).into_iter().collect();
+        self.lbs = cfg
+            .clusters
+            .iter()
+            .map(|c| {
+                let state = old
+                    .remove(&c.name)
+                    .unwrap_or_else(|| LbState::new(&c.lb, c.outlier.clone()));
+                (Arc::clone(&c.name), state)
+            })
+            .collect();
+        let mut old: HashMap<Arc<str>, RetryBudget> =
+            std::mem::take(&mut self.budgets).into_iter().collect();
+        self.budgets = cfg
+            .routes
+            .iter()
+            .map(|r| {
+                let b = old
+                    .remove(&r.name)
+                    .filter(|b| *b.config() == r.retry.budget)
+                    .unwrap_or_else(|| RetryBudget::new(r.retry.budget.clone(), now));
+                (Arc::clone(&r.name), b)
+            })
+            .collect();
         self.route_stats = cfg
             .routes
             .iter()
@@ -89,14 +92,12 @@ impl Balancers {
 
     /// Balancer state of cluster `idx` (after [`Self::sync`]).
     pub fn lb(&mut self, idx: usize) -> Option<&mut LbState> {
-        let name = self.clusters.get(idx)?;
-        self.by_name.get_mut(name)
+        self.lbs.get_mut(idx).map(|(_, lb)| lb)
     }
 
     /// Retry budget of route `idx`.
     pub fn budget(&mut self, idx: usize) -> Option<&mut RetryBudget> {
-        let name = self.routes.get(idx)?;
-        self.budgets_by_name.get_mut(name)
+        self.budgets.get_mut(idx).map(|(_, b)| b)
     }
 }
 
@@ -120,6 +121,9 @@ pub(crate) struct WorkerCtx {
     pub idle: RefCell<IdleSet>,
     /// The addresses this worker listens on; a connection keeps the index of its own.
     pub listen_addrs: Vec<SocketAddr>,
+    /// When the worker started: a time to create request timers with, before each wait
+    /// sets its deadline (a clock read saved per request).
+    pub started: Instant,
 }
 
 /// Buffers kept for reuse per worker; beyond this, released buffers are freed. Every
@@ -278,6 +282,7 @@ pub(crate) fn context(
         scratch: RefCell::new(Vec::with_capacity(512)),
         idle: RefCell::new(IdleSet::default()),
         listen_addrs,
+        started: Instant::now(),
     })
 }
 

@@ -37,7 +37,8 @@ pub struct AccessRecord {
     pub bytes_out: u64,
     /// Whole request duration.
     pub duration: Duration,
-    /// Time to the upstream's response head.
+    /// Time to the upstream's response head, from the start of the attempt that got it
+    /// (for the first attempt: from routing, a microsecond or two before the send).
     pub upstream_time: Option<Duration>,
     /// Attempts made (1 + retries).
     pub attempts: u32,

@@ -190,3 +190,28 @@ fn many_connection_options_are_all_honoured() {
     let out = request_out(wire.as_bytes(), Framing::None, &[]);
     assert_eq!(out, "GET / HTTP/1.1\r\nHost: a\r\nx-kept: v\r\n\r\n");
 }
+
+#[test]
+fn kept_lines_go_out_as_received_around_dropped_ones() {
+    // Whitespace after the colon is kept, trailing whitespace dropped, an empty value
+    // written out; kept lines on both sides of dropped ones, and a tab, survive.
+    let wire = b"GET / HTTP/1.1\r\nHost:example.com\r\nA:  1\r\nB:\t2 \r\nConnection: close\r\n\
+        C: 3\r\nEmpty:\r\nD: 4\r\nTE: trailers\r\nE: 5\r\n\r\n";
+    assert_eq!(
+        request_out(wire, Framing::None, &[("x-request-id", b"r")]),
+        "GET / HTTP/1.1\r\nHost:example.com\r\nA:  1\r\nB:\t2\r\nC: 3\r\nEmpty: \r\nD: 4\r\n\
+         E: 5\r\nx-request-id: r\r\n\r\n"
+    );
+}
+
+#[test]
+fn names_of_a_dropped_length_in_any_case_are_checked() {
+    // `Keep-Alive` and `X-Kept-AB` share a length; `CONTENT-LENGTH` is dropped in any case;
+    // a field named like an extra, in another case, is replaced by it.
+    let wire = b"GET / HTTP/1.1\r\nHost: a\r\nX-Kept-AB: 1\r\nKEEP-ALIVE: 5\r\n\
+        CONTENT-LENGTH: 0\r\nX-Request-ID: old\r\n\r\n";
+    assert_eq!(
+        request_out(wire, Framing::None, &[("x-request-id", b"new")]),
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Kept-AB: 1\r\nx-request-id: new\r\n\r\n"
+    );
+}
