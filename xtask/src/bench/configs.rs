@@ -1,6 +1,9 @@
 //! The configs the harness writes: the upstream nginx and each proxy under test as an
 //! equivalent plain HTTP/1.1 reverse proxy (one worker, upstream keep-alive, no access log)
-//! to that upstream.
+//! to that upstream. Equivalent includes the work on each request's head: every proxy adds
+//! the fields OmniRelay adds by default (X-Forwarded-For, Forwarded, Via,
+//! X-Forwarded-Proto and a generated X-Request-Id), which the harness checks at start
+//! through the upstream's [`FORWARDING_PATH`].
 
 use std::path::Path;
 
@@ -11,6 +14,32 @@ pub const UPLOAD_REPLY: &str = "ok\n";
 /// nginx's echo module (Debian's nginx-light depends on it), which reads a request body
 /// to its end before answering.
 pub const ECHO_MODULE: &str = "/usr/lib/nginx/modules/ngx_http_echo_module.so";
+
+/// Where the upstream answers with the forwarding fields it received, one `name: value`
+/// line per field of [`FORWARDING_FIELDS`] (empty when absent).
+pub const FORWARDING_PATH: &str = "/forwarding";
+/// The fields every proxy under test adds to the requests it forwards.
+pub const FORWARDING_FIELDS: [&str; 5] = [
+    "x-forwarded-for",
+    "forwarded",
+    "via",
+    "x-forwarded-proto",
+    "x-request-id",
+];
+
+/// The upstream's [`FORWARDING_PATH`] location.
+fn forwarding_location() -> String {
+    let lines: String = FORWARDING_FIELDS
+        .iter()
+        .map(|f| format!("{f}: $http_{}\\n", f.replace('-', "_")))
+        .collect();
+    format!(
+        "location = {FORWARDING_PATH} {{
+      default_type text/plain;
+      return 200 \"{lines}\";
+    }}"
+    )
+}
 
 /// Paths and sizes the upstream serves: fixed bodies of these many bytes.
 pub fn body_path(bytes: usize) -> String {
@@ -94,13 +123,15 @@ pub fn upstream_nginx_with(
     listen 127.0.0.1:{port} backlog=4096;
     root {root};
     location / {{ }}
+    {forwarding}
     {upload}
   }}
 }}
 ",
         common = nginx_common(dir, nofile),
         http = nginx_http_common(dir),
-        root = root.display()
+        root = root.display(),
+        forwarding = forwarding_location(),
     )
 }
 
@@ -167,6 +198,11 @@ pub fn nginx_proxy(
       proxy_pass http://backend;
       proxy_http_version 1.1;
       proxy_set_header Connection \"\";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header Forwarded \"for=$remote_addr;proto=$scheme;host=\\\"$http_host\\\"\";
+      proxy_set_header Via \"1.1 nginx\";
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Request-Id $request_id;
       {large}
     }}
   }}
@@ -207,6 +243,11 @@ frontend bench
   default_backend upstream
 
 backend upstream
+  option forwardfor
+  http-request set-header Forwarded \"for=%[src];proto=http;host=\\\"%[req.hdr(host)]\\\"\"
+  http-request add-header Via \"1.1 haproxy\"
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Request-Id %[uuid]
   server up 127.0.0.1:{upstream}
 ",
         maxconn = haproxy_maxconn(nofile),
@@ -234,7 +275,13 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: bench
           codec_type: HTTP1
+          use_remote_address: true
+          via: "1.1 envoy"
           route_config:
+            request_headers_to_add:
+            - header:
+                key: forwarded
+                value: 'for=%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%;proto=http;host="%REQ(:AUTHORITY)%"'
             virtual_hosts:
             - name: all
               domains: ["*"]

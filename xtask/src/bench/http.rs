@@ -35,6 +35,15 @@ pub fn get(s: &mut TcpStream, path: &str) -> anyhow::Result<Reply> {
     read_response(s)
 }
 
+/// [`get`], returning the response body too (as sent: chunked framing is not removed).
+pub fn get_reading(s: &mut TcpStream, path: &str) -> anyhow::Result<(Reply, Vec<u8>)> {
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: bench\r\nUser-Agent: omnirelay-bench\r\n\r\n"
+    )?;
+    read_response_body(s)
+}
+
 /// Sends `POST path` with `body` on `s` and reads the whole response.
 pub fn post(s: &mut TcpStream, path: &str, body: &[u8]) -> anyhow::Result<Reply> {
     post_reading(s, path, body).map(|(r, _)| r)

@@ -274,6 +274,18 @@ fn ready(r: &mut Running, probe_bytes: usize) -> anyhow::Result<()> {
         if reply.status != 200 || reply.body_len != probe_bytes {
             bail!("probe got {reply:?}, wanted 200 with {probe_bytes} bytes");
         }
+        let (reply, body) = http::get_reading(&mut s, configs::FORWARDING_PATH)?;
+        if reply.status != 200 {
+            bail!("forwarding probe got {reply:?}");
+        }
+        let missing = missing_forwarding(&String::from_utf8_lossy(&body));
+        if !missing.is_empty() {
+            bail!(
+                "not configured like the others: the upstream got no {} (it got:\n{})",
+                missing.join(", "),
+                String::from_utf8_lossy(&body)
+            );
+        }
         Ok(())
     };
     check().with_context(|| {
@@ -285,6 +297,20 @@ fn ready(r: &mut Running, probe_bytes: usize) -> anyhow::Result<()> {
     })
 }
 
+/// The [`configs::FORWARDING_FIELDS`] the upstream's forwarding echo shows empty.
+fn missing_forwarding(echo: &str) -> Vec<&'static str> {
+    configs::FORWARDING_FIELDS
+        .into_iter()
+        .filter(|f| {
+            !echo.lines().any(|l| {
+                l.strip_prefix(f)
+                    .and_then(|r| r.strip_prefix(':'))
+                    .is_some_and(|v| !v.trim().is_empty())
+            })
+        })
+        .collect()
+}
+
 /// One GET of a JSON admin endpoint.
 pub fn admin_json(port: u16, path: &str) -> Option<serde_json::Value> {
     let out = crate::run::output(Command::new("curl").args([
@@ -294,4 +320,19 @@ pub fn admin_json(port: u16, path: &str) -> Option<serde_json::Value> {
         &format!("http://127.0.0.1:{port}{path}"),
     ]))?;
     serde_json::from_str(&out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missing_forwarding;
+
+    #[test]
+    fn forwarding_fields_left_empty_are_named() {
+        let echo = "x-forwarded-for: 127.0.0.1\nforwarded: for=127.0.0.1;proto=http\nvia: \n\
+                    x-forwarded-proto: http\n";
+        assert_eq!(missing_forwarding(echo), ["via", "x-request-id"]);
+        let full =
+            "x-forwarded-for: a\nforwarded: b\nvia: c\nx-forwarded-proto: d\nx-request-id: e\n";
+        assert!(missing_forwarding(full).is_empty());
+    }
 }
