@@ -47,6 +47,77 @@ struct Field {
 pub struct Headers {
     raw: Bytes,
     fields: Vec<Field>,
+    /// Which of the [`KNOWN`] names occur (bit `i` for `KNOWN[i]`).
+    present: u32,
+}
+
+/// Names asked for on most messages (framing, connection handling, what a proxy drops and
+/// adds). Parsing notes which of them a head has, so a lookup of one it lacks (most of
+/// them, most of the time) is a bit test instead of a scan of every field.
+pub(crate) const KNOWN: [&[u8]; 16] = [
+    b"connection",
+    b"content-length",
+    b"transfer-encoding",
+    b"upgrade",
+    b"expect",
+    b"te",
+    b"keep-alive",
+    b"proxy-connection",
+    b"trailer",
+    b"proxy-authorization",
+    b"proxy-authenticate",
+    b"x-forwarded-for",
+    b"forwarded",
+    b"via",
+    b"x-request-id",
+    b"host",
+];
+
+/// A bit per name length (lengths of 63 and more share the top bit): a name whose length
+/// is not in a set of names cannot be one of them, whatever its case.
+pub(crate) const fn length_bit(len: usize) -> u64 {
+    1 << if len < 63 { len } else { 63 }
+}
+
+/// [`length_bit`]s of the [`KNOWN`] names.
+const KNOWN_LENGTHS: u64 = {
+    let mut mask = 0;
+    let mut i = 0;
+    while i < KNOWN.len() {
+        mask |= length_bit(KNOWN[i].len());
+        i += 1;
+    }
+    mask
+};
+
+/// [`known_bit`] for constants.
+pub(crate) const fn known_bit_const(name: &[u8]) -> u32 {
+    let mut i = 0;
+    while i < KNOWN.len() {
+        let k = KNOWN[i];
+        if k.len() == name.len() {
+            let mut j = 0;
+            while j < k.len() && k[j] == name[j].to_ascii_lowercase() {
+                j += 1;
+            }
+            if j == k.len() {
+                return 1 << i;
+            }
+        }
+        i += 1;
+    }
+    0
+}
+
+/// The bit of `name` among the [`KNOWN`] names, if it is one (any case).
+pub(crate) fn known_bit(name: &[u8]) -> Option<u32> {
+    if KNOWN_LENGTHS & length_bit(name.len()) == 0 {
+        return None;
+    }
+    KNOWN
+        .iter()
+        .position(|k| k.eq_ignore_ascii_case(name))
+        .map(|i| 1 << i)
 }
 
 impl Headers {
@@ -59,11 +130,24 @@ impl Headers {
     }
 
     pub(crate) fn new(raw: Bytes, spans: Vec<(Span, Span)>) -> Headers {
-        let fields = spans
+        let fields: Vec<Field> = spans
             .into_iter()
             .map(|(name, value)| Field { name, value })
             .collect();
-        Headers { raw, fields }
+        let present = fields
+            .iter()
+            .filter_map(|f| known_bit(&raw[f.name.range()]))
+            .fold(0, |p, bit| p | bit);
+        Headers {
+            raw,
+            fields,
+            present,
+        }
+    }
+
+    /// Whether any field has one of the [`KNOWN`] names whose bits are in `bits`.
+    pub(crate) fn has_any_known(&self, bits: u32) -> bool {
+        self.present & bits != 0
     }
 
     /// How many fields (a repeated name counts once per line).
@@ -146,7 +230,7 @@ impl Headers {
 
     /// The value of the first field called `name`, as a zero-copy slice of the head.
     pub fn get_shared(&self, name: &str) -> Option<Bytes> {
-        self.fields
+        self.candidates(name.as_bytes())
             .iter()
             .find(|f| self.raw[f.name.range()].eq_ignore_ascii_case(name.as_bytes()))
             .map(|f| self.raw.slice(f.value.range()))
@@ -157,9 +241,19 @@ impl Headers {
         &'h self,
         name: &'n str,
     ) -> impl Iterator<Item = &'h [u8]> + use<'h, 'n> {
-        self.raw_iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| v)
+        self.candidates(name.as_bytes())
+            .iter()
+            .filter(move |f| self.raw[f.name.range()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(|f| &self.raw[f.value.range()])
+    }
+
+    /// The fields that may be called `name`: none when it is a [`KNOWN`] name the head
+    /// lacks, else all of them.
+    fn candidates(&self, name: &[u8]) -> &[Field] {
+        match known_bit(name) {
+            Some(bit) if self.present & bit == 0 => &[],
+            _ => &self.fields,
+        }
     }
 
     /// Whether a field called `name` is present (even with an empty value).

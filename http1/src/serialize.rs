@@ -5,12 +5,14 @@ use bytes::{BufMut, BytesMut};
 
 use super::error::put_decimal;
 use super::framing::content_length;
-use super::headers::{Headers, is_field_value_byte, is_token, list_elements};
+use super::headers::{
+    Headers, is_field_value_byte, is_token, known_bit, known_bit_const, length_bit, list_elements,
+};
 use super::{Framing, RequestHead, ResponseHead};
 
 /// Fields that never cross the proxy (RFC 9110 §7.6.1 plus the Proxy-* fields), and
 /// Content-Length, which the serializer re-emits from the chosen framing.
-const DROPPED: &[&[u8]] = &[
+pub(crate) const DROPPED: &[&[u8]] = &[
     b"connection",
     b"keep-alive",
     b"proxy-connection",
@@ -101,12 +103,6 @@ pub fn write_response_head(
     out.put_slice(b"\r\n");
 }
 
-/// A bit per name length (lengths of 63 and more share the top bit): a field whose
-/// name's length is not in a set of names cannot be one of them, whatever its case.
-const fn length_bit(len: usize) -> u64 {
-    1 << if len < 63 { len } else { 63 }
-}
-
 /// The lengths of the [`DROPPED`] names.
 const DROPPED_LENGTHS: u64 = {
     let mut mask = 0;
@@ -118,7 +114,29 @@ const DROPPED_LENGTHS: u64 = {
     mask
 };
 
+/// The [`KNOWN`](super::headers::KNOWN) bits of the [`DROPPED`] names and Connection (whose
+/// options are dropped too). Every one of them is known (checked in the tests).
+const DROPPING_BITS: u32 = {
+    let mut bits = known_bit_const(b"connection");
+    let mut i = 0;
+    while i < DROPPED.len() {
+        bits |= known_bit_const(DROPPED[i]);
+        i += 1;
+    }
+    bits
+};
+
 fn write_fields(headers: &Headers, extra: &[(&str, &[u8])], out: &mut BytesMut) {
+    // Nothing to drop and no field an extra one replaces (the usual request): every line
+    // goes out as it came, in as few copies as it has runs.
+    let replaced = extra.iter().try_fold(DROPPING_BITS, |m, (n, _)| {
+        known_bit(n.as_bytes()).map(|b| m | b)
+    });
+    if replaced.is_some_and(|bits| !headers.has_any_known(bits)) {
+        headers.write_kept(|_| true, out);
+        put_extra(extra, out);
+        return;
+    }
     let nominated = Nominated::new(headers);
     // Lengths of every name that may be left out; most fields are kept on this one test.
     let maybe_out = extra
@@ -137,6 +155,10 @@ fn write_fields(headers: &Headers, extra: &[(&str, &[u8])], out: &mut BytesMut) 
         },
         out,
     );
+    put_extra(extra, out);
+}
+
+fn put_extra(extra: &[(&str, &[u8])], out: &mut BytesMut) {
     for (name, value) in extra {
         debug_assert!(is_token(name.as_bytes()), "extra field name {name:?}");
         debug_assert!(

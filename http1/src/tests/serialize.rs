@@ -215,3 +215,51 @@ fn names_of_a_dropped_length_in_any_case_are_checked() {
         "GET / HTTP/1.1\r\nHost: a\r\nX-Kept-AB: 1\r\nx-request-id: new\r\n\r\n"
     );
 }
+
+#[test]
+fn an_extra_field_of_an_unlisted_name_still_replaces_its_namesake() {
+    // `x-trace` is not one of the names the parser notes, so the fast path is off.
+    let wire = b"GET / HTTP/1.1\r\nHost: a\r\nX-Trace: old\r\nAccept: */*\r\n\r\n";
+    assert_eq!(
+        request_out(wire, Framing::None, &[("x-trace", b"new")]),
+        "GET / HTTP/1.1\r\nHost: a\r\nAccept: */*\r\nx-trace: new\r\n\r\n"
+    );
+}
+
+#[test]
+fn every_dropped_name_is_noted_by_the_parser() {
+    use crate::headers::{KNOWN, known_bit, known_bit_const};
+    for name in crate::serialize::DROPPED {
+        assert!(
+            known_bit(name).is_some(),
+            "{}",
+            String::from_utf8_lossy(name)
+        );
+    }
+    for (i, name) in KNOWN.iter().enumerate() {
+        let upper = name.to_ascii_uppercase();
+        assert_eq!(known_bit(name), Some(1 << i));
+        assert_eq!(known_bit(&upper), Some(1 << i));
+        assert_eq!(known_bit_const(&upper), 1 << i);
+    }
+    assert_eq!(known_bit(b"user-agent"), None);
+    assert_eq!(known_bit_const(b"user-agent"), 0);
+}
+
+#[test]
+fn lookups_of_noted_names_find_them_in_any_case_and_only_when_present() {
+    let head = super::request(
+        b"GET / HTTP/1.1\r\nHOST: a\r\nConnection: close\r\nconnection: x-y\r\nX-Other: 1\r\n\r\n",
+    )
+    .unwrap();
+    let h = head.headers();
+    assert_eq!(
+        h.get_all("connection").collect::<Vec<_>>(),
+        [&b"close"[..], b"x-y"]
+    );
+    assert_eq!(h.get("Host"), Some(&b"a"[..]));
+    assert_eq!(h.get("x-other"), Some(&b"1"[..]));
+    assert!(!h.contains("transfer-encoding"));
+    assert!(h.get_shared("content-length").is_none());
+    assert_eq!(h.count("CONNECTION"), 2);
+}
