@@ -1,5 +1,7 @@
 //! The options of `cargo xtask bench` and the plan (knobs) they give.
 
+use anyhow::Context as _;
+
 use super::{keepalive, peers::Peer};
 
 /// Options of `cargo xtask bench`.
@@ -56,6 +58,11 @@ pub struct BenchArgs {
     /// OmniRelay data plane: io_uring completion mode (`--uring-mode`: default, coop, defer).
     #[arg(long)]
     pub uring_mode: Option<String>,
+    /// Also run OmniRelay built from this git revision (as `omnirelay-baseline`), its runs
+    /// alternating with the work tree's build: an A/B of a change, reported as the paired
+    /// CPU ratio of the two. Built once per revision under `target/bench-baseline/`.
+    #[arg(long, value_name = "REV")]
+    pub baseline: Option<String>,
     /// Run nothing: check every result file against the schema, regenerate the dashboard.
     #[arg(long)]
     pub report: bool,
@@ -73,7 +80,8 @@ pub fn mode(args: &BenchArgs) -> &'static str {
         || args.changes.is_some()
         || args.connections != 64
         || args.ring_entries.is_some()
-        || args.uring_mode.is_some();
+        || args.uring_mode.is_some()
+        || args.baseline.is_some();
     match (args.smoke, args.quick, custom) {
         (true, _, _) => "smoke",
         (_, _, true) => "custom",
@@ -89,7 +97,7 @@ pub fn plan(args: &BenchArgs) -> anyhow::Result<keepalive::Plan> {
         (_, true) => (3, 5, 2, 10_000, 20),
         _ => (5, 10, 3, 10_000, 60),
     };
-    let peers = if !args.proxies.is_empty() {
+    let mut peers = if !args.proxies.is_empty() {
         args.proxies
             .iter()
             .map(|p| Peer::parse(p))
@@ -99,6 +107,14 @@ pub fn plan(args: &BenchArgs) -> anyhow::Result<keepalive::Plan> {
     } else {
         Peer::ALL.to_vec()
     };
+    if args.baseline.is_some() {
+        // Right after the work tree's build, so each pair of their runs is adjacent.
+        let at = peers
+            .iter()
+            .position(|p| *p == Peer::OmniRelay)
+            .context("--baseline compares with omnirelay: add it to --proxies")?;
+        peers.insert(at + 1, Peer::Baseline);
+    }
     let bodies = match (&args.bodies, args.smoke) {
         (b, _) if !b.is_empty() => b.clone(),
         (_, true) => vec![100],
@@ -122,4 +138,36 @@ pub fn plan(args: &BenchArgs) -> anyhow::Result<keepalive::Plan> {
         changes: args.changes.unwrap_or(changes).max(1),
         omni: Default::default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    fn args_of(argv: &[&str]) -> BenchArgs {
+        Cli::try_parse_from(std::iter::once("bench").chain(argv.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn a_baseline_runs_right_after_omnirelay() {
+        let args = args_of(&["--baseline", "HEAD~1", "--proxies", "nginx,omnirelay,envoy"]);
+        assert_eq!(mode(&args), "custom");
+        assert_eq!(
+            plan(&args).unwrap().peers,
+            [Peer::Nginx, Peer::OmniRelay, Peer::Baseline, Peer::Envoy]
+        );
+        let without = args_of(&["--baseline", "HEAD~1", "--proxies", "nginx"]);
+        let err = plan(&without).unwrap_err().to_string();
+        assert!(err.contains("add it to --proxies"), "{err}");
+    }
 }

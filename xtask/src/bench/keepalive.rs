@@ -157,7 +157,7 @@ pub fn run_spec(spec: &Spec, plan: &Plan, bins: &Binaries) -> anyhow::Result<Val
                 std::thread::sleep(Duration::from_millis(300));
                 let kib = r.proxy.rss_kib();
                 println!(
-                    "    started {:<10} on {} (idle RSS {kib} KiB)",
+                    "    started {:<18} on {} (idle RSS {kib} KiB)",
                     peer.name(),
                     r.addr
                 );
@@ -165,7 +165,7 @@ pub fn run_spec(spec: &Spec, plan: &Plan, bins: &Binaries) -> anyhow::Result<Val
                 live.push(r);
             }
             Err(e) => {
-                println!("    FAILED  {:<10} {e:#}", peer.name());
+                println!("    FAILED  {:<18} {e:#}", peer.name());
                 start_errors.push((peer, format!("{e:#}")));
             }
         }
@@ -230,7 +230,7 @@ pub fn run_spec(spec: &Spec, plan: &Plan, bins: &Binaries) -> anyhow::Result<Val
                     }
                     Err(e) => {
                         println!(
-                            "    {:<10} {:>14} run {}: FAILED {e:#}",
+                            "    {:<18} {:>14} run {}: FAILED {e:#}",
                             r.peer.name(),
                             case.name,
                             run + 1
@@ -278,7 +278,7 @@ pub fn run_spec(spec: &Spec, plan: &Plan, bins: &Binaries) -> anyhow::Result<Val
                 .map_or(0, |(_, k)| *k);
             let rep = idle::measure(&mut r, spec.idle_conns, &configs::body_path(probe), idle);
             println!(
-                "    {:<10} idle {} KiB, before {} KiB, with {} conns {} KiB: {} KiB/conn{}",
+                "    {:<18} idle {} KiB, before {} KiB, with {} conns {} KiB: {} KiB/conn{}",
                 rep.peer,
                 rep.idle_kib,
                 rep.before_kib,
@@ -354,7 +354,7 @@ fn sample(
 fn print_sample(peer: Peer, case: &str, runs: u32, s: &Sample) {
     use super::stats::Metric;
     println!(
-        "    {:<10} {case:>14} run {}/{runs}: {:>8.0} req/s {:>7.1} MB/s {:>6.1} us/req {:>7.0} req/core-s  p50 {:>6.0} us  p99 {:>6.0} us  cpu {:>3.0}% (cores {:>3.0}% {:>3.0}%){}",
+        "    {:<18} {case:>14} run {}/{runs}: {:>8.0} req/s {:>7.1} MB/s {:>6.1} us/req {:>7.0} req/core-s  p50 {:>6.0} us  p99 {:>6.0} us  cpu {:>3.0}% (cores {:>3.0}% {:>3.0}%){}",
         peer.name(),
         s.run + 1,
         s.value(Metric::Rps),

@@ -120,6 +120,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let bins = Binaries {
         omnirelay_dir: tools::build_omnirelay()?,
+        baseline: args
+            .baseline
+            .as_deref()
+            .map(tools::build_baseline)
+            .transpose()?,
         envoy,
         nofile,
     };

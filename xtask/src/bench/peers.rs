@@ -17,6 +17,8 @@ use super::{configs, http, procs, procs::Group, tools};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Peer {
     OmniRelay,
+    /// OmniRelay built from another revision (`--baseline`), for an A/B; not a peer.
+    Baseline,
     Nginx,
     Haproxy,
     Envoy,
@@ -29,10 +31,22 @@ impl Peer {
     pub fn name(self) -> &'static str {
         match self {
             Peer::OmniRelay => "omnirelay",
+            Peer::Baseline => "omnirelay-baseline",
             Peer::Nginx => "nginx",
             Peer::Haproxy => "haproxy",
             Peer::Envoy => "envoy",
         }
+    }
+
+    /// Whether this is a build of OmniRelay (the work tree's or the baseline's): not a peer
+    /// to compare with.
+    pub fn is_omnirelay(self) -> bool {
+        matches!(self, Peer::OmniRelay | Peer::Baseline)
+    }
+
+    /// [`Self::is_omnirelay`] by name, for results read back.
+    pub fn is_omnirelay_name(name: &str) -> bool {
+        name == Peer::OmniRelay.name() || name == Peer::Baseline.name()
     }
 
     pub fn parse(s: &str) -> anyhow::Result<Peer> {
@@ -47,6 +61,8 @@ impl Peer {
 #[derive(Debug, Clone)]
 pub struct Binaries {
     pub omnirelay_dir: PathBuf,
+    /// `--baseline`: its binaries and the commit they were built from.
+    pub baseline: Option<(PathBuf, String)>,
     pub envoy: Option<PathBuf>,
     /// The open-file limit every process started here inherits.
     pub nofile: u64,
@@ -139,10 +155,14 @@ pub fn start(peer: Peer, bins: &Binaries, l: &Launch<'_>) -> anyhow::Result<Runn
             ]);
             Group::spawn(cmd, &log)?
         }
-        Peer::OmniRelay => {
+        Peer::OmniRelay | Peer::Baseline => {
             let (grpc, admin) = (free_port(), free_port());
+            let bin_dir = match peer {
+                Peer::Baseline => &bins.baseline.as_ref().context("no baseline build")?.0,
+                _ => &bins.omnirelay_dir,
+            };
             let omni = start_omnirelay(
-                bins,
+                bin_dir,
                 &OmniStart {
                     dir: dir.path(),
                     config: &configs::omnirelay(port, grpc, admin, upstream),
@@ -154,7 +174,9 @@ pub fn start(peer: Peer, bins: &Binaries, l: &Launch<'_>) -> anyhow::Result<Runn
                     extra_args: l.omnirelay_args,
                 },
             )?;
-            io_drivers = omni.io_drivers;
+            if peer == Peer::OmniRelay {
+                io_drivers = omni.io_drivers;
+            }
             aux.push(omni.control);
             omni.dataplane
         }
@@ -202,15 +224,13 @@ pub struct Omni {
 }
 
 /// Starts the control daemon on `o.config` (state in `o.dir/state`), then a data plane
-/// subscribed to it (access log off, output in `o.dir/proxy.log`).
-pub fn start_omnirelay(bins: &Binaries, o: &OmniStart<'_>) -> anyhow::Result<Omni> {
+/// subscribed to it (access log off, output in `o.dir/proxy.log`); the binaries are in
+/// `bin_dir`.
+pub fn start_omnirelay(bin_dir: &Path, o: &OmniStart<'_>) -> anyhow::Result<Omni> {
     let conf = o.dir.join("omnirelay.toml");
     std::fs::write(&conf, o.config)?;
     let state = o.dir.join("state");
-    let mut cmd = procs::pinned(
-        o.control_core,
-        &bins.omnirelay_dir.join("omnirelay-control"),
-    );
+    let mut cmd = procs::pinned(o.control_core, &bin_dir.join("omnirelay-control"));
     cmd.arg("run")
         .arg("--config")
         .arg(&conf)
@@ -226,7 +246,7 @@ pub fn start_omnirelay(bins: &Binaries, o: &OmniStart<'_>) -> anyhow::Result<Omn
         );
     }
     let dp_admin = free_port();
-    let program = bins.omnirelay_dir.join("omnirelay-dataplane");
+    let program = bin_dir.join("omnirelay-dataplane");
     let mut cmd = match o.dataplane_core {
         Some(core) => procs::pinned(core, &program),
         None => Command::new(&program),

@@ -399,7 +399,7 @@ pub fn run(plan: &Plan, bins: &Binaries) -> anyhow::Result<Value> {
     let mut marker: u64 = 1;
     let first = counts.first().copied().unwrap_or(10);
     let mut omni = peers::start_omnirelay(
-        bins,
+        &bins.omnirelay_dir,
         &OmniStart {
             dir: dir.path(),
             config: &config(p, first, marker),

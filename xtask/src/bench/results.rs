@@ -30,7 +30,7 @@ pub fn case_json(case: &Case, cases: &[ProxyCase]) -> Value {
     for m in Metric::ALL {
         let best = cases
             .iter()
-            .filter(|c| c.peer != Peer::OmniRelay && counts(c))
+            .filter(|c| !c.peer.is_omnirelay() && counts(c))
             .filter_map(|c| Some((c.peer.name(), med(c, m)?)))
             .fold(None::<(&str, f64)>, |acc, (n, v)| match acc {
                 Some((_, b)) if stats::best(m, [b, v]) == Some(b) => acc,
@@ -51,6 +51,12 @@ pub fn case_json(case: &Case, cases: &[ProxyCase]) -> Value {
                 };
             }
             let best_cpu = best_peer[Metric::CpuUsPerReq.key()]["proxy"].as_str();
+            // The A/B of `--baseline`: the work tree's build over the baseline's, paired.
+            let to_baseline = cases
+                .iter()
+                .find(|b| b.peer == Peer::Baseline && counts(b))
+                .filter(|_| c.peer == Peer::OmniRelay && counts(c))
+                .and_then(|b| stats::paired_ratio(Metric::CpuUsPerReq, &c.samples, &b.samples));
             let paired = cases
                 .iter()
                 .find(|b| Some(b.peer.name()) == best_cpu && counts(b))
@@ -66,6 +72,7 @@ pub fn case_json(case: &Case, cases: &[ProxyCase]) -> Value {
                 "max": max,
                 "ratio_to_best_peer": ratio,
                 "paired_cpu_ratio_to_best_peer": paired,
+                "paired_cpu_ratio_to_baseline": to_baseline,
             })
         })
         .collect();
@@ -98,7 +105,7 @@ pub fn scenario_json(
                 .any(|p| p["status"] == "failed" && who(p["proxy"].as_str().unwrap_or("")))
         }) || rss.iter().any(|r| r.error.is_some() && who(&r.peer))
     };
-    let status = if failed(&|p| p == "omnirelay") {
+    let status = if failed(&|p| p == Peer::OmniRelay.name()) {
         "failed"
     } else if failed(&|_| true) {
         "partial"
@@ -107,7 +114,7 @@ pub fn scenario_json(
     };
     let best_kib = rss
         .iter()
-        .filter(|r| r.peer != "omnirelay")
+        .filter(|r| !Peer::is_omnirelay_name(&r.peer))
         .filter_map(RssReport::kib_per_conn)
         .filter(|k| *k > 0.0)
         .reduce(f64::min);
@@ -231,6 +238,50 @@ pub fn now_secs() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn case_of(peer: Peer, cpu_us: &[u64]) -> ProxyCase {
+        let samples = cpu_us
+            .iter()
+            .zip(0..)
+            .map(|(&cpu_us, run)| stats::Sample {
+                run,
+                wrk: crate::bench::wrk::WrkReport {
+                    requests: 100_000,
+                    duration_s: 5.0,
+                    ..Default::default()
+                },
+                payload_bytes: 100,
+                cpu_us,
+                user_us: cpu_us / 4,
+                wall_s: 5.0,
+                proxy_core_busy: None,
+                load_core_busy: None,
+            })
+            .collect();
+        ProxyCase {
+            peer,
+            samples,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn the_baseline_is_no_peer_and_gets_a_paired_ab_ratio() {
+        // The baseline is cheaper than nginx but must not become the best peer; the work
+        // tree's build is 0.9 of the baseline in every run.
+        let cases = [
+            case_of(Peer::OmniRelay, &[1_800_000, 1_980_000, 1_620_000]),
+            case_of(Peer::Baseline, &[2_000_000, 2_200_000, 1_800_000]),
+            case_of(Peer::Nginx, &[2_500_000, 2_500_000, 2_500_000]),
+        ];
+        let json = case_json(&Case::get(100), &cases);
+        assert_eq!(json["best_peer"]["cpu_us_per_req"]["proxy"], "nginx");
+        let omni = &json["proxies"][0];
+        let ab = omni["paired_cpu_ratio_to_baseline"].as_f64().unwrap();
+        assert!((ab - 0.9).abs() < 1e-9, "{ab}");
+        assert!(json["proxies"][1]["paired_cpu_ratio_to_baseline"].is_null());
+        assert!(json["proxies"][2]["paired_cpu_ratio_to_baseline"].is_null());
+    }
 
     #[test]
     fn utc_formats_known_instants() {

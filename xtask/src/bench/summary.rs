@@ -114,6 +114,18 @@ pub fn print(doc: &Value) {
                 );
             }
         }
+        for case in sc["cases"].as_array().into_iter().flatten() {
+            let proxies = case["proxies"].as_array().map_or(&[][..], Vec::as_slice);
+            if let Some(ab) = proxies
+                .iter()
+                .find_map(|p| p["paired_cpu_ratio_to_baseline"].as_f64())
+            {
+                println!(
+                    "\nA/B, {}: omnirelay / omnirelay-baseline CPU per request, paired: {ab:.3}×",
+                    case["name"].as_str().unwrap_or("?")
+                );
+            }
+        }
         let noisy: Vec<String> = sc["cases"]
             .as_array()
             .into_iter()

@@ -145,6 +145,59 @@ pub fn build_omnirelay() -> anyhow::Result<PathBuf> {
     Ok(run::workspace_root().join("target/release"))
 }
 
+/// Builds OmniRelay's release binaries as of git revision `rev` (`--baseline`): the
+/// revision's tree is exported into `target/bench-baseline/<commit>/` (once) and built with
+/// a target dir every baseline shares. Returns the binaries' directory and the commit.
+pub fn build_baseline(rev: &str) -> anyhow::Result<(PathBuf, String)> {
+    let root = run::workspace_root();
+    let commit = output(
+        Command::new("git")
+            .args(["rev-parse", "--verify", "--short=12"])
+            .arg(format!("{rev}^{{commit}}"))
+            .current_dir(&root),
+    )
+    .with_context(|| format!("--baseline {rev}: not a commit of this repository"))?;
+    let base = root.join("target/bench-baseline");
+    let src = base.join(&commit);
+    if !src.join("Cargo.toml").exists() {
+        // Exported beside, then renamed: an interrupted export is never taken for a tree.
+        let partial = base.join(format!("{commit}.partial"));
+        let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir_all(&partial)?;
+        let archive = Command::new("git")
+            .args(["archive", "--format=tar", &commit])
+            .current_dir(&root)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("git archive")?;
+        let untar = Command::new("tar")
+            .arg("-x")
+            .arg("-C")
+            .arg(&partial)
+            .stdin(archive.stdout.context("git archive's output")?)
+            .status()
+            .context("tar")?;
+        anyhow::ensure!(untar.success(), "exporting {commit} failed: tar {untar}");
+        std::fs::rename(&partial, &src)?;
+    }
+    println!("    baseline: omnirelay at {commit}");
+    run::run(
+        run::cargo()
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "omnirelay-control",
+                "-p",
+                "omnirelay-dataplane",
+            ])
+            .current_dir(&src)
+            .env("CARGO_TARGET_DIR", base.join("target")),
+    )?;
+    Ok((base.join("target/release"), commit))
+}
+
 /// Paths whose changes do not reach the measured binaries (the harness, tests, docs).
 const NOT_MEASURED: &[&str] = &[
     ":!xtask",
@@ -205,6 +258,10 @@ pub fn versions(bins: &Binaries, peers: &[Peer]) -> serde_json::Map<String, serd
     for p in peers {
         let v = match p {
             Peer::OmniRelay => continue,
+            Peer::Baseline => match &bins.baseline {
+                Some((_, commit)) => commit.clone(),
+                None => continue,
+            },
             Peer::Nginx => prog_version("nginx", "-v"),
             Peer::Haproxy => prog_version("haproxy", "-v"),
             Peer::Envoy => bins

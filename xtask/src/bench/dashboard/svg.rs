@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 pub fn color(proxy: &str) -> &'static str {
     match proxy {
         "omnirelay" => "#1f77b4",
+        "omnirelay-baseline" => "#aec7e8",
         "nginx" => "#2ca02c",
         "haproxy" => "#ff7f0e",
         "envoy" => "#9467bd",
