@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use bytes::{Buf as _, BytesMut};
-use monoio::{io::AsyncWriteRentExt as _, net::TcpStream};
+use monoio::net::TcpStream;
 
 use super::{
     deadline::{Timer, within},
@@ -79,9 +79,9 @@ impl RequestBody {
     ) -> Result<(), SendError> {
         if self.framing == Framing::None {
             // The head alone: written from its own buffer, which comes back unchanged.
-            let (res, written) = up.write_all(std::mem::take(head)).await;
+            let (res, written) = io::send_all(up, std::mem::take(head)).await;
             *head = written;
-            return res.map(drop).map_err(|_| SendError::Upstream);
+            return res.map_err(|_| SendError::Upstream);
         }
         let mut out = ctx.take_buf();
         out.extend_from_slice(head);
