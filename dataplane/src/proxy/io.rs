@@ -107,7 +107,11 @@ mod tests {
                     let mut w = TcpStream::connect(addr).await.unwrap();
                     let (res, back) = send_all(&mut w, BytesMut::from(&data[..])).await;
                     res.unwrap();
-                    assert_eq!(back.len(), data.len(), "send_all gives the buffer back whole");
+                    assert_eq!(
+                        back.len(),
+                        data.len(),
+                        "send_all gives the buffer back whole"
+                    );
                     let (res, back) = write_all(&mut w, BytesMut::from(&b"tail"[..])).await;
                     res.unwrap();
                     assert!(back.is_empty(), "write_all gives the buffer back cleared");
