@@ -75,7 +75,7 @@ pub(crate) const KNOWN: [&[u8]; 16] = [
 
 /// A bit per name length (lengths of 63 and more share the top bit): a name whose length
 /// is not in a set of names cannot be one of them, whatever its case.
-pub(crate) const fn length_bit(len: usize) -> u64 {
+const fn length_bit(len: usize) -> u64 {
     1 << if len < 63 { len } else { 63 }
 }
 
@@ -90,7 +90,8 @@ const KNOWN_LENGTHS: u64 = {
     mask
 };
 
-/// [`known_bit`] for constants.
+/// The bit of `name` among the [`KNOWN`] names (any case), 0 if it is none; usable in
+/// constants.
 pub(crate) const fn known_bit_const(name: &[u8]) -> u32 {
     let mut i = 0;
     while i < KNOWN.len() {
@@ -114,10 +115,7 @@ pub(crate) fn known_bit(name: &[u8]) -> Option<u32> {
     if KNOWN_LENGTHS & length_bit(name.len()) == 0 {
         return None;
     }
-    KNOWN
-        .iter()
-        .position(|k| k.eq_ignore_ascii_case(name))
-        .map(|i| 1 << i)
+    Some(known_bit_const(name)).filter(|&bit| bit != 0)
 }
 
 impl Headers {

@@ -6,7 +6,7 @@ use bytes::{BufMut, BytesMut};
 use super::error::put_decimal;
 use super::framing::content_length;
 use super::headers::{
-    Headers, is_field_value_byte, is_token, known_bit, known_bit_const, length_bit, list_elements,
+    Headers, is_field_value_byte, is_token, known_bit, known_bit_const, list_elements,
 };
 use super::{Framing, RequestHead, ResponseHead};
 
@@ -103,21 +103,10 @@ pub fn write_response_head(
     out.put_slice(b"\r\n");
 }
 
-/// The lengths of the [`DROPPED`] names.
-const DROPPED_LENGTHS: u64 = {
-    let mut mask = 0;
-    let mut i = 0;
-    while i < DROPPED.len() {
-        mask |= length_bit(DROPPED[i].len());
-        i += 1;
-    }
-    mask
-};
-
-/// The [`KNOWN`](super::headers::KNOWN) bits of the [`DROPPED`] names and Connection (whose
-/// options are dropped too). Every one of them is known (checked in the tests).
-const DROPPING_BITS: u32 = {
-    let mut bits = known_bit_const(b"connection");
+/// The [`KNOWN`](super::headers::KNOWN) bits of the [`DROPPED`] names (Connection among
+/// them). Every one of them is known (checked in the tests).
+const DROPPED_BITS: u32 = {
+    let mut bits = 0;
     let mut i = 0;
     while i < DROPPED.len() {
         bits |= known_bit_const(DROPPED[i]);
@@ -129,7 +118,7 @@ const DROPPING_BITS: u32 = {
 fn write_fields(headers: &Headers, extra: &[(&str, &[u8])], out: &mut BytesMut) {
     // Nothing to drop and no field an extra one replaces (the usual request): every line
     // goes out as it came, in as few copies as it has runs.
-    let replaced = extra.iter().try_fold(DROPPING_BITS, |m, (n, _)| {
+    let replaced = extra.iter().try_fold(DROPPED_BITS, |m, (n, _)| {
         known_bit(n.as_bytes()).map(|b| m | b)
     });
     if replaced.is_some_and(|bits| !headers.has_any_known(bits)) {
@@ -138,20 +127,13 @@ fn write_fields(headers: &Headers, extra: &[(&str, &[u8])], out: &mut BytesMut) 
         return;
     }
     let nominated = Nominated::new(headers);
-    // Lengths of every name that may be left out; most fields are kept on this one test.
-    let maybe_out = extra
-        .iter()
-        .fold(DROPPED_LENGTHS | nominated.lengths, |m, (n, _)| {
-            m | length_bit(n.len())
-        });
     headers.write_kept(
         |name| {
-            maybe_out & length_bit(name.len()) == 0
-                || !(DROPPED.iter().any(|d| d.eq_ignore_ascii_case(name))
-                    || nominated.contains(name, headers)
-                    || extra
-                        .iter()
-                        .any(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name)))
+            !(known_bit(name).is_some_and(|b| b & DROPPED_BITS != 0)
+                || nominated.contains(name, headers)
+                || extra
+                    .iter()
+                    .any(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name)))
         },
         out,
     );
@@ -176,8 +158,6 @@ struct Nominated<'h> {
     len: usize,
     /// More names than fit: fall back to scanning the Connection fields.
     overflow: bool,
-    /// [`length_bit`]s of the names (every bit on overflow).
-    lengths: u64,
 }
 
 impl<'h> Nominated<'h> {
@@ -186,7 +166,6 @@ impl<'h> Nominated<'h> {
             names: [&[][..]; 16],
             len: 0,
             overflow: false,
-            lengths: 0,
         };
         for option in headers.get_all("connection").flat_map(list_elements) {
             match nominated.names.get_mut(nominated.len) {
@@ -194,10 +173,6 @@ impl<'h> Nominated<'h> {
                 None => nominated.overflow = true,
             }
             nominated.len += 1;
-            nominated.lengths |= length_bit(option.len());
-        }
-        if nominated.overflow {
-            nominated.lengths = u64::MAX;
         }
         nominated
     }

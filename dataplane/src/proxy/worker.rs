@@ -53,31 +53,19 @@ impl Balancers {
             return;
         }
         self.version = cfg.version;
-        let mut old: HashMap<Arc<str>, LbState> =
-            std::mem::take(&mut self.lbs).into_iter().collect();
-        self.lbs = cfg
-            .clusters
-            .iter()
-            .map(|c| {
-                let state = old
-                    .remove(&c.name)
-                    .unwrap_or_else(|| LbState::new(&c.lb, c.outlier.clone()));
-                (Arc::clone(&c.name), state)
-            })
-            .collect();
-        let mut old: HashMap<Arc<str>, RetryBudget> =
-            std::mem::take(&mut self.budgets).into_iter().collect();
-        self.budgets = cfg
-            .routes
-            .iter()
-            .map(|r| {
-                let b = old
-                    .remove(&r.name)
-                    .filter(|b| *b.config() == r.retry.budget)
-                    .unwrap_or_else(|| RetryBudget::new(r.retry.budget.clone(), now));
-                (Arc::clone(&r.name), b)
-            })
-            .collect();
+        self.lbs = carry_over(
+            std::mem::take(&mut self.lbs),
+            cfg.clusters.iter().map(|c| (&c.name, c)),
+            |c, old| old.unwrap_or_else(|| LbState::new(&c.lb, c.outlier.clone())),
+        );
+        self.budgets = carry_over(
+            std::mem::take(&mut self.budgets),
+            cfg.routes.iter().map(|r| (&r.name, r)),
+            |r, old| {
+                old.filter(|b| *b.config() == r.retry.budget)
+                    .unwrap_or_else(|| RetryBudget::new(r.retry.budget.clone(), now))
+            },
+        );
         self.route_stats = cfg
             .routes
             .iter()
@@ -99,6 +87,19 @@ impl Balancers {
     pub fn budget(&mut self, idx: usize) -> Option<&mut RetryBudget> {
         self.budgets.get_mut(idx).map(|(_, b)| b)
     }
+}
+
+/// Per-item state for a new snapshot's `items` (name, item), in their order: `make` gets
+/// each item and the state `old` held under its name, if any.
+fn carry_over<'a, I: 'a, T>(
+    old: Vec<(Arc<str>, T)>,
+    items: impl Iterator<Item = (&'a Arc<str>, &'a I)>,
+    mut make: impl FnMut(&I, Option<T>) -> T,
+) -> Vec<(Arc<str>, T)> {
+    let mut old: HashMap<Arc<str>, T> = old.into_iter().collect();
+    items
+        .map(|(name, item)| (Arc::clone(name), make(item, old.remove(name))))
+        .collect()
 }
 
 /// Everything a worker's tasks share (single-threaded: `Rc` + `RefCell`, borrowed briefly
@@ -297,6 +298,18 @@ mod tests {
 
     /// The task of an idle keep-alive connection is the bulk of its memory (its socket
     /// and one pending poll are the rest). Sizes are printed with `--nocapture`.
+    #[test]
+    fn state_is_carried_over_by_name_into_the_new_order() {
+        let old: Vec<(Arc<str>, u32)> = vec![("a".into(), 1), ("b".into(), 2)];
+        let names: Vec<Arc<str>> = vec!["c".into(), "b".into(), "a".into()];
+        let items: Vec<u32> = vec![30, 20, 10];
+        let new = carry_over(old, names.iter().zip(&items), |&item, old| {
+            old.map_or(item, |o| o + 100)
+        });
+        let got: Vec<(&str, u32)> = new.iter().map(|(n, v)| (&**n, *v)).collect();
+        assert_eq!(got, [("c", 30), ("b", 102), ("a", 101)]);
+    }
+
     #[test]
     fn a_connection_task_is_small() {
         let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()

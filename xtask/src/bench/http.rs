@@ -28,11 +28,7 @@ pub fn connect(addr: SocketAddr, timeout: Duration) -> anyhow::Result<TcpStream>
 
 /// Sends `GET path` on `s` and reads the whole response, leaving the connection open.
 pub fn get(s: &mut TcpStream, path: &str) -> anyhow::Result<Reply> {
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: bench\r\nUser-Agent: omnirelay-bench\r\n\r\n"
-    )?;
-    read_response(s)
+    get_reading(s, path).map(|(r, _)| r)
 }
 
 /// [`get`], returning the response body too (as sent: chunked framing is not removed).
@@ -62,11 +58,6 @@ pub fn post_reading(
     )?;
     s.write_all(body)?;
     read_response_body(s)
-}
-
-/// Reads one whole response from `s`.
-fn read_response(s: &mut TcpStream) -> anyhow::Result<Reply> {
-    read_response_body(s).map(|(r, _)| r)
 }
 
 /// Reads one whole response from `s`, with its body.

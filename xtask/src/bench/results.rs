@@ -50,18 +50,19 @@ pub fn case_json(case: &Case, cases: &[ProxyCase]) -> Value {
                     _ => Value::Null,
                 };
             }
-            let best_cpu = best_peer[Metric::CpuUsPerReq.key()]["proxy"].as_str();
-            // The A/B of `--baseline`: the work tree's build over the baseline's, paired.
-            let to_baseline = cases
-                .iter()
-                .find(|b| b.peer == Peer::Baseline && counts(b))
-                .filter(|_| c.peer == Peer::OmniRelay && counts(c))
-                .and_then(|b| stats::paired_ratio(Metric::CpuUsPerReq, &c.samples, &b.samples));
-            let paired = cases
-                .iter()
-                .find(|b| Some(b.peer.name()) == best_cpu && counts(b))
-                .filter(|_| counts(c))
-                .and_then(|b| stats::paired_ratio(Metric::CpuUsPerReq, &c.samples, &b.samples));
+            // CPU per request over that of the proxy `to`, paired run by run.
+            let paired_to = |to: Option<Peer>| {
+                let other = cases.iter().find(|b| Some(b.peer) == to && counts(b))?;
+                counts(c)
+                    .then(|| stats::paired_ratio(Metric::CpuUsPerReq, &c.samples, &other.samples))
+                    .flatten()
+            };
+            let best_cpu = best_peer[Metric::CpuUsPerReq.key()]["proxy"]
+                .as_str()
+                .and_then(|n| Peer::parse(n).ok());
+            let paired = paired_to(best_cpu);
+            // The A/B of `--baseline`: the work tree's build over the baseline's.
+            let to_baseline = paired_to(Some(Peer::Baseline)).filter(|_| c.peer == Peer::OmniRelay);
             json!({
                 "proxy": c.peer.name(),
                 "status": if counts(c) { "ok" } else { "failed" },

@@ -133,7 +133,14 @@ pub fn ensure_envoy() -> anyhow::Result<PathBuf> {
 
 /// Builds the release binaries; returns the folder holding them.
 pub fn build_omnirelay() -> anyhow::Result<PathBuf> {
-    run::run(run::cargo().args([
+    run::run(&mut release_build())?;
+    Ok(run::workspace_root().join("target/release"))
+}
+
+/// `cargo build --release` of OmniRelay's two binaries (in the workspace unless moved).
+fn release_build() -> Command {
+    let mut cmd = run::cargo();
+    cmd.args([
         "build",
         "--release",
         "--quiet",
@@ -141,8 +148,8 @@ pub fn build_omnirelay() -> anyhow::Result<PathBuf> {
         "omnirelay-control",
         "-p",
         "omnirelay-dataplane",
-    ]))?;
-    Ok(run::workspace_root().join("target/release"))
+    ]);
+    cmd
 }
 
 /// Builds OmniRelay's release binaries as of git revision `rev` (`--baseline`): the
@@ -182,16 +189,7 @@ pub fn build_baseline(rev: &str) -> anyhow::Result<(PathBuf, String)> {
     }
     println!("    baseline: omnirelay at {commit}");
     run::run(
-        run::cargo()
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "-p",
-                "omnirelay-control",
-                "-p",
-                "omnirelay-dataplane",
-            ])
+        release_build()
             .current_dir(&src)
             .env("CARGO_TARGET_DIR", base.join("target")),
     )?;
