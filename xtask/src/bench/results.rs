@@ -63,6 +63,8 @@ pub fn case_json(case: &Case, cases: &[ProxyCase]) -> Value {
             let paired = paired_to(best_cpu);
             // The A/B of `--baseline`: the work tree's build over the baseline's.
             let to_baseline = paired_to(Some(Peer::Baseline)).filter(|_| c.peer == Peer::OmniRelay);
+            let mid = |p: Option<stats::MedianCi>| p.map(|p| p.median);
+            let ci = |p: Option<stats::MedianCi>| p.map(|p| p.interval_json());
             json!({
                 "proxy": c.peer.name(),
                 "status": if counts(c) { "ok" } else { "failed" },
@@ -72,8 +74,10 @@ pub fn case_json(case: &Case, cases: &[ProxyCase]) -> Value {
                 "min": min,
                 "max": max,
                 "ratio_to_best_peer": ratio,
-                "paired_cpu_ratio_to_best_peer": paired,
-                "paired_cpu_ratio_to_baseline": to_baseline,
+                "paired_cpu_ratio_to_best_peer": mid(paired),
+                "paired_cpu_ratio_to_best_peer_ci": ci(paired),
+                "paired_cpu_ratio_to_baseline": mid(to_baseline),
+                "paired_cpu_ratio_to_baseline_ci": ci(to_baseline),
             })
         })
         .collect();
@@ -280,7 +284,27 @@ mod tests {
         let omni = &json["proxies"][0];
         let ab = omni["paired_cpu_ratio_to_baseline"].as_f64().unwrap();
         assert!((ab - 0.9).abs() < 1e-9, "{ab}");
+        // Three runs: the interval is their range, at the 75% that three runs give.
+        let ci = &omni["paired_cpu_ratio_to_baseline_ci"];
+        assert!((ci["low"].as_f64().unwrap() - 0.9).abs() < 1e-9, "{ci}");
+        assert!((ci["high"].as_f64().unwrap() - 0.9).abs() < 1e-9, "{ci}");
+        assert_eq!(
+            (ci["level"].as_f64(), ci["runs"].as_u64()),
+            (Some(0.75), Some(3))
+        );
+        // Against nginx: 0.72, 0.792, 0.648 -> median 0.72 within [0.648, 0.792].
+        let best = &omni["paired_cpu_ratio_to_best_peer_ci"];
+        assert!((omni["paired_cpu_ratio_to_best_peer"].as_f64().unwrap() - 0.72).abs() < 1e-9);
+        assert!(
+            (best["low"].as_f64().unwrap() - 0.648).abs() < 1e-9,
+            "{best}"
+        );
+        assert!(
+            (best["high"].as_f64().unwrap() - 0.792).abs() < 1e-9,
+            "{best}"
+        );
         assert!(json["proxies"][1]["paired_cpu_ratio_to_baseline"].is_null());
+        assert!(json["proxies"][1]["paired_cpu_ratio_to_baseline_ci"].is_null());
         assert!(json["proxies"][2]["paired_cpu_ratio_to_baseline"].is_null());
     }
 

@@ -132,8 +132,8 @@ impl Sample {
 /// The median over runs of `m` of `a`'s run divided by `b`'s run of the same number: runs
 /// alternate between the proxies, so a pair shares the machine's state of that moment and
 /// drift over the whole measurement cancels out. Runs with errors on either side are left
-/// out; None without a pair.
-pub fn paired_ratio(m: Metric, a: &[Sample], b: &[Sample]) -> Option<f64> {
+/// out; None without a pair. With its confidence interval (see [`median_ci`]).
+pub fn paired_ratio(m: Metric, a: &[Sample], b: &[Sample]) -> Option<MedianCi> {
     let ratios: Vec<f64> = a
         .iter()
         .filter(|s| s.problem().is_none())
@@ -143,7 +143,65 @@ pub fn paired_ratio(m: Metric, a: &[Sample], b: &[Sample]) -> Option<f64> {
             (vy > 0.0).then(|| vx / vy)
         })
         .collect();
-    median(&ratios)
+    median_ci(&ratios, CI_LEVEL)
+}
+
+/// Confidence asked of the intervals around paired medians.
+pub const CI_LEVEL: f64 = 0.95;
+
+/// A median with a distribution-free confidence interval for it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MedianCi {
+    pub median: f64,
+    pub low: f64,
+    pub high: f64,
+    /// The interval's actual coverage: at least the level asked, except with too few
+    /// values (below 6, even the full range covers less than 95%).
+    pub level: f64,
+    pub n: usize,
+}
+
+impl MedianCi {
+    /// `{low, high, level, runs}` for the result file.
+    pub fn interval_json(&self) -> Value {
+        json!({ "low": self.low, "high": self.high, "level": self.level, "runs": self.n })
+    }
+}
+
+/// The median of `v` and the order-statistic interval [x(k), x(n+1-k)] around it: the
+/// true median lies below x(k) only if fewer than k of n values fall below it, which for
+/// any distribution has the binomial probability P(Bin(n, 1/2) < k). The narrowest such
+/// interval (largest k) whose coverage 1 - 2 P(Bin(n, 1/2) < k) is at least `level`; with
+/// too few values for that, the full range and the coverage it has. None when empty.
+pub fn median_ci(v: &[f64], level: f64) -> Option<MedianCi> {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    let median = median(&s)?;
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    // P(Bin(n, 1/2) <= j) for j = 0, 1, ...
+    let half_n = 0.5f64.powi(i32::try_from(n).unwrap_or(i32::MAX));
+    let mut choose = 1.0f64;
+    let mut below = 0.0f64;
+    let mut k = 1;
+    let mut coverage = 1.0 - 2.0 * half_n;
+    // Coverage of k + 1 needs P(Bin < k + 1) = P(Bin <= k).
+    for j in 0..n / 2 {
+        below += choose * half_n;
+        choose = choose * (n - j) as f64 / (j + 1) as f64;
+        let next = 1.0 - 2.0 * (below + choose * half_n);
+        if next < level || j + 2 > n.div_ceil(2) {
+            break;
+        }
+        k = j + 2;
+        coverage = next;
+    }
+    Some(MedianCi {
+        median,
+        low: s[k - 1],
+        high: s[n - k],
+        level: coverage,
+        n,
+    })
 }
 
 /// Share of the proxy core that other work took during a sample (the core's busy share
@@ -286,7 +344,10 @@ mod tests {
             .map(|r| sample(r, 900_000 * u64::from(r + 1)))
             .collect();
         let paired = paired_ratio(Metric::CpuUsPerReq, &a, &b).unwrap();
-        assert!((paired - 0.9).abs() < 1e-9, "{paired}");
+        assert!((paired.median - 0.9).abs() < 1e-9, "{paired:?}");
+        // Every pair has the same ratio: the interval is that point.
+        assert!((paired.low - 0.9).abs() < 1e-9 && (paired.high - 0.9).abs() < 1e-9);
+        assert_eq!(paired.n, 4);
         // A run with errors on either side is no pair.
         let mut broken = b.clone();
         for s in &mut broken {
@@ -294,5 +355,55 @@ mod tests {
         }
         assert_eq!(paired_ratio(Metric::CpuUsPerReq, &a, &broken), None);
         assert_eq!(paired_ratio(Metric::CpuUsPerReq, &a, &[]), None);
+    }
+
+    /// P(Bin(n, 1/2) < k), summed term by term, for checking the intervals.
+    fn binomial_below(n: u64, k: u64) -> f64 {
+        let mut c = 1.0;
+        let mut sum = 0.0;
+        for j in 0..k {
+            sum += c;
+            c = c * (n - j) as f64 / (j + 1) as f64;
+        }
+        sum / 2f64.powi(n as i32)
+    }
+
+    #[test]
+    fn median_intervals_are_the_narrowest_order_statistics_with_the_coverage() {
+        // Known sign-test intervals at 95%: n = 6..8 -> k = 1, n = 9..11 -> 2,
+        // n = 15 -> 4, n = 25 -> 8, n = 30 -> 10.
+        for (n, k) in [
+            (6, 1),
+            (7, 1),
+            (8, 1),
+            (9, 2),
+            (11, 2),
+            (12, 3),
+            (15, 4),
+            (25, 8),
+            (30, 10),
+        ] {
+            // Values in shuffled order: the interval comes from the sorted ones.
+            let v: Vec<f64> = (0..n).map(|i| ((i * 13) % n) as f64).collect();
+            let ci = median_ci(&v, CI_LEVEL).unwrap();
+            assert_eq!(ci.n, n as usize);
+            assert_eq!(
+                (ci.low, ci.high),
+                ((k - 1) as f64, (n - k) as f64),
+                "n = {n}"
+            );
+            let coverage = 1.0 - 2.0 * binomial_below(n, k);
+            assert!((ci.level - coverage).abs() < 1e-12, "n = {n}: {}", ci.level);
+            assert!(ci.level >= CI_LEVEL, "n = {n}");
+            // One step narrower would cover less than asked.
+            assert!(1.0 - 2.0 * binomial_below(n, k + 1) < CI_LEVEL, "n = {n}");
+        }
+        // Too few values: the full range, with the lower coverage it has.
+        let ci = median_ci(&[3.0, 1.0, 2.0], CI_LEVEL).unwrap();
+        assert_eq!((ci.median, ci.low, ci.high), (2.0, 1.0, 3.0));
+        assert!((ci.level - 0.75).abs() < 1e-12);
+        let one = median_ci(&[4.0], CI_LEVEL).unwrap();
+        assert_eq!((one.low, one.high, one.level), (4.0, 4.0, 0.0));
+        assert_eq!(median_ci(&[], CI_LEVEL), None);
     }
 }

@@ -14,6 +14,24 @@ fn ratio(v: &Value) -> String {
     v.as_f64().map_or("-".into(), |f| format!("{f:.2}×"))
 }
 
+/// A paired ratio with its confidence interval: `1.01× (0.98–1.04)`, and the interval's
+/// coverage when it is below the level asked (too few runs).
+fn paired(v: &Value, ci: &Value, digits: usize) -> String {
+    let Some(mid) = v.as_f64() else {
+        return "-".into();
+    };
+    let (Some(lo), Some(hi)) = (ci["low"].as_f64(), ci["high"].as_f64()) else {
+        return format!("{mid:.digits$}×");
+    };
+    let level = ci["level"].as_f64().unwrap_or(0.0);
+    let short = if level < stats::CI_LEVEL {
+        format!(" {:.0}%", level * 100.0)
+    } else {
+        String::new()
+    };
+    format!("{mid:.digits$}× ({lo:.digits$}–{hi:.digits$}{short})")
+}
+
 /// Prints the tables of `doc`.
 pub fn print(doc: &Value) {
     for sc in doc["scenarios"].as_array().into_iter().flatten() {
@@ -80,7 +98,8 @@ pub fn print(doc: &Value) {
                 format!("{} B body", case["body_bytes"])
             };
             println!(
-                "\n{what}; medians (min–max of CPU), ratio = value / best peer's; paired = median of per-run CPU ratios to the best peer; MB/s: bodies both ways\n"
+                "\n{what}; medians (min–max of CPU), ratio = value / best peer's; paired = median of per-run CPU ratios to the best peer (its {:.0}% interval; a lower coverage is shown when the runs are too few for it); MB/s: bodies both ways\n",
+                stats::CI_LEVEL * 100.0
             );
             println!(
                 "| proxy | CPU µs/req | user µs/req | req per core-s | req/s | MB/s | p50 µs | p99 µs | CPU ratio | paired | req/core-s ratio | MB/s ratio | p99 ratio |"
@@ -107,7 +126,11 @@ pub fn print(doc: &Value) {
                     num(&med["p50_us"], 0),
                     num(&med["p99_us"], 0),
                     ratio(&r["cpu_us_per_req"]),
-                    ratio(&p["paired_cpu_ratio_to_best_peer"]),
+                    paired(
+                        &p["paired_cpu_ratio_to_best_peer"],
+                        &p["paired_cpu_ratio_to_best_peer_ci"],
+                        2
+                    ),
                     ratio(&r["req_per_core_s"]),
                     ratio(&r["mb_per_s"]),
                     ratio(&r["p99_us"]),
@@ -116,13 +139,19 @@ pub fn print(doc: &Value) {
         }
         for case in sc["cases"].as_array().into_iter().flatten() {
             let proxies = case["proxies"].as_array().map_or(&[][..], Vec::as_slice);
-            if let Some(ab) = proxies
+            if let Some(p) = proxies
                 .iter()
-                .find_map(|p| p["paired_cpu_ratio_to_baseline"].as_f64())
+                .find(|p| p["paired_cpu_ratio_to_baseline"].is_f64())
             {
                 println!(
-                    "\nA/B, {}: omnirelay / omnirelay-baseline CPU per request, paired: {ab:.3}×",
-                    case["name"].as_str().unwrap_or("?")
+                    "\nA/B, {}: omnirelay / omnirelay-baseline CPU per request, paired: {} over {} runs",
+                    case["name"].as_str().unwrap_or("?"),
+                    paired(
+                        &p["paired_cpu_ratio_to_baseline"],
+                        &p["paired_cpu_ratio_to_baseline_ci"],
+                        3
+                    ),
+                    p["paired_cpu_ratio_to_baseline_ci"]["runs"]
                 );
             }
         }
