@@ -124,6 +124,16 @@ pub struct ControlSection {
     pub admin_listen: SocketAddr,
 }
 
+impl Default for ControlSection {
+    /// Loopback: gRPC on 7800, admin on 7801.
+    fn default() -> Self {
+        ControlSection {
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 7800)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 7801)),
+        }
+    }
+}
+
 /// `[[listeners]]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Listener {

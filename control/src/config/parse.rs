@@ -10,16 +10,11 @@ use super::{
     reader::{Obj, Sink},
 };
 
-const DEFAULT_GRPC: &str = "127.0.0.1:7800";
-const DEFAULT_ADMIN: &str = "127.0.0.1:7801";
 const MAX_MS: i64 = 24 * 3600 * 1000;
 
 pub(super) fn document(table: &toml::Table, sink: &Sink) -> Config {
     let root = Obj::root(table, sink);
-    let mut control = ControlSection {
-        grpc_listen: parse_default(DEFAULT_GRPC),
-        admin_listen: parse_default(DEFAULT_ADMIN),
-    };
+    let mut control = ControlSection::default();
     if let Some(c) = root.table("control") {
         if let Some(a) = addr(&c, "grpc_listen") {
             control.grpc_listen = a;
@@ -39,10 +34,6 @@ pub(super) fn document(table: &toml::Table, sink: &Sink) -> Config {
     };
     root.finish();
     config
-}
-
-fn parse_default(s: &str) -> SocketAddr {
-    s.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
 fn addr(o: &Obj<'_>, key: &str) -> Option<SocketAddr> {

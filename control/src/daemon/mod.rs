@@ -69,14 +69,30 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             other => anyhow::bail!("no snapshot to serve: {other:?}"),
         }
     }
-    let text = std::fs::read_to_string(&opts.config).unwrap_or_default();
-    let (grpc_default, admin_default, kernel_section) = match crate::config::parse(&text, "") {
-        Ok(c) => (c.control.grpc_listen, c.control.admin_listen, c.kernel),
-        Err(_) => (
-            SocketAddr::from(([127, 0, 0, 1], 7800)),
-            SocketAddr::from(([127, 0, 0, 1], 7801)),
-            crate::config::KernelSection::default(),
+    // Addresses and the kernel section come from the config the first load parsed. An
+    // invalid config at start with a stored snapshot to serve: that snapshot is served on
+    // the default (or given) addresses, without the kernel side.
+    let (grpc_default, admin_default, kernel_section) = match publisher.config() {
+        Some(c) => (
+            c.control.grpc_listen,
+            c.control.admin_listen,
+            c.kernel.clone(),
         ),
+        None => {
+            let defaults = crate::config::ControlSection::default();
+            tracing::warn!(
+                config = %opts.config.display(),
+                version = publisher.current().map_or(0, |p| p.version),
+                "the config does not load (see above): serving the stored snapshot on the \
+                 default addresses, without the kernel limiter, until the daemon restarts \
+                 with a valid config"
+            );
+            (
+                defaults.grpc_listen,
+                defaults.admin_listen,
+                crate::config::KernelSection::default(),
+            )
+        }
     };
     // The kernel side starts before anything listens: an attach failure stops the daemon
     // with the interface, mode and errno. Interfaces, mode and pin folder are read once;

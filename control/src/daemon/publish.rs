@@ -2,7 +2,7 @@
 //! store → publish. A config that fails any step before "publish" changes nothing.
 
 use std::{
-    sync::{Arc, atomic::Ordering},
+    sync::{Arc, Mutex, atomic::Ordering},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -90,6 +90,8 @@ pub struct Publisher {
     signer: SnapshotSigner,
     tx: watch::Sender<Option<Arc<Published>>>,
     metrics: Arc<ControlMetrics>,
+    /// The config of the last load that parsed (None before one has).
+    config: Mutex<Option<Arc<config::Config>>>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -136,6 +138,7 @@ impl Publisher {
             signer,
             tx,
             metrics,
+            config: Mutex::new(None),
         })
     }
 
@@ -147,6 +150,15 @@ impl Publisher {
     /// The currently published snapshot.
     pub fn current(&self) -> Option<Arc<Published>> {
         self.tx.borrow().clone()
+    }
+
+    /// The config of the last load that parsed: the published snapshot's, or the one
+    /// found unchanged. None before any has (every load so far invalid or failed).
+    pub fn config(&self) -> Option<Arc<config::Config>> {
+        self.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The store (for the admin history endpoint).
@@ -201,10 +213,16 @@ impl Publisher {
         };
         let config_sha256 = hex::encode(Sha256::digest(&doc.bytes));
         let current = self.current();
-        if let Some(p) = &current
-            && p.config_sha256 == config_sha256
+        let unchanged = current
+            .as_ref()
+            .filter(|p| p.config_sha256 == config_sha256)
+            .map(|p| p.version);
+        // The same bytes as the published snapshot's: nothing to do, unless they have not
+        // been parsed yet (a snapshot restored from the store at start).
+        if let Some(version) = unchanged
+            && self.config().is_some()
         {
-            return ReloadOutcome::Unchanged(p.version);
+            return ReloadOutcome::Unchanged(version);
         }
         let text = match std::str::from_utf8(&doc.bytes) {
             Ok(t) => t,
@@ -219,9 +237,13 @@ impl Publisher {
             }
         };
         let config = match config::parse(text, &doc.origin) {
-            Ok(c) => c,
+            Ok(c) => Arc::new(c),
             Err(errors) => return ReloadOutcome::Invalid(errors),
         };
+        if let Some(version) = unchanged {
+            self.keep_config(config);
+            return ReloadOutcome::Unchanged(version);
+        }
         let stored = match self.store.latest() {
             Ok(r) => r.map_or(0, |r| r.version),
             Err(e) => return ReloadOutcome::Failed(format!("reading the snapshot store: {e}")),
@@ -241,7 +263,101 @@ impl Publisher {
             return ReloadOutcome::Failed(format!("storing version {version}: {e}"));
         }
         let published = Published::new(signed, created, doc.origin, config_sha256);
+        self.keep_config(config);
         self.tx.send_replace(Some(Arc::new(published)));
         ReloadOutcome::Published(version)
+    }
+
+    fn keep_config(&self, config: Arc<config::Config>) {
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = Some(config);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, sync::Arc};
+
+    use omnirelay_plugin_config_file::FileConfigSource;
+    use omnirelay_plugin_store_sqlite::SqliteSnapshotStore;
+
+    use super::{Publisher, ReloadOutcome};
+    use crate::{daemon::metrics::ControlMetrics, snapshot::SnapshotSigner};
+
+    const CONFIG: &str = r#"
+[control]
+grpc_listen = "127.0.0.1:7910"
+admin_listen = "127.0.0.1:7911"
+
+[[listeners]]
+name = "public"
+address = "127.0.0.1:8080"
+
+[[routes]]
+name = "all"
+cluster = "web"
+
+[[clusters]]
+name = "web"
+endpoints = ["127.0.0.1:9003"]
+"#;
+
+    /// A publisher over `dir`'s config file and store, as the daemon builds it at start.
+    fn start(dir: &Path) -> Publisher {
+        Publisher::new(
+            Arc::new(FileConfigSource::new(dir.join("omnirelay.toml"))),
+            Arc::new(SqliteSnapshotStore::open(&dir.join("snapshots.db")).unwrap()),
+            SnapshotSigner::load_or_create(dir).unwrap(),
+            Arc::new(ControlMetrics::default()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_parsed_config_is_kept_from_the_load_that_published_or_found_it_unchanged() {
+        let dir = std::env::temp_dir().join(format!("omnirelay-publish-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("omnirelay.toml"), CONFIG).unwrap();
+
+        let first = start(&dir);
+        assert!(
+            first.config().is_none(),
+            "nothing parsed before the first load"
+        );
+        assert!(matches!(first.reload(), ReloadOutcome::Published(1)));
+        let cfg = first.config().expect("kept from the published load");
+        assert_eq!(cfg.control.grpc_listen.port(), 7910);
+        assert_eq!(cfg.control.admin_listen.port(), 7911);
+        drop(first);
+
+        // Restart: the stored snapshot is served and the same file is unchanged, but its
+        // config is still parsed once (the daemon reads its addresses from it).
+        let restarted = start(&dir);
+        assert_eq!(restarted.current().map(|p| p.version), Some(1));
+        assert!(matches!(restarted.reload(), ReloadOutcome::Unchanged(1)));
+        assert_eq!(
+            restarted.config().map(|c| c.control.grpc_listen.port()),
+            Some(7910)
+        );
+        drop(restarted);
+
+        // Restart with a broken file: the stored snapshot stays, and no config is kept
+        // (the daemon falls back to the default addresses and says so).
+        std::fs::write(dir.join("omnirelay.toml"), "[control]\ngrpc_listen = 7").unwrap();
+        let broken = start(&dir);
+        assert!(matches!(broken.reload(), ReloadOutcome::Invalid(_)));
+        assert!(broken.config().is_none());
+        assert_eq!(broken.current().map(|p| p.version), Some(1));
+        // A later invalid reload does not drop a config kept before.
+        std::fs::write(dir.join("omnirelay.toml"), CONFIG).unwrap();
+        assert!(matches!(broken.reload(), ReloadOutcome::Unchanged(1)));
+        std::fs::write(dir.join("omnirelay.toml"), "not toml [").unwrap();
+        assert!(matches!(broken.reload(), ReloadOutcome::Invalid(_)));
+        assert_eq!(
+            broken.config().map(|c| c.control.admin_listen.port()),
+            Some(7911)
+        );
+        drop(broken);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
