@@ -55,14 +55,15 @@ async fn healthz(State(s): State<AdminState>) -> Response {
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        match &s.kernel {
-            Some(k) => s.metrics.render() + &k.render(),
-            None => s.metrics.render(),
-        },
-    )
-        .into_response()
+    let mut text = s.metrics.render();
+    if let Some(k) = s.kernel.clone() {
+        // Map lookups are system calls: off the async workers.
+        match tokio::task::spawn_blocking(move || k.render()).await {
+            Ok(kernel) => text.push_str(&kernel),
+            Err(e) => tracing::error!(error = %e, "rendering the kernel metrics failed"),
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn snapshot_info(State(s): State<AdminState>) -> Response {

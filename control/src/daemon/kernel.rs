@@ -14,13 +14,17 @@ use tokio::sync::watch;
 use super::publish::Published;
 use crate::{
     config::{KernelSection, XdpAttach},
-    kernel::{AttachMode, KernelError, KernelLimiter, LimiterSettings, plan},
+    kernel::{AttachMode, CountersReader, KernelError, KernelLimiter, LimiterSettings, plan},
 };
 
 /// The running limiter and what the daemon knows about it.
 #[derive(Debug)]
 pub struct KernelService {
     limiter: Mutex<KernelLimiter>,
+    /// The counters, read by `/metrics` without taking `limiter`.
+    counters: CountersReader,
+    /// Listener names by id of the plan the maps hold (copied from it after each apply).
+    names: Mutex<Vec<String>>,
     /// Snapshots written into the maps.
     pub applied: AtomicU64,
     /// Snapshots whose kernel part could not be written (the previous set stays active).
@@ -46,6 +50,8 @@ impl KernelService {
             steering: section.steering,
         })?;
         Ok(Some(Arc::new(KernelService {
+            counters: limiter.counters_reader()?,
+            names: Mutex::new(limiter.listener_names().to_vec()),
             limiter: Mutex::new(limiter),
             applied: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -75,6 +81,10 @@ impl KernelService {
         let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
         match limiter.apply(&plan) {
             Ok(()) => {
+                self.names
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone_from(&plan.names);
                 self.applied.fetch_add(1, Ordering::Relaxed);
                 self.version.store(published.version, Ordering::Relaxed);
             }
@@ -106,14 +116,14 @@ impl KernelService {
     }
 
     /// Prometheus text for the limiter: packets by listener and reason, and map writes.
+    /// Blocking (a map lookup per counter), but never waits for a map update.
     pub fn render(&self) -> String {
-        let limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
         out.push_str("# HELP omnirelay_xdp_packets_total Packets seen by the XDP limiter, by listener and verdict reason.\n");
         out.push_str("# TYPE omnirelay_xdp_packets_total counter\n");
-        match limiter.counters() {
+        match self.counters.read() {
             Ok(c) => {
-                let names = limiter.listener_names();
+                let names = self.names.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 for (slot, row) in c.slots.iter().enumerate() {
                     let listener = match slot {
                         0 => "-",

@@ -15,6 +15,7 @@
 
 use std::{
     collections::HashSet,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -343,6 +344,37 @@ impl KernelLimiter {
     /// Reads the per-CPU counters, summed.
     pub fn counters(&self) -> Result<LimiterCounters, KernelError> {
         read_counters(self.map(LIMITER_COUNTERS_MAP)?)
+    }
+
+    /// A second handle on the counters map, read without the limiter: a `/metrics`
+    /// scrape then never waits for a map update, nor an update for a scrape.
+    pub fn counters_reader(&self) -> Result<CountersReader, KernelError> {
+        let aya::maps::Map::PerCpuArray(data) = self.map(LIMITER_COUNTERS_MAP)? else {
+            return Err(KernelError::Missing {
+                kind: "per-CPU array map",
+                name: LIMITER_COUNTERS_MAP,
+            });
+        };
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(io_err(format!(
+                "duplicating the {LIMITER_COUNTERS_MAP} map fd"
+            )))?;
+        let data = MapData::from_fd(fd).map_err(map_err(LIMITER_COUNTERS_MAP))?;
+        Ok(CountersReader(aya::maps::Map::PerCpuArray(data)))
+    }
+}
+
+/// The limiter's counters map on its own descriptor (see [`KernelLimiter::counters_reader`]).
+#[derive(Debug)]
+pub struct CountersReader(aya::maps::Map);
+
+impl CountersReader {
+    /// Reads the per-CPU counters, summed.
+    pub fn read(&self) -> Result<LimiterCounters, KernelError> {
+        read_counters(&self.0)
     }
 }
 

@@ -11,8 +11,8 @@ mod xdp_counter;
 
 pub use error::KernelError;
 pub use limiter::{
-    GENERATION_GRACE, KernelLimiter, LimiterCounters, LimiterSettings, read_pinned_counters,
-    remove_pins,
+    CountersReader, GENERATION_GRACE, KernelLimiter, LimiterCounters, LimiterSettings,
+    read_pinned_counters, remove_pins,
 };
 pub use log_bridge::EbpfLogPump;
 pub use plan::{KernelPlan, PlanError, plan};
