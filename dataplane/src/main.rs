@@ -59,13 +59,6 @@ struct Cli {
     /// pinned in this folder (its `[kernel].pin_dir`, with `steering = true`).
     #[arg(long)]
     steering_pin_dir: Option<PathBuf>,
-    /// Close a keep-alive client connection idle this long (milliseconds).
-    #[arg(long, default_value_t = 60_000)]
-    client_idle_timeout_ms: u64,
-    /// Answer 408 and close when a request head is not complete this long after its first
-    /// byte (milliseconds).
-    #[arg(long, default_value_t = 30_000)]
-    client_head_timeout_ms: u64,
     /// After a response on a reused connection, read the next request directly (buffers
     /// kept) for this long before falling back to a buffer-less readiness wait
     /// (milliseconds; 0: always wait).
@@ -160,8 +153,6 @@ fn main() -> anyhow::Result<()> {
     opts.pin = !cli.no_pin;
     opts.uring_mode = cli.uring_mode;
     opts.ring_entries = cli.ring_entries;
-    opts.settings.client_idle_timeout = Duration::from_millis(cli.client_idle_timeout_ms.max(1));
-    opts.settings.client_head_timeout = Duration::from_millis(cli.client_head_timeout_ms.max(1));
     opts.settings.client_hot_read = Duration::from_millis(cli.client_hot_read_ms);
     let proxy = proxy::start(Arc::clone(&holder), Arc::clone(&metrics), access_log, opts)?;
     let admin_addr = admin::spawn(

@@ -1,6 +1,7 @@
 //! The client side's timeouts and start-up paths, through the real binaries: an idle
-//! keep-alive connection is closed by the worker's idle reaper after the idle timeout (not
-//! before); a stalled request head gets 408 and a close; a data plane starts from a saved
+//! keep-alive connection is closed by the worker's idle reaper after the listener's idle
+//! timeout from the config (not before), and a changed timeout applies live; a stalled
+//! request head gets 408 and a close; a data plane starts from a saved
 //! snapshot file with no control daemon and serves its routes (and refuses a truncated,
 //! tampered or missing file, naming it and the reason); and with io_uring made unavailable
 //! to the process (a seccomp filter), the workers fall back to epoll, say so, serve, and
@@ -35,6 +36,15 @@ struct Site {
     control: ChildGuard,
     dataplane: ChildGuard,
     dir: TempDir,
+    config_path: std::path::PathBuf,
+}
+
+/// The test config with the listener's client timeouts set.
+fn timed_config(ports: &Ports, idle_ms: u64, head_ms: u64) -> String {
+    let timeouts = format!("timeouts = {{ idle_ms = {idle_ms}, head_ms = {head_ms} }}\n");
+    let text = config(ports, "one").replacen("limits = {", &(timeouts + "limits = {"), 1);
+    assert!(text.contains("idle_ms"), "the listener line moved: {text}");
+    text
 }
 
 fn site() -> Site {
@@ -46,25 +56,25 @@ fn site_with(extra: &[&str]) -> Site {
     let nginx = Nginx::start(&nginx_servers(&ports), &[ports.up1, ports.up2]).unwrap();
     let dir = TempDir::new("timeouts");
     let cfg = dir.path().join("omnirelay.toml");
-    std::fs::write(&cfg, config(&ports, "one")).unwrap();
+    std::fs::write(&cfg, timed_config(&ports, IDLE_MS, HEAD_MS)).unwrap();
     let control = start_control(&dir, &cfg, &ports);
-    let idle = IDLE_MS.to_string();
-    let head = HEAD_MS.to_string();
-    let mut args = vec![
-        "--client-idle-timeout-ms",
-        &idle,
-        "--client-head-timeout-ms",
-        &head,
-    ];
-    args.extend_from_slice(extra);
-    let dataplane = start_dataplane(&dir, &ports, &args);
+    let dataplane = start_dataplane(&dir, &ports, extra);
     Site {
         ports,
         _nginx: nginx,
         control,
         dataplane,
         dir,
+        config_path: cfg,
     }
+}
+
+/// The data plane's running snapshot version, from its admin API.
+fn dp_version(ports: &Ports) -> u64 {
+    let url = format!("http://127.0.0.1:{}/snapshot", ports.dp_admin);
+    let out = curl(&["-s", &url]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["version"].as_u64().unwrap_or(0)
 }
 
 /// Reads until the peer closes (or 5 s pass); returns what arrived and when it closed.
@@ -87,6 +97,12 @@ fn read_to_close(s: &mut TcpStream) -> (Vec<u8>, Option<Instant>) {
 /// One request on a new keep-alive connection to `port`, then idle: the data plane must
 /// close it after about [`IDLE_MS`], not before.
 fn assert_closed_when_idle(port: u16) {
+    assert_closed_after(port, IDLE_MS);
+}
+
+/// One request on a new keep-alive connection to `port`, then idle: the data plane must
+/// close it after about `idle_ms`, not before.
+fn assert_closed_after(port: u16, idle_ms: u64) {
     let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
     conn.write_all(b"GET /who HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
@@ -100,9 +116,29 @@ fn assert_closed_when_idle(port: u16) {
     assert!(rest.is_empty(), "nothing more is sent before the close");
     // Closed no earlier than the timeout and within a reaper tick (a quarter) plus slack.
     assert!(
-        after >= Duration::from_millis(IDLE_MS - 50) && after < Duration::from_millis(IDLE_MS * 3),
-        "idle connection closed after {after:?}, timeout {IDLE_MS} ms"
+        after >= Duration::from_millis(idle_ms - 50) && after < Duration::from_millis(idle_ms * 3),
+        "idle connection closed after {after:?}, timeout {idle_ms} ms"
     );
+}
+
+#[test]
+fn a_changed_idle_timeout_in_the_config_applies_to_connections_idle_after_it() {
+    let s = site();
+    let before = dp_version(&s.ports);
+    assert!(before > 0, "no snapshot running");
+    const LONGER_MS: u64 = 1500;
+    std::fs::write(&s.config_path, timed_config(&s.ports, LONGER_MS, HEAD_MS)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dp_version(&s.ports) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the data plane did not take the changed config:\n{}",
+            s.dataplane.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Closed after the new timeout, which the old one would have been well inside.
+    assert_closed_after(s.ports.proxy, LONGER_MS);
 }
 
 #[test]
@@ -438,7 +474,7 @@ fn without_io_uring_the_workers_fall_back_to_epoll_say_so_and_serve() {
     let _nginx = Nginx::start(&nginx_servers(&ports), &[ports.up1, ports.up2]).unwrap();
     let dir = TempDir::new("epoll");
     let cfg = dir.path().join("omnirelay.toml");
-    std::fs::write(&cfg, config(&ports, "one")).unwrap();
+    std::fs::write(&cfg, timed_config(&ports, IDLE_MS, HEAD_MS)).unwrap();
     let _control = start_control(&dir, &cfg, &ports);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_omnirelay-dataplane"));
     cmd.arg("--control")
@@ -446,8 +482,7 @@ fn without_io_uring_the_workers_fall_back_to_epoll_say_so_and_serve() {
         .arg("--public-key")
         .arg(dir.path().join("state/snapshot-signing.pub"))
         .args(["--admin", &format!("127.0.0.1:{}", ports.dp_admin)])
-        .args(["--workers", "2", "--access-log", "off"])
-        .args(["--client-idle-timeout-ms", &IDLE_MS.to_string()]);
+        .args(["--workers", "2", "--access-log", "off"]);
     deny_io_uring(&mut cmd);
     let dp = ChildGuard::spawn("omnirelay-dataplane", cmd, &dir.path().join("dp.log")).unwrap();
     assert!(

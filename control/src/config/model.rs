@@ -145,6 +145,18 @@ pub struct Listener {
     pub routes: Vec<String>,
     /// Request limits.
     pub limits: Limits,
+    /// Client connection timeouts.
+    pub timeouts: ClientTimeouts,
+}
+
+/// `[listeners.timeouts]`, in milliseconds; 0 means the data plane's default (idle 60 s,
+/// head 30 s).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientTimeouts {
+    /// A keep-alive connection with no request in progress is closed after this long.
+    pub idle_ms: u32,
+    /// A request head not complete this long after its first byte gets 408 and a close.
+    pub head_ms: u32,
 }
 
 /// `[listeners.limits]`.

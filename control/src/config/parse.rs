@@ -111,11 +111,23 @@ fn listener(o: Obj<'_>) -> Listener {
             limits
         }
     };
+    let timeouts = match o.table("timeouts") {
+        None => ClientTimeouts::default(),
+        Some(t) => {
+            let timeouts = ClientTimeouts {
+                idle_ms: ms(&t, "idle_ms"),
+                head_ms: ms(&t, "head_ms"),
+            };
+            t.finish();
+            timeouts
+        }
+    };
     let listener = Listener {
         name: name(&o),
         address: required_addr(&o, "address"),
         routes: o.str_list("routes"),
         limits,
+        timeouts,
     };
     o.finish();
     listener

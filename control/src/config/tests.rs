@@ -9,6 +9,7 @@ admin_listen = "127.0.0.1:7901"
 name = "public"
 address = "127.0.0.1:8080"
 limits = { max_header_bytes = 32768 }
+timeouts = { idle_ms = 90000, head_ms = 5000 }
 
 [[routes]]
 name = "api"
@@ -46,6 +47,13 @@ fn a_good_config_parses_into_the_model() {
     assert_eq!(c.control.grpc_listen.port(), 7900);
     assert_eq!(c.listeners[0].limits.max_header_bytes, 32768);
     assert_eq!(c.listeners[0].limits.max_headers, 100, "default kept");
+    assert_eq!(
+        c.listeners[0].timeouts,
+        ClientTimeouts {
+            idle_ms: 90000,
+            head_ms: 5000
+        }
+    );
     let api = &c.routes[0];
     assert_eq!(api.hosts, vec!["api.example.com", "*.internal"]);
     assert_eq!(api.path, PathMatch::Prefix("/api/".into()));
@@ -76,6 +84,7 @@ name = "public"
 address = "localhost"
 routes = ["api", "nope"]
 colour = "blue"
+timeouts = { idle_ms = 0, heads_ms = 5 }
 
 [[routes]]
 name = "api"
@@ -106,6 +115,8 @@ listener = "private"
     let expect = [
         "listeners[0].address: \"localhost\" is not an ip:port address",
         "listeners[0].colour: unknown field",
+        "listeners[0].timeouts.idle_ms: 0 is out of range 1..=86400000",
+        "listeners[0].timeouts.heads_ms: unknown field",
         "routes[0].path_prefix: \"api\" must start with '/'",
         "routes[0].retry.max_retries: 99 is out of range 0..=10",
         "routes[0].retry.on[0]: unknown retry condition \"always\"",
@@ -134,7 +145,7 @@ listener = "private"
         text.join("\n")
     );
     let rendered = err.to_string();
-    assert!(rendered.starts_with("bad.toml: 15 errors"), "{rendered}");
+    assert!(rendered.starts_with("bad.toml: 17 errors"), "{rendered}");
 }
 
 #[test]

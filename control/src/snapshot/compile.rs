@@ -140,6 +140,10 @@ pub fn compile(
                     max_body_bytes: l.limits.max_body_bytes,
                 }),
                 route_indices,
+                client_timeouts: Some(v1::ClientTimeouts {
+                    idle_ms: l.timeouts.idle_ms,
+                    head_ms: l.timeouts.head_ms,
+                }),
             }
         })
         .collect();
@@ -195,6 +199,7 @@ mod tests {
 name = "a"
 address = "127.0.0.1:1"
 routes = ["second", "first"]
+timeouts = { idle_ms = 7000 }
 
 [[listeners]]
 name = "b"
@@ -241,6 +246,13 @@ rate_per_second = 50
             vec![0, 1],
             "default: all routes"
         );
+        let t = |i: usize| s.listeners[i].client_timeouts.unwrap_or_default();
+        assert_eq!(
+            (t(0).idle_ms, t(0).head_ms),
+            (7000, 0),
+            "0: the data plane's default"
+        );
+        assert_eq!((t(1).idle_ms, t(1).head_ms), (0, 0));
         assert_eq!(s.routes[0].cluster_index, 1);
         assert_eq!(s.routes[1].cluster_index, 0);
         assert_eq!(s.routes[0].path, Some(v1::route::Path::Exact("/x".into())));

@@ -7,7 +7,12 @@
 //! cancelled, the buffers go back to the worker's pool and the connection becomes idle: it
 //! waits for readability holding no buffer, then reads.
 
-use std::{net::SocketAddr, rc::Rc, sync::atomic::Ordering, time::Instant};
+use std::{
+    net::SocketAddr,
+    rc::Rc,
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
 
 use bytes::BytesMut;
 use monoio::{io::Canceller, net::TcpStream};
@@ -141,7 +146,7 @@ pub(crate) fn serve(
             // socket down when the idle timeout passes. The heavier request future below
             // lives in the slot only while a request is being read or served.
             if ds.buf.is_empty() && hot.is_none() {
-                let deadline = Instant::now() + ctx.settings.client_idle_timeout;
+                let deadline = Instant::now() + ctx.client_idle_timeout(listen_index);
                 let token = ctx
                     .idle
                     .borrow_mut()
@@ -226,7 +231,7 @@ async fn request(
             max_body_bytes: Some(l.limits.max_body_bytes),
             ..http1::Limits::default()
         };
-        let head = match next_head(&ctx, &mut ds, &limits, hot, &mut timer).await {
+        let head = match next_head(&ctx, &mut ds, &limits, l.head_timeout, hot, &mut timer).await {
             NextHead::Head(h) => h,
             NextHead::Cooled => break 'served Served::Cooled,
             NextHead::Closed | NextHead::Rejected => break 'served Served::Close,
@@ -247,6 +252,7 @@ async fn next_head(
     ctx: &WorkerCtx,
     ds: &mut Downstream,
     limits: &http1::Limits,
+    head_timeout: Duration,
     hot: Option<Instant>,
     timer: &mut Timer<'_>,
 ) -> NextHead {
@@ -271,8 +277,7 @@ async fn next_head(
             Ok(ParseStatus::Partial) => {}
             Err(e) => return reject(ctx, ds, &e).await,
         }
-        let deadline =
-            *deadline.get_or_insert_with(|| Instant::now() + ctx.settings.client_head_timeout);
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + head_timeout);
         // The buffer moves into the read; on a timeout it is gone with the cancelled
         // read, so remember whether part of a head had arrived.
         let partial = !ds.buf.is_empty();

@@ -20,13 +20,10 @@ use crate::{
     telemetry::{AccessLog, Metrics},
 };
 
-/// Timeouts of the client side and pool housekeeping.
+/// Tuning of the client side and pool housekeeping (the client timeouts are per listener,
+/// in the snapshot).
 #[derive(Clone, Copy, Debug)]
 pub struct ProxySettings {
-    /// An idle keep-alive client connection is closed after this.
-    pub client_idle_timeout: Duration,
-    /// A request head must arrive within this once its first byte did.
-    pub client_head_timeout: Duration,
     /// After a response on a connection already reused (its second request or later), the
     /// connection keeps its buffers and reads the next request directly for this long, one operation per request instead of a readiness wait and
     /// then a read. A connection quiet for longer gives its buffers back and waits for
@@ -39,8 +36,6 @@ pub struct ProxySettings {
 impl Default for ProxySettings {
     fn default() -> Self {
         ProxySettings {
-            client_idle_timeout: Duration::from_secs(60),
-            client_head_timeout: Duration::from_secs(30),
             client_hot_read: Duration::from_millis(2),
             upstream_idle_max: Duration::from_secs(300),
         }

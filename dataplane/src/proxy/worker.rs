@@ -9,7 +9,7 @@ use std::{
     net::SocketAddr,
     rc::Rc,
     sync::{Arc, atomic::Ordering},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use monoio::net::{ListenerOpts, TcpListener};
@@ -19,7 +19,7 @@ use bytes::BytesMut;
 use super::{ProxySettings, downstream, idle::IdleSet, io, pool::UpstreamPool};
 use crate::{
     lb::{LbState, RetryBudget, SplitMix64},
-    snapshot::{RuntimeConfig, SnapshotHolder},
+    snapshot::{DEFAULT_CLIENT_IDLE_TIMEOUT, RuntimeConfig, SnapshotHolder},
     telemetry::{AccessLog, ClusterStats, RouteStats, WorkerStats},
 };
 
@@ -191,6 +191,17 @@ impl WorkerCtx {
         }
     }
 
+    /// The client idle timeout of the listener at `listen_index` of `listen_addrs`, in the
+    /// current snapshot (the default when the snapshot has no such listener).
+    pub fn client_idle_timeout(&self, listen_index: u32) -> Duration {
+        let addr = self.listen_addrs.get(listen_index as usize);
+        self.holder.peek(|cfg| {
+            cfg.zip(addr)
+                .and_then(|(c, a)| Some(c.listeners[c.listener_by_addr(*a)?].idle_timeout))
+                .unwrap_or(DEFAULT_CLIENT_IDLE_TIMEOUT)
+        })
+    }
+
     /// A uniformly random `u64` from the worker's generator.
     pub fn random(&self) -> u64 {
         self.rng.borrow_mut().next_u64()
@@ -217,9 +228,15 @@ pub(crate) async fn run(ctx: Rc<WorkerCtx>, listeners: Vec<TcpListener>) {
     }
     let ctx_idle = Rc::clone(&ctx);
     monoio::spawn(async move {
-        let tick = super::idle::tick(ctx_idle.settings.client_idle_timeout);
         loop {
-            monoio::time::sleep(tick).await;
+            // Follows the snapshot: the shortest idle timeout of its listeners.
+            let shortest = ctx_idle.holder.peek(|cfg| {
+                cfg.map_or(
+                    DEFAULT_CLIENT_IDLE_TIMEOUT,
+                    RuntimeConfig::min_client_idle_timeout,
+                )
+            });
+            monoio::time::sleep(super::idle::tick(shortest)).await;
             let expired = ctx_idle.idle.borrow_mut().expire(Instant::now());
             for fd in expired {
                 super::idle::shut_down(fd);

@@ -52,6 +52,11 @@ impl SnapshotHolder {
         self.current.load_full()
     }
 
+    /// `f` of the current snapshot, read in place (no reference-count change).
+    pub fn peek<R>(&self, f: impl FnOnce(Option<&RuntimeConfig>) -> R) -> R {
+        f(self.current.load().as_deref())
+    }
+
     /// The running version (0 before the first snapshot).
     pub fn version(&self) -> u64 {
         self.current.load().as_ref().map_or(0, |c| c.version)

@@ -18,6 +18,10 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Idle upstream connection default.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle keep-alive client connection default.
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Request head default (from its first byte to its end).
+pub const DEFAULT_CLIENT_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Request limits of a listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +45,10 @@ pub struct ListenerRt {
     pub limits: ListenerLimits,
     /// Route indices in match order.
     pub routes: Vec<usize>,
+    /// An idle keep-alive client connection is closed after this.
+    pub idle_timeout: Duration,
+    /// A request head must be complete within this once its first byte arrived.
+    pub head_timeout: Duration,
 }
 
 /// What to hash for hash-based balancing.
@@ -157,6 +165,7 @@ impl RuntimeConfig {
             .enumerate()
             .map(|(i, l)| {
                 let limits = l.limits.unwrap_or_default();
+                let timeouts = l.client_timeouts.unwrap_or_default();
                 let route_indices = l
                     .route_indices
                     .iter()
@@ -184,6 +193,8 @@ impl RuntimeConfig {
                         },
                     },
                     routes: route_indices,
+                    idle_timeout: ms(timeouts.idle_ms, DEFAULT_CLIENT_IDLE_TIMEOUT),
+                    head_timeout: ms(timeouts.head_ms, DEFAULT_CLIENT_HEAD_TIMEOUT),
                 })
             })
             .collect::<Result<Vec<_>, RejectReason>>()?;
@@ -201,6 +212,15 @@ impl RuntimeConfig {
     /// The listener bound to `address`, if any.
     pub fn listener_by_addr(&self, address: SocketAddr) -> Option<usize> {
         self.listeners.iter().position(|l| l.address == address)
+    }
+
+    /// The shortest client idle timeout of any listener (the default without listeners).
+    pub fn min_client_idle_timeout(&self) -> Duration {
+        self.listeners
+            .iter()
+            .map(|l| l.idle_timeout)
+            .min()
+            .unwrap_or(DEFAULT_CLIENT_IDLE_TIMEOUT)
     }
 }
 
@@ -315,4 +335,60 @@ fn route(i: usize, r: &v1::Route, clusters: usize) -> Result<RouteRt, RejectReas
         },
         hash_on,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use omnirelay_proto::v1;
+
+    use super::{DEFAULT_CLIENT_HEAD_TIMEOUT, DEFAULT_CLIENT_IDLE_TIMEOUT, RuntimeConfig};
+    use crate::lb::test_util::strategies;
+
+    #[test]
+    fn client_timeouts_come_from_each_listener_with_defaults_for_zero() {
+        let listener = |port: u16, timeouts: Option<v1::ClientTimeouts>| v1::Listener {
+            name: format!("l{port}"),
+            address: format!("127.0.0.1:{port}"),
+            client_timeouts: timeouts,
+            ..Default::default()
+        };
+        let s = v1::Snapshot {
+            version: 1,
+            listeners: vec![
+                listener(
+                    1,
+                    Some(v1::ClientTimeouts {
+                        idle_ms: 1500,
+                        head_ms: 0,
+                    }),
+                ),
+                listener(2, None),
+                listener(
+                    3,
+                    Some(v1::ClientTimeouts {
+                        idle_ms: 0,
+                        head_ms: 250,
+                    }),
+                ),
+            ],
+            ..Default::default()
+        };
+        let rt = RuntimeConfig::build(&s, &strategies()).unwrap();
+        let got: Vec<_> = rt
+            .listeners
+            .iter()
+            .map(|l| (l.idle_timeout, l.head_timeout))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Duration::from_millis(1500), DEFAULT_CLIENT_HEAD_TIMEOUT),
+                (DEFAULT_CLIENT_IDLE_TIMEOUT, DEFAULT_CLIENT_HEAD_TIMEOUT),
+                (DEFAULT_CLIENT_IDLE_TIMEOUT, Duration::from_millis(250)),
+            ]
+        );
+        assert_eq!(rt.min_client_idle_timeout(), Duration::from_millis(1500));
+    }
 }
