@@ -24,8 +24,8 @@ use crate::{
     http1::{self, Framing, ParseStatus, RequestHead, ResponseHead},
     lb::{EndpointId, FailureKind, Outcome, hash_ip, hash_key},
     router::{self, RequestView},
-    snapshot::{HashKey, RouteRt, RuntimeConfig},
-    telemetry::AccessRecord,
+    snapshot::{ClusterRt, HashKey, RuntimeConfig},
+    telemetry::{AccessRecord, ClusterStats},
 };
 
 struct View<'a>(&'a RequestHead);
@@ -68,6 +68,32 @@ impl Summary {
             finished: None,
         }
     }
+}
+
+/// What the stages of one request share: the worker, the snapshot the request is served
+/// on, and what is fixed once its head is parsed.
+struct Request<'a> {
+    ctx: &'a Rc<WorkerCtx>,
+    cfg: &'a Arc<RuntimeConfig>,
+    /// Index of the listener in `cfg`.
+    listener: usize,
+    limits: &'a http1::Limits,
+    head: &'a RequestHead,
+    /// The request's `x-request-id` (the client's, or generated).
+    request_id: &'a [u8],
+    /// When the head was parsed.
+    started: Instant,
+}
+
+/// One upstream attempt: where it goes and when it must be done.
+struct Target<'a> {
+    cluster: &'a ClusterRt,
+    addr: SocketAddr,
+    stats: &'a Option<Arc<ClusterStats>>,
+    /// The attempt's start: upstream time is measured from here.
+    t0: Instant,
+    /// The request's deadline.
+    deadline: Instant,
 }
 
 fn idempotent(method: &str) -> bool {
@@ -120,12 +146,16 @@ pub(crate) async fn handle(
                 Summary::local(e.status())
             }
             Ok(framing) => {
-                let route = &cfg.routes[idx];
-                proxy(
-                    ctx, cfg, listener, idx, route, limits, ds, &head, framing, request_id,
-                    started, timer,
-                )
-                .await
+                let req = Request {
+                    ctx,
+                    cfg,
+                    listener,
+                    limits,
+                    head: &head,
+                    request_id,
+                    started,
+                };
+                proxy(&req, idx, framing, ds, timer).await
             }
         },
     };
@@ -183,21 +213,25 @@ enum AttemptError {
     Client(BodyError),
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Proxies a routed request (route `route_idx` of the snapshot) whose body is framed as
+/// `framing`: picks endpoints, retries within the budget, and answers the client.
 async fn proxy(
-    ctx: &Rc<WorkerCtx>,
-    cfg: &Arc<RuntimeConfig>,
-    listener: usize,
+    req: &Request<'_>,
     route_idx: usize,
-    route: &RouteRt,
-    limits: &http1::Limits,
-    ds: &mut Downstream,
-    head: &RequestHead,
     framing: Framing,
-    request_id: &[u8],
-    started: Instant,
+    ds: &mut Downstream,
     timer: &mut Timer<'_>,
 ) -> Summary {
+    let &Request {
+        ctx,
+        cfg,
+        listener,
+        limits,
+        head,
+        request_id,
+        started,
+    } = req;
+    let route = &cfg.routes[route_idx];
     let cluster = &cfg.clusters[route.cluster];
     // The head was parsed a moment ago: its time serves the balancer bookkeeping and the
     // first pick (each clock read costs about as much as a few hundred instructions).
@@ -302,21 +336,14 @@ async fn proxy(
             let mut b = ctx.balancers.borrow_mut();
             b.lb(route.cluster).map(|lb| lb.start_request(id))
         };
-        let result = attempt(
-            ctx,
+        let target = Target {
             cluster,
             addr,
-            now,
-            &mut up_head,
-            ds,
-            &mut body_state,
-            head.is_head(),
-            head.version(),
+            stats: &cluster_stats,
+            t0: now,
             deadline,
-            &cluster_stats,
-            timer,
-        )
-        .await;
+        };
+        let result = attempt(req, &target, &mut up_head, &mut body_state, ds, timer).await;
         drop(in_flight);
         let done = match &result {
             Ok(r) => r.finished,
@@ -445,22 +472,26 @@ struct AttemptResult {
     pending: Option<(ResponseHead, TcpStream, BytesMut)>,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One attempt of `req` at `target`: sends the upstream head `up_head` and the body
+/// (`body_state` remembers what of it went out), reads the response head and, unless it is
+/// a retryable 5xx (held back), relays the response.
 async fn attempt(
-    ctx: &Rc<WorkerCtx>,
-    cluster: &crate::snapshot::ClusterRt,
-    addr: SocketAddr,
-    // The attempt's start: upstream time is measured from here.
-    t0: Instant,
+    req: &Request<'_>,
+    target: &Target<'_>,
     up_head: &mut BytesMut,
-    ds: &mut Downstream,
     body_state: &mut body::RequestBody,
-    head_request: bool,
-    client_version: http1::Version,
-    deadline: Instant,
-    stats: &Option<Arc<crate::telemetry::ClusterStats>>,
+    ds: &mut Downstream,
     timer: &mut Timer<'_>,
 ) -> Result<AttemptResult, AttemptError> {
+    let &Target {
+        cluster,
+        addr,
+        stats,
+        t0,
+        deadline,
+    } = target;
+    let ctx = req.ctx;
+    let (head_request, client_version) = (req.head.is_head(), req.head.version());
     let pooled = ctx.pool.borrow_mut().take(addr, cluster.idle_timeout, t0);
     let reused = pooled.is_some();
     let mut up = match pooled {
