@@ -327,9 +327,9 @@ async fn proxy(
         };
         tried.push(id);
         if let Some(s) = &cluster_stats {
-            s.attempts.fetch_add(1, Relaxed);
+            s.attempts.add(1);
             if attempts > 1 {
-                s.retries.fetch_add(1, Relaxed);
+                s.retries.add(1);
             }
         }
         let in_flight = {
@@ -367,7 +367,7 @@ async fn proxy(
                 && lb.report(id, outcome, done)
                 && let Some(s) = &cluster_stats
             {
-                s.ejections.fetch_add(1, Relaxed);
+                s.ejections.add(1);
                 tracing::warn!(cluster = %cluster.name, endpoint = %addr, "endpoint ejected by outlier detection");
             }
         }
@@ -497,7 +497,7 @@ async fn attempt(
     let mut up = match pooled {
         Some(s) => {
             if let Some(st) = stats {
-                st.connections_reused.fetch_add(1, Relaxed);
+                st.connections_reused.add(1);
             }
             s
         }
@@ -512,20 +512,20 @@ async fn attempt(
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     if let Some(st) = stats {
-                        st.connect_failures.fetch_add(1, Relaxed);
+                        st.connect_failures.add(1);
                     }
                     return Err(AttemptError::Connect(e));
                 }
                 Err(_) => {
                     if let Some(st) = stats {
-                        st.connect_failures.fetch_add(1, Relaxed);
+                        st.connect_failures.add(1);
                     }
                     return Err(AttemptError::ConnectTimeout);
                 }
             };
             let _ = s.set_nodelay(true);
             if let Some(st) = stats {
-                st.connections_opened.fetch_add(1, Relaxed);
+                st.connections_opened.add(1);
             }
             s
         }
@@ -569,7 +569,7 @@ async fn attempt(
             Ok((Ok(_), b)) => up_buf = b,
             Err(_) => {
                 if let Some(st) = stats {
-                    st.timeouts.fetch_add(1, Relaxed);
+                    st.timeouts.add(1);
                 }
                 return Err(AttemptError::HeadTimeout);
             }

@@ -18,11 +18,30 @@ pub const LATENCY_BUCKETS_US: [u64; 14] = [
     1_000_000, 5_000_000,
 ];
 
+/// A counter of one worker's cells: only that worker adds to it (others only read it), so
+/// an add is a load and a store, not a locked read-modify-write; with one writer no
+/// increment is lost, and a reader sees each value whole.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`; only from the worker that owns the cell.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
 /// A latency histogram (cumulative buckets are computed at render time).
 #[derive(Debug, Default)]
 pub struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
-    sum_us: AtomicU64,
+    buckets: [Counter; LATENCY_BUCKETS_US.len() + 1],
+    sum_us: Counter,
 }
 
 impl Histogram {
@@ -33,15 +52,15 @@ impl Histogram {
             .iter()
             .position(|&b| us <= b)
             .unwrap_or(LATENCY_BUCKETS_US.len());
-        self.buckets[idx].fetch_add(1, Relaxed);
-        self.sum_us.fetch_add(us, Relaxed);
+        self.buckets[idx].add(1);
+        self.sum_us.add(us);
     }
 
     fn add_into(&self, counts: &mut [u64; LATENCY_BUCKETS_US.len() + 1], sum: &mut u64) {
         for (c, b) in counts.iter_mut().zip(&self.buckets) {
-            *c += b.load(Relaxed);
+            *c += b.get();
         }
-        *sum += self.sum_us.load(Relaxed);
+        *sum += self.sum_us.get();
     }
 }
 
@@ -49,7 +68,7 @@ impl Histogram {
 #[derive(Debug, Default)]
 pub struct RouteStats {
     /// Responses by status class: 1xx..5xx.
-    pub status: [AtomicU64; 5],
+    pub status: [Counter; 5],
     /// Whole-request latency.
     pub latency: Histogram,
 }
@@ -58,7 +77,7 @@ impl RouteStats {
     /// Records a finished request.
     pub fn record(&self, status: u16, d: Duration) {
         let class = usize::from((status / 100).clamp(1, 5)) - 1;
-        self.status[class].fetch_add(1, Relaxed);
+        self.status[class].add(1);
         self.latency.observe(d);
     }
 }
@@ -67,19 +86,19 @@ impl RouteStats {
 #[derive(Debug, Default)]
 pub struct ClusterStats {
     /// Upstream attempts (first tries and retries).
-    pub attempts: AtomicU64,
+    pub attempts: Counter,
     /// Retries.
-    pub retries: AtomicU64,
+    pub retries: Counter,
     /// Connect failures.
-    pub connect_failures: AtomicU64,
+    pub connect_failures: Counter,
     /// Upstream timeouts.
-    pub timeouts: AtomicU64,
+    pub timeouts: Counter,
     /// New upstream connections.
-    pub connections_opened: AtomicU64,
+    pub connections_opened: Counter,
     /// Requests sent on a reused pooled connection.
-    pub connections_reused: AtomicU64,
+    pub connections_reused: Counter,
     /// Endpoint ejections by outlier detection.
-    pub ejections: AtomicU64,
+    pub ejections: Counter,
     /// Upstream response-head latency.
     pub upstream_latency: Histogram,
 }
@@ -179,7 +198,7 @@ impl Metrics {
             for (k, s) in w.routes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
                 let e = routes.entry(k.clone()).or_default();
                 for (a, b) in e.0.iter_mut().zip(&s.status) {
-                    *a += b.load(Relaxed);
+                    *a += b.get();
                 }
                 s.latency.add_into(&mut e.1, &mut e.2);
             }
@@ -194,7 +213,7 @@ impl Metrics {
                     &s.connections_reused,
                     &s.ejections,
                 ]) {
-                    *a += b.load(Relaxed);
+                    *a += b.get();
                 }
                 s.upstream_latency.add_into(&mut e.1, &mut e.2);
             }
@@ -290,8 +309,8 @@ mod tests {
             .record(204, Duration::from_millis(2));
         b.route("api", "backend")
             .record(503, Duration::from_millis(20));
-        a.cluster("backend").connect_failures.fetch_add(2, Relaxed);
-        b.cluster("backend").connect_failures.fetch_add(1, Relaxed);
+        a.cluster("backend").connect_failures.add(2);
+        b.cluster("backend").connect_failures.add(1);
         a.connections_active.store(3, Relaxed);
         let text = m.render("");
         assert!(
