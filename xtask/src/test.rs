@@ -40,6 +40,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         run::run(run::cargo().args(["fmt", "--all", "--", "--check"]))?;
         step("clippy (all targets, -D warnings)");
         run::run(run::cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+        step("clippy of the eBPF programs (pinned nightly, bpfel-unknown-none, -D warnings)");
+        crate::toolchain::clippy_ebpf()?;
     }
 
     step("headless Chromium (the dashboard test opens the page in it)");

@@ -38,31 +38,70 @@ fn has_rust_src(sysroot: &Path) -> bool {
     sysroot.join("lib/rustlib/src/rust/library/core").is_dir()
 }
 
-/// Installs the pinned nightly with `rust-src` unless it is already there.
+/// Whether the pinned nightly has clippy (the test command lints the eBPF programs with it).
+fn has_clippy() -> bool {
+    output(rustup().args(["run", EBPF_NIGHTLY, "cargo-clippy", "--version"])).is_some()
+}
+
+/// Installs the pinned nightly with `rust-src` and clippy unless they are already there.
 pub fn ensure_nightly() -> anyhow::Result<Outcome> {
     if output(Command::new("rustup").arg("--version")).is_none() {
         bail!("rustup is not installed; OmniRelay's eBPF build needs it to install {EBPF_NIGHTLY}");
     }
+    let what = format!("{EBPF_NIGHTLY} with rust-src and clippy");
     if let Some(sysroot) = nightly_sysroot()
         && has_rust_src(&sysroot)
+        && has_clippy()
     {
-        return Ok(Outcome::Present(format!("{EBPF_NIGHTLY} with rust-src")));
+        return Ok(Outcome::Present(what));
     }
-    println!("    installing {EBPF_NIGHTLY} (minimal profile + rust-src, about 30 s)");
-    run::run(rustup().args([
-        "toolchain",
-        "install",
-        EBPF_NIGHTLY,
-        "--profile",
-        "minimal",
-        "--component",
-        "rust-src",
-    ]))?;
+    if nightly_sysroot().is_none() {
+        println!("    installing {EBPF_NIGHTLY} (minimal profile + rust-src + clippy, about 30 s)");
+        run::run(rustup().args([
+            "toolchain",
+            "install",
+            EBPF_NIGHTLY,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+            "--component",
+            "clippy",
+        ]))?;
+    }
     let sysroot = nightly_sysroot().context("the nightly is still not usable after install")?;
     if !has_rust_src(&sysroot) {
         run::run(rustup().args(["component", "add", "rust-src", "--toolchain", EBPF_NIGHTLY]))?;
     }
-    Ok(Outcome::Installed(format!("{EBPF_NIGHTLY} with rust-src")))
+    if !has_clippy() {
+        run::run(rustup().args(["component", "add", "clippy", "--toolchain", EBPF_NIGHTLY]))?;
+    }
+    Ok(Outcome::Installed(what))
+}
+
+/// Lints the eBPF programs: clippy of the pinned nightly for their target, `-D warnings`
+/// (the workspace's clippy skips them: they build only for `bpfel-unknown-none`).
+pub fn clippy_ebpf() -> anyhow::Result<()> {
+    let mut cmd = rustup();
+    cmd.args(["run", EBPF_NIGHTLY, "cargo", "clippy", "--quiet", "--bins"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--", "-D", "warnings"])
+        .current_dir(run::workspace_root().join("ebpf").join("omnirelay-ebpf"))
+        .env(
+            "CARGO_TARGET_DIR",
+            run::workspace_root().join("target").join("ebpf-clippy"),
+        );
+    // The outer cargo's toolchain settings must not leak into the nightly's.
+    for var in [
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTUP_TOOLCHAIN",
+        "CARGO",
+        "RUSTFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    run::run(&mut cmd)
 }
 
 /// The LLVM major version of the pinned nightly (`LLVM version: 23.1.1` gives 23).

@@ -195,7 +195,7 @@ fn limit(active: &Active, src: &Addr, dst: &Addr, t: Transport) -> u32 {
     // dropped even when its TCP/UDP header is truncated (the list fails closed).
     // Empty lists are known from the active word: no trie walk for them.
     if has(ACTIVE_HAS_DENY)
-        && let Some(entry) = OR_DENY.get(&prefix_key(generation, src))
+        && let Some(entry) = OR_DENY.get(prefix_key(generation, src))
     {
         check_stamp(slot, stamp, entry.stamp);
         return finish(slot, Reason::Denied);
@@ -204,7 +204,7 @@ fn limit(active: &Active, src: &Addr, dst: &Addr, t: Transport) -> u32 {
         return malformed(slot, word);
     }
     if has(ACTIVE_HAS_ALLOW)
-        && let Some(entry) = OR_ALLOW.get(&prefix_key(generation, src))
+        && let Some(entry) = OR_ALLOW.get(prefix_key(generation, src))
     {
         check_stamp(slot, stamp, entry.stamp);
         return finish(slot, Reason::Allowed);
@@ -265,7 +265,7 @@ fn find_listener(generation: u32, dst: &Addr, port: u16) -> Option<ListenerPolic
         pad: 0,
     };
     // SAFETY (lookups): hash-map values are valid for the program's run.
-    if let Some(p) = unsafe { OR_LISTENERS.get(&key) } {
+    if let Some(p) = unsafe { OR_LISTENERS.get(key) } {
         return Some(*p);
     }
     let v4 = parse::is_v4_mapped(dst);
@@ -273,12 +273,12 @@ fn find_listener(generation: u32, dst: &Addr, port: u16) -> Option<ListenerPolic
     if v4 {
         key.addr[10] = 0xff;
         key.addr[11] = 0xff;
-        if let Some(p) = unsafe { OR_LISTENERS.get(&key) } {
+        if let Some(p) = unsafe { OR_LISTENERS.get(key) } {
             return Some(*p);
         }
         key.addr = [0; 16];
     }
-    unsafe { OR_LISTENERS.get(&key) }.copied()
+    unsafe { OR_LISTENERS.get(key) }.copied()
 }
 
 /// Takes one token from the bucket of `listener` and `src`; false when it has none.
@@ -380,7 +380,7 @@ pub fn steer_reuseport(ctx: SkReuseportContext) -> u32 {
         u16::from_be_bytes([*p.add(2), *p.add(3)])
     };
     // SAFETY: map values are valid for the program's run.
-    let Some(group) = (unsafe { OR_STEER_PORTS.get(&u32::from(port)) }) else {
+    let Some(group) = (unsafe { OR_STEER_PORTS.get(u32::from(port)) }) else {
         return sk_action::SK_PASS;
     };
     let Some(weights) = OR_STEER_WEIGHTS.get(active().word & ACTIVE_GENERATION) else {
