@@ -15,7 +15,7 @@ use std::{
 use omnirelay_test_support::process::TempDir;
 use serde_json::Value;
 
-use super::{super::browser, HISTORY, METRICS};
+use super::{super::browser, HISTORY, METRICS, PAIRED_TITLE};
 
 const WIDTH: u32 = 1500;
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -229,6 +229,13 @@ fn check_scenario(charts: &[Chart], name: &str, runs: &[&Value]) -> usize {
             );
             let t = format!("History: {title}");
             assert_holds(find(charts, name, &heading, &t), &hist);
+            checked += 1;
+        }
+        let paired = bars_of(proxies, "proxy", |p| {
+            p["paired_cpu_ratio_to_best_peer"].as_f64()
+        });
+        if !paired.is_empty() {
+            assert_holds(find(charts, name, &heading, PAIRED_TITLE), &paired);
             checked += 1;
         }
     }

@@ -18,6 +18,10 @@ use serde_json::Value;
 use super::stats;
 use svg::{Bar, esc};
 
+/// Title of the chart of paired CPU ratios (bars: the median of the per-run ratios;
+/// whiskers: its interval).
+const PAIRED_TITLE: &str = "CPU per request, paired run by run: ratio to best peer";
+
 const METRICS: &[(&str, &str, &str)] = &[
     ("cpu_us_per_req", "CPU per request", "µs, lower is better"),
     (
@@ -133,6 +137,27 @@ fn scenario_section(h: &mut String, name: &str, docs: &[&Value]) {
                 &format!("{title}: ratio to best peer"),
                 "×",
                 &ratios,
+                Some(1.0),
+            ));
+        }
+        if proxies
+            .iter()
+            .any(|p| p["paired_cpu_ratio_to_best_peer"].is_number())
+        {
+            let paired: Vec<Bar> = proxies
+                .iter()
+                .map(|p| {
+                    let ci = &p["paired_cpu_ratio_to_best_peer_ci"];
+                    Bar {
+                        range: ci["low"].as_f64().zip(ci["high"].as_f64()),
+                        ..bar(p, &p["paired_cpu_ratio_to_best_peer"], None)
+                    }
+                })
+                .collect();
+            h.push_str(&svg::bars(
+                PAIRED_TITLE,
+                "×, whiskers: 95% interval (less with under 6 runs)",
+                &paired,
                 Some(1.0),
             ));
         }
