@@ -193,6 +193,45 @@ fn syns_over_the_burst_are_dropped_and_established_traffic_is_not_charged() {
 }
 
 #[test]
+fn a_plan_given_at_start_is_in_force_when_start_returns() {
+    require_caps!(Capability::Root, Capability::BpfSyscall);
+    let pin_dir = PathBuf::from(format!(
+        "/sys/fs/bpf/omnirelay-test-{}-initial",
+        std::process::id()
+    ));
+    let _ = remove_pins(&pin_dir);
+    let settings = || LimiterSettings {
+        interfaces: vec![],
+        mode: AttachMode::Generic,
+        pin_dir: pin_dir.clone(),
+        steering: false,
+    };
+    // Without a plan: empty maps, nothing denied.
+    let mut bare = Loaded {
+        limiter: KernelLimiter::start(settings()).unwrap(),
+        pin_dir: pin_dir.clone(),
+    };
+    assert_eq!(bare.limiter.applied_version(), None);
+    assert_eq!(run(&mut bare, &syn("10.66.1.1", "10.0.0.5", 8080)), PASS);
+    drop(bare);
+
+    // With one: judged by it from the first packet, no apply needed.
+    let cfg = config::parse(CONFIG, "test.toml").unwrap();
+    let initial = plan(&compile(&cfg, 4, 0, "test", "")).unwrap();
+    let mut l = Loaded {
+        limiter: KernelLimiter::start_with(settings(), Some(&initial)).unwrap(),
+        pin_dir,
+    };
+    assert_eq!(l.limiter.applied_version(), Some(4));
+    assert_eq!(run(&mut l, &syn("10.66.1.1", "10.0.0.5", 8080)), DROP);
+    assert_eq!(
+        l.limiter.listener_names(),
+        ["web", "quic"],
+        "the budgeted listeners"
+    );
+}
+
+#[test]
 fn a_vlan_tag_is_parsed_through() {
     require_caps!(Capability::Root, Capability::BpfSyscall);
     let mut l = load(CONFIG, "vlan");

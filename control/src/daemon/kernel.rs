@@ -14,7 +14,9 @@ use tokio::sync::watch;
 use super::publish::Published;
 use crate::{
     config::{KernelSection, XdpAttach},
-    kernel::{AttachMode, CountersReader, KernelError, KernelLimiter, LimiterSettings, plan},
+    kernel::{
+        AttachMode, CountersReader, KernelError, KernelLimiter, KernelPlan, LimiterSettings, plan,
+    },
 };
 
 /// The running limiter and what the daemon knows about it.
@@ -35,46 +37,55 @@ pub struct KernelService {
 
 impl KernelService {
     /// Starts the limiter when `[kernel]` asks for it (interfaces or steering); `None`
-    /// otherwise. Errors name the interface, mode and errno.
-    pub fn start(section: &KernelSection) -> Result<Option<Arc<Self>>, KernelError> {
+    /// otherwise. `current`, the published snapshot, is written into the maps before the
+    /// programs are attached. Errors name the interface, mode and errno.
+    pub fn start(
+        section: &KernelSection,
+        current: Option<&Published>,
+    ) -> Result<Option<Arc<Self>>, KernelError> {
         if section.interfaces.is_empty() && !section.steering {
             return Ok(None);
         }
-        let limiter = KernelLimiter::start(LimiterSettings {
-            interfaces: section.interfaces.clone(),
-            mode: match section.attach_mode {
-                XdpAttach::Native => AttachMode::Native,
-                XdpAttach::Generic => AttachMode::Generic,
+        // A snapshot without a valid kernel plan is logged, and the maps start as they are
+        // (its version is then retried by `follow` like any other).
+        let initial = current.and_then(|p| match plan_of(p) {
+            Ok(plan) => Some(plan),
+            Err(e) => {
+                tracing::error!(version = p.version, error = %e, "no kernel plan for the published snapshot");
+                None
+            }
+        });
+        let limiter = KernelLimiter::start_with(
+            LimiterSettings {
+                interfaces: section.interfaces.clone(),
+                mode: match section.attach_mode {
+                    XdpAttach::Native => AttachMode::Native,
+                    XdpAttach::Generic => AttachMode::Generic,
+                },
+                pin_dir: section.pin_dir.clone(),
+                steering: section.steering,
             },
-            pin_dir: section.pin_dir.clone(),
-            steering: section.steering,
-        })?;
+            initial.as_ref(),
+        )?;
+        let version = limiter.applied_version().unwrap_or(0);
         Ok(Some(Arc::new(KernelService {
             counters: limiter.counters_reader()?,
             names: Mutex::new(limiter.listener_names().to_vec()),
             limiter: Mutex::new(limiter),
-            applied: AtomicU64::new(0),
+            applied: AtomicU64::new(u64::from(version > 0)),
             failed: AtomicU64::new(0),
-            version: AtomicU64::new(0),
+            version: AtomicU64::new(version),
         })))
     }
 
     /// Writes one published snapshot into the maps (blocking: map writes and the
     /// generation grace period).
     pub fn apply(&self, published: &Published) {
-        let snapshot = match v1::Snapshot::decode(published.signed.payload.as_slice()) {
-            Ok(s) => s,
-            Err(e) => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(version = published.version, error = %e, "cannot decode the published snapshot for the kernel maps");
-                return;
-            }
-        };
-        let plan = match plan(&snapshot) {
+        let plan = match plan_of(published) {
             Ok(p) => p,
             Err(e) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(version = published.version, error = %e, "snapshot has no valid kernel plan; the kernel keeps the previous one");
+                tracing::error!(version = published.version, error = %e, "no kernel plan for the snapshot; the kernel keeps the previous one");
                 return;
             }
         };
@@ -95,9 +106,10 @@ impl KernelService {
         }
     }
 
-    /// Follows the publisher: every new snapshot goes into the maps, in order.
+    /// Follows the publisher: every new snapshot goes into the maps, in order (the one
+    /// written at start is not written again).
     pub async fn follow(self: Arc<Self>, mut rx: watch::Receiver<Option<Arc<Published>>>) {
-        let mut last = 0;
+        let mut last = self.version.load(Ordering::Relaxed);
         loop {
             let current = rx.borrow_and_update().clone();
             if let Some(p) = current
@@ -167,4 +179,11 @@ impl KernelService {
         ));
         out
     }
+}
+
+/// The kernel plan of a published snapshot.
+fn plan_of(published: &Published) -> Result<KernelPlan, String> {
+    let snapshot = v1::Snapshot::decode(published.signed.payload.as_slice())
+        .map_err(|e| format!("the snapshot does not decode: {e}"))?;
+    plan(&snapshot).map_err(|e| e.to_string())
 }

@@ -97,9 +97,12 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     // The kernel side starts before anything listens: an attach failure stops the daemon
     // with the interface, mode and errno. Interfaces, mode and pin folder are read once;
     // budgets, prefix lists and weights follow every published snapshot.
-    let kernel = tokio::task::spawn_blocking(move || KernelService::start(&kernel_section))
-        .await?
-        .context("starting the kernel limiter ([kernel] in the config)")?;
+    let current = publisher.current();
+    let kernel = tokio::task::spawn_blocking(move || {
+        KernelService::start(&kernel_section, current.as_deref())
+    })
+    .await?
+    .context("starting the kernel limiter ([kernel] in the config)")?;
     if let Some(k) = &kernel {
         tokio::spawn(Arc::clone(k).follow(publisher.subscribe()));
     }

@@ -88,6 +88,8 @@ pub struct KernelLimiter {
     settings: LimiterSettings,
     ebpf: Ebpf,
     names: Vec<String>,
+    /// Version of the last plan written (None before one was).
+    applied: Option<u64>,
     _log: Option<EbpfLogPump>,
 }
 
@@ -114,6 +116,19 @@ impl KernelLimiter {
     /// Loads the programs (reusing pinned maps of the same layout), attaches or re-links
     /// the XDP program on every interface, and pins the steering program.
     pub fn start(settings: LimiterSettings) -> Result<Self, KernelError> {
+        Self::start_with(settings, None)
+    }
+
+    /// [`Self::start`], with `initial` written into the maps before anything is attached:
+    /// the first packet the new program sees is judged by that plan, not by empty maps
+    /// (which matters when the maps were recreated, on first start or after a layout
+    /// change, and the program replaces a running one). A plan that cannot be written is
+    /// logged and the maps stay as they were, as with [`Self::apply`];
+    /// [`Self::applied_version`] tells.
+    pub fn start_with(
+        settings: LimiterSettings,
+        initial: Option<&KernelPlan>,
+    ) -> Result<Self, KernelError> {
         ensure_bpffs(&settings.pin_dir)?;
         let maps_dir = settings.pin_dir.join("maps");
         let links_dir = settings.pin_dir.join("links");
@@ -133,14 +148,27 @@ impl KernelLimiter {
                 None
             }
         };
+        let mut limiter = KernelLimiter {
+            settings,
+            ebpf,
+            names: Vec::new(),
+            applied: None,
+            _log: log,
+        };
+        if let Some(plan) = initial
+            && let Err(e) = limiter.apply(plan)
+        {
+            tracing::error!(version = plan.version, error = %e, "writing the kernel maps failed; attaching with the maps as they were");
+        }
+        let (ebpf, settings) = (&mut limiter.ebpf, &limiter.settings);
         // Loaded even with no interface: `test_run` and the cost bench use it unattached.
-        let program: &mut Xdp = super::program(&mut ebpf, XDP_LIMITER_PROGRAM)?;
+        let program: &mut Xdp = super::program(ebpf, XDP_LIMITER_PROGRAM)?;
         program.load().map_err(load_error(XDP_LIMITER_PROGRAM))?;
         for interface in &settings.interfaces {
             attach_or_relink(program, interface, settings.mode, &links_dir)?;
         }
         if settings.steering {
-            let program: &mut SkReuseport = super::program(&mut ebpf, STEER_PROGRAM)?;
+            let program: &mut SkReuseport = super::program(ebpf, STEER_PROGRAM)?;
             program.load().map_err(load_error(STEER_PROGRAM))?;
             let pin = settings.pin_dir.join(STEER_PROGRAM);
             // Replace the pin: data planes started from now on attach this version; groups
@@ -156,12 +184,12 @@ impl KernelLimiter {
             })?;
             tracing::info!(pin = %pin.display(), "steering program pinned for the data planes");
         }
-        Ok(KernelLimiter {
-            settings,
-            ebpf,
-            names: Vec::new(),
-            _log: log,
-        })
+        Ok(limiter)
+    }
+
+    /// Version of the last plan written into the maps (None before one was).
+    pub fn applied_version(&self) -> Option<u64> {
+        self.applied
     }
 
     /// Listener names by id, from the last applied plan.
@@ -188,6 +216,7 @@ impl KernelLimiter {
         std::thread::sleep(GENERATION_GRACE);
         self.clear_generation(old)?;
         self.names.clone_from(&plan.names);
+        self.applied = Some(plan.version);
         tracing::info!(
             version = plan.version,
             generation = new,
