@@ -176,13 +176,11 @@ async fn reload_loop(publisher: Arc<Publisher>, mut rx: mpsc::Receiver<ReloadReq
             Ok(o) => o,
             Err(e) => ReloadOutcome::Failed(format!("reload task panicked: {e}")),
         };
-        let mut outcome = Some(outcome);
+        // Every trigger of the burst was served by this one reload: each gets its outcome
+        // (a POST /control/reload that arrived with a file-change event must still learn
+        // that the config was invalid).
         for w in waiters {
-            // Every waiter gets an answer; only the first can get the real outcome value.
-            let o = outcome.take().unwrap_or(ReloadOutcome::Unchanged(
-                publisher.current().map_or(0, |p| p.version),
-            ));
-            let _ = w.send(o);
+            let _ = w.send(outcome.clone());
         }
     }
 }
@@ -213,5 +211,42 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::{ReloadOutcome, reload_loop};
+
+    #[tokio::test]
+    async fn every_trigger_of_a_coalesced_burst_gets_the_reload_outcome() {
+        let dir = std::env::temp_dir().join(format!("omnirelay-reload-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("omnirelay.toml");
+        std::fs::write(&config, super::publish::tests::CONFIG).unwrap();
+        let publisher = Arc::new(super::publish::tests::start(&dir));
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(reload_loop(Arc::clone(&publisher), rx));
+        let burst = || async {
+            // A file-change event and a POST /control/reload within one coalescing pause.
+            let (a, a_rx) = oneshot::channel();
+            let (b, b_rx) = oneshot::channel();
+            tx.send(a).await.unwrap();
+            tx.send(b).await.unwrap();
+            [a_rx.await.unwrap(), b_rx.await.unwrap()]
+        };
+        for o in burst().await {
+            assert!(matches!(o, ReloadOutcome::Published(1)), "{o:?}");
+        }
+        std::fs::write(&config, "not toml [").unwrap();
+        for o in burst().await {
+            assert!(matches!(o, ReloadOutcome::Invalid(_)), "{o:?}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

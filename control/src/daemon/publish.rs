@@ -71,7 +71,7 @@ impl Published {
 }
 
 /// What a reload did.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum ReloadOutcome {
     /// A new version was published.
     Published(u64),
@@ -274,7 +274,7 @@ impl Publisher {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::{path::Path, sync::Arc};
 
     use omnirelay_plugin_config_file::FileConfigSource;
@@ -283,7 +283,7 @@ mod tests {
     use super::{Publisher, ReloadOutcome};
     use crate::{daemon::metrics::ControlMetrics, snapshot::SnapshotSigner};
 
-    const CONFIG: &str = r#"
+    pub(crate) const CONFIG: &str = r#"
 [control]
 grpc_listen = "127.0.0.1:7910"
 admin_listen = "127.0.0.1:7911"
@@ -302,7 +302,7 @@ endpoints = ["127.0.0.1:9003"]
 "#;
 
     /// A publisher over `dir`'s config file and store, as the daemon builds it at start.
-    fn start(dir: &Path) -> Publisher {
+    pub(crate) fn start(dir: &Path) -> Publisher {
         Publisher::new(
             Arc::new(FileConfigSource::new(dir.join("omnirelay.toml"))),
             Arc::new(SqliteSnapshotStore::open(&dir.join("snapshots.db")).unwrap()),
