@@ -1,5 +1,6 @@
-//! Snapshot delivery end to end: live config changes under load, invalid configs, losing
-//! and regaining the control daemon, and snapshots that must be rejected.
+//! Snapshot delivery end to end: live config changes under load, listeners added and
+//! removed live, invalid configs, losing and regaining the control daemon, and snapshots
+//! that must be rejected.
 
 #![allow(
     clippy::unwrap_used,
@@ -11,7 +12,11 @@ mod common;
 use std::{process::Command, time::Duration};
 
 use common::{Stack, config, curl, get, write_config};
-use omnirelay_test_support::{Capability, process::wait_until, require_caps};
+use omnirelay_test_support::{
+    Capability,
+    process::{free_port, wait_until},
+    require_caps,
+};
 
 #[test]
 fn a_config_change_under_load_switches_routing_with_zero_failed_requests() {
@@ -52,6 +57,50 @@ fn a_config_change_under_load_switches_routing_with_zero_failed_requests() {
     let info = curl(&["-s", &stack.control_admin("/control/snapshot")]);
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["version"].as_u64(), Some(applied));
+}
+
+#[test]
+fn a_listener_added_by_the_config_accepts_and_a_removed_one_stops() {
+    require_caps!(Capability::Program("nginx"), Capability::Program("curl"));
+    let stack = Stack::start();
+    let port = free_port();
+    let extra = format!("http://127.0.0.1:{port}/who");
+    let base = config(&stack.ports, "one");
+    let with_extra =
+        format!("{base}\n[[listeners]]\nname = \"extra\"\naddress = \"127.0.0.1:{port}\"\n");
+    assert_eq!(get(&extra).0, 0, "nothing listens on the new port yet");
+
+    let v = stack.dp_version();
+    write_config(&stack.config_path, &with_extra);
+    let v = stack.wait_dp_version_above(v);
+    assert!(
+        wait_until(Duration::from_secs(5), || get(&extra)
+            == (200, b"one\n".to_vec())),
+        "the added listener does not serve:\n{}",
+        stack.dataplane.log()
+    );
+    // Every worker took it (each binds its own socket): many new connections all served.
+    for _ in 0..20 {
+        assert_eq!(get(&extra), (200, b"one\n".to_vec()));
+    }
+    assert_eq!(get(&stack.url("/who")), (200, b"one\n".to_vec()));
+
+    write_config(&stack.config_path, &base);
+    stack.wait_dp_version_above(v);
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        }),
+        "the removed listener still accepts:\n{}",
+        stack.dataplane.log()
+    );
+    assert_eq!(get(&stack.url("/who")), (200, b"one\n".to_vec()));
+    let log = stack.dataplane.log();
+    assert!(log.contains("listener added by the configuration"), "{log}");
+    assert!(
+        log.contains("listener removed by the configuration"),
+        "{log}"
+    );
 }
 
 #[test]

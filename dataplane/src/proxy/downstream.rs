@@ -218,8 +218,8 @@ async fn request(
             break 'served Served::Close;
         };
         // Found by address, not index: a new snapshot may reorder or remove listeners.
-        let bound = ctx.listen_addrs.get(listen_index as usize);
-        let Some(listener) = bound.and_then(|a| cfg.listener_by_addr(*a)) else {
+        let bound = ctx.listen_addr(listen_index);
+        let Some(listener) = bound.and_then(|a| cfg.listener_by_addr(a)) else {
             ds.send_error(503, "listener removed by the current configuration")
                 .await;
             break 'served Served::Close;

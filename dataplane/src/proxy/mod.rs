@@ -193,7 +193,7 @@ pub fn start(
                     let mut listeners = Vec::new();
                     for addr in &addrs {
                         match worker::bind(*addr, opts.backlog) {
-                            Ok(l) => listeners.push(l),
+                            Ok(l) => listeners.push((*addr, l)),
                             Err(e) => {
                                 let _ = ready.send(Err(format!("worker {id}: bind {addr}: {e}")));
                                 return;
@@ -202,12 +202,12 @@ pub fn start(
                     }
                     let fds = listeners
                         .iter()
-                        .map(std::os::fd::AsRawFd::as_raw_fd)
+                        .map(|(_, l)| std::os::fd::AsRawFd::as_raw_fd(l))
                         .collect();
                     let _ = ready.send(Ok((id, driver, fds)));
                     drop(ready);
-                    let ctx = worker::context(id, holder, stats, log, opts.settings, addrs);
-                    worker::run(ctx, listeners).await;
+                    let ctx = worker::context(id, holder, stats, log, opts.settings, opts.backlog);
+                    worker::run(ctx, listeners, opts.steering.is_some()).await;
                 });
             })?;
         threads.push(t);

@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use monoio::net::{ListenerOpts, TcpListener};
+use monoio::{
+    io::{CancelHandle, Canceller},
+    net::{ListenerOpts, TcpListener},
+};
 
 use bytes::BytesMut;
 
@@ -120,8 +123,12 @@ pub(crate) struct WorkerCtx {
     pub scratch: RefCell<Vec<u8>>,
     /// Idle keep-alive client connections and their deadlines (see [`super::idle`]).
     pub idle: RefCell<IdleSet>,
-    /// The addresses this worker listens on; a connection keeps the index of its own.
-    pub listen_addrs: Vec<SocketAddr>,
+    /// The addresses this worker has listened on, in the order it bound them (only ever
+    /// appended to: a connection keeps the index of its own, also after its listener is
+    /// removed).
+    listen_addrs: RefCell<Vec<SocketAddr>>,
+    /// Listen backlog of the sockets bound for new listeners.
+    backlog: i32,
     /// When the worker started: a time to create request timers with, before each wait
     /// sets its deadline (a clock read saved per request).
     pub started: Instant,
@@ -194,12 +201,20 @@ impl WorkerCtx {
     /// The client idle timeout of the listener at `listen_index` of `listen_addrs`, in the
     /// current snapshot (the default when the snapshot has no such listener).
     pub fn client_idle_timeout(&self, listen_index: u32) -> Duration {
-        let addr = self.listen_addrs.get(listen_index as usize);
+        let addr = self.listen_addr(listen_index);
         self.holder.peek(|cfg| {
             cfg.zip(addr)
-                .and_then(|(c, a)| Some(c.listeners[c.listener_by_addr(*a)?].idle_timeout))
+                .and_then(|(c, a)| Some(c.listeners[c.listener_by_addr(a)?].idle_timeout))
                 .unwrap_or(DEFAULT_CLIENT_IDLE_TIMEOUT)
         })
+    }
+
+    /// The address of the worker's listener `listen_index`.
+    pub fn listen_addr(&self, listen_index: u32) -> Option<SocketAddr> {
+        self.listen_addrs
+            .borrow()
+            .get(listen_index as usize)
+            .copied()
     }
 
     /// A uniformly random `u64` from the worker's generator.
@@ -217,15 +232,90 @@ pub(crate) fn bind(addr: SocketAddr, backlog: i32) -> std::io::Result<TcpListene
     TcpListener::bind_with_config(addr, &opts)
 }
 
-/// Runs worker `id` until the process exits: accepts on every listener of `cfg`.
-/// `listeners` are in the order of the context's `listen_addrs`.
-pub(crate) async fn run(ctx: Rc<WorkerCtx>, listeners: Vec<TcpListener>) {
-    let mut tasks = Vec::new();
-    for (index, listener) in listeners.into_iter().enumerate() {
-        let ctx = Rc::clone(&ctx);
-        let index = u32::try_from(index).unwrap_or(u32::MAX);
-        tasks.push(monoio::spawn(accept_loop(ctx, index, listener)));
+/// How often a worker compares its listeners with the snapshot's.
+const LISTENER_CHECK: Duration = Duration::from_millis(200);
+
+/// A listener a worker accepts on, and how to stop it.
+struct Accepting {
+    addr: SocketAddr,
+    stop: Canceller,
+}
+
+/// Starts accepting on `listener` (bound to `addr`) as the worker's next listener index.
+fn accept_on(ctx: &Rc<WorkerCtx>, addr: SocketAddr, listener: TcpListener) -> Accepting {
+    let index = {
+        let mut addrs = ctx.listen_addrs.borrow_mut();
+        addrs.push(addr);
+        u32::try_from(addrs.len() - 1).unwrap_or(u32::MAX)
+    };
+    let stop = Canceller::new();
+    monoio::spawn(accept_loop(Rc::clone(ctx), index, listener, stop.handle()));
+    Accepting { addr, stop }
+}
+
+/// Brings the worker's listeners to those of the snapshot in force: binds the new ones
+/// (SO_REUSEPORT, beside the other workers) and stops accepting on removed ones (their
+/// open connections are answered 503 and closed at their next request). A listener that
+/// cannot be bound is logged and tried again at the next snapshot.
+fn follow_listeners(ctx: &Rc<WorkerCtx>, accepting: &mut Vec<Accepting>, steered: bool) {
+    let wanted: Vec<SocketAddr> = ctx.holder.peek(|cfg| {
+        cfg.map(|c| c.listeners.iter().map(|l| l.address).collect())
+            .unwrap_or_default()
+    });
+    if wanted.is_empty() {
+        return;
     }
+    accepting.retain_mut(|a| {
+        let keep = wanted.contains(&a.addr);
+        if !keep {
+            std::mem::take(&mut a.stop).cancel();
+            tracing::info!(worker = ctx.id, address = %a.addr, "listener removed by the configuration; no longer accepting");
+        }
+        keep
+    });
+    for addr in wanted {
+        if accepting.iter().any(|a| a.addr == addr) {
+            continue;
+        }
+        match bind(addr, ctx.backlog) {
+            Ok(listener) => {
+                accepting.push(accept_on(ctx, addr, listener));
+                tracing::info!(worker = ctx.id, address = %addr, "listener added by the configuration; accepting");
+                if steered {
+                    tracing::warn!(address = %addr, "kernel steering covers the listeners of the data plane's start; this one uses the kernel's default spreading until a restart");
+                }
+            }
+            Err(e) => {
+                tracing::error!(worker = ctx.id, address = %addr, error = %e, "cannot bind a listener added by the configuration; retrying at the next snapshot")
+            }
+        }
+    }
+}
+
+/// Runs worker `id` until the process exits: accepts on `listeners` (bound to the
+/// addresses of the starting snapshot, in its order), then follows the snapshot's
+/// listeners. `steered`: the starting listeners are registered with kernel steering.
+pub(crate) async fn run(
+    ctx: Rc<WorkerCtx>,
+    listeners: Vec<(SocketAddr, TcpListener)>,
+    steered: bool,
+) {
+    let mut accepting: Vec<Accepting> = listeners
+        .into_iter()
+        .map(|(addr, l)| accept_on(&ctx, addr, l))
+        .collect();
+    let ctx_listen = Rc::clone(&ctx);
+    let listening = monoio::spawn(async move {
+        let mut seen = ctx_listen.holder.version();
+        loop {
+            monoio::time::sleep(LISTENER_CHECK).await;
+            let version = ctx_listen.holder.version();
+            if version != seen {
+                seen = version;
+                follow_listeners(&ctx_listen, &mut accepting, steered);
+            }
+        }
+    });
     let ctx_idle = Rc::clone(&ctx);
     monoio::spawn(async move {
         loop {
@@ -251,19 +341,19 @@ pub(crate) async fn run(ctx: Rc<WorkerCtx>, listeners: Vec<TcpListener>) {
             ctx_expire.pool.borrow_mut().expire(max_age, Instant::now());
         }
     });
-    for t in tasks {
-        t.await;
-    }
+    listening.await;
 }
 
-/// Accepts on the worker's listener `index` (into `listen_addrs`).
-async fn accept_loop(ctx: Rc<WorkerCtx>, index: u32, listener: TcpListener) {
+/// Accepts on the worker's listener `index` (into `listen_addrs`) until `stop` is
+/// cancelled; the listening socket closes when it returns.
+async fn accept_loop(ctx: Rc<WorkerCtx>, index: u32, listener: TcpListener, stop: CancelHandle) {
     loop {
-        match listener.accept().await {
+        match listener.cancelable_accept(stop.clone()).await {
             Ok((stream, peer)) => {
                 ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);
                 monoio::spawn(downstream::serve(Rc::clone(&ctx), stream, peer, index));
             }
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => return,
             Err(e) => {
                 // EMFILE and the like: back off briefly instead of spinning.
                 tracing::warn!(worker = ctx.id, "accept failed: {e}");
@@ -280,7 +370,7 @@ pub(crate) fn context(
     stats: Arc<WorkerStats>,
     access_log: AccessLog,
     settings: ProxySettings,
-    listen_addrs: Vec<SocketAddr>,
+    backlog: i32,
 ) -> Rc<WorkerCtx> {
     let clock = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -299,7 +389,8 @@ pub(crate) fn context(
         buffers: RefCell::new(Vec::new()),
         scratch: RefCell::new(Vec::with_capacity(512)),
         idle: RefCell::new(IdleSet::default()),
-        listen_addrs,
+        listen_addrs: RefCell::new(Vec::new()),
+        backlog,
         started: Instant::now(),
     })
 }
@@ -348,8 +439,9 @@ mod tests {
                 metrics.add_worker(),
                 AccessLog::disabled(Arc::clone(&metrics)),
                 ProxySettings::default(),
-                vec![addr],
+                16,
             );
+            ctx.listen_addrs.borrow_mut().push(addr);
             let _client = std::net::TcpStream::connect(addr).unwrap();
             let (accepted, peer) = listener.accept().unwrap();
             let stream = monoio::net::TcpStream::from_std(accepted).unwrap();
