@@ -141,7 +141,7 @@ impl Site {
         let log = self.dir.path().join(format!("control-{n}.log"));
         let child = ChildGuard::spawn("omnirelay-control", cmd, &log).unwrap();
         assert!(
-            child.wait_for_log("kernel maps updated", Duration::from_secs(20)),
+            child.wait_for_log("kernel limiter running", Duration::from_secs(20)),
             "the daemon did not write the kernel maps:\n{}",
             child.log()
         );

@@ -83,7 +83,7 @@ fn steering_spreads_new_connections_and_weight_zero_drains_a_worker() {
     std::fs::write(&config_path, with_weights("[1, 1]")).unwrap();
     let control = start_control(&dir, &config_path, &ports);
     assert!(
-        control.wait_for_log("kernel maps updated", Duration::from_secs(15)),
+        control.wait_for_log("kernel limiter running", Duration::from_secs(15)),
         "{}",
         control.log()
     );

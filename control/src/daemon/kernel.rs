@@ -68,6 +68,14 @@ impl KernelService {
             initial.as_ref(),
         )?;
         let version = limiter.applied_version().unwrap_or(0);
+        // The readiness line: maps written, programs attached (tests and the demo wait
+        // for it).
+        tracing::info!(
+            version,
+            interfaces = ?section.interfaces,
+            steering = section.steering,
+            "kernel limiter running"
+        );
         Ok(Some(Arc::new(KernelService {
             counters: limiter.counters_reader()?,
             names: Mutex::new(limiter.listener_names().to_vec()),

@@ -151,7 +151,7 @@ pub fn run(args: &super::DemoArgs) -> anyhow::Result<()> {
     server.enter(&mut cmd)?;
     let log = dir.path().join("control.log");
     let mut control = ChildGuard::spawn("omnirelay-control", cmd, &log)?;
-    if !control.wait_for_log("kernel maps updated", Duration::from_secs(20)) {
+    if !control.wait_for_log("kernel limiter running", Duration::from_secs(20)) {
         let _ = std::fs::remove_dir_all(&pin_dir);
         bail!("the daemon did not attach the limiter:\n{}", control.log());
     }

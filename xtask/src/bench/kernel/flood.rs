@@ -266,7 +266,7 @@ fn protect<'a>(site: &'a Site, omni: &Path, mode: &str) -> anyhow::Result<Protec
             let deadline = Instant::now() + Duration::from_secs(20);
             while !std::fs::read_to_string(&log)
                 .unwrap_or_default()
-                .contains("kernel maps updated")
+                .contains("kernel limiter running")
             {
                 if Instant::now() > deadline {
                     bail!("the XDP limiter did not start:\n{}", group.log_tail(20));
