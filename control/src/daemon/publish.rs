@@ -152,8 +152,8 @@ impl Publisher {
         self.tx.borrow().clone()
     }
 
-    /// The config of the last load that parsed: the published snapshot's, or the one
-    /// found unchanged. None before any has (every load so far invalid or failed).
+    /// The config of the last load that parsed (published, found unchanged, or valid but
+    /// not stored). None before any has (every load so far invalid or unreadable).
     pub fn config(&self) -> Option<Arc<config::Config>> {
         self.config
             .lock()
@@ -240,8 +240,10 @@ impl Publisher {
             Ok(c) => Arc::new(c),
             Err(errors) => return ReloadOutcome::Invalid(errors),
         };
+        // Kept once it parses, also when storing it fails below: the daemon's addresses
+        // and kernel attachment come from the file, not from whether it could be stored.
+        self.keep_config(Arc::clone(&config));
         if let Some(version) = unchanged {
-            self.keep_config(config);
             return ReloadOutcome::Unchanged(version);
         }
         let stored = match self.store.latest() {
@@ -263,7 +265,6 @@ impl Publisher {
             return ReloadOutcome::Failed(format!("storing version {version}: {e}"));
         }
         let published = Published::new(signed, created, doc.origin, config_sha256);
-        self.keep_config(config);
         self.tx.send_replace(Some(Arc::new(published)));
         ReloadOutcome::Published(version)
     }

@@ -140,6 +140,7 @@ pub fn start(
         ));
     };
     let addrs: Vec<SocketAddr> = cfg.listeners.iter().map(|l| l.address).collect();
+    let version = cfg.version;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     type Ready = Result<(usize, &'static str, Vec<std::os::fd::RawFd>), String>;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Ready>();
@@ -207,7 +208,7 @@ pub fn start(
                     let _ = ready.send(Ok((id, driver, fds)));
                     drop(ready);
                     let ctx = worker::context(id, holder, stats, log, opts.settings, opts.backlog);
-                    worker::run(ctx, listeners, opts.steering.is_some()).await;
+                    worker::run(ctx, listeners, version, opts.steering.is_some()).await;
                 });
             })?;
         threads.push(t);

@@ -255,15 +255,21 @@ fn accept_on(ctx: &Rc<WorkerCtx>, addr: SocketAddr, listener: TcpListener) -> Ac
 
 /// Brings the worker's listeners to those of the snapshot in force: binds the new ones
 /// (SO_REUSEPORT, beside the other workers) and stops accepting on removed ones (their
-/// open connections are answered 503 and closed at their next request). A listener that
-/// cannot be bound is logged and tried again at the next snapshot.
-fn follow_listeners(ctx: &Rc<WorkerCtx>, accepting: &mut Vec<Accepting>, steered: bool) {
+/// open connections are answered 503 and closed at their next request). Returns whether
+/// every listener is bound; one that cannot be is tried again at the next check, its
+/// failure logged when `new_version` (once per version, not at every retry).
+fn follow_listeners(
+    ctx: &Rc<WorkerCtx>,
+    accepting: &mut Vec<Accepting>,
+    steered: bool,
+    new_version: bool,
+) -> bool {
     let wanted: Vec<SocketAddr> = ctx.holder.peek(|cfg| {
         cfg.map(|c| c.listeners.iter().map(|l| l.address).collect())
             .unwrap_or_default()
     });
     if wanted.is_empty() {
-        return;
+        return true;
     }
     accepting.retain_mut(|a| {
         let keep = wanted.contains(&a.addr);
@@ -273,6 +279,7 @@ fn follow_listeners(ctx: &Rc<WorkerCtx>, accepting: &mut Vec<Accepting>, steered
         }
         keep
     });
+    let mut all_bound = true;
     for addr in wanted {
         if accepting.iter().any(|a| a.addr == addr) {
             continue;
@@ -286,18 +293,24 @@ fn follow_listeners(ctx: &Rc<WorkerCtx>, accepting: &mut Vec<Accepting>, steered
                 }
             }
             Err(e) => {
-                tracing::error!(worker = ctx.id, address = %addr, error = %e, "cannot bind a listener added by the configuration; retrying at the next snapshot")
+                all_bound = false;
+                if new_version {
+                    tracing::error!(worker = ctx.id, address = %addr, error = %e, "cannot bind a listener added by the configuration; retrying every 200 ms");
+                }
             }
         }
     }
+    all_bound
 }
 
 /// Runs worker `id` until the process exits: accepts on `listeners` (bound to the
-/// addresses of the starting snapshot, in its order), then follows the snapshot's
-/// listeners. `steered`: the starting listeners are registered with kernel steering.
+/// addresses of the snapshot of version `bound_version`, in its order), then follows the
+/// snapshot's listeners. `steered`: the starting listeners are registered with kernel
+/// steering.
 pub(crate) async fn run(
     ctx: Rc<WorkerCtx>,
     listeners: Vec<(SocketAddr, TcpListener)>,
+    bound_version: u64,
     steered: bool,
 ) {
     let mut accepting: Vec<Accepting> = listeners
@@ -306,13 +319,17 @@ pub(crate) async fn run(
         .collect();
     let ctx_listen = Rc::clone(&ctx);
     let listening = monoio::spawn(async move {
-        let mut seen = ctx_listen.holder.version();
+        // From the version the listeners were bound for: one that arrived while the
+        // worker started is followed at the first check.
+        let mut seen = bound_version;
+        let mut all_bound = true;
         loop {
             monoio::time::sleep(LISTENER_CHECK).await;
             let version = ctx_listen.holder.version();
-            if version != seen {
+            let new_version = version != seen;
+            if new_version || !all_bound {
                 seen = version;
-                follow_listeners(&ctx_listen, &mut accepting, steered);
+                all_bound = follow_listeners(&ctx_listen, &mut accepting, steered, new_version);
             }
         }
     });
