@@ -76,13 +76,28 @@ impl Drop for Loaded {
     }
 }
 
-fn load(text: &str, tag: &str) -> Loaded {
+/// A pin folder of this test process's own for `tag`, emptied of earlier runs' pins.
+fn fresh_pin_dir(tag: &str) -> PathBuf {
     let pin_dir = PathBuf::from(format!(
         "/sys/fs/bpf/omnirelay-test-{}-{tag}",
         std::process::id()
     ));
     let _ = remove_pins(&pin_dir);
-    load_config_at(&pin_dir, text)
+    pin_dir
+}
+
+/// Settings of a limiter loaded on no interface, pinned in `pin_dir`.
+fn unattached(pin_dir: &std::path::Path) -> LimiterSettings {
+    LimiterSettings {
+        interfaces: vec![],
+        mode: AttachMode::Generic,
+        pin_dir: pin_dir.to_path_buf(),
+        steering: false,
+    }
+}
+
+fn load(text: &str, tag: &str) -> Loaded {
+    load_config_at(&fresh_pin_dir(tag), text)
 }
 
 /// Starts (or restarts, reusing the pins) the limiter in `pin_dir` with [`CONFIG`].
@@ -91,13 +106,7 @@ fn load_at(pin_dir: &std::path::Path) -> Loaded {
 }
 
 fn load_config_at(pin_dir: &std::path::Path, text: &str) -> Loaded {
-    let mut limiter = KernelLimiter::start(LimiterSettings {
-        interfaces: vec![],
-        mode: AttachMode::Generic,
-        pin_dir: pin_dir.to_path_buf(),
-        steering: false,
-    })
-    .unwrap();
+    let mut limiter = KernelLimiter::start(unattached(pin_dir)).unwrap();
     let cfg = config::parse(text, "test.toml").unwrap();
     let snap = compile(&cfg, 1, 0, "test", "");
     limiter.apply(&plan(&snap).unwrap()).unwrap();
@@ -195,20 +204,10 @@ fn syns_over_the_burst_are_dropped_and_established_traffic_is_not_charged() {
 #[test]
 fn a_plan_given_at_start_is_in_force_when_start_returns() {
     require_caps!(Capability::Root, Capability::BpfSyscall);
-    let pin_dir = PathBuf::from(format!(
-        "/sys/fs/bpf/omnirelay-test-{}-initial",
-        std::process::id()
-    ));
-    let _ = remove_pins(&pin_dir);
-    let settings = || LimiterSettings {
-        interfaces: vec![],
-        mode: AttachMode::Generic,
-        pin_dir: pin_dir.clone(),
-        steering: false,
-    };
+    let pin_dir = fresh_pin_dir("initial");
     // Without a plan: empty maps, nothing denied.
     let mut bare = Loaded {
-        limiter: KernelLimiter::start(settings()).unwrap(),
+        limiter: KernelLimiter::start(unattached(&pin_dir)).unwrap(),
         pin_dir: pin_dir.clone(),
     };
     assert_eq!(bare.limiter.applied_version(), None);
@@ -219,7 +218,7 @@ fn a_plan_given_at_start_is_in_force_when_start_returns() {
     let cfg = config::parse(CONFIG, "test.toml").unwrap();
     let initial = plan(&compile(&cfg, 4, 0, "test", "")).unwrap();
     let mut l = Loaded {
-        limiter: KernelLimiter::start_with(settings(), Some(&initial)).unwrap(),
+        limiter: KernelLimiter::start_with(unattached(&pin_dir), Some(&initial)).unwrap(),
         pin_dir,
     };
     assert_eq!(l.limiter.applied_version(), Some(4));
@@ -488,11 +487,7 @@ fn a_source_in_debt_keeps_its_bucket_while_new_sources_cycle_through_its_set() {
 #[test]
 fn a_restart_keeps_the_seed_so_buckets_survive() {
     require_caps!(Capability::Root, Capability::BpfSyscall);
-    let pin_dir = PathBuf::from(format!(
-        "/sys/fs/bpf/omnirelay-test-{}-seed",
-        std::process::id()
-    ));
-    let _ = remove_pins(&pin_dir);
+    let pin_dir = fresh_pin_dir("seed");
     let mut first = load_at(&pin_dir);
     let seed_before = seed(&pin_dir);
     assert_ne!(seed_before, 0);
@@ -517,11 +512,7 @@ fn a_restart_keeps_the_seed_so_buckets_survive() {
 fn a_pinned_map_with_another_layout_is_recreated_not_reused() {
     require_caps!(Capability::Root, Capability::BpfSyscall);
     use aya::maps::MapInfo;
-    let pin_dir = PathBuf::from(format!(
-        "/sys/fs/bpf/omnirelay-test-{}-layout",
-        std::process::id()
-    ));
-    let _ = remove_pins(&pin_dir);
+    let pin_dir = fresh_pin_dir("layout");
     // A first start pins every map; then OR_BUCKETS is replaced by a map of another type
     // and size (the counter object's per-CPU array), as an older build might have left.
     let first = load_at(&pin_dir);

@@ -143,7 +143,7 @@ impl KernelService {
         out.push_str("# TYPE omnirelay_xdp_packets_total counter\n");
         match self.counters.read() {
             Ok(c) => {
-                let names = self.names.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let names = self.names.lock().unwrap_or_else(|p| p.into_inner());
                 for (slot, row) in c.slots.iter().enumerate() {
                     let listener = match slot {
                         0 => "-",

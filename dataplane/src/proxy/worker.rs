@@ -295,7 +295,7 @@ fn follow_listeners(
             Err(e) => {
                 all_bound = false;
                 if new_version {
-                    tracing::error!(worker = ctx.id, address = %addr, error = %e, "cannot bind a listener added by the configuration; retrying every 200 ms");
+                    tracing::error!(worker = ctx.id, address = %addr, error = %e, retry_ms = LISTENER_CHECK.as_millis(), "cannot bind a listener added by the configuration; retrying");
                 }
             }
         }

@@ -59,7 +59,7 @@ impl SnapshotHolder {
 
     /// The running version (0 before the first snapshot).
     pub fn version(&self) -> u64 {
-        self.current.load().as_ref().map_or(0, |c| c.version)
+        self.peek(|c| c.map_or(0, |c| c.version))
     }
 
     /// Snapshots applied since start.
