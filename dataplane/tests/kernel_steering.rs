@@ -1,8 +1,10 @@
 //! Kernel steering end to end: the control daemon (with `[kernel] steering = true`) pins the
 //! `sk_reuseport` program; a 2-worker data plane registers its sockets and attaches it.
 //! New connections are spread over both workers; weight 0 on worker 1 sends every new
-//! connection to worker 0 while worker 1's open connections keep being served. Counted per
-//! worker from the data plane's /metrics. Runs as root; elsewhere it prints a skip line.
+//! connection to worker 0 while worker 1's open connections keep being served; a listener
+//! the configuration adds at run time is steered by the same weights, and a removed one
+//! releases its place. Counted per worker from the data plane's /metrics. Runs as root;
+//! elsewhere it prints a skip line.
 
 #![allow(
     clippy::unwrap_used,
@@ -19,7 +21,10 @@ use std::{
 
 use common::{Ports, curl, nginx_servers, start_control, start_dataplane, write_config};
 use omnirelay_test_support::{
-    Capability, nginx::Nginx, process::TempDir, process::wait_until, require_caps,
+    Capability,
+    nginx::Nginx,
+    process::{TempDir, free_port, wait_until},
+    require_caps,
 };
 
 fn worker_conns(ports: &Ports, worker: usize) -> f64 {
@@ -43,9 +48,9 @@ fn kernel_version(ports: &Ports) -> u64 {
     v["kernel_version"].as_u64().unwrap_or(0)
 }
 
-fn open(ports: &Ports, n: usize) -> Vec<TcpStream> {
+fn open(port: u16, n: usize) -> Vec<TcpStream> {
     (0..n)
-        .map(|_| TcpStream::connect(("127.0.0.1", ports.proxy)).unwrap())
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
         .collect()
 }
 
@@ -94,7 +99,7 @@ fn steering_spreads_new_connections_and_weight_zero_drains_a_worker() {
         dataplane.log()
     );
 
-    let mut first = open(&ports, 200);
+    let mut first = open(ports.proxy, 200);
     assert!(
         wait_until(Duration::from_secs(5), || worker_conns(&ports, 0)
             + worker_conns(&ports, 1)
@@ -115,7 +120,7 @@ fn steering_spreads_new_connections_and_weight_zero_drains_a_worker() {
         "the control daemon did not write the new weights:\n{}",
         control.log()
     );
-    let second = open(&ports, 100);
+    let second = open(ports.proxy, 100);
     assert!(wait_until(Duration::from_secs(5), || {
         worker_conns(&ports, 0) + worker_conns(&ports, 1) == 300.0
     }));
@@ -135,6 +140,68 @@ fn steering_spreads_new_connections_and_weight_zero_drains_a_worker() {
         served, 200,
         "open connections stopped being served after the drain"
     );
-    drop(second);
+
+    // A listener added at run time is registered by both workers and steered by the same
+    // weights: without that, the kernel's hash would give worker 1 about half of these.
+    let port = free_port();
+    let listener = format!("\n[[listeners]]\nname = \"added\"\naddress = \"127.0.0.1:{port}\"\n");
+    let with_added = |w: &str| format!("{}{listener}", with_weights(w));
+    write_config(&config_path, &with_added("[1, 0]"));
+    let registered = format!("127.0.0.1:{port}");
+    assert!(
+        wait_until(Duration::from_secs(10), || dataplane.log().lines().any(
+            |l| l.contains("registered for kernel steering") && l.contains(&registered)
+        )),
+        "the added listener was not registered for steering:\n{}",
+        dataplane.log()
+    );
+    let third = open(port, 100);
+    assert!(wait_until(Duration::from_secs(5), || {
+        worker_conns(&ports, 0) + worker_conns(&ports, 1) == 400.0
+    }));
+    assert_eq!(
+        worker_conns(&ports, 1),
+        w1,
+        "the drained worker received connections of the added listener"
+    );
+    assert_eq!(worker_conns(&ports, 0), w0 + 200.0);
+
+    // Removed, it stops accepting; added again (now with equal weights), it takes a block
+    // of the socket array again and both workers get its connections.
+    drop(third);
+    write_config(&config_path, &with_weights("[1, 0]"));
+    assert!(
+        wait_until(Duration::from_secs(5), || TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_err()),
+        "the removed listener still accepts:\n{}",
+        dataplane.log()
+    );
+    let before = kernel_version(&ports);
+    write_config(&config_path, &with_added("[1, 1]"));
+    assert!(
+        wait_until(Duration::from_secs(10), || kernel_version(&ports) > before
+            && dataplane
+                .log()
+                .lines()
+                .filter(|l| l.contains("registered for kernel steering") && l.contains(&registered))
+                .count()
+                == 2),
+        "the listener added again was not registered for steering:\n{}",
+        dataplane.log()
+    );
+    let (a0, a1) = (worker_conns(&ports, 0), worker_conns(&ports, 1));
+    let fourth = open(port, 200);
+    assert!(wait_until(Duration::from_secs(5), || {
+        worker_conns(&ports, 0) + worker_conns(&ports, 1) == a0 + a1 + 200.0
+    }));
+    let (b0, b1) = (worker_conns(&ports, 0) - a0, worker_conns(&ports, 1) - a1);
+    assert!(
+        b0 >= 50.0 && b1 >= 50.0,
+        "equal weights should spread the added listener's 200 connections: worker 0 got {b0}, worker 1 got {b1}"
+    );
+    drop((second, fourth));
     let _ = std::fs::remove_dir_all(&pin_dir);
 }

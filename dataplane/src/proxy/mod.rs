@@ -17,6 +17,7 @@ use std::{net::SocketAddr, sync::Arc, thread::JoinHandle, time::Duration};
 
 use crate::{
     snapshot::SnapshotHolder,
+    steering::{SharedSteering, Steering},
     telemetry::{AccessLog, Metrics},
 };
 
@@ -142,7 +143,13 @@ pub fn start(
     let addrs: Vec<SocketAddr> = cfg.listeners.iter().map(|l| l.address).collect();
     let version = cfg.version;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    type Ready = Result<(usize, &'static str, Vec<std::os::fd::RawFd>), String>;
+    let steering: Option<SharedSteering> = match &opts.steering {
+        Some(pin_dir) => Some(Arc::new(std::sync::Mutex::new(
+            Steering::open(pin_dir, opts.workers.max(1)).map_err(std::io::Error::other)?,
+        ))),
+        None => None,
+    };
+    type Ready = Result<&'static str, String>;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Ready>();
     let mut threads = Vec::new();
     for id in 0..opts.workers.max(1) {
@@ -152,6 +159,7 @@ pub fn start(
         let addrs = addrs.clone();
         let opts = opts.clone();
         let ready = ready_tx.clone();
+        let steering = steering.clone();
         let t = std::thread::Builder::new()
             .name(format!("worker-{id}"))
             .spawn(move || {
@@ -201,42 +209,42 @@ pub fn start(
                             }
                         }
                     }
-                    let fds = listeners
-                        .iter()
-                        .map(|(_, l)| std::os::fd::AsRawFd::as_raw_fd(l))
-                        .collect();
-                    let _ = ready.send(Ok((id, driver, fds)));
+                    if let Some(steering) = &steering {
+                        // Worker `w`'s socket goes to slot `w` of each listener's block, so
+                        // `[kernel].worker_weights[w]` is its weight.
+                        let mut steering = crate::steering::lock(steering);
+                        for (addr, l) in &listeners {
+                            if let Err(e) = steering.add(*addr, id, worker::listener_fd(l)) {
+                                let _ =
+                                    ready.send(Err(format!("worker {id}: kernel steering: {e}")));
+                                return;
+                            }
+                        }
+                    }
+                    let _ = ready.send(Ok(driver));
                     drop(ready);
-                    let ctx = worker::context(id, holder, stats, log, opts.settings, opts.backlog);
-                    worker::run(ctx, listeners, version, opts.steering.is_some()).await;
+                    let ctx = worker::context(
+                        id,
+                        holder,
+                        stats,
+                        log,
+                        opts.settings,
+                        opts.backlog,
+                        steering,
+                    );
+                    worker::run(ctx, listeners, version).await;
                 });
             })?;
         threads.push(t);
     }
     drop(ready_tx);
     let mut drivers = Vec::new();
-    // Each worker's listening sockets, indexed by worker id (workers report in any order).
-    let mut by_worker = vec![Vec::new(); threads.len()];
     for _ in 0..threads.len() {
         match ready_rx.recv() {
-            Ok(Ok((id, d, fds))) => {
-                drivers.push(d);
-                by_worker[id] = fds;
-            }
+            Ok(Ok(d)) => drivers.push(d),
             Ok(Err(e)) => return Err(std::io::Error::other(e)),
             Err(_) => return Err(std::io::Error::other("a worker died while starting")),
         }
-    }
-    if let Some(pin_dir) = &opts.steering {
-        // Worker `w`'s socket goes to slot `w`, so `[kernel].worker_weights[w]` is its weight.
-        let groups: Vec<(SocketAddr, Vec<std::os::fd::RawFd>)> = addrs
-            .iter()
-            .enumerate()
-            .map(|(l, a)| (*a, by_worker.iter().map(|fds| fds[l]).collect()))
-            .collect();
-        crate::steering::Steering::open(pin_dir)
-            .and_then(|mut s| s.register(&groups))
-            .map_err(std::io::Error::other)?;
     }
     tracing::info!(workers = threads.len(), driver = drivers.first().copied().unwrap_or("?"), listeners = ?addrs, "proxy workers running");
     Ok(Proxy {

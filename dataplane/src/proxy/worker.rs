@@ -7,6 +7,7 @@ use std::{
     cell::RefCell,
     collections::HashMap,
     net::SocketAddr,
+    os::fd::{AsRawFd as _, BorrowedFd},
     rc::Rc,
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
@@ -23,6 +24,7 @@ use super::{ProxySettings, downstream, idle::IdleSet, io, pool::UpstreamPool};
 use crate::{
     lb::{LbState, RetryBudget, SplitMix64},
     snapshot::{DEFAULT_CLIENT_IDLE_TIMEOUT, RuntimeConfig, SnapshotHolder},
+    steering::SharedSteering,
     telemetry::{AccessLog, ClusterStats, RouteStats, WorkerStats},
 };
 
@@ -129,6 +131,9 @@ pub(crate) struct WorkerCtx {
     listen_addrs: RefCell<Vec<SocketAddr>>,
     /// Listen backlog of the sockets bound for new listeners.
     backlog: i32,
+    /// Kernel steering, when the data plane registers its sockets with it: listeners
+    /// added or removed at run time are registered or released here too.
+    steering: Option<SharedSteering>,
     /// When the worker started: a time to create request timers with, before each wait
     /// sets its deadline (a clock read saved per request).
     pub started: Instant,
@@ -241,6 +246,13 @@ struct Accepting {
     stop: Canceller,
 }
 
+/// The listening socket of `listener`, for registration with kernel steering.
+pub(crate) fn listener_fd(listener: &TcpListener) -> BorrowedFd<'_> {
+    // SAFETY: the listener owns the descriptor and keeps it open at least as long as the
+    // borrow of it.
+    unsafe { BorrowedFd::borrow_raw(listener.as_raw_fd()) }
+}
+
 /// Starts accepting on `listener` (bound to `addr`) as the worker's next listener index.
 fn accept_on(ctx: &Rc<WorkerCtx>, addr: SocketAddr, listener: TcpListener) -> Accepting {
     let index = {
@@ -255,13 +267,13 @@ fn accept_on(ctx: &Rc<WorkerCtx>, addr: SocketAddr, listener: TcpListener) -> Ac
 
 /// Brings the worker's listeners to those of the snapshot in force: binds the new ones
 /// (SO_REUSEPORT, beside the other workers) and stops accepting on removed ones (their
-/// open connections are answered 503 and closed at their next request). Returns whether
-/// every listener is bound; one that cannot be is tried again at the next check, its
-/// failure logged when `new_version` (once per version, not at every retry).
+/// open connections are answered 503 and closed at their next request), registering or
+/// releasing each with kernel steering when it is on. Returns whether every listener is
+/// bound; one that cannot be is tried again at the next check, its failure logged when
+/// `new_version` (once per version, not at every retry).
 fn follow_listeners(
     ctx: &Rc<WorkerCtx>,
     accepting: &mut Vec<Accepting>,
-    steered: bool,
     new_version: bool,
 ) -> bool {
     let wanted: Vec<SocketAddr> = ctx.holder.peek(|cfg| {
@@ -274,6 +286,9 @@ fn follow_listeners(
     accepting.retain_mut(|a| {
         let keep = wanted.contains(&a.addr);
         if !keep {
+            if let Some(steering) = &ctx.steering {
+                crate::steering::lock(steering).remove(a.addr, ctx.id);
+            }
             std::mem::take(&mut a.stop).cancel();
             tracing::info!(worker = ctx.id, address = %a.addr, "listener removed by the configuration; no longer accepting");
         }
@@ -286,11 +301,14 @@ fn follow_listeners(
         }
         match bind(addr, ctx.backlog) {
             Ok(listener) => {
+                if let Some(steering) = &ctx.steering
+                    && let Err(e) =
+                        crate::steering::lock(steering).add(addr, ctx.id, listener_fd(&listener))
+                {
+                    tracing::warn!(worker = ctx.id, address = %addr, error = %e, "listener added by the configuration not registered with kernel steering; the kernel's hash spreads its connections");
+                }
                 accepting.push(accept_on(ctx, addr, listener));
                 tracing::info!(worker = ctx.id, address = %addr, "listener added by the configuration; accepting");
-                if steered {
-                    tracing::warn!(address = %addr, "kernel steering covers the listeners of the data plane's start; this one uses the kernel's default spreading until a restart");
-                }
             }
             Err(e) => {
                 all_bound = false;
@@ -304,14 +322,12 @@ fn follow_listeners(
 }
 
 /// Runs worker `id` until the process exits: accepts on `listeners` (bound to the
-/// addresses of the snapshot of version `bound_version`, in its order), then follows the
-/// snapshot's listeners. `steered`: the starting listeners are registered with kernel
-/// steering.
+/// addresses of the snapshot of version `bound_version`, in its order, and registered
+/// with kernel steering when it is on), then follows the snapshot's listeners.
 pub(crate) async fn run(
     ctx: Rc<WorkerCtx>,
     listeners: Vec<(SocketAddr, TcpListener)>,
     bound_version: u64,
-    steered: bool,
 ) {
     let mut accepting: Vec<Accepting> = listeners
         .into_iter()
@@ -329,7 +345,7 @@ pub(crate) async fn run(
             let new_version = version != seen;
             if new_version || !all_bound {
                 seen = version;
-                all_bound = follow_listeners(&ctx_listen, &mut accepting, steered, new_version);
+                all_bound = follow_listeners(&ctx_listen, &mut accepting, new_version);
             }
         }
     });
@@ -388,6 +404,7 @@ pub(crate) fn context(
     access_log: AccessLog,
     settings: ProxySettings,
     backlog: i32,
+    steering: Option<SharedSteering>,
 ) -> Rc<WorkerCtx> {
     let clock = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -408,6 +425,7 @@ pub(crate) fn context(
         idle: RefCell::new(IdleSet::default()),
         listen_addrs: RefCell::new(Vec::new()),
         backlog,
+        steering,
         started: Instant::now(),
     })
 }
@@ -457,6 +475,7 @@ mod tests {
                 AccessLog::disabled(Arc::clone(&metrics)),
                 ProxySettings::default(),
                 16,
+                None,
             );
             ctx.listen_addrs.borrow_mut().push(addr);
             let _client = std::net::TcpStream::connect(addr).unwrap();
