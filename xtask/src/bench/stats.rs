@@ -178,17 +178,18 @@ pub fn median_ci(v: &[f64], level: f64) -> Option<MedianCi> {
     let median = median(&s)?;
     s.sort_by(f64::total_cmp);
     let n = s.len();
-    // P(Bin(n, 1/2) <= j) for j = 0, 1, ...
-    let half_n = 0.5f64.powi(i32::try_from(n).unwrap_or(i32::MAX));
-    let mut choose = 1.0f64;
+    // P(Bin(n, 1/2) = j) = C(n, j) / 2^n, from its logarithm: 2^-n underflows beyond
+    // about 1,000 values, where the terms far from the middle are rightly 0.
+    let ln_half_n = -(n as f64) * std::f64::consts::LN_2;
+    let mut ln_choose = 0.0f64;
     let mut below = 0.0f64;
     let mut k = 1;
-    let mut coverage = 1.0 - 2.0 * half_n;
+    let mut coverage = 1.0 - 2.0 * ln_half_n.exp();
     // Coverage of k + 1 needs P(Bin < k + 1) = P(Bin <= k).
     for j in 0..n / 2 {
-        below += choose * half_n;
-        choose = choose * (n - j) as f64 / (j + 1) as f64;
-        let next = 1.0 - 2.0 * (below + choose * half_n);
+        below += (ln_choose + ln_half_n).exp();
+        ln_choose += ((n - j) as f64 / (j + 1) as f64).ln();
+        let next = 1.0 - 2.0 * (below + (ln_choose + ln_half_n).exp());
         if next < level || j + 2 > n.div_ceil(2) {
             break;
         }
@@ -405,5 +406,17 @@ mod tests {
         let one = median_ci(&[4.0], CI_LEVEL).unwrap();
         assert_eq!((one.low, one.high, one.level), (4.0, 4.0, 0.0));
         assert_eq!(median_ci(&[], CI_LEVEL), None);
+        // Many values (2^-n underflows): the interval still spans about 1.96 standard
+        // deviations of the rank, sqrt(n) / 2, each side of the middle.
+        let n = 5000usize;
+        let v: Vec<f64> = (0..n).map(|i| i as f64).collect();
+        let ci = median_ci(&v, CI_LEVEL).unwrap();
+        let half_width = (ci.high - ci.low) / 2.0;
+        let expected = 1.96 * (n as f64).sqrt() / 2.0;
+        assert!(
+            (half_width - expected).abs() <= 2.0,
+            "n = {n}: {ci:?}, expected a half width near {expected}"
+        );
+        assert!(ci.level >= CI_LEVEL && ci.level < 0.96, "{}", ci.level);
     }
 }
