@@ -148,14 +148,28 @@ impl Steering {
             path: maps.join(STEER_PORTS_MAP),
             reason: e.to_string(),
         })?;
-        Ok(Steering {
+        let mut steering = Steering {
             pin_dir: pin_dir.to_path_buf(),
             program,
             sockets,
             ports,
             workers,
             groups: Vec::new(),
-        })
+        };
+        steering.forget_previous_ports();
+        Ok(steering)
+    }
+
+    /// Removes the port entries a previous data plane left (one data plane per host uses
+    /// the maps): until this one publishes a port, an old entry would point the program at
+    /// a block of the socket array this data plane may give to another listener.
+    fn forget_previous_ports(&mut self) {
+        let stale: Vec<u32> = self.ports.keys().filter_map(Result::ok).collect();
+        for port in stale {
+            if let Err(e) = self.ports.remove(&port) {
+                tracing::warn!(port, error = %e, "removing a previous data plane's port from the steering map");
+            }
+        }
     }
 
     /// Registers worker `worker`'s listening socket `socket` for `addr`. The first socket

@@ -19,7 +19,12 @@ use std::{
     time::Duration,
 };
 
+use aya::maps::{HashMap, Map, MapData};
 use common::{Ports, curl, nginx_servers, start_control, start_dataplane, write_config};
+use omnirelay_ebpf_common::{
+    limiter::{MAX_WORKERS, SteerPort},
+    names::STEER_PORTS_MAP,
+};
 use omnirelay_test_support::{
     Capability,
     nginx::Nginx,
@@ -46,6 +51,14 @@ fn kernel_version(ports: &Ports) -> u64 {
     ]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     v["kernel_version"].as_u64().unwrap_or(0)
+}
+
+/// The pinned port map the data plane writes.
+fn ports_map(pin_dir: &str) -> HashMap<MapData, u32, SteerPort> {
+    let path = std::path::Path::new(pin_dir)
+        .join("maps")
+        .join(STEER_PORTS_MAP);
+    HashMap::try_from(Map::HashMap(MapData::from_pin(path).unwrap())).unwrap()
 }
 
 fn open(port: u16, n: usize) -> Vec<TcpStream> {
@@ -92,12 +105,27 @@ fn steering_spreads_new_connections_and_weight_zero_drains_a_worker() {
         "{}",
         control.log()
     );
+    // A port entry a previous data plane left behind goes when this one starts.
+    let stale_port = 1u32;
+    ports_map(&pin_dir)
+        .insert(
+            stale_port,
+            SteerPort {
+                base: 5 * MAX_WORKERS,
+                workers: 2,
+            },
+            0,
+        )
+        .unwrap();
     let dataplane = start_dataplane(&dir, &ports, &["--steering-pin-dir", &pin_dir]);
     assert!(
         dataplane.log().contains("registered for kernel steering"),
         "{}",
         dataplane.log()
     );
+
+    let steered: Vec<u32> = ports_map(&pin_dir).keys().map(Result::unwrap).collect();
+    assert_eq!(steered, [u32::from(ports.proxy)], "the steering port map");
 
     let mut first = open(ports.proxy, 200);
     assert!(
