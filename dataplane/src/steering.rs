@@ -68,11 +68,61 @@ pub enum SteeringError {
 /// unregisters it when the listener is removed.
 pub struct Steering {
     pin_dir: PathBuf,
+    kernel: Pinned,
+    groups: Groups,
+}
+
+/// The pinned kernel objects the groups are written into.
+struct Pinned {
     program: SkReuseport,
     sockets: ReusePortSockArray<MapData>,
     ports: HashMap<MapData, u32, SteerPort>,
+}
+
+/// What registering and releasing listener groups asks of the kernel (the pinned program
+/// and maps; a recording stand-in in the unit tests).
+trait SteerMaps {
+    /// Attaches the program to the `SO_REUSEPORT` group of `socket`.
+    fn attach(&mut self, socket: BorrowedFd<'_>) -> Result<(), String>;
+    /// Puts `socket` at `index` of the socket array.
+    fn set_socket(&mut self, index: u32, socket: BorrowedFd<'_>) -> Result<(), String>;
+    /// Writes the port entry.
+    fn insert_port(&mut self, port: u16, entry: SteerPort) -> Result<(), String>;
+    /// The block start of the port's entry, if there is one.
+    fn port_base(&self, port: u16) -> Option<u32>;
+    /// Removes the port entry.
+    fn remove_port(&mut self, port: u16) -> Result<(), String>;
+}
+
+impl SteerMaps for Pinned {
+    fn attach(&mut self, socket: BorrowedFd<'_>) -> Result<(), String> {
+        self.program.attach(socket).map_err(|e| reason(&e))
+    }
+
+    fn set_socket(&mut self, index: u32, socket: BorrowedFd<'_>) -> Result<(), String> {
+        self.sockets.set(index, &socket, 0).map_err(|e| reason(&e))
+    }
+
+    fn insert_port(&mut self, port: u16, entry: SteerPort) -> Result<(), String> {
+        self.ports
+            .insert(u32::from(port), entry, 0)
+            .map_err(|e| reason(&e))
+    }
+
+    fn port_base(&self, port: u16) -> Option<u32> {
+        self.ports.get(&u32::from(port), 0).ok().map(|e| e.base)
+    }
+
+    fn remove_port(&mut self, port: u16) -> Result<(), String> {
+        self.ports.remove(&u32::from(port)).map_err(|e| reason(&e))
+    }
+}
+
+/// The listener groups of a data plane of `workers` workers.
+#[derive(Debug)]
+struct Groups {
     workers: usize,
-    groups: Vec<Group>,
+    list: Vec<Group>,
 }
 
 /// One listener's `SO_REUSEPORT` group: its block of the socket array and which workers'
@@ -86,6 +136,9 @@ struct Group {
     registered: Vec<bool>,
     /// The port entry is written (every worker registered): the program steers the port.
     published: bool,
+    /// A worker has removed it: its port is free for another listener (an address
+    /// changed with the port kept).
+    leaving: bool,
 }
 
 /// Steering shared between the workers of a data plane.
@@ -103,7 +156,6 @@ impl std::fmt::Debug for Steering {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Steering")
             .field("pin_dir", &self.pin_dir)
-            .field("workers", &self.workers)
             .field("groups", &self.groups)
             .finish_non_exhaustive()
     }
@@ -112,7 +164,7 @@ impl std::fmt::Debug for Steering {
 fn open_map(path: &Path) -> Result<MapData, SteeringError> {
     MapData::from_pin(path).map_err(|e| SteeringError::Open {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason: reason(&e),
     })
 }
 
@@ -130,7 +182,7 @@ impl Steering {
             SkReuseport::from_pin(&prog_path, SkReuseportAttachType::Select).map_err(|e| {
                 SteeringError::Open {
                     path: prog_path.clone(),
-                    reason: e.to_string(),
+                    reason: reason(&e),
                 }
             })?;
         let maps = pin_dir.join("maps");
@@ -139,22 +191,26 @@ impl Steering {
         )?))
         .map_err(|e| SteeringError::Open {
             path: maps.join(STEER_SOCKETS_MAP),
-            reason: e.to_string(),
+            reason: reason(&e),
         })?;
         let ports = HashMap::try_from(aya::maps::Map::HashMap(open_map(
             &maps.join(STEER_PORTS_MAP),
         )?))
         .map_err(|e| SteeringError::Open {
             path: maps.join(STEER_PORTS_MAP),
-            reason: e.to_string(),
+            reason: reason(&e),
         })?;
         let mut steering = Steering {
             pin_dir: pin_dir.to_path_buf(),
-            program,
-            sockets,
-            ports,
-            workers,
-            groups: Vec::new(),
+            kernel: Pinned {
+                program,
+                sockets,
+                ports,
+            },
+            groups: Groups {
+                workers,
+                list: Vec::new(),
+            },
         };
         steering.forget_previous_ports();
         Ok(steering)
@@ -164,109 +220,420 @@ impl Steering {
     /// the maps): until this one publishes a port, an old entry would point the program at
     /// a block of the socket array this data plane may give to another listener.
     fn forget_previous_ports(&mut self) {
-        let stale: Vec<u32> = self.ports.keys().filter_map(Result::ok).collect();
+        let ports = &mut self.kernel.ports;
+        let mut stale = Vec::new();
+        for key in ports.keys() {
+            match key {
+                Ok(port) => stale.push(port),
+                Err(e) => {
+                    tracing::warn!(error = %reason(&e), "listing the steering port map; entries left by a previous data plane may remain");
+                    break;
+                }
+            }
+        }
         for port in stale {
-            if let Err(e) = self.ports.remove(&port) {
-                tracing::warn!(port, error = %e, "removing a previous data plane's port from the steering map");
+            match ports.remove(&port) {
+                Ok(()) => tracing::info!(
+                    port,
+                    "removed the steering port entry a previous data plane left"
+                ),
+                Err(e) => {
+                    tracing::warn!(port, error = %reason(&e), "removing a previous data plane's port from the steering map")
+                }
             }
         }
     }
 
-    /// Registers worker `worker`'s listening socket `socket` for `addr`. The first socket
-    /// of a listener takes a free block of the socket array and attaches the program to
-    /// the group; the last one (every worker registered) writes the port entry, from which
-    /// on the program steers the port (until then the kernel's own hash spreads it).
-    /// A listener whose port another listener already has is left to the kernel's hash
-    /// (logged); the port map is keyed by port.
+    /// Registers worker `worker`'s listening socket `socket` for `addr`; true when the
+    /// listener is steered, false when it is left to the kernel's hash (logged). See
+    /// [`Groups::add`].
     pub fn add(
         &mut self,
         addr: SocketAddr,
         worker: usize,
         socket: BorrowedFd<'_>,
-    ) -> Result<(), SteeringError> {
+    ) -> Result<bool, SteeringError> {
+        self.groups.add(&mut self.kernel, addr, worker, socket)
+    }
+
+    /// Worker `worker` stops listening on `addr`. See [`Groups::remove`].
+    pub fn remove(&mut self, addr: SocketAddr, worker: usize) {
+        self.groups.remove(&mut self.kernel, addr, worker);
+    }
+}
+
+impl Groups {
+    /// Registers worker `worker`'s listening socket `socket` for `addr`; true when the
+    /// listener is steered, false when it is left to the kernel's hash (logged): port 0
+    /// (each worker's socket has its own port), or a port another listener already has
+    /// (the port map is keyed by port). The first socket of a listener takes a free block
+    /// of the socket array and attaches the program to the group; the last one (every
+    /// worker registered) writes the port entry, from which on the program steers the
+    /// port (until then the kernel's hash spreads it). Calling it again for a socket
+    /// already registered only retries what failed after it.
+    fn add(
+        &mut self,
+        maps: &mut impl SteerMaps,
+        addr: SocketAddr,
+        worker: usize,
+        socket: BorrowedFd<'_>,
+    ) -> Result<bool, SteeringError> {
         if worker >= self.workers {
             return Err(SteeringError::Limits(format!(
                 "worker {worker} of a data plane started with {} workers",
                 self.workers
             )));
         }
-        let index = match self.groups.iter().position(|g| g.addr == addr) {
-            Some(i) => i,
+        if addr.port() == 0 {
+            tracing::warn!(%addr, worker, "a listener on port 0 has a different port per worker; not steered");
+            return Ok(false);
+        }
+        let index = match self.list.iter().position(|g| g.addr == addr) {
+            Some(i) => {
+                // Added again before every worker released it.
+                self.list[i].leaving = false;
+                i
+            }
             None => {
-                if let Some(other) = self.groups.iter().find(|g| g.addr.port() == addr.port()) {
+                // A listener on its way out (its port entry already gone) does not hold
+                // its port: an address changed with the port kept is steered again.
+                if let Some(other) = self
+                    .list
+                    .iter()
+                    .find(|g| !g.leaving && g.addr.port() == addr.port())
+                {
                     tracing::warn!(%addr, other = %other.addr, "another listener has this port; its connections are not steered");
-                    return Ok(());
+                    return Ok(false);
                 }
                 let slot = (0..MAX_STEER_PORTS)
-                    .find(|s| self.groups.iter().all(|g| g.slot != *s))
+                    .find(|s| self.list.iter().all(|g| g.slot != *s))
                     .ok_or_else(|| {
                         SteeringError::Limits(format!(
-                            "{} listeners steered; steering handles at most {MAX_STEER_PORTS}",
-                            self.groups.len()
+                            "{addr}: {} listeners steered already; steering handles at most {MAX_STEER_PORTS}",
+                            self.list.len()
                         ))
                     })?;
-                self.program
-                    .attach(socket)
-                    .map_err(|e| SteeringError::Attach {
-                        addr,
-                        reason: e.to_string(),
-                    })?;
-                self.groups.push(Group {
+                maps.attach(socket)
+                    .map_err(|reason| SteeringError::Attach { addr, reason })?;
+                self.list.push(Group {
                     addr,
                     slot,
                     registered: vec![false; self.workers],
                     published: false,
+                    leaving: false,
                 });
-                self.groups.len() - 1
+                self.list.len() - 1
             }
         };
-        let group = &mut self.groups[index];
+        let group = &mut self.list[index];
         let base = group.slot * MAX_WORKERS;
-        self.sockets
-            .set(base + worker as u32, &socket, 0)
-            .map_err(|e| SteeringError::Register {
-                what: format!("worker {worker} socket of {addr}"),
-                reason: e.to_string(),
-            })?;
-        group.registered[worker] = true;
+        if !group.registered[worker] {
+            // Once only: the kernel refuses a socket that is in the array already.
+            maps.set_socket(base + worker as u32, socket)
+                .map_err(|reason| SteeringError::Register {
+                    what: format!("worker {worker} socket of {addr}"),
+                    reason,
+                })?;
+            group.registered[worker] = true;
+        }
         if !group.published && group.registered.iter().all(|r| *r) {
             // Sockets first, then the port: the program never picks an empty slot.
             let entry = SteerPort {
                 base,
                 workers: self.workers as u32,
             };
-            self.ports
-                .insert(u32::from(addr.port()), entry, 0)
-                .map_err(|e| SteeringError::Register {
-                    what: format!("port {}", addr.port()),
-                    reason: e.to_string(),
+            maps.insert_port(addr.port(), entry)
+                .map_err(|reason| SteeringError::Register {
+                    what: format!("port {} of {addr}", addr.port()),
+                    reason,
                 })?;
             group.published = true;
             tracing::info!(%addr, workers = self.workers, base, "worker sockets registered for kernel steering");
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Worker `worker` stops listening on `addr`: the port entry goes with the first
     /// worker that leaves (the remaining sockets are spread by the kernel's hash until
     /// they close too), the block with the last. The kernel drops a closed socket from the
     /// array by itself.
-    pub fn remove(&mut self, addr: SocketAddr, worker: usize) {
-        let Some(index) = self.groups.iter().position(|g| g.addr == addr) else {
+    fn remove(&mut self, maps: &mut impl SteerMaps, addr: SocketAddr, worker: usize) {
+        let Some(index) = self.list.iter().position(|g| g.addr == addr) else {
             return;
         };
-        let group = &mut self.groups[index];
+        let group = &mut self.list[index];
         if let Some(r) = group.registered.get_mut(worker) {
             *r = false;
         }
+        group.leaving = true;
         if group.published {
             group.published = false;
-            if let Err(e) = self.ports.remove(&u32::from(addr.port())) {
+            let base = group.slot * MAX_WORKERS;
+            // Only this listener's entry: never one another listener published since.
+            if maps.port_base(addr.port()) == Some(base)
+                && let Err(e) = maps.remove_port(addr.port())
+            {
                 tracing::warn!(%addr, error = %e, "removing the port of a removed listener from the steering map");
             }
         }
         if group.registered.iter().all(|r| !*r) {
-            self.groups.swap_remove(index);
+            self.list.swap_remove(index);
         }
+    }
+}
+
+/// An error with its sources ("bpf_map_update_elem failed: Device or resource busy"):
+/// aya keeps the system error as the source.
+fn reason(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        reason = "test code: a failed unwrap is a failed test"
+    )]
+
+    use std::{
+        collections::HashMap,
+        fs::File,
+        os::fd::{AsFd as _, AsRawFd as _},
+    };
+
+    use super::*;
+
+    /// Records what the kernel would hold. Like the kernel, refuses a socket that is in
+    /// the array already. `fail` makes the named step fail once.
+    #[derive(Default)]
+    struct FakeMaps {
+        attached: usize,
+        sockets: HashMap<u32, i32>,
+        ports: HashMap<u16, SteerPort>,
+        fail: Option<&'static str>,
+    }
+
+    impl FakeMaps {
+        fn failing(&mut self, step: &'static str) -> Result<(), String> {
+            if self.fail == Some(step) {
+                self.fail = None;
+                return Err(format!("{step} failed (injected)"));
+            }
+            Ok(())
+        }
+    }
+
+    impl SteerMaps for FakeMaps {
+        fn attach(&mut self, _socket: BorrowedFd<'_>) -> Result<(), String> {
+            self.failing("attach")?;
+            self.attached += 1;
+            Ok(())
+        }
+
+        fn set_socket(&mut self, index: u32, socket: BorrowedFd<'_>) -> Result<(), String> {
+            self.failing("set_socket")?;
+            let fd = socket.as_raw_fd();
+            if self.sockets.values().any(|s| *s == fd) {
+                return Err(format!("socket {fd} is in the array already"));
+            }
+            self.sockets.insert(index, fd);
+            Ok(())
+        }
+
+        fn insert_port(&mut self, port: u16, entry: SteerPort) -> Result<(), String> {
+            self.failing("insert_port")?;
+            self.ports.insert(port, entry);
+            Ok(())
+        }
+
+        fn port_base(&self, port: u16) -> Option<u32> {
+            self.ports.get(&port).map(|e| e.base)
+        }
+
+        fn remove_port(&mut self, port: u16) -> Result<(), String> {
+            self.ports.remove(&port);
+            Ok(())
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// A distinct open descriptor per (listener, worker), standing in for the sockets.
+    fn sockets(n: usize) -> Vec<File> {
+        (0..n).map(|_| File::open("/dev/null").unwrap()).collect()
+    }
+
+    fn groups(workers: usize) -> Groups {
+        Groups {
+            workers,
+            list: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_port_is_published_once_every_worker_registered_and_unpublished_by_the_first_to_leave() {
+        let (mut maps, mut g, fds) = (FakeMaps::default(), groups(2), sockets(2));
+        let a = addr("127.0.0.1:8080");
+        assert!(g.add(&mut maps, a, 1, fds[1].as_fd()).unwrap());
+        assert!(maps.ports.is_empty(), "published with worker 0 missing");
+        assert_eq!(maps.attached, 1);
+        assert!(g.add(&mut maps, a, 0, fds[0].as_fd()).unwrap());
+        assert_eq!(maps.ports[&8080].base, 0);
+        assert_eq!(maps.ports[&8080].workers, 2);
+        assert_eq!(maps.sockets[&0], fds[0].as_raw_fd());
+        assert_eq!(maps.sockets[&1], fds[1].as_raw_fd());
+        assert_eq!(maps.attached, 1, "attached once per group");
+
+        g.remove(&mut maps, a, 0);
+        assert!(
+            maps.ports.is_empty(),
+            "the first worker to leave unpublishes"
+        );
+        assert_eq!(g.list.len(), 1, "the block is kept while a worker is in it");
+        g.remove(&mut maps, a, 1);
+        assert!(g.list.is_empty());
+    }
+
+    #[test]
+    fn an_address_moved_on_its_port_is_steered_again_whatever_the_workers_order() {
+        let (old, new) = (addr("127.0.0.1:8080"), addr("127.0.0.2:8080"));
+        // Each worker removes the old address before it adds the new one; the two workers
+        // interleave in any order.
+        let orders: [&[(bool, usize)]; 3] = [
+            &[(false, 0), (true, 0), (false, 1), (true, 1)],
+            &[(false, 0), (false, 1), (true, 0), (true, 1)],
+            &[(false, 1), (true, 1), (false, 0), (true, 0)],
+        ];
+        for order in orders {
+            let (mut maps, mut g) = (FakeMaps::default(), groups(2));
+            let (old_fds, new_fds) = (sockets(2), sockets(2));
+            for (w, fd) in old_fds.iter().enumerate() {
+                g.add(&mut maps, old, w, fd.as_fd()).unwrap();
+            }
+            for &(adding, w) in order {
+                if adding {
+                    assert!(
+                        g.add(&mut maps, new, w, new_fds[w].as_fd()).unwrap(),
+                        "{order:?}: worker {w}'s socket was left to the kernel's hash"
+                    );
+                } else {
+                    g.remove(&mut maps, old, w);
+                }
+            }
+            let entry = maps
+                .ports
+                .get(&8080)
+                .unwrap_or_else(|| panic!("{order:?}: the moved listener's port is not published"));
+            let base = entry.base;
+            assert_eq!(maps.sockets[&base], new_fds[0].as_raw_fd(), "{order:?}");
+            assert_eq!(
+                maps.sockets[&(base + 1)],
+                new_fds[1].as_raw_fd(),
+                "{order:?}"
+            );
+            assert_eq!(g.list.len(), 1, "{order:?}: the old group was not freed");
+        }
+    }
+
+    #[test]
+    fn a_failed_step_is_retried_without_putting_a_socket_in_twice() {
+        let (mut maps, mut g, fds) = (FakeMaps::default(), groups(2), sockets(2));
+        let a = addr("127.0.0.1:8080");
+        g.add(&mut maps, a, 0, fds[0].as_fd()).unwrap();
+        maps.fail = Some("insert_port");
+        let err = g.add(&mut maps, a, 1, fds[1].as_fd()).unwrap_err();
+        assert!(
+            err.to_string().contains("port 8080 of 127.0.0.1:8080"),
+            "{err}"
+        );
+        assert!(maps.ports.is_empty());
+        // The retry only writes the port: setting the socket again would fail.
+        assert!(g.add(&mut maps, a, 1, fds[1].as_fd()).unwrap());
+        assert_eq!(maps.ports[&8080].base, 0);
+
+        // A socket that could not be set is set at the retry.
+        let b = addr("127.0.0.1:9090");
+        let more = sockets(2);
+        g.add(&mut maps, b, 0, more[0].as_fd()).unwrap();
+        maps.fail = Some("set_socket");
+        assert!(g.add(&mut maps, b, 1, more[1].as_fd()).is_err());
+        assert!(!maps.ports.contains_key(&9090));
+        assert!(g.add(&mut maps, b, 1, more[1].as_fd()).unwrap());
+        assert_eq!(maps.ports[&9090].base, MAX_WORKERS);
+    }
+
+    #[test]
+    fn a_leaving_listener_never_removes_an_entry_it_did_not_write() {
+        let (mut maps, mut g, fds) = (FakeMaps::default(), groups(1), sockets(1));
+        let a = addr("127.0.0.1:8080");
+        g.add(&mut maps, a, 0, fds[0].as_fd()).unwrap();
+        // Another writer's entry for the port (as after a move of the address).
+        maps.ports.insert(
+            8080,
+            SteerPort {
+                base: 7 * MAX_WORKERS,
+                workers: 1,
+            },
+        );
+        g.remove(&mut maps, a, 0);
+        assert_eq!(maps.ports[&8080].base, 7 * MAX_WORKERS);
+    }
+
+    #[test]
+    fn a_second_listener_on_a_port_and_port_zero_are_left_to_the_kernel() {
+        let (mut maps, mut g, fds) = (FakeMaps::default(), groups(1), sockets(3));
+        assert!(
+            g.add(&mut maps, addr("127.0.0.1:8080"), 0, fds[0].as_fd())
+                .unwrap()
+        );
+        assert!(
+            !g.add(&mut maps, addr("127.0.0.2:8080"), 0, fds[1].as_fd())
+                .unwrap()
+        );
+        assert!(
+            !g.add(&mut maps, addr("127.0.0.1:0"), 0, fds[2].as_fd())
+                .unwrap()
+        );
+        assert_eq!(g.list.len(), 1);
+        assert_eq!(maps.sockets.len(), 1);
+        assert_eq!(maps.attached, 1);
+    }
+
+    #[test]
+    fn a_freed_block_is_taken_by_the_next_listener() {
+        let (mut maps, mut g, fds) = (FakeMaps::default(), groups(1), sockets(3));
+        let (a, b, c) = (
+            addr("127.0.0.1:1001"),
+            addr("127.0.0.1:1002"),
+            addr("127.0.0.1:1003"),
+        );
+        g.add(&mut maps, a, 0, fds[0].as_fd()).unwrap();
+        g.add(&mut maps, b, 0, fds[1].as_fd()).unwrap();
+        assert_eq!(maps.ports[&1002].base, MAX_WORKERS);
+        g.remove(&mut maps, a, 0);
+        // The kernel drops a closed socket from the array.
+        maps.sockets.remove(&0);
+        g.add(&mut maps, c, 0, fds[2].as_fd()).unwrap();
+        assert_eq!(maps.ports[&1003].base, 0);
+        assert_eq!(maps.ports[&1002].base, MAX_WORKERS);
+        assert!(!maps.ports.contains_key(&1001));
+    }
+
+    #[test]
+    fn more_workers_than_the_maps_hold_is_refused() {
+        let (mut maps, mut g, fds) = (FakeMaps::default(), groups(2), sockets(1));
+        let err = g
+            .add(&mut maps, addr("127.0.0.1:8080"), 2, fds[0].as_fd())
+            .unwrap_err();
+        assert!(err.to_string().contains("worker 2"), "{err}");
     }
 }

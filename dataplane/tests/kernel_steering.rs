@@ -2,8 +2,9 @@
 //! `sk_reuseport` program; a 2-worker data plane registers its sockets and attaches it.
 //! New connections are spread over both workers; weight 0 on worker 1 sends every new
 //! connection to worker 0 while worker 1's open connections keep being served; a listener
-//! the configuration adds at run time is steered by the same weights, and a removed one
-//! releases its place. Counted per worker from the data plane's /metrics. Runs as root;
+//! the configuration adds at run time is steered by the same weights, also when moved to
+//! another address on the same port; a removed one leaves the port map, and added again it
+//! is steered again. Counted per worker from the data plane's /metrics. Runs as root;
 //! elsewhere it prints a skip line.
 
 #![allow(
@@ -28,7 +29,7 @@ use omnirelay_ebpf_common::{
 use omnirelay_test_support::{
     Capability,
     nginx::Nginx,
-    process::{TempDir, free_port, wait_until},
+    process::{ChildGuard, TempDir, free_port, wait_until},
     require_caps,
 };
 
@@ -124,8 +125,11 @@ fn steering_spreads_new_connections_and_weight_zero_drains_a_worker() {
         dataplane.log()
     );
 
-    let steered: Vec<u32> = ports_map(&pin_dir).keys().map(Result::unwrap).collect();
-    assert_eq!(steered, [u32::from(ports.proxy)], "the steering port map");
+    assert_eq!(
+        steered_ports(&pin_dir),
+        [u32::from(ports.proxy)],
+        "the steering port map"
+    );
 
     let mut first = open(ports.proxy, 200);
     assert!(
@@ -172,64 +176,96 @@ fn steering_spreads_new_connections_and_weight_zero_drains_a_worker() {
     // A listener added at run time is registered by both workers and steered by the same
     // weights: without that, the kernel's hash would give worker 1 about half of these.
     let port = free_port();
-    let listener = format!("\n[[listeners]]\nname = \"added\"\naddress = \"127.0.0.1:{port}\"\n");
-    let with_added = |w: &str| format!("{}{listener}", with_weights(w));
-    write_config(&config_path, &with_added("[1, 0]"));
-    let registered = format!("127.0.0.1:{port}");
-    assert!(
-        wait_until(Duration::from_secs(10), || dataplane.log().lines().any(
-            |l| l.contains("registered for kernel steering") && l.contains(&registered)
-        )),
-        "the added listener was not registered for steering:\n{}",
-        dataplane.log()
-    );
-    let third = open(port, 100);
-    assert!(wait_until(Duration::from_secs(5), || {
-        worker_conns(&ports, 0) + worker_conns(&ports, 1) == 400.0
-    }));
-    assert_eq!(
-        worker_conns(&ports, 1),
-        w1,
-        "the drained worker received connections of the added listener"
-    );
-    assert_eq!(worker_conns(&ports, 0), w0 + 200.0);
+    let at = |ip: &str| format!("\n[[listeners]]\nname = \"added\"\naddress = \"{ip}:{port}\"\n");
+    let added = |ip: &str, w: &str| format!("{}{}", with_weights(w), at(ip));
+    let both = [u32::from(ports.proxy), u32::from(port)];
+    write_config(&config_path, &added("127.0.0.1", "[1, 0]"));
+    wait_registered(&dataplane, &format!("127.0.0.1:{port}"), 1);
+    let third = connect_and_count(&ports, ("127.0.0.1", port), 100, [100.0, 0.0]);
+    assert_eq!(steered_ports(&pin_dir), both);
 
-    // Removed, it stops accepting; added again (now with equal weights), it takes a block
-    // of the socket array again and both workers get its connections.
-    drop(third);
+    // Moved to another address on the same port: steered again (the port is the map's
+    // key, and the listener on its way out no longer holds it).
+    write_config(&config_path, &added("127.0.0.2", "[1, 0]"));
+    wait_registered(&dataplane, &format!("127.0.0.2:{port}"), 1);
+    let fourth = connect_and_count(&ports, ("127.0.0.2", port), 100, [100.0, 0.0]);
+    assert_eq!(steered_ports(&pin_dir), both);
+
+    // Removed: it stops accepting and its port leaves the map.
+    drop((third, fourth));
     write_config(&config_path, &with_weights("[1, 0]"));
     assert!(
         wait_until(Duration::from_secs(5), || TcpStream::connect((
-            "127.0.0.1",
+            "127.0.0.2",
             port
         ))
         .is_err()),
         "the removed listener still accepts:\n{}",
         dataplane.log()
     );
-    let before = kernel_version(&ports);
-    write_config(&config_path, &with_added("[1, 1]"));
     assert!(
-        wait_until(Duration::from_secs(10), || kernel_version(&ports) > before
-            && dataplane
-                .log()
-                .lines()
-                .filter(|l| l.contains("registered for kernel steering") && l.contains(&registered))
-                .count()
-                == 2),
-        "the listener added again was not registered for steering:\n{}",
+        wait_until(Duration::from_secs(5), || steered_ports(&pin_dir)
+            == [u32::from(ports.proxy)]),
+        "the removed listener's port stayed in the steering map: {:?}",
+        steered_ports(&pin_dir)
+    );
+
+    // Added again, now with worker 0 drained: it takes a block again and only worker 1
+    // gets its connections.
+    let before = kernel_version(&ports);
+    write_config(&config_path, &added("127.0.0.1", "[0, 1]"));
+    assert!(
+        wait_until(Duration::from_secs(5), || kernel_version(&ports) > before),
+        "the control daemon did not write the new weights:\n{}",
+        control.log()
+    );
+    wait_registered(&dataplane, &format!("127.0.0.1:{port}"), 2);
+    let fifth = connect_and_count(&ports, ("127.0.0.1", port), 100, [0.0, 100.0]);
+    assert_eq!(steered_ports(&pin_dir), both);
+    drop((second, fifth));
+    let _ = std::fs::remove_dir_all(&pin_dir);
+}
+
+/// Waits until the data plane has logged the registration of `addr` `times` times.
+fn wait_registered(dataplane: &ChildGuard, addr: &str, times: usize) {
+    assert!(
+        wait_until(Duration::from_secs(10), || dataplane
+            .log()
+            .lines()
+            .filter(|l| l.contains("registered for kernel steering") && l.contains(addr))
+            .count()
+            == times),
+        "{addr} was not registered for steering (time {times}):\n{}",
         dataplane.log()
     );
-    let (a0, a1) = (worker_conns(&ports, 0), worker_conns(&ports, 1));
-    let fourth = open(port, 200);
-    assert!(wait_until(Duration::from_secs(5), || {
-        worker_conns(&ports, 0) + worker_conns(&ports, 1) == a0 + a1 + 200.0
-    }));
-    let (b0, b1) = (worker_conns(&ports, 0) - a0, worker_conns(&ports, 1) - a1);
+}
+
+/// Opens `n` connections to `to` and checks how many each worker got.
+fn connect_and_count(
+    ports: &Ports,
+    to: (&str, u16),
+    n: usize,
+    expected: [f64; 2],
+) -> Vec<TcpStream> {
+    let before = [worker_conns(ports, 0), worker_conns(ports, 1)];
+    let conns: Vec<TcpStream> = (0..n).map(|_| TcpStream::connect(to).unwrap()).collect();
     assert!(
-        b0 >= 50.0 && b1 >= 50.0,
-        "equal weights should spread the added listener's 200 connections: worker 0 got {b0}, worker 1 got {b1}"
+        wait_until(Duration::from_secs(5), || {
+            worker_conns(ports, 0) + worker_conns(ports, 1) == before[0] + before[1] + n as f64
+        }),
+        "not every connection to {to:?} was accepted"
     );
-    drop((second, fourth));
-    let _ = std::fs::remove_dir_all(&pin_dir);
+    let got = [
+        worker_conns(ports, 0) - before[0],
+        worker_conns(ports, 1) - before[1],
+    ];
+    assert_eq!(got, expected, "connections to {to:?} per worker");
+    conns
+}
+
+/// The ports in the steering port map, sorted.
+fn steered_ports(pin_dir: &str) -> Vec<u32> {
+    let mut ports: Vec<u32> = ports_map(pin_dir).keys().map(Result::unwrap).collect();
+    ports.sort_unstable();
+    ports
 }

@@ -243,7 +243,11 @@ const LISTENER_CHECK: Duration = Duration::from_millis(200);
 /// A listener a worker accepts on, and how to stop it.
 struct Accepting {
     addr: SocketAddr,
+    /// Shared with the accept loop: the socket closes when both let go.
+    listener: Rc<TcpListener>,
     stop: Canceller,
+    /// Registered with kernel steering, or nothing to register (steering off).
+    steered: bool,
 }
 
 /// The listening socket of `listener`, for registration with kernel steering.
@@ -254,23 +258,59 @@ pub(crate) fn listener_fd(listener: &TcpListener) -> BorrowedFd<'_> {
 }
 
 /// Starts accepting on `listener` (bound to `addr`) as the worker's next listener index.
-fn accept_on(ctx: &Rc<WorkerCtx>, addr: SocketAddr, listener: TcpListener) -> Accepting {
+/// `steered`: registered with kernel steering already, or steering is off.
+fn accept_on(
+    ctx: &Rc<WorkerCtx>,
+    addr: SocketAddr,
+    listener: TcpListener,
+    steered: bool,
+) -> Accepting {
     let index = {
         let mut addrs = ctx.listen_addrs.borrow_mut();
         addrs.push(addr);
         u32::try_from(addrs.len() - 1).unwrap_or(u32::MAX)
     };
+    let listener = Rc::new(listener);
     let stop = Canceller::new();
-    monoio::spawn(accept_loop(Rc::clone(ctx), index, listener, stop.handle()));
-    Accepting { addr, stop }
+    monoio::spawn(accept_loop(
+        Rc::clone(ctx),
+        index,
+        Rc::clone(&listener),
+        stop.handle(),
+    ));
+    Accepting {
+        addr,
+        listener,
+        stop,
+        steered: steered || ctx.steering.is_none(),
+    }
+}
+
+/// Registers the worker's socket of `a` with kernel steering unless done; a failure is
+/// logged when `log` and tried again at the next check.
+fn steer(ctx: &WorkerCtx, a: &mut Accepting, log: bool) {
+    let Some(steering) = &ctx.steering else {
+        return;
+    };
+    if a.steered {
+        return;
+    }
+    let added = crate::steering::lock(steering).add(a.addr, ctx.id, listener_fd(&a.listener));
+    match added {
+        Ok(_) => a.steered = true,
+        Err(e) if log => {
+            tracing::warn!(worker = ctx.id, address = %a.addr, error = %e, retry_ms = LISTENER_CHECK.as_millis(), "listener not registered with kernel steering (the kernel's hash spreads its connections); retrying");
+        }
+        Err(_) => {}
+    }
 }
 
 /// Brings the worker's listeners to those of the snapshot in force: binds the new ones
 /// (SO_REUSEPORT, beside the other workers) and stops accepting on removed ones (their
 /// open connections are answered 503 and closed at their next request), registering or
 /// releasing each with kernel steering when it is on. Returns whether every listener is
-/// bound; one that cannot be is tried again at the next check, its failure logged when
-/// `new_version` (once per version, not at every retry).
+/// bound and registered; what failed is tried again at the next check, its failure logged
+/// when `new_version` (once per version, not at every retry) or just bound.
 fn follow_listeners(
     ctx: &Rc<WorkerCtx>,
     accepting: &mut Vec<Accepting>,
@@ -294,31 +334,30 @@ fn follow_listeners(
         }
         keep
     });
-    let mut all_bound = true;
+    let mut settled = true;
     for addr in wanted {
-        if accepting.iter().any(|a| a.addr == addr) {
+        if let Some(a) = accepting.iter_mut().find(|a| a.addr == addr) {
+            steer(ctx, a, new_version);
+            settled &= a.steered;
             continue;
         }
         match bind(addr, ctx.backlog) {
             Ok(listener) => {
-                if let Some(steering) = &ctx.steering
-                    && let Err(e) =
-                        crate::steering::lock(steering).add(addr, ctx.id, listener_fd(&listener))
-                {
-                    tracing::warn!(worker = ctx.id, address = %addr, error = %e, "listener added by the configuration not registered with kernel steering; the kernel's hash spreads its connections");
-                }
-                accepting.push(accept_on(ctx, addr, listener));
+                let mut a = accept_on(ctx, addr, listener, false);
                 tracing::info!(worker = ctx.id, address = %addr, "listener added by the configuration; accepting");
+                steer(ctx, &mut a, true);
+                settled &= a.steered;
+                accepting.push(a);
             }
             Err(e) => {
-                all_bound = false;
+                settled = false;
                 if new_version {
                     tracing::error!(worker = ctx.id, address = %addr, error = %e, retry_ms = LISTENER_CHECK.as_millis(), "cannot bind a listener added by the configuration; retrying");
                 }
             }
         }
     }
-    all_bound
+    settled
 }
 
 /// Runs worker `id` until the process exits: accepts on `listeners` (bound to the
@@ -331,21 +370,21 @@ pub(crate) async fn run(
 ) {
     let mut accepting: Vec<Accepting> = listeners
         .into_iter()
-        .map(|(addr, l)| accept_on(&ctx, addr, l))
+        .map(|(addr, l)| accept_on(&ctx, addr, l, true))
         .collect();
     let ctx_listen = Rc::clone(&ctx);
     let listening = monoio::spawn(async move {
         // From the version the listeners were bound for: one that arrived while the
         // worker started is followed at the first check.
         let mut seen = bound_version;
-        let mut all_bound = true;
+        let mut settled = true;
         loop {
             monoio::time::sleep(LISTENER_CHECK).await;
             let version = ctx_listen.holder.version();
             let new_version = version != seen;
-            if new_version || !all_bound {
+            if new_version || !settled {
                 seen = version;
-                all_bound = follow_listeners(&ctx_listen, &mut accepting, new_version);
+                settled = follow_listeners(&ctx_listen, &mut accepting, new_version);
             }
         }
     });
@@ -379,7 +418,12 @@ pub(crate) async fn run(
 
 /// Accepts on the worker's listener `index` (into `listen_addrs`) until `stop` is
 /// cancelled; the listening socket closes when it returns.
-async fn accept_loop(ctx: Rc<WorkerCtx>, index: u32, listener: TcpListener, stop: CancelHandle) {
+async fn accept_loop(
+    ctx: Rc<WorkerCtx>,
+    index: u32,
+    listener: Rc<TcpListener>,
+    stop: CancelHandle,
+) {
     loop {
         match listener.cancelable_accept(stop.clone()).await {
             Ok((stream, peer)) => {
