@@ -98,14 +98,18 @@ impl KernelService {
             }
         };
         let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
-        match limiter.apply(&plan) {
+        // The counters' labels and the version follow the programs as they switch to the
+        // new generation, also when clearing the old one afterwards fails.
+        let switched = || {
+            self.names
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone_from(&plan.names);
+            self.version.store(published.version, Ordering::Relaxed);
+        };
+        match limiter.apply_with(&plan, switched) {
             Ok(()) => {
-                self.names
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone_from(&plan.names);
                 self.applied.fetch_add(1, Ordering::Relaxed);
-                self.version.store(published.version, Ordering::Relaxed);
             }
             Err(e) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);

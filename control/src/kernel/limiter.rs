@@ -200,6 +200,17 @@ impl KernelLimiter {
     /// Writes `plan` as the next generation and makes it active: the programs see either
     /// the previous set or this one, never a mix.
     pub fn apply(&mut self, plan: &KernelPlan) -> Result<(), KernelError> {
+        self.apply_with(plan, || {})
+    }
+
+    /// [`apply`](Self::apply), calling `switched` the moment the programs start reading
+    /// the new generation (before the grace period and the clearing of the old one, which
+    /// may still fail): what labels the counters by listener follows it there.
+    pub fn apply_with(
+        &mut self,
+        plan: &KernelPlan,
+        switched: impl FnOnce(),
+    ) -> Result<(), KernelError> {
         let old = self.active()?.word & ACTIVE_GENERATION;
         let new = old ^ 1;
         // A previous apply may have died half-way: start the new generation from empty.
@@ -213,10 +224,11 @@ impl KernelLimiter {
             | flag(!plan.overrides.is_empty(), ACTIVE_HAS_OVERRIDES);
         let current = self.active()?;
         write_active(&mut self.ebpf, Active { word, ..current })?;
-        std::thread::sleep(GENERATION_GRACE);
-        self.clear_generation(old)?;
         self.names.clone_from(&plan.names);
         self.applied = Some(plan.version);
+        switched();
+        std::thread::sleep(GENERATION_GRACE);
+        self.clear_generation(old)?;
         tracing::info!(
             version = plan.version,
             generation = new,
