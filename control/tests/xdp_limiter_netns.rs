@@ -145,6 +145,17 @@ impl Site {
             "the daemon did not write the kernel maps:\n{}",
             child.log()
         );
+        // The published snapshot is in the maps before the program judges a packet (a
+        // program on recreated maps would otherwise pass or drop by empty lists).
+        let log = child.log();
+        let written = log.find("kernel maps updated");
+        let attached = log
+            .find("XDP program attached")
+            .or_else(|| log.find("XDP program replaced inside the pinned link"));
+        assert!(
+            matches!((written, attached), (Some(w), Some(a)) if w < a),
+            "the maps must be written before the program attaches:\n{log}"
+        );
         child
     }
 
