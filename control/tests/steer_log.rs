@@ -24,9 +24,7 @@ use nix::sys::socket::{
     AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, setsockopt, socket,
     sockopt::ReusePort,
 };
-use omnirelay_control::kernel::{
-    AttachMode, KernelLimiter, KernelPlan, LimiterSettings, remove_pins,
-};
+use omnirelay_control::kernel::{KernelLimiter, KernelPlan, LimiterSettings, remove_pins};
 use omnirelay_ebpf_common::limiter::{SteerPort, SteerWeights};
 use omnirelay_test_support::{Capability, process::free_port, require_caps, trace::CapturedEvents};
 
@@ -57,13 +55,7 @@ fn a_steering_fault_is_logged_through_aya_log_into_tracing() {
     let _ = remove_pins(&pin_dir);
     let (events, dispatch) = CapturedEvents::new();
     let mut limiter = tracing::dispatcher::with_default(&dispatch, || {
-        KernelLimiter::start(LimiterSettings {
-            interfaces: vec![],
-            mode: AttachMode::Generic,
-            pin_dir: pin_dir.clone(),
-            steering: true,
-        })
-        .unwrap()
+        KernelLimiter::start(LimiterSettings::unattached(&pin_dir, true)).unwrap()
     });
     // Worker 0 weighs nothing, worker 1 everything: every connection asks for slot 1.
     let mut weights = SteerWeights {

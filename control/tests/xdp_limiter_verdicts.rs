@@ -88,12 +88,7 @@ fn fresh_pin_dir(tag: &str) -> PathBuf {
 
 /// Settings of a limiter loaded on no interface, pinned in `pin_dir`.
 fn unattached(pin_dir: &std::path::Path) -> LimiterSettings {
-    LimiterSettings {
-        interfaces: vec![],
-        mode: AttachMode::Generic,
-        pin_dir: pin_dir.to_path_buf(),
-        steering: false,
-    }
+    LimiterSettings::unattached(pin_dir, false)
 }
 
 fn load(text: &str, tag: &str) -> Loaded {

@@ -13,7 +13,7 @@ use omnirelay_ebpf_common::{
     names::XDP_FLOOR_PROGRAM,
 };
 
-use super::{AttachMode, KernelError, KernelLimiter, KernelPlan, LimiterSettings, XDP_OBJECT};
+use super::{KernelError, KernelLimiter, KernelPlan, LimiterSettings, XDP_OBJECT};
 
 /// One measurement, nanoseconds per packet (the kernel's mean over `repeat` runs).
 #[derive(Clone, Copy, Debug, serde::Serialize)]
@@ -73,12 +73,7 @@ fn measure_in(pin_dir: &std::path::Path, repeat: u32) -> Result<CostSample, Kern
     let floor: &mut Xdp = super::program(&mut floor_obj, XDP_FLOOR_PROGRAM)?;
     floor.load().map_err(super::load_error(XDP_FLOOR_PROGRAM))?;
 
-    let mut limiter = KernelLimiter::start(LimiterSettings {
-        interfaces: Vec::new(),
-        mode: AttachMode::Generic,
-        pin_dir: pin_dir.to_path_buf(),
-        steering: false,
-    })?;
+    let mut limiter = KernelLimiter::start(LimiterSettings::unattached(pin_dir, false))?;
     // Listener 0 on 0.0.0.0: a budget nobody exceeds (pass path); listener 1 on another
     // port: one packet per second (drop path after the first).
     let policy = |id, budget| ListenerPolicy {

@@ -63,6 +63,19 @@ pub struct LimiterSettings {
     pub steering: bool,
 }
 
+impl LimiterSettings {
+    /// Programs loaded and maps pinned under `pin_dir`, attached to no interface: for
+    /// `BPF_PROG_TEST_RUN` (the cost bench, the verdict tests) and steering alone.
+    pub fn unattached(pin_dir: &std::path::Path, steering: bool) -> Self {
+        LimiterSettings {
+            interfaces: Vec::new(),
+            mode: AttachMode::Generic,
+            pin_dir: pin_dir.to_path_buf(),
+            steering,
+        }
+    }
+}
+
 /// Packets counted by the limiter, summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LimiterCounters {
