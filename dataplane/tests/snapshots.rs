@@ -113,6 +113,8 @@ fn a_listener_added_by_the_config_accepts_and_a_removed_one_stops() {
         2,
         "{log}"
     );
+    // The workers were told of each snapshot (not left to periodic checks).
+    assert!(!log.contains("snapshot notifications"), "{log}");
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::{
 };
 
 use monoio::{
-    io::{CancelHandle, Canceller},
+    io::{AsyncReadRent as _, CancelHandle, Canceller},
     net::{ListenerOpts, TcpListener},
 };
 
@@ -237,8 +237,55 @@ pub(crate) fn bind(addr: SocketAddr, backlog: i32) -> std::io::Result<TcpListene
     TcpListener::bind_with_config(addr, &opts)
 }
 
-/// How often a worker compares its listeners with the snapshot's.
+/// How often a worker retries a listener it could not bind or register (and compares its
+/// listeners with the snapshot's, when it cannot be told of new snapshots).
 const LISTENER_CHECK: Duration = Duration::from_millis(200);
+
+/// Wakes a worker's listener follower when the snapshot holder swaps in a new snapshot
+/// (a socket from [`SnapshotHolder::subscribe`] read on the worker's own runtime).
+struct SnapshotChanges {
+    socket: Option<monoio::net::UnixStream>,
+    buf: Vec<u8>,
+}
+
+impl SnapshotChanges {
+    fn new(ctx: &WorkerCtx) -> Self {
+        let socket = ctx
+            .holder
+            .subscribe()
+            .and_then(monoio::net::UnixStream::from_std);
+        let socket = match socket {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(worker = ctx.id, error = %e, check_ms = LISTENER_CHECK.as_millis(), "no snapshot notifications; checking the listeners periodically");
+                None
+            }
+        };
+        SnapshotChanges {
+            socket,
+            buf: Vec::with_capacity(64),
+        }
+    }
+
+    /// Returns after the next snapshot swap, or after [`LISTENER_CHECK`] when `retrying`
+    /// (or when there are no notifications).
+    async fn next(&mut self, retrying: bool) {
+        let Some(socket) = self.socket.as_mut().filter(|_| !retrying) else {
+            monoio::time::sleep(LISTENER_CHECK).await;
+            return;
+        };
+        let buf = std::mem::take(&mut self.buf);
+        let (read, mut buf) = socket.read(buf).await;
+        buf.clear();
+        self.buf = buf;
+        if !matches!(read, Ok(n) if n > 0) {
+            // The holder keeps its end open for the process's life; should it fail anyway,
+            // periodic checks take over.
+            tracing::warn!(error = ?read.err(), check_ms = LISTENER_CHECK.as_millis(), "snapshot notifications ended; checking the listeners periodically");
+            self.socket = None;
+        }
+    }
+}
 
 /// A listener a worker accepts on, and how to stop it.
 struct Accepting {
@@ -374,18 +421,19 @@ pub(crate) async fn run(
         .collect();
     let ctx_listen = Rc::clone(&ctx);
     let listening = monoio::spawn(async move {
+        let mut changes = SnapshotChanges::new(&ctx_listen);
         // From the version the listeners were bound for: one that arrived while the
-        // worker started is followed at the first check.
+        // worker started is followed at once.
         let mut seen = bound_version;
         let mut settled = true;
         loop {
-            monoio::time::sleep(LISTENER_CHECK).await;
             let version = ctx_listen.holder.version();
             let new_version = version != seen;
             if new_version || !settled {
                 seen = version;
                 settled = follow_listeners(&ctx_listen, &mut accepting, new_version);
             }
+            changes.next(!settled).await;
         }
     });
     let ctx_idle = Rc::clone(&ctx);

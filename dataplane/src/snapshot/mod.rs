@@ -7,9 +7,13 @@ mod client;
 mod runtime;
 mod verify;
 
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    io::Write as _,
+    os::unix::net::UnixStream,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use arc_swap::ArcSwapOption;
@@ -31,6 +35,8 @@ pub struct SnapshotHolder {
     applied: AtomicU64,
     // Serializes verify-then-swap so two sources cannot interleave version checks.
     apply: Mutex<()>,
+    /// Write ends of the sockets handed out by [`SnapshotHolder::subscribe`].
+    watchers: Mutex<Vec<UnixStream>>,
 }
 
 impl SnapshotHolder {
@@ -44,6 +50,7 @@ impl SnapshotHolder {
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
             applied: AtomicU64::new(0),
             apply: Mutex::new(()),
+            watchers: Mutex::new(Vec::new()),
         }
     }
 
@@ -60,6 +67,21 @@ impl SnapshotHolder {
     /// The running version (0 before the first snapshot).
     pub fn version(&self) -> u64 {
         self.peek(|c| c.map_or(0, |c| c.version))
+    }
+
+    /// A socket that turns readable each time a snapshot is swapped in (a byte per swap;
+    /// when the reader is far behind, the bytes stop at the socket's buffer, and it stays
+    /// readable): a worker on another runtime waits on it for a new version instead of
+    /// polling. Dropping it unsubscribes (found at the next swap).
+    pub fn subscribe(&self) -> std::io::Result<UnixStream> {
+        let (read, write) = UnixStream::pair()?;
+        read.set_nonblocking(true)?;
+        write.set_nonblocking(true)?;
+        self.watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(write);
+        Ok(read)
     }
 
     /// Snapshots applied since start.
@@ -100,7 +122,19 @@ impl SnapshotHolder {
         let compiled = RuntimeConfig::build(snapshot, &self.strategies)?;
         let version = compiled.version;
         self.current.store(Some(Arc::new(compiled)));
+        self.notify();
         Ok(version)
+    }
+
+    /// Tells every subscriber a new snapshot is in; drops those whose reader is gone.
+    fn notify(&self) {
+        let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        watchers.retain(|mut w| match w.write(&[1]) {
+            Ok(_) => true,
+            // Full: the reader has bytes to read already.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+            Err(_) => false,
+        });
     }
 
     fn account(&self, result: Result<u64, RejectReason>) -> Result<u64, RejectReason> {
@@ -124,5 +158,70 @@ impl SnapshotHolder {
             }
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        reason = "test code: a failed unwrap is a failed test"
+    )]
+
+    use std::io::Read as _;
+
+    use super::{verify::tests::*, *};
+    use crate::lb::test_util::strategies;
+
+    /// A signed snapshot the data plane accepts (one listener).
+    fn good(key: &ed25519_dalek::SigningKey, version: u64) -> v1::SignedSnapshot {
+        let mut s = snap(version);
+        s.listeners.push(v1::Listener {
+            name: "l".into(),
+            address: "127.0.0.1:1".into(),
+            ..Default::default()
+        });
+        sign(key, &s)
+    }
+
+    /// The bytes waiting on a subscriber's socket (it is non-blocking).
+    fn pending(socket: &mut UnixStream) -> usize {
+        let mut buf = [0u8; 64];
+        match socket.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn subscribers_hear_of_each_swap_not_of_a_rejection_and_dropped_ones_are_forgotten() {
+        let (key, verifier) = setup();
+        let holder = SnapshotHolder::new(verifier, strategies());
+        let mut first = holder.subscribe().unwrap();
+        let second = holder.subscribe().unwrap();
+        assert_eq!(pending(&mut first), 0);
+
+        holder.apply_signed(&good(&key, 1)).unwrap();
+        assert_eq!(pending(&mut first), 1);
+        assert_eq!(pending(&mut first), 0, "one byte per swap");
+
+        // A stale version changes nothing, and says nothing.
+        assert!(holder.apply_signed(&good(&key, 1)).is_err());
+        assert_eq!(pending(&mut first), 0);
+
+        drop(second);
+        holder.apply_signed(&good(&key, 2)).unwrap();
+        holder.apply_signed(&good(&key, 3)).unwrap();
+        assert_eq!(
+            pending(&mut first),
+            2,
+            "swaps the reader has not read yet add up"
+        );
+        assert_eq!(
+            holder.watchers.lock().unwrap().len(),
+            1,
+            "the dropped subscriber is still written to"
+        );
     }
 }

@@ -178,12 +178,12 @@ impl SnapshotVerifier {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use ed25519_dalek::{Signer as _, SigningKey};
 
     use super::*;
 
-    fn sign(key: &SigningKey, snap: &v1::Snapshot) -> v1::SignedSnapshot {
+    pub(crate) fn sign(key: &SigningKey, snap: &v1::Snapshot) -> v1::SignedSnapshot {
         let payload = snap.encode_to_vec();
         v1::SignedSnapshot {
             signature: key.sign(&signed_message(&payload)).to_bytes().to_vec(),
@@ -193,7 +193,7 @@ mod tests {
         }
     }
 
-    fn snap(version: u64) -> v1::Snapshot {
+    pub(crate) fn snap(version: u64) -> v1::Snapshot {
         v1::Snapshot {
             version,
             required_capabilities: vec!["http1".into()],
@@ -201,7 +201,7 @@ mod tests {
         }
     }
 
-    fn setup() -> (SigningKey, SnapshotVerifier) {
+    pub(crate) fn setup() -> (SigningKey, SnapshotVerifier) {
         let key = SigningKey::from_bytes(&[9; 32]);
         let v = SnapshotVerifier::new(key.verifying_key());
         (key, v)
