@@ -245,8 +245,13 @@ impl Steering {
     }
 
     /// Registers worker `worker`'s listening socket `socket` for `addr`; true when the
-    /// listener is steered, false when it is left to the kernel's hash (logged). See
-    /// [`Groups::add`].
+    /// listener is steered, false when it is left to the kernel's hash (logged): port 0
+    /// (each worker's socket has its own port), or a port another listener already has
+    /// (the port map is keyed by port). The first socket of a listener takes a free block
+    /// of the socket array and attaches the program to the group; the last one (every
+    /// worker registered) writes the port entry, from which on the program steers the
+    /// port (until then the kernel's hash spreads it). Calling it again for a socket
+    /// already registered only retries what failed after it.
     pub fn add(
         &mut self,
         addr: SocketAddr,
@@ -256,21 +261,17 @@ impl Steering {
         self.groups.add(&mut self.kernel, addr, worker, socket)
     }
 
-    /// Worker `worker` stops listening on `addr`. See [`Groups::remove`].
+    /// Worker `worker` stops listening on `addr`: the port entry goes with the first
+    /// worker that leaves (the remaining sockets are spread by the kernel's hash until
+    /// they close too), the block with the last. The kernel drops a closed socket from the
+    /// array by itself.
     pub fn remove(&mut self, addr: SocketAddr, worker: usize) {
         self.groups.remove(&mut self.kernel, addr, worker);
     }
 }
 
 impl Groups {
-    /// Registers worker `worker`'s listening socket `socket` for `addr`; true when the
-    /// listener is steered, false when it is left to the kernel's hash (logged): port 0
-    /// (each worker's socket has its own port), or a port another listener already has
-    /// (the port map is keyed by port). The first socket of a listener takes a free block
-    /// of the socket array and attaches the program to the group; the last one (every
-    /// worker registered) writes the port entry, from which on the program steers the
-    /// port (until then the kernel's hash spreads it). Calling it again for a socket
-    /// already registered only retries what failed after it.
+    /// See [`Steering::add`].
     fn add(
         &mut self,
         maps: &mut impl SteerMaps,
@@ -353,10 +354,7 @@ impl Groups {
         Ok(true)
     }
 
-    /// Worker `worker` stops listening on `addr`: the port entry goes with the first
-    /// worker that leaves (the remaining sockets are spread by the kernel's hash until
-    /// they close too), the block with the last. The kernel drops a closed socket from the
-    /// array by itself.
+    /// See [`Steering::remove`].
     fn remove(&mut self, maps: &mut impl SteerMaps, addr: SocketAddr, worker: usize) {
         let Some(index) = self.list.iter().position(|g| g.addr == addr) else {
             return;

@@ -14,7 +14,7 @@
 //! 3. [`BodyDecoder::new`] with that framing; [`BodyDecoder::decode`] (or
 //!    [`BodyDecoder::next_chunk`]) yields body bytes as they arrive.
 //! 4. [`write_request_head`] serializes the head for upstream with hop-by-hop fields removed
-//!    and the proxy's own fields added ([`x_forwarded_for`], [`forwarded`], [`via`]); the body
+//!    and the proxy's own fields added ([`x_forwarded_for`], [`forwarded()`], [`via`]); the body
 //!    goes out as is or re-chunked with [`encode_chunk`] and [`LAST_CHUNK`].
 //!
 //! The response side mirrors it with [`ResponseHead`] and [`write_response_head`]. Every

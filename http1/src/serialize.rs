@@ -34,7 +34,7 @@ pub(crate) const DROPPED: &[&[u8]] = &[
 /// (except Host, which a client cannot make the proxy strip), Content-Length, and every field
 /// named in `extra`: an extra field *replaces* the message's fields of that name, so build
 /// its value from the old ones with [`x_forwarded_for`](super::x_forwarded_for),
-/// [`forwarded`](super::forwarded) or [`via`](super::via) to append rather than replace.
+/// [`forwarded`](super::forwarded()) or [`via`](super::via) to append rather than replace.
 /// Extra fields are written as given: their names must be tokens and their values free of
 /// CR and LF (checked in debug builds).
 ///

@@ -1,5 +1,5 @@
 //! `cargo xtask test`: the one test command (README, CI). Format check, clippy with
-//! `-D warnings`, then every test tier this host can run; tests that need what the host
+//! `-D warnings`, rustdoc with `-D warnings`, then every test tier this host can run; tests that need what the host
 //! lacks print a SKIP line, and all skips are listed at the end. Last, a VM smoke run
 //! (the first kernel of the VM harness, the XDP test) keeps `cargo xtask vm-test` from
 //! rotting; it is skipped, with a SKIP line, only where qemu cannot be installed or run.
@@ -16,7 +16,8 @@ use crate::{
 /// Options of `cargo xtask test`.
 #[derive(clap::Args, Debug)]
 pub struct TestArgs {
-    /// Skip `cargo fmt --check` and clippy (for a quick local loop; CI never does this).
+    /// Skip `cargo fmt --check`, clippy and rustdoc (for a quick local loop; CI never does
+    /// this).
     #[arg(long)]
     pub no_lint: bool,
     /// Extra arguments for `cargo test` (a test-name filter, `--nocapture`, ...).
@@ -42,6 +43,12 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         run::run(run::cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
         step("clippy of the eBPF programs (pinned nightly, bpfel-unknown-none, -D warnings)");
         crate::toolchain::clippy_ebpf()?;
+        step("rustdoc (private items too, -D warnings: no broken links)");
+        run::run(
+            run::cargo()
+                .args(["doc", "--no-deps", "--document-private-items"])
+                .env("RUSTDOCFLAGS", "-D warnings"),
+        )?;
     }
 
     step("headless Chromium (the dashboard test opens the page in it)");

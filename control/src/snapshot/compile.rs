@@ -1,4 +1,4 @@
-//! Compiles a validated [`Config`] into the wire [`Snapshot`]: names become indices, defaults
+//! Compiles a validated [`Config`] into the wire [`Snapshot`](v1::Snapshot): names become indices, defaults
 //! are resolved, so the data plane only does lookups.
 
 use omnirelay_proto::v1;
