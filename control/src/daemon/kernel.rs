@@ -25,7 +25,8 @@ pub struct KernelService {
     limiter: Mutex<KernelLimiter>,
     /// The counters, read by `/metrics` without taking `limiter`.
     counters: CountersReader,
-    /// Listener names by id of the plan the maps hold (copied from it after each apply).
+    /// Listener names by id of the plan the programs read (copied from it at each
+    /// generation switch).
     names: Mutex<Vec<String>>,
     /// Snapshots written into the maps.
     pub applied: AtomicU64,

@@ -217,8 +217,9 @@ impl KernelLimiter {
     }
 
     /// [`apply`](Self::apply), calling `switched` the moment the programs start reading
-    /// the new generation (before the grace period and the clearing of the old one, which
-    /// may still fail): what labels the counters by listener follows it there.
+    /// the new generation (before the grace period and the clearing of the old one): what
+    /// labels the counters by listener follows it there. An error means the programs
+    /// still read the previous generation and `switched` was not called.
     pub fn apply_with(
         &mut self,
         plan: &KernelPlan,
@@ -241,7 +242,11 @@ impl KernelLimiter {
         self.applied = Some(plan.version);
         switched();
         std::thread::sleep(GENERATION_GRACE);
-        self.clear_generation(old)?;
+        // The plan is in force from the switch on: a leftover old generation is only
+        // garbage, which the next apply clears before writing into it.
+        if let Err(e) = self.clear_generation(old) {
+            tracing::warn!(version = plan.version, generation = old, error = %e, "clearing the previous generation failed; the next update clears it");
+        }
         tracing::info!(
             version = plan.version,
             generation = new,

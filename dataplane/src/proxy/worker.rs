@@ -274,7 +274,11 @@ impl SnapshotChanges {
             monoio::time::sleep(LISTENER_CHECK).await;
             return;
         };
-        let buf = std::mem::take(&mut self.buf);
+        // A read dropped before it completed (were this ever raced) keeps the buffer.
+        let mut buf = std::mem::take(&mut self.buf);
+        if buf.capacity() == 0 {
+            buf.reserve(64);
+        }
         let (read, mut buf) = socket.read(buf).await;
         buf.clear();
         self.buf = buf;

@@ -223,5 +223,25 @@ mod tests {
             1,
             "the dropped subscriber is still written to"
         );
+
+        // A reader far behind (the notifications of many swaps): its socket fills up, and
+        // it stays subscribed and readable.
+        for _ in 0..5000 {
+            holder.notify();
+        }
+        assert_eq!(holder.watchers.lock().unwrap().len(), 1);
+        let mut behind = 0;
+        loop {
+            match pending(&mut first) {
+                0 => break,
+                n => behind += n,
+            }
+        }
+        assert!(
+            (1..5000).contains(&behind),
+            "{behind} bytes: the socket never filled"
+        );
+        holder.apply_signed(&good(&key, 4)).unwrap();
+        assert_eq!(pending(&mut first), 1);
     }
 }
