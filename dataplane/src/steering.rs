@@ -130,7 +130,7 @@ struct Groups {
 #[derive(Debug)]
 struct Group {
     addr: SocketAddr,
-    /// Block index: worker `w`'s socket sits at `slot * MAX_WORKERS + w`.
+    /// Block index: worker `w`'s socket sits at [`Group::base`] `+ w`.
     slot: u32,
     /// Whether worker `w` has registered its socket.
     registered: Vec<bool>,
@@ -139,6 +139,13 @@ struct Group {
     /// A worker has removed it: its port is free for another listener (an address
     /// changed with the port kept).
     leaving: bool,
+}
+
+impl Group {
+    /// Where the group's block starts in the socket array.
+    fn base(&self) -> u32 {
+        self.slot * MAX_WORKERS
+    }
 }
 
 /// Steering shared between the workers of a data plane.
@@ -327,7 +334,7 @@ impl Groups {
             }
         };
         let group = &mut self.list[index];
-        let base = group.slot * MAX_WORKERS;
+        let base = group.base();
         if !group.registered[worker] {
             // Once only: the kernel refuses a socket that is in the array already.
             maps.set_socket(base + worker as u32, socket)
@@ -366,9 +373,8 @@ impl Groups {
         group.leaving = true;
         if group.published {
             group.published = false;
-            let base = group.slot * MAX_WORKERS;
             // Only this listener's entry: never one another listener published since.
-            if maps.port_base(addr.port()) == Some(base)
+            if maps.port_base(addr.port()) == Some(group.base())
                 && let Err(e) = maps.remove_port(addr.port())
             {
                 tracing::warn!(%addr, error = %e, "removing the port of a removed listener from the steering map");
