@@ -123,6 +123,8 @@ impl SteerMaps for Pinned {
 struct Groups {
     workers: usize,
     list: Vec<Group>,
+    /// Listeners left to the kernel's hash, so that each is logged once, not per worker.
+    unsteered: Vec<SocketAddr>,
 }
 
 /// One listener's `SO_REUSEPORT` group: its block of the socket array and which workers'
@@ -214,10 +216,7 @@ impl Steering {
                 sockets,
                 ports,
             },
-            groups: Groups {
-                workers,
-                list: Vec::new(),
-            },
+            groups: Groups::new(workers),
         };
         steering.forget_previous_ports();
         Ok(steering)
@@ -278,6 +277,23 @@ impl Steering {
 }
 
 impl Groups {
+    fn new(workers: usize) -> Groups {
+        Groups {
+            workers,
+            list: Vec::new(),
+            unsteered: Vec::new(),
+        }
+    }
+
+    /// Leaves `addr` to the kernel's hash, saying why the first time a worker asks.
+    fn unsteered(&mut self, addr: SocketAddr, why: &str) -> Result<bool, SteeringError> {
+        if !self.unsteered.contains(&addr) {
+            self.unsteered.push(addr);
+            tracing::warn!(%addr, "{why}; its connections are not steered");
+        }
+        Ok(false)
+    }
+
     /// See [`Steering::add`].
     fn add(
         &mut self,
@@ -293,8 +309,7 @@ impl Groups {
             )));
         }
         if addr.port() == 0 {
-            tracing::warn!(%addr, worker, "a listener on port 0 has a different port per worker; not steered");
-            return Ok(false);
+            return self.unsteered(addr, "a listener on port 0 has a different port per worker");
         }
         let index = match self.list.iter().position(|g| g.addr == addr) {
             Some(i) => {
@@ -310,8 +325,8 @@ impl Groups {
                     .iter()
                     .find(|g| !g.leaving && g.addr.port() == addr.port())
                 {
-                    tracing::warn!(%addr, other = %other.addr, "another listener has this port; its connections are not steered");
-                    return Ok(false);
+                    let why = format!("listener {} has this port", other.addr);
+                    return self.unsteered(addr, &why);
                 }
                 let slot = (0..MAX_STEER_PORTS)
                     .find(|s| self.list.iter().all(|g| g.slot != *s))
@@ -363,6 +378,7 @@ impl Groups {
 
     /// See [`Steering::remove`].
     fn remove(&mut self, maps: &mut impl SteerMaps, addr: SocketAddr, worker: usize) {
+        self.unsteered.retain(|a| *a != addr);
         let Some(index) = self.list.iter().position(|g| g.addr == addr) else {
             return;
         };
@@ -477,10 +493,7 @@ mod tests {
     }
 
     fn groups(workers: usize) -> Groups {
-        Groups {
-            workers,
-            list: Vec::new(),
-        }
+        Groups::new(workers)
     }
 
     #[test]
@@ -610,6 +623,21 @@ mod tests {
         assert_eq!(g.list.len(), 1);
         assert_eq!(maps.sockets.len(), 1);
         assert_eq!(maps.attached, 1);
+    }
+
+    #[test]
+    fn an_unsteered_listener_is_noted_once_for_all_workers_until_it_is_removed() {
+        let (mut maps, mut g, fds) = (FakeMaps::default(), groups(2), sockets(2));
+        let zero = addr("127.0.0.1:0");
+        for (w, fd) in fds.iter().enumerate() {
+            assert!(!g.add(&mut maps, zero, w, fd.as_fd()).unwrap());
+        }
+        assert_eq!(g.unsteered, [zero], "one note for both workers' sockets");
+        g.remove(&mut maps, zero, 0);
+        assert!(g.unsteered.is_empty(), "a removed listener is forgotten");
+        assert!(!g.add(&mut maps, zero, 0, fds[0].as_fd()).unwrap());
+        assert_eq!(g.unsteered, [zero], "added again: noted again");
+        assert!(maps.sockets.is_empty() && maps.attached == 0);
     }
 
     #[test]
