@@ -237,9 +237,13 @@ async fn request(
             NextHead::Closed | NextHead::Rejected => break 'served Served::Close,
         };
         let started = Instant::now();
-        let handled = forward::handle(
-            &ctx, &cfg, listener, &limits, &mut ds, head, started, &mut timer,
-        );
+        let scope = forward::Scope {
+            ctx: &ctx,
+            cfg: &cfg,
+            listener,
+            limits: &limits,
+        };
+        let handled = forward::handle(&scope, &mut ds, head, started, &mut timer);
         match handled.await {
             Some(sent) => Served::KeepAlive { sent },
             None => Served::Close,

@@ -70,14 +70,21 @@ impl Summary {
     }
 }
 
-/// What the stages of one request share: the worker, the snapshot the request is served
-/// on, and what is fixed once its head is parsed.
-struct Request<'a> {
-    ctx: &'a Rc<WorkerCtx>,
-    cfg: &'a Arc<RuntimeConfig>,
+/// Where a request is served: the worker, the snapshot it is served on, and the listener
+/// it came in on.
+pub(crate) struct Scope<'a> {
+    pub ctx: &'a Rc<WorkerCtx>,
+    pub cfg: &'a Arc<RuntimeConfig>,
     /// Index of the listener in `cfg`.
-    listener: usize,
-    limits: &'a http1::Limits,
+    pub listener: usize,
+    /// The listener's head and body limits.
+    pub limits: &'a http1::Limits,
+}
+
+/// What the stages of one request share: its scope and what is fixed once its head is
+/// parsed.
+struct Request<'a> {
+    scope: &'a Scope<'a>,
     head: &'a RequestHead,
     /// The request's `x-request-id` (the client's, or generated).
     request_id: &'a [u8],
@@ -105,17 +112,19 @@ fn idempotent(method: &str) -> bool {
 
 /// Handles one request; when the client connection may serve another, returns when the
 /// response went out.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn handle(
-    ctx: &Rc<WorkerCtx>,
-    cfg: &Arc<RuntimeConfig>,
-    listener: usize,
-    limits: &http1::Limits,
+    scope: &Scope<'_>,
     ds: &mut Downstream,
     head: RequestHead,
     started: Instant,
     timer: &mut Timer<'_>,
 ) -> Option<Instant> {
+    let &Scope {
+        ctx,
+        cfg,
+        listener,
+        limits,
+    } = scope;
     // Wall-clock time is only for the access log; the hot path skips it when logging is off.
     let wall = ctx.access_log.enabled().then(SystemTime::now);
     let mut made = [0u8; 32];
@@ -147,10 +156,7 @@ pub(crate) async fn handle(
             }
             Ok(framing) => {
                 let req = Request {
-                    ctx,
-                    cfg,
-                    listener,
-                    limits,
+                    scope,
                     head: &head,
                     request_id,
                     started,
@@ -223,10 +229,13 @@ async fn proxy(
     timer: &mut Timer<'_>,
 ) -> Summary {
     let &Request {
-        ctx,
-        cfg,
-        listener,
-        limits,
+        scope:
+            &Scope {
+                ctx,
+                cfg,
+                listener,
+                limits,
+            },
         head,
         request_id,
         started,
@@ -490,7 +499,7 @@ async fn attempt(
         t0,
         deadline,
     } = target;
-    let ctx = req.ctx;
+    let ctx = req.scope.ctx;
     let (head_request, client_version) = (req.head.is_head(), req.head.version());
     let pooled = ctx.pool.borrow_mut().take(addr, cluster.idle_timeout, t0);
     let reused = pooled.is_some();
