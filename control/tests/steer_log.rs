@@ -25,7 +25,7 @@ use nix::sys::socket::{
     sockopt::ReusePort,
 };
 use omnirelay_control::kernel::{KernelLimiter, KernelPlan, LimiterSettings, remove_pins};
-use omnirelay_ebpf_common::limiter::{SteerPort, SteerWeights};
+use omnirelay_ebpf_common::limiter::{SteerKey, SteerPort, SteerWeights};
 use omnirelay_test_support::{Capability, process::free_port, require_caps, trace::CapturedEvents};
 
 fn reuseport_listener(addr: SocketAddr) -> OwnedFd {
@@ -85,7 +85,7 @@ fn a_steering_fault_is_logged_through_aya_log_into_tracing() {
         MapData::from_pin(maps.join("OR_STEER_SOCKETS")).unwrap(),
     ))
     .unwrap();
-    let mut ports: HashMap<MapData, u32, SteerPort> = HashMap::try_from(Map::HashMap(
+    let mut ports: HashMap<MapData, SteerKey, SteerPort> = HashMap::try_from(Map::HashMap(
         MapData::from_pin(maps.join("OR_STEER_PORTS")).unwrap(),
     ))
     .unwrap();
@@ -93,7 +93,7 @@ fn a_steering_fault_is_logged_through_aya_log_into_tracing() {
     sockets.set(0, &worker0, 0).unwrap();
     ports
         .insert(
-            u32::from(port),
+            SteerKey::from(addr),
             SteerPort {
                 base: 0,
                 workers: 2,

@@ -7,8 +7,8 @@
 //! ones finish), for a graceful restart.
 //!
 //! Layout of the socket array: each listener takes a free block `b` when its first socket
-//! registers, worker `w` sits at index `b * MAX_WORKERS + w`; the port map tells the
-//! program where a port's workers start. Listeners a snapshot adds at run time are
+//! registers, worker `w` sits at index `b * MAX_WORKERS + w`; the port map, keyed by a
+//! listener's bound address and port, tells the program where its workers start. Listeners a snapshot adds at run time are
 //! registered the same way, removed ones release their block. One data plane per host
 //! uses the pinned maps.
 
@@ -23,7 +23,7 @@ use aya::{
     programs::{SkReuseport, sk_reuseport::SkReuseportAttachType},
 };
 use omnirelay_ebpf_common::{
-    limiter::{MAX_STEER_PORTS, MAX_WORKERS, SteerPort},
+    limiter::{MAX_STEER_PORTS, MAX_WORKERS, SteerKey, SteerPort},
     names::{STEER_PORTS_MAP, STEER_PROGRAM, STEER_SOCKETS_MAP},
 };
 
@@ -76,7 +76,7 @@ pub struct Steering {
 struct Pinned {
     program: SkReuseport,
     sockets: ReusePortSockArray<MapData>,
-    ports: HashMap<MapData, u32, SteerPort>,
+    ports: HashMap<MapData, SteerKey, SteerPort>,
 }
 
 /// What registering and releasing listener groups asks of the kernel (the pinned program
@@ -86,12 +86,12 @@ trait SteerMaps {
     fn attach(&mut self, socket: BorrowedFd<'_>) -> Result<(), String>;
     /// Puts `socket` at `index` of the socket array.
     fn set_socket(&mut self, index: u32, socket: BorrowedFd<'_>) -> Result<(), String>;
-    /// Writes the port entry.
-    fn insert_port(&mut self, port: u16, entry: SteerPort) -> Result<(), String>;
-    /// The block start of the port's entry, if there is one.
-    fn port_base(&self, port: u16) -> Option<u32>;
-    /// Removes the port entry.
-    fn remove_port(&mut self, port: u16) -> Result<(), String>;
+    /// Writes the listener's port entry.
+    fn insert_port(&mut self, addr: SocketAddr, entry: SteerPort) -> Result<(), String>;
+    /// The block start of the listener's port entry, if there is one.
+    fn port_base(&self, addr: SocketAddr) -> Option<u32>;
+    /// Removes the listener's port entry.
+    fn remove_port(&mut self, addr: SocketAddr) -> Result<(), String>;
 }
 
 impl SteerMaps for Pinned {
@@ -103,18 +103,23 @@ impl SteerMaps for Pinned {
         self.sockets.set(index, &socket, 0).map_err(|e| reason(&e))
     }
 
-    fn insert_port(&mut self, port: u16, entry: SteerPort) -> Result<(), String> {
+    fn insert_port(&mut self, addr: SocketAddr, entry: SteerPort) -> Result<(), String> {
         self.ports
-            .insert(u32::from(port), entry, 0)
+            .insert(SteerKey::from(addr), entry, 0)
             .map_err(|e| reason(&e))
     }
 
-    fn port_base(&self, port: u16) -> Option<u32> {
-        self.ports.get(&u32::from(port), 0).ok().map(|e| e.base)
+    fn port_base(&self, addr: SocketAddr) -> Option<u32> {
+        self.ports
+            .get(&SteerKey::from(addr), 0)
+            .ok()
+            .map(|e| e.base)
     }
 
-    fn remove_port(&mut self, port: u16) -> Result<(), String> {
-        self.ports.remove(&u32::from(port)).map_err(|e| reason(&e))
+    fn remove_port(&mut self, addr: SocketAddr) -> Result<(), String> {
+        self.ports
+            .remove(&SteerKey::from(addr))
+            .map_err(|e| reason(&e))
     }
 }
 
@@ -136,11 +141,9 @@ struct Group {
     slot: u32,
     /// Whether worker `w` has registered its socket.
     registered: Vec<bool>,
-    /// The port entry is written (every worker registered): the program steers the port.
+    /// The port entry is written (every worker registered): the program steers the
+    /// listener.
     published: bool,
-    /// A worker has removed it: its port is free for another listener (an address
-    /// changed with the port kept).
-    leaving: bool,
 }
 
 impl Group {
@@ -230,15 +233,16 @@ impl Steering {
         let mut stale = Vec::new();
         for key in ports.keys() {
             match key {
-                Ok(port) => stale.push(port),
+                Ok(key) => stale.push(key),
                 Err(e) => {
                     tracing::warn!(error = %reason(&e), "listing the steering port map; entries left by a previous data plane may remain");
                     break;
                 }
             }
         }
-        for port in stale {
-            match ports.remove(&port) {
+        for key in stale {
+            let port = key.port;
+            match ports.remove(&key) {
                 Ok(()) => tracing::info!(
                     port,
                     "removed the steering port entry a previous data plane left"
@@ -252,8 +256,7 @@ impl Steering {
 
     /// Registers worker `worker`'s listening socket `socket` for `addr`; true when the
     /// listener is steered, false when it is left to the kernel's hash (logged): port 0
-    /// (each worker's socket has its own port), or a port another listener already has
-    /// (the port map is keyed by port). The first socket of a listener takes a free block
+    /// (each worker's socket has its own port). The first socket of a listener takes a free block
     /// of the socket array and attaches the program to the group; the last one (every
     /// worker registered) writes the port entry, from which on the program steers the
     /// port (until then the kernel's hash spreads it). Calling it again for a socket
@@ -311,23 +314,10 @@ impl Groups {
         if addr.port() == 0 {
             return self.unsteered(addr, "a listener on port 0 has a different port per worker");
         }
+        // Found again when added before every worker released it.
         let index = match self.list.iter().position(|g| g.addr == addr) {
-            Some(i) => {
-                // Added again before every worker released it.
-                self.list[i].leaving = false;
-                i
-            }
+            Some(i) => i,
             None => {
-                // A listener on its way out (its port entry already gone) does not hold
-                // its port: an address changed with the port kept is steered again.
-                if let Some(other) = self
-                    .list
-                    .iter()
-                    .find(|g| !g.leaving && g.addr.port() == addr.port())
-                {
-                    let why = format!("listener {} has this port", other.addr);
-                    return self.unsteered(addr, &why);
-                }
                 let slot = (0..MAX_STEER_PORTS)
                     .find(|s| self.list.iter().all(|g| g.slot != *s))
                     .ok_or_else(|| {
@@ -343,7 +333,6 @@ impl Groups {
                     slot,
                     registered: vec![false; self.workers],
                     published: false,
-                    leaving: false,
                 });
                 self.list.len() - 1
             }
@@ -365,7 +354,7 @@ impl Groups {
                 base,
                 workers: self.workers as u32,
             };
-            maps.insert_port(addr.port(), entry)
+            maps.insert_port(addr, entry)
                 .map_err(|reason| SteeringError::Register {
                     what: format!("port {} of {addr}", addr.port()),
                     reason,
@@ -386,12 +375,12 @@ impl Groups {
         if let Some(r) = group.registered.get_mut(worker) {
             *r = false;
         }
-        group.leaving = true;
         if group.published {
             group.published = false;
-            // Only this listener's entry: never one another listener published since.
-            if maps.port_base(addr.port()) == Some(group.base())
-                && let Err(e) = maps.remove_port(addr.port())
+            // Only the entry this group wrote (another writer of the pinned maps may have
+            // replaced it).
+            if maps.port_base(addr) == Some(group.base())
+                && let Err(e) = maps.remove_port(addr)
             {
                 tracing::warn!(%addr, error = %e, "removing the port of a removed listener from the steering map");
             }
@@ -436,7 +425,7 @@ mod tests {
     struct FakeMaps {
         attached: usize,
         sockets: HashMap<u32, i32>,
-        ports: HashMap<u16, SteerPort>,
+        ports: HashMap<SocketAddr, SteerPort>,
         fail: Option<&'static str>,
     }
 
@@ -467,18 +456,18 @@ mod tests {
             Ok(())
         }
 
-        fn insert_port(&mut self, port: u16, entry: SteerPort) -> Result<(), String> {
+        fn insert_port(&mut self, addr: SocketAddr, entry: SteerPort) -> Result<(), String> {
             self.failing("insert_port")?;
-            self.ports.insert(port, entry);
+            self.ports.insert(addr, entry);
             Ok(())
         }
 
-        fn port_base(&self, port: u16) -> Option<u32> {
-            self.ports.get(&port).map(|e| e.base)
+        fn port_base(&self, addr: SocketAddr) -> Option<u32> {
+            self.ports.get(&addr).map(|e| e.base)
         }
 
-        fn remove_port(&mut self, port: u16) -> Result<(), String> {
-            self.ports.remove(&port);
+        fn remove_port(&mut self, addr: SocketAddr) -> Result<(), String> {
+            self.ports.remove(&addr);
             Ok(())
         }
     }
@@ -504,8 +493,8 @@ mod tests {
         assert!(maps.ports.is_empty(), "published with worker 0 missing");
         assert_eq!(maps.attached, 1);
         assert!(g.add(&mut maps, a, 0, fds[0].as_fd()).unwrap());
-        assert_eq!(maps.ports[&8080].base, 0);
-        assert_eq!(maps.ports[&8080].workers, 2);
+        assert_eq!(maps.ports[&a].base, 0);
+        assert_eq!(maps.ports[&a].workers, 2);
         assert_eq!(maps.sockets[&0], fds[0].as_raw_fd());
         assert_eq!(maps.sockets[&1], fds[1].as_raw_fd());
         assert_eq!(maps.attached, 1, "attached once per group");
@@ -548,8 +537,12 @@ mod tests {
             }
             let entry = maps
                 .ports
-                .get(&8080)
-                .unwrap_or_else(|| panic!("{order:?}: the moved listener's port is not published"));
+                .get(&new)
+                .unwrap_or_else(|| panic!("{order:?}: the moved listener is not published"));
+            assert!(
+                !maps.ports.contains_key(&old),
+                "{order:?}: the old address is still published"
+            );
             let base = entry.base;
             assert_eq!(maps.sockets[&base], new_fds[0].as_raw_fd(), "{order:?}");
             assert_eq!(
@@ -575,7 +568,7 @@ mod tests {
         assert!(maps.ports.is_empty());
         // The retry only writes the port: setting the socket again would fail.
         assert!(g.add(&mut maps, a, 1, fds[1].as_fd()).unwrap());
-        assert_eq!(maps.ports[&8080].base, 0);
+        assert_eq!(maps.ports[&a].base, 0);
 
         // A socket that could not be set is set at the retry.
         let b = addr("127.0.0.1:9090");
@@ -583,9 +576,9 @@ mod tests {
         g.add(&mut maps, b, 0, more[0].as_fd()).unwrap();
         maps.fail = Some("set_socket");
         assert!(g.add(&mut maps, b, 1, more[1].as_fd()).is_err());
-        assert!(!maps.ports.contains_key(&9090));
+        assert!(!maps.ports.contains_key(&b));
         assert!(g.add(&mut maps, b, 1, more[1].as_fd()).unwrap());
-        assert_eq!(maps.ports[&9090].base, MAX_WORKERS);
+        assert_eq!(maps.ports[&b].base, MAX_WORKERS);
     }
 
     #[test]
@@ -593,36 +586,45 @@ mod tests {
         let (mut maps, mut g, fds) = (FakeMaps::default(), groups(1), sockets(1));
         let a = addr("127.0.0.1:8080");
         g.add(&mut maps, a, 0, fds[0].as_fd()).unwrap();
-        // Another writer's entry for the port (as after a move of the address).
+        // Another writer's entry for the listener (another process using the pins).
         maps.ports.insert(
-            8080,
+            a,
             SteerPort {
                 base: 7 * MAX_WORKERS,
                 workers: 1,
             },
         );
         g.remove(&mut maps, a, 0);
-        assert_eq!(maps.ports[&8080].base, 7 * MAX_WORKERS);
+        assert_eq!(maps.ports[&a].base, 7 * MAX_WORKERS);
     }
 
     #[test]
-    fn a_second_listener_on_a_port_and_port_zero_are_left_to_the_kernel() {
-        let (mut maps, mut g, fds) = (FakeMaps::default(), groups(1), sockets(3));
+    fn listeners_sharing_a_port_are_steered_apart_and_port_zero_is_left_to_the_kernel() {
+        let (mut maps, mut g, fds) = (FakeMaps::default(), groups(1), sockets(4));
+        let (a, b, any) = (
+            addr("127.0.0.1:8080"),
+            addr("127.0.0.2:8080"),
+            addr("[::]:8080"),
+        );
+        assert!(g.add(&mut maps, a, 0, fds[0].as_fd()).unwrap());
+        assert!(g.add(&mut maps, b, 0, fds[1].as_fd()).unwrap());
+        assert!(g.add(&mut maps, any, 0, fds[2].as_fd()).unwrap());
         assert!(
-            g.add(&mut maps, addr("127.0.0.1:8080"), 0, fds[0].as_fd())
+            !g.add(&mut maps, addr("127.0.0.1:0"), 0, fds[3].as_fd())
                 .unwrap()
         );
-        assert!(
-            !g.add(&mut maps, addr("127.0.0.2:8080"), 0, fds[1].as_fd())
-                .unwrap()
+        assert_eq!(
+            [a, b, any].map(|l| maps.ports[&l].base),
+            [0, MAX_WORKERS, 2 * MAX_WORKERS],
+            "each listener its own block"
         );
-        assert!(
-            !g.add(&mut maps, addr("127.0.0.1:0"), 0, fds[2].as_fd())
-                .unwrap()
-        );
-        assert_eq!(g.list.len(), 1);
-        assert_eq!(maps.sockets.len(), 1);
-        assert_eq!(maps.attached, 1);
+        assert_eq!(maps.sockets.len(), 3);
+        assert_eq!(maps.attached, 3);
+        // Their keys differ as the program builds them from each group's socket.
+        let keys = [a, b, any].map(SteerKey::from);
+        assert!(keys[0] != keys[1] && keys[1] != keys[2] && keys[0] != keys[2]);
+        g.remove(&mut maps, a, 0);
+        assert!(maps.ports.contains_key(&b) && maps.ports.contains_key(&any));
     }
 
     #[test]
@@ -650,14 +652,14 @@ mod tests {
         );
         g.add(&mut maps, a, 0, fds[0].as_fd()).unwrap();
         g.add(&mut maps, b, 0, fds[1].as_fd()).unwrap();
-        assert_eq!(maps.ports[&1002].base, MAX_WORKERS);
+        assert_eq!(maps.ports[&b].base, MAX_WORKERS);
         g.remove(&mut maps, a, 0);
         // The kernel drops a closed socket from the array.
         maps.sockets.remove(&0);
         g.add(&mut maps, c, 0, fds[2].as_fd()).unwrap();
-        assert_eq!(maps.ports[&1003].base, 0);
-        assert_eq!(maps.ports[&1002].base, MAX_WORKERS);
-        assert!(!maps.ports.contains_key(&1001));
+        assert_eq!(maps.ports[&c].base, 0);
+        assert_eq!(maps.ports[&b].base, MAX_WORKERS);
+        assert!(!maps.ports.contains_key(&a));
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //! `sk_reuseport` program; a 2-worker data plane registers its sockets and attaches it.
 //! New connections are spread over both workers; weight 0 on worker 1 sends every new
 //! connection to worker 0 while worker 1's open connections keep being served; a listener
-//! the configuration adds at run time is steered by the same weights, also when moved to
-//! another address on the same port; a removed one leaves the port map, and added again it
-//! is steered again. Counted per worker from the data plane's /metrics. Runs as root;
+//! the configuration adds at run time is steered by the same weights, and so is a second
+//! one on the same port at another address; a removed one leaves the port map, and added
+//! again it is steered again. Counted per worker from the data plane's /metrics. Runs as root;
 //! elsewhere it prints a skip line.
 
 #![allow(
@@ -23,7 +23,7 @@ use std::{
 use aya::maps::{HashMap, Map, MapData};
 use common::{Ports, curl, nginx_servers, start_control, start_dataplane, write_config};
 use omnirelay_ebpf_common::{
-    limiter::{MAX_WORKERS, SteerPort},
+    limiter::{MAX_WORKERS, SteerKey, SteerPort},
     names::STEER_PORTS_MAP,
 };
 use omnirelay_test_support::{
@@ -55,7 +55,7 @@ fn kernel_version(ports: &Ports) -> u64 {
 }
 
 /// The pinned port map the data plane writes.
-fn ports_map(pin_dir: &str) -> HashMap<MapData, u32, SteerPort> {
+fn ports_map(pin_dir: &str) -> HashMap<MapData, SteerKey, SteerPort> {
     let path = std::path::Path::new(pin_dir)
         .join("maps")
         .join(STEER_PORTS_MAP);
@@ -101,10 +101,9 @@ fn steering_spreads_new_connections_and_weight_zero_drains_a_worker() {
         control.log()
     );
     // A port entry a previous data plane left behind goes when this one starts.
-    let stale_port = 1u32;
     ports_map(&pin_dir)
         .insert(
-            stale_port,
+            SteerKey::from(std::net::SocketAddr::from(([127, 0, 0, 1], 1))),
             SteerPort {
                 base: 5 * MAX_WORKERS,
                 workers: 2,
@@ -119,9 +118,10 @@ fn steering_spreads_new_connections_and_weight_zero_drains_a_worker() {
         dataplane.log()
     );
 
+    let main_addr = format!("127.0.0.1:{}", ports.proxy);
     assert_eq!(
-        steered_ports(&pin_dir),
-        [u32::from(ports.proxy)],
+        steered(&pin_dir),
+        [main_addr.as_str()],
         "the steering port map"
     );
 
@@ -160,48 +160,54 @@ fn steering_spreads_new_connections_and_weight_zero_drains_a_worker() {
     // A listener added at run time is registered by both workers and steered by the same
     // weights: without that, the kernel's hash would give worker 1 about half of these.
     let port = free_port();
-    let at = |ip: &str| format!("\n[[listeners]]\nname = \"added\"\naddress = \"{ip}:{port}\"\n");
+    let at =
+        |ip: &str| format!("\n[[listeners]]\nname = \"added-{ip}\"\naddress = \"{ip}:{port}\"\n");
     let added = |ip: &str, w: &str| format!("{}{}", with_weights(w), at(ip));
-    let both = [u32::from(ports.proxy), u32::from(port)];
+    let (one, two) = (format!("127.0.0.1:{port}"), format!("127.0.0.2:{port}"));
     write_config(&config_path, &added("127.0.0.1", "[1, 0]"));
-    wait_registered(&dataplane, &format!("127.0.0.1:{port}"), 1);
+    wait_registered(&dataplane, &one, 1);
     let (third, got) = connect_counted(&ports, ("127.0.0.1", port), 100);
     assert_eq!(
         got,
         [100.0, 0.0],
         "the added listener's connections per worker"
     );
-    assert_eq!(steered_ports(&pin_dir), both);
+    assert_eq!(steered(&pin_dir), [main_addr.as_str(), one.as_str()]);
 
-    // Moved to another address on the same port: steered again (the port is the map's
-    // key, and the listener on its way out no longer holds it).
-    write_config(&config_path, &added("127.0.0.2", "[1, 0]"));
-    wait_registered(&dataplane, &format!("127.0.0.2:{port}"), 1);
+    // A second listener on the same port at another address, beside the first: its own
+    // SO_REUSEPORT group and its own entry, steered as well.
+    write_config(
+        &config_path,
+        &format!("{}{}", added("127.0.0.1", "[1, 0]"), at("127.0.0.2")),
+    );
+    wait_registered(&dataplane, &two, 1);
     let (fourth, got) = connect_counted(&ports, ("127.0.0.2", port), 100);
     assert_eq!(
         got,
         [100.0, 0.0],
-        "the moved listener's connections per worker"
+        "the second listener's connections per worker"
     );
-    assert_eq!(steered_ports(&pin_dir), both);
+    assert_eq!(
+        steered(&pin_dir),
+        [main_addr.as_str(), one.as_str(), two.as_str()]
+    );
 
-    // Removed: it stops accepting and its port leaves the map.
+    // Both removed: they stop accepting and leave the map.
     drop((third, fourth));
     write_config(&config_path, &with_weights("[1, 0]"));
+    for ip in ["127.0.0.1", "127.0.0.2"] {
+        assert!(
+            wait_until(Duration::from_secs(5), || TcpStream::connect((ip, port))
+                .is_err()),
+            "the removed listener on {ip} still accepts:\n{}",
+            dataplane.log()
+        );
+    }
     assert!(
-        wait_until(Duration::from_secs(5), || TcpStream::connect((
-            "127.0.0.2",
-            port
-        ))
-        .is_err()),
-        "the removed listener still accepts:\n{}",
-        dataplane.log()
-    );
-    assert!(
-        wait_until(Duration::from_secs(5), || steered_ports(&pin_dir)
-            == [u32::from(ports.proxy)]),
-        "the removed listener's port stayed in the steering map: {:?}",
-        steered_ports(&pin_dir)
+        wait_until(Duration::from_secs(5), || steered(&pin_dir)
+            == [main_addr.as_str()]),
+        "the removed listeners stayed in the steering map: {:?}",
+        steered(&pin_dir)
     );
 
     // Added again, now with worker 0 drained: it takes a block again and only worker 1
@@ -213,14 +219,14 @@ fn steering_spreads_new_connections_and_weight_zero_drains_a_worker() {
         "the control daemon did not write the new weights:\n{}",
         control.log()
     );
-    wait_registered(&dataplane, &format!("127.0.0.1:{port}"), 2);
+    wait_registered(&dataplane, &one, 2);
     let (fifth, got) = connect_counted(&ports, ("127.0.0.1", port), 100);
     assert_eq!(
         got,
         [0.0, 100.0],
         "the re-added listener's connections per worker"
     );
-    assert_eq!(steered_ports(&pin_dir), both);
+    assert_eq!(steered(&pin_dir), [main_addr.as_str(), one.as_str()]);
     drop((second, fifth));
     let _ = std::fs::remove_dir_all(&pin_dir);
 }
@@ -257,9 +263,19 @@ fn connect_counted(ports: &Ports, to: (&str, u16), n: usize) -> (Vec<TcpStream>,
     (conns, got)
 }
 
-/// The ports in the steering port map, sorted.
-fn steered_ports(pin_dir: &str) -> Vec<u32> {
-    let mut ports: Vec<u32> = ports_map(pin_dir).keys().map(Result::unwrap).collect();
-    ports.sort_unstable();
-    ports
+/// The listeners in the steering port map (IPv4 `address:port`), sorted.
+fn steered(pin_dir: &str) -> Vec<String> {
+    let mut listeners: Vec<String> = ports_map(pin_dir)
+        .keys()
+        .map(|key| {
+            let key = key.unwrap();
+            let ip = std::net::Ipv6Addr::from(key.addr);
+            let ip = ip
+                .to_ipv4_mapped()
+                .map_or(ip.to_string(), |v4| v4.to_string());
+            format!("{ip}:{}", key.port)
+        })
+        .collect();
+    listeners.sort_unstable();
+    listeners
 }

@@ -25,11 +25,11 @@ pub const MAX_LISTENERS: u32 = 63;
 pub const COUNTER_SLOTS: u32 = MAX_LISTENERS + 1;
 /// Entries of the configuration hash map and tries (both generations together).
 pub const MAX_CONFIG_ENTRIES: u32 = 16_384;
-/// Largest number of workers the steering program chooses between, per listener port.
+/// Largest number of workers the steering program chooses between, per listener.
 pub const MAX_WORKERS: u32 = 64;
-/// Listener ports the steering program knows.
+/// Listeners (bound address and port) the steering program knows.
 pub const MAX_STEER_PORTS: u32 = 64;
-/// Entries of the reuseport socket array: one per worker of each steered port.
+/// Entries of the reuseport socket array: one per worker of each steered listener.
 pub const MAX_STEER_SOCKETS: u32 = MAX_WORKERS * MAX_STEER_PORTS;
 
 /// Highest accepted rate per source, packets per second: the emission interval is kept in
@@ -330,14 +330,43 @@ pub const fn bucket_set(tag: u64) -> u32 {
     ((tag >> 32) as u32) & (BUCKET_SETS - 1)
 }
 
-/// Value of the steering port map: where a listener port's workers sit in the socket
-/// array. Written by the data plane when it registers its sockets.
+/// Key of the steering map: a listener's bound address and port, as the program reads
+/// them from the socket of the `SO_REUSEPORT` group a connection arrives at. Each listener
+/// is its own group, so two listeners on one port (different addresses) have their own
+/// entries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SteerKey {
+    /// Bound address (IPv4-mapped for an IPv4 socket), network byte order; all zero for
+    /// an IPv6 wildcard, `::ffff:0.0.0.0` for an IPv4 one.
+    pub addr: [u8; 16],
+    /// Bound port, host byte order.
+    pub port: u16,
+    /// Always zero (explicit padding, so keys hash the same on both sides).
+    pub pad: u16,
+}
+
+impl From<core::net::SocketAddr> for SteerKey {
+    fn from(a: core::net::SocketAddr) -> Self {
+        SteerKey {
+            addr: match a.ip() {
+                core::net::IpAddr::V4(v4) => v4_mapped(v4.octets()),
+                core::net::IpAddr::V6(v6) => v6.octets(),
+            },
+            port: a.port(),
+            pad: 0,
+        }
+    }
+}
+
+/// Value of the steering map: where a listener's workers sit in the socket array.
+/// Written by the data plane when it registers its sockets.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SteerPort {
     /// Index of worker 0's socket in the reuseport socket array.
     pub base: u32,
-    /// Number of workers registered for this port.
+    /// Number of workers registered for this listener.
     pub workers: u32,
 }
 
@@ -407,6 +436,9 @@ mod pod {
     unsafe impl aya::Pod for SteerPort {}
     // SAFETY: `repr(C)` integers and byte arrays with no implicit padding (see the layout
     // test), so every bit pattern is a valid value.
+    unsafe impl aya::Pod for SteerKey {}
+    // SAFETY: `repr(C)` integers and byte arrays with no implicit padding (see the layout
+    // test), so every bit pattern is a valid value.
     unsafe impl aya::Pod for SteerWeights {}
 }
 
@@ -418,6 +450,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<ListenerKey>(), 4 + 16 + 2 + 2);
+        assert_eq!(size_of::<SteerKey>(), 16 + 2 + 2);
         assert_eq!(size_of::<ListenerPolicy>(), 4 + 4 + 16 + 8);
         assert_eq!(size_of::<PortEntry>(), 8 + 32);
         assert_eq!(size_of::<PrefixKey>(), 20);

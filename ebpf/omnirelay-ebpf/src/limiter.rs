@@ -48,7 +48,8 @@ use omnirelay_ebpf_common::limiter::{
     COUNTER_ENTRIES, ListenerKey, ListenerPolicy, MAX_CONFIG_ENTRIES, MAX_STEER_PORTS,
     MAX_STEER_SOCKETS, MAX_WORKERS, OVERRIDE_KEY_HEAD_BITS, OverrideEntry, OverrideKey, PORT_ANY,
     PORT_ANY_V4, PORT_LOOKUP, PORTS_PER_GENERATION, PREFIX_KEY_HEAD_BITS, PortEntry, PrefixEntry,
-    PrefixKey, Reason, SteerPort, SteerWeights, bucket_hash, bucket_set, counter_index,
+    PrefixKey, Reason, SteerKey, SteerPort, SteerWeights, bucket_hash, bucket_set, counter_index,
+    v4_mapped,
 };
 use parse::{Addr, L4, Packet, Transport};
 
@@ -77,7 +78,7 @@ static OR_BUCKETS: Array<BucketSet> = Array::pinned(BUCKET_SETS, 0);
 static OR_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_ENTRIES, 0);
 
 #[map(name = "OR_STEER_PORTS")]
-static OR_STEER_PORTS: HashMap<u32, SteerPort> = HashMap::pinned(MAX_STEER_PORTS, 0);
+static OR_STEER_PORTS: HashMap<SteerKey, SteerPort> = HashMap::pinned(MAX_STEER_PORTS, 0);
 
 #[map(name = "OR_STEER_WEIGHTS")]
 static OR_STEER_WEIGHTS: Array<SteerWeights> = Array::pinned(2, 0);
@@ -366,21 +367,13 @@ fn take(tat: *mut u64, now: u64, budget: &Budget) -> bool {
 
 /// Picks the worker socket for a new connection by the 4-tuple hash, in proportion to
 /// the workers' weights. A worker of weight 0 gets no new connections. When nothing is
-/// registered for the port, or every weight is 0, the kernel's own hash decides.
+/// registered for the listener, or every weight is 0, the kernel's own hash decides.
 #[sk_reuseport]
 pub fn steer_reuseport(ctx: SkReuseportContext) -> u32 {
-    let data = ctx.data();
-    if data + 4 > ctx.data_end() {
-        return sk_action::SK_PASS;
-    }
-    // SAFETY: bounds-checked above; TCP and UDP both carry the destination port in bytes
-    // 2..4 of their header, where `data` starts for reuseport programs.
-    let port = unsafe {
-        let p = data as *const u8;
-        u16::from_be_bytes([*p.add(2), *p.add(3)])
-    };
+    let key = group_key(&ctx);
+    let port = key.port;
     // SAFETY: map values are valid for the program's run.
-    let Some(group) = (unsafe { OR_STEER_PORTS.get(u32::from(port)) }) else {
+    let Some(group) = (unsafe { OR_STEER_PORTS.get(&key) }) else {
         return sk_action::SK_PASS;
     };
     let Some(weights) = OR_STEER_WEIGHTS.get(active().word & ACTIVE_GENERATION) else {
@@ -418,11 +411,55 @@ pub fn steer_reuseport(ctx: SkReuseportContext) -> u32 {
         // kernel's own hash picks instead.
         warn!(
             &ctx,
-            "steering: port {} worker {} has no registered socket (error {}); kernel hash used",
+            "steering: listener port {} worker {} has no registered socket (error {}); kernel hash used",
             port,
             chosen,
             errno
         );
     }
     sk_action::SK_PASS
+}
+
+/// `AF_INET6` (`bpf_sock::family`).
+const AF_INET6: u32 = 10;
+
+/// The bound address and port of the `SO_REUSEPORT` group the connection arrived at, read
+/// from the group's socket (which the kernel hands reuseport programs from 5.14 on): every
+/// socket of a group is bound to the same address, so this names the listener.
+#[inline(always)]
+fn group_key(ctx: &SkReuseportContext) -> SteerKey {
+    use core::ptr::read_volatile as load;
+    let sk = ctx.sk().sock;
+    // The verifier allows only 4-byte loads at constant offsets of these fields: volatile
+    // reads, each of its own field and all made up front, keep the compiler from merging
+    // them or from computing field addresses (no arithmetic on a socket pointer).
+    // SAFETY: the verifier types `sk` as a socket pointer that is never null here, and
+    // these fields are readable for it.
+    let (family, port, ip4, ip6) = unsafe {
+        (
+            load(&raw const (*sk).family),
+            load(&raw const (*sk).src_port),
+            load(&raw const (*sk).src_ip4),
+            [
+                load(&raw const (*sk).src_ip6[0]),
+                load(&raw const (*sk).src_ip6[1]),
+                load(&raw const (*sk).src_ip6[2]),
+                load(&raw const (*sk).src_ip6[3]),
+            ],
+        )
+    };
+    let addr = if family == AF_INET6 {
+        let [a, b, c, d] = ip6.map(u32::to_ne_bytes);
+        [
+            a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1],
+            d[2], d[3],
+        ]
+    } else {
+        v4_mapped(ip4.to_ne_bytes())
+    };
+    SteerKey {
+        addr,
+        port: port as u16,
+        pad: 0,
+    }
 }

@@ -122,6 +122,16 @@ const TESTS: &[TestDef] = &[
                 (control/tests/xdp_limiter_verdicts.rs)",
     },
     TestDef {
+        name: "steer_log",
+        build: Build::IntegrationTest {
+            package: "omnirelay-control",
+            test: "steer_log",
+        },
+        timeout_secs: 300,
+        about: "the steering program under the guest kernel's verifier, steering a loopback \
+                connection and logging a fault (control/tests/steer_log.rs)",
+    },
+    TestDef {
         name: "ktls_check",
         build: Build::Bin {
             package: "ktls-check",
@@ -674,6 +684,7 @@ mod tests {
             [
                 "xdp_counter",
                 "xdp_limiter_verdicts",
+                "steer_log",
                 "ktls_check",
                 "planted_failure"
             ]
