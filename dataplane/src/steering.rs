@@ -44,10 +44,10 @@ pub enum SteeringError {
     /// More workers or listeners than the maps hold.
     #[error("{0}")]
     Limits(String),
-    /// Writing a socket into the array or a port into the port map failed.
+    /// Writing a socket into the array or a listener into the port map failed.
     #[error("registering {what}: {reason}")]
     Register {
-        /// Which socket or port.
+        /// Which socket or listener.
         what: String,
         /// The map error.
         reason: String,
@@ -241,26 +241,31 @@ impl Steering {
             }
         }
         for key in stale {
-            let port = key.port;
+            let listener = std::net::SocketAddr::new(
+                std::net::Ipv6Addr::from(key.addr).to_canonical(),
+                key.port,
+            );
             match ports.remove(&key) {
                 Ok(()) => tracing::info!(
-                    port,
-                    "removed the steering port entry a previous data plane left"
+                    %listener,
+                    "removed the steering entry a previous data plane left"
                 ),
                 Err(e) => {
-                    tracing::warn!(port, error = %reason(&e), "removing a previous data plane's port from the steering map")
+                    tracing::warn!(%listener, error = %reason(&e), "removing a previous data plane's entry from the steering map")
                 }
             }
         }
     }
 
     /// Registers worker `worker`'s listening socket `socket` for `addr`; true when the
-    /// listener is steered, false when it is left to the kernel's hash (logged): port 0
-    /// (each worker's socket has its own port). The first socket of a listener takes a free block
-    /// of the socket array and attaches the program to the group; the last one (every
-    /// worker registered) writes the port entry, from which on the program steers the
-    /// port (until then the kernel's hash spreads it). Calling it again for a socket
-    /// already registered only retries what failed after it.
+    /// listener is steered, false when it is left to the kernel's hash (logged once): port
+    /// 0 (each worker's socket has its own port), or an address the program cannot tell
+    /// from another listener's (`1.2.3.4` and `::ffff:1.2.3.4`, or IPv6 scopes, on one
+    /// port). The first socket of a listener takes a free block of the socket array and
+    /// attaches the program to the group; the last one (every worker registered) writes
+    /// the listener's entry, from which on the program steers it (until then the kernel's
+    /// hash spreads it). Calling it again for a socket already registered only retries
+    /// what failed after it.
     pub fn add(
         &mut self,
         addr: SocketAddr,
@@ -318,6 +323,14 @@ impl Groups {
         let index = match self.list.iter().position(|g| g.addr == addr) {
             Some(i) => i,
             None => {
+                let key = SteerKey::from(addr);
+                if let Some(other) = self.list.iter().find(|g| SteerKey::from(g.addr) == key) {
+                    let why = format!(
+                        "listener {} has the same address and port as the steering program sees them",
+                        other.addr
+                    );
+                    return self.unsteered(addr, &why);
+                }
                 let slot = (0..MAX_STEER_PORTS)
                     .find(|s| self.list.iter().all(|g| g.slot != *s))
                     .ok_or_else(|| {
@@ -425,7 +438,9 @@ mod tests {
     struct FakeMaps {
         attached: usize,
         sockets: HashMap<u32, i32>,
-        ports: HashMap<SocketAddr, SteerPort>,
+        /// Keyed as the kernel's map is: two addresses the program cannot tell apart
+        /// share an entry.
+        ports: HashMap<SteerKey, SteerPort>,
         fail: Option<&'static str>,
     }
 
@@ -458,22 +473,26 @@ mod tests {
 
         fn insert_port(&mut self, addr: SocketAddr, entry: SteerPort) -> Result<(), String> {
             self.failing("insert_port")?;
-            self.ports.insert(addr, entry);
+            self.ports.insert(key(addr), entry);
             Ok(())
         }
 
         fn port_base(&self, addr: SocketAddr) -> Option<u32> {
-            self.ports.get(&addr).map(|e| e.base)
+            self.ports.get(&key(addr)).map(|e| e.base)
         }
 
         fn remove_port(&mut self, addr: SocketAddr) -> Result<(), String> {
-            self.ports.remove(&addr);
+            self.ports.remove(&key(addr));
             Ok(())
         }
     }
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    fn key(a: SocketAddr) -> SteerKey {
+        SteerKey::from(a)
     }
 
     /// A distinct open descriptor per (listener, worker), standing in for the sockets.
@@ -493,8 +512,8 @@ mod tests {
         assert!(maps.ports.is_empty(), "published with worker 0 missing");
         assert_eq!(maps.attached, 1);
         assert!(g.add(&mut maps, a, 0, fds[0].as_fd()).unwrap());
-        assert_eq!(maps.ports[&a].base, 0);
-        assert_eq!(maps.ports[&a].workers, 2);
+        assert_eq!(maps.ports[&key(a)].base, 0);
+        assert_eq!(maps.ports[&key(a)].workers, 2);
         assert_eq!(maps.sockets[&0], fds[0].as_raw_fd());
         assert_eq!(maps.sockets[&1], fds[1].as_raw_fd());
         assert_eq!(maps.attached, 1, "attached once per group");
@@ -537,10 +556,10 @@ mod tests {
             }
             let entry = maps
                 .ports
-                .get(&new)
+                .get(&key(new))
                 .unwrap_or_else(|| panic!("{order:?}: the moved listener is not published"));
             assert!(
-                !maps.ports.contains_key(&old),
+                !maps.ports.contains_key(&key(old)),
                 "{order:?}: the old address is still published"
             );
             let base = entry.base;
@@ -568,7 +587,7 @@ mod tests {
         assert!(maps.ports.is_empty());
         // The retry only writes the port: setting the socket again would fail.
         assert!(g.add(&mut maps, a, 1, fds[1].as_fd()).unwrap());
-        assert_eq!(maps.ports[&a].base, 0);
+        assert_eq!(maps.ports[&key(a)].base, 0);
 
         // A socket that could not be set is set at the retry.
         let b = addr("127.0.0.1:9090");
@@ -576,9 +595,9 @@ mod tests {
         g.add(&mut maps, b, 0, more[0].as_fd()).unwrap();
         maps.fail = Some("set_socket");
         assert!(g.add(&mut maps, b, 1, more[1].as_fd()).is_err());
-        assert!(!maps.ports.contains_key(&b));
+        assert!(!maps.ports.contains_key(&key(b)));
         assert!(g.add(&mut maps, b, 1, more[1].as_fd()).unwrap());
-        assert_eq!(maps.ports[&b].base, MAX_WORKERS);
+        assert_eq!(maps.ports[&key(b)].base, MAX_WORKERS);
     }
 
     #[test]
@@ -588,14 +607,14 @@ mod tests {
         g.add(&mut maps, a, 0, fds[0].as_fd()).unwrap();
         // Another writer's entry for the listener (another process using the pins).
         maps.ports.insert(
-            a,
+            key(a),
             SteerPort {
                 base: 7 * MAX_WORKERS,
                 workers: 1,
             },
         );
         g.remove(&mut maps, a, 0);
-        assert_eq!(maps.ports[&a].base, 7 * MAX_WORKERS);
+        assert_eq!(maps.ports[&key(a)].base, 7 * MAX_WORKERS);
     }
 
     #[test]
@@ -614,17 +633,32 @@ mod tests {
                 .unwrap()
         );
         assert_eq!(
-            [a, b, any].map(|l| maps.ports[&l].base),
+            [a, b, any].map(|l| maps.ports[&key(l)].base),
             [0, MAX_WORKERS, 2 * MAX_WORKERS],
             "each listener its own block"
         );
         assert_eq!(maps.sockets.len(), 3);
         assert_eq!(maps.attached, 3);
-        // Their keys differ as the program builds them from each group's socket.
-        let keys = [a, b, any].map(SteerKey::from);
-        assert!(keys[0] != keys[1] && keys[1] != keys[2] && keys[0] != keys[2]);
         g.remove(&mut maps, a, 0);
-        assert!(maps.ports.contains_key(&b) && maps.ports.contains_key(&any));
+        assert!(maps.ports.contains_key(&key(b)) && maps.ports.contains_key(&key(any)));
+    }
+
+    #[test]
+    fn addresses_the_program_cannot_tell_apart_are_steered_once() {
+        let (mut maps, mut g, fds) = (FakeMaps::default(), groups(1), sockets(4));
+        let (v4, mapped) = (addr("1.2.3.4:8080"), addr("[::ffff:1.2.3.4]:8080"));
+        let (scope2, scope3) = (addr("[fe80::1%2]:8080"), addr("[fe80::1%3]:8080"));
+        assert!(g.add(&mut maps, v4, 0, fds[0].as_fd()).unwrap());
+        assert!(!g.add(&mut maps, mapped, 0, fds[1].as_fd()).unwrap());
+        assert!(g.add(&mut maps, scope2, 0, fds[2].as_fd()).unwrap());
+        assert!(!g.add(&mut maps, scope3, 0, fds[3].as_fd()).unwrap());
+        assert_eq!(g.unsteered, [mapped, scope3]);
+        assert_eq!(maps.ports.len(), 2);
+        assert_eq!(maps.ports[&key(v4)].base, 0, "the first keeps its entry");
+        assert_eq!(maps.ports[&key(scope2)].base, MAX_WORKERS);
+        // Removing one that was left to the kernel takes nothing from the steered one.
+        g.remove(&mut maps, mapped, 0);
+        assert_eq!(maps.ports[&key(v4)].base, 0);
     }
 
     #[test]
@@ -652,14 +686,14 @@ mod tests {
         );
         g.add(&mut maps, a, 0, fds[0].as_fd()).unwrap();
         g.add(&mut maps, b, 0, fds[1].as_fd()).unwrap();
-        assert_eq!(maps.ports[&b].base, MAX_WORKERS);
+        assert_eq!(maps.ports[&key(b)].base, MAX_WORKERS);
         g.remove(&mut maps, a, 0);
         // The kernel drops a closed socket from the array.
         maps.sockets.remove(&0);
         g.add(&mut maps, c, 0, fds[2].as_fd()).unwrap();
-        assert_eq!(maps.ports[&c].base, 0);
-        assert_eq!(maps.ports[&b].base, MAX_WORKERS);
-        assert!(!maps.ports.contains_key(&a));
+        assert_eq!(maps.ports[&key(c)].base, 0);
+        assert_eq!(maps.ports[&key(b)].base, MAX_WORKERS);
+        assert!(!maps.ports.contains_key(&key(a)));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! connection to worker 0 while worker 1's open connections keep being served; a listener
 //! the configuration adds at run time is steered by the same weights, and so is a second
 //! one on the same port at another address; a removed one leaves the port map, and added
-//! again it is steered again. Counted per worker from the data plane's /metrics. Runs as root;
+//! again it is steered again, as is one on IPv6 loopback. Counted per worker from the data plane's /metrics. Runs as root;
 //! elsewhere it prints a skip line.
 
 #![allow(
@@ -15,8 +15,9 @@
 mod common;
 
 use std::{
+    collections::BTreeSet,
     io::{Read as _, Write as _},
-    net::TcpStream,
+    net::{Ipv6Addr, SocketAddr, TcpStream},
     time::Duration,
 };
 
@@ -103,7 +104,7 @@ fn steering_spreads_new_connections_and_weight_zero_drains_a_worker() {
     // A port entry a previous data plane left behind goes when this one starts.
     ports_map(&pin_dir)
         .insert(
-            SteerKey::from(std::net::SocketAddr::from(([127, 0, 0, 1], 1))),
+            SteerKey::from(SocketAddr::from(([127, 0, 0, 1], 1))),
             SteerPort {
                 base: 5 * MAX_WORKERS,
                 workers: 2,
@@ -121,7 +122,7 @@ fn steering_spreads_new_connections_and_weight_zero_drains_a_worker() {
     let main_addr = format!("127.0.0.1:{}", ports.proxy);
     assert_eq!(
         steered(&pin_dir),
-        [main_addr.as_str()],
+        set(&[&main_addr]),
         "the steering port map"
     );
 
@@ -172,7 +173,7 @@ fn steering_spreads_new_connections_and_weight_zero_drains_a_worker() {
         [100.0, 0.0],
         "the added listener's connections per worker"
     );
-    assert_eq!(steered(&pin_dir), [main_addr.as_str(), one.as_str()]);
+    assert_eq!(steered(&pin_dir), set(&[&main_addr, &one]));
 
     // A second listener on the same port at another address, beside the first: its own
     // SO_REUSEPORT group and its own entry, steered as well.
@@ -187,10 +188,7 @@ fn steering_spreads_new_connections_and_weight_zero_drains_a_worker() {
         [100.0, 0.0],
         "the second listener's connections per worker"
     );
-    assert_eq!(
-        steered(&pin_dir),
-        [main_addr.as_str(), one.as_str(), two.as_str()]
-    );
+    assert_eq!(steered(&pin_dir), set(&[&main_addr, &one, &two]));
 
     // Both removed: they stop accepting and leave the map.
     drop((third, fourth));
@@ -205,29 +203,41 @@ fn steering_spreads_new_connections_and_weight_zero_drains_a_worker() {
     }
     assert!(
         wait_until(Duration::from_secs(5), || steered(&pin_dir)
-            == [main_addr.as_str()]),
+            == set(&[&main_addr])),
         "the removed listeners stayed in the steering map: {:?}",
         steered(&pin_dir)
     );
 
-    // Added again, now with worker 0 drained: it takes a block again and only worker 1
-    // gets its connections.
+    // Added again, now with worker 0 drained, and beside it one on IPv6 loopback: each
+    // takes a block and only worker 1 gets their connections.
     let before = kernel_version(&ports);
-    write_config(&config_path, &added("127.0.0.1", "[0, 1]"));
+    let six = format!("[::1]:{port}");
+    let with_v6 = format!(
+        "{}\n[[listeners]]\nname = \"added-v6\"\naddress = \"{six}\"\n",
+        added("127.0.0.1", "[0, 1]")
+    );
+    write_config(&config_path, &with_v6);
     assert!(
         wait_until(Duration::from_secs(5), || kernel_version(&ports) > before),
         "the control daemon did not write the new weights:\n{}",
         control.log()
     );
     wait_registered(&dataplane, &one, 2);
+    wait_registered(&dataplane, &six, 1);
     let (fifth, got) = connect_counted(&ports, ("127.0.0.1", port), 100);
     assert_eq!(
         got,
         [0.0, 100.0],
         "the re-added listener's connections per worker"
     );
-    assert_eq!(steered(&pin_dir), [main_addr.as_str(), one.as_str()]);
-    drop((second, fifth));
+    let (sixth, got) = connect_counted(&ports, ("::1", port), 100);
+    assert_eq!(
+        got,
+        [0.0, 100.0],
+        "the IPv6 listener's connections per worker"
+    );
+    assert_eq!(steered(&pin_dir), set(&[&main_addr, &one, &six]));
+    drop((second, fifth, sixth));
     let _ = std::fs::remove_dir_all(&pin_dir);
 }
 
@@ -263,19 +273,17 @@ fn connect_counted(ports: &Ports, to: (&str, u16), n: usize) -> (Vec<TcpStream>,
     (conns, got)
 }
 
-/// The listeners in the steering port map (IPv4 `address:port`), sorted.
-fn steered(pin_dir: &str) -> Vec<String> {
-    let mut listeners: Vec<String> = ports_map(pin_dir)
+/// The listeners in the steering port map (`address:port`).
+fn steered(pin_dir: &str) -> BTreeSet<String> {
+    ports_map(pin_dir)
         .keys()
         .map(|key| {
             let key = key.unwrap();
-            let ip = std::net::Ipv6Addr::from(key.addr);
-            let ip = ip
-                .to_ipv4_mapped()
-                .map_or(ip.to_string(), |v4| v4.to_string());
-            format!("{ip}:{}", key.port)
+            SocketAddr::new(Ipv6Addr::from(key.addr).to_canonical(), key.port).to_string()
         })
-        .collect();
-    listeners.sort_unstable();
-    listeners
+        .collect()
+}
+
+fn set(listeners: &[&str]) -> BTreeSet<String> {
+    listeners.iter().map(|l| l.to_string()).collect()
 }

@@ -41,7 +41,7 @@ pub mod names {
     pub const BUCKETS_MAP: &str = "OR_BUCKETS";
     /// Per-CPU array of `u64`, indexed by `limiter::counter_index`.
     pub const LIMITER_COUNTERS_MAP: &str = "OR_COUNTERS";
-    /// Hash map port (`u32`, host order) → `SteerPort`.
+    /// Hash map `SteerKey` (a listener's bound address and port) → `SteerPort`.
     pub const STEER_PORTS_MAP: &str = "OR_STEER_PORTS";
     /// Array of `SteerWeights`, indexed by generation.
     pub const STEER_WEIGHTS_MAP: &str = "OR_STEER_WEIGHTS";

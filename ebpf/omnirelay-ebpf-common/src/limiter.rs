@@ -448,6 +448,36 @@ mod tests {
     use core::mem::size_of;
 
     #[test]
+    fn a_steering_key_holds_the_address_as_the_socket_does_and_the_port_in_host_order() {
+        use core::net::SocketAddr;
+        let key = |s: &str| SteerKey::from(s.parse::<SocketAddr>().unwrap());
+        let v4 = key("192.0.2.7:443");
+        assert_eq!(v4.addr, v4_mapped([192, 0, 2, 7]));
+        assert_eq!(v4.port, 443);
+        assert_eq!(v4.pad, 0);
+        // The program reads `src_ip4` as a u32 and keeps its memory order.
+        assert_eq!(
+            v4.addr[12..],
+            u32::from_ne_bytes([192, 0, 2, 7]).to_ne_bytes()
+        );
+        assert_eq!(key("0.0.0.0:80").addr, v4_mapped([0; 4]));
+        assert_eq!(
+            key("[::]:80").addr,
+            [0; 16],
+            "the IPv6 wildcard stays all zero"
+        );
+        let v6 = key("[2001:db8::1]:8443");
+        assert_eq!(v6.addr[..4], [0x20, 0x01, 0x0d, 0xb8]);
+        assert_eq!(v6.addr[15], 1);
+        assert_eq!(v6.port, 8443);
+        assert_eq!(
+            key("[::ffff:192.0.2.7]:443"),
+            v4,
+            "a mapped bind is the IPv4 key"
+        );
+    }
+
+    #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<ListenerKey>(), 4 + 16 + 2 + 2);
         assert_eq!(size_of::<SteerKey>(), 16 + 2 + 2);

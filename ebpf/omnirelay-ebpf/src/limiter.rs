@@ -373,7 +373,7 @@ pub fn steer_reuseport(ctx: SkReuseportContext) -> u32 {
     let key = group_key(&ctx);
     let port = key.port;
     // SAFETY: map values are valid for the program's run.
-    let Some(group) = (unsafe { OR_STEER_PORTS.get(&key) }) else {
+    let Some(group) = (unsafe { OR_STEER_PORTS.get(key) }) else {
         return sk_action::SK_PASS;
     };
     let Some(weights) = OR_STEER_WEIGHTS.get(active().word & ACTIVE_GENERATION) else {

@@ -128,8 +128,9 @@ const TESTS: &[TestDef] = &[
             test: "steer_log",
         },
         timeout_secs: 300,
-        about: "the steering program under the guest kernel's verifier, steering a loopback \
-                connection and logging a fault (control/tests/steer_log.rs)",
+        about: "the steering program under the guest kernel's verifier: a loopback connection \
+                finds its listener, picks a worker with no socket and logs it \
+                (control/tests/steer_log.rs)",
     },
     TestDef {
         name: "ktls_check",
