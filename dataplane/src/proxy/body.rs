@@ -14,7 +14,7 @@ use super::{
     io,
     worker::WorkerCtx,
 };
-use crate::http1::{self, BodyDecoder, Framing, Http1Error, ResponseHead, Version};
+use crate::http1::{self, BodyDecoder, Framing, Http1Error, RequestHead, ResponseHead};
 
 /// Bytes staged before a write is issued.
 const FLUSH_AT: usize = 64 * 1024;
@@ -149,20 +149,19 @@ impl RequestBody {
     }
 }
 
-/// Streams a response to the client. Returns (body bytes sent, whether the client
-/// connection may continue, whether the upstream connection may be pooled, the upstream
-/// read buffer for reuse).
-#[allow(clippy::too_many_arguments)]
+/// Streams the response to `request` to the client. Returns (body bytes sent, whether the
+/// client connection may continue, whether the upstream connection may be pooled, the
+/// upstream read buffer for reuse).
 pub(crate) async fn relay_response(
     resp: &ResponseHead,
-    head_request: bool,
-    client_version: Version,
+    request: &RequestHead,
     up: &mut TcpStream,
     mut up_buf: BytesMut,
     ds: &mut Downstream,
     deadline: Instant,
     timer: &mut Timer<'_>,
 ) -> (u64, bool, bool, BytesMut) {
+    let (head_request, client_version) = (request.is_head(), request.version());
     let framing = match resp.framing(head_request) {
         Ok(f) => f,
         Err(e) => {

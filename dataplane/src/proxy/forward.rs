@@ -500,7 +500,6 @@ async fn attempt(
         deadline,
     } = target;
     let ctx = req.scope.ctx;
-    let (head_request, client_version) = (req.head.is_head(), req.head.version());
     let pooled = ctx.pool.borrow_mut().take(addr, cluster.idle_timeout, t0);
     let reused = pooled.is_some();
     let mut up = match pooled {
@@ -602,17 +601,8 @@ async fn attempt(
             pending: Some((resp, up, up_buf)),
         });
     }
-    let (bytes_out, client_keep_alive, reusable, up_buf) = body::relay_response(
-        &resp,
-        head_request,
-        client_version,
-        &mut up,
-        up_buf,
-        ds,
-        deadline,
-        timer,
-    )
-    .await;
+    let (bytes_out, client_keep_alive, reusable, up_buf) =
+        body::relay_response(&resp, req.head, &mut up, up_buf, ds, deadline, timer).await;
     // The head points into `up_buf`'s allocation: dropped first, the buffer goes back
     // to the pool whole instead of being freed.
     drop(resp);
@@ -643,17 +633,8 @@ async fn forward_pending(
 ) -> AttemptResult {
     if let Some((resp, mut up, up_buf)) = r.pending.take() {
         let far = Instant::now() + Duration::from_secs(30);
-        let (bytes, keep, _, _) = body::relay_response(
-            &resp,
-            head.is_head(),
-            head.version(),
-            &mut up,
-            up_buf,
-            ds,
-            far,
-            timer,
-        )
-        .await;
+        let (bytes, keep, _, _) =
+            body::relay_response(&resp, head, &mut up, up_buf, ds, far, timer).await;
         r.bytes_out = bytes;
         r.client_keep_alive = keep;
         r.finished = Instant::now();
