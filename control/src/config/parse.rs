@@ -1,7 +1,7 @@
 //! Reading each section of the document into the model, recording every local problem
 //! (types, ranges, formats). Cross-references are checked afterwards in `refs`.
 
-use std::net::SocketAddr;
+use std::{collections::HashMap, net::SocketAddr};
 
 use toml::Value;
 
@@ -11,6 +11,8 @@ use super::{
 };
 
 const MAX_MS: i64 = 24 * 3600 * 1000;
+/// Endpoints per cluster the data plane's balancers take (`dataplane/src/lb/cluster.rs`).
+const MAX_ENDPOINTS: usize = 1 << 20;
 
 pub(super) fn document(table: &toml::Table, sink: &Sink) -> Config {
     let root = Obj::root(table, sink);
@@ -104,7 +106,7 @@ fn listener(o: Obj<'_>) -> Listener {
                     1 << 20,
                 ) as u32,
                 max_headers: l.int_or("max_headers", d.max_headers.into(), 8, 1000) as u32,
-                max_body_bytes: l.int_or("max_body_bytes", d.max_body_bytes as i64, 0, i64::MAX)
+                max_body_bytes: l.int_or("max_body_bytes", d.max_body_bytes as i64, 1, i64::MAX)
                     as u64,
             };
             l.finish();
@@ -122,10 +124,17 @@ fn listener(o: Obj<'_>) -> Listener {
             timeouts
         }
     };
+    let routes = o.str_list("routes");
+    if routes.is_empty() && o.table_has("routes") {
+        o.error(
+            "routes",
+            "empty: list the routes this listener serves, or leave the field out for all of them",
+        );
+    }
     let listener = Listener {
         name: name(&o),
         address: required_addr(&o, "address"),
-        routes: o.str_list("routes"),
+        routes,
         limits,
         timeouts,
     };
@@ -343,10 +352,27 @@ fn cluster(o: Obj<'_>) -> Cluster {
     } else if raw.is_empty() {
         o.error("endpoints", "empty: a cluster needs at least one endpoint");
     }
-    let endpoints: Vec<Endpoint> = raw
-        .into_iter()
-        .filter_map(|(p, v)| endpoint(&o, p, v))
-        .collect();
+    if raw.len() > MAX_ENDPOINTS {
+        o.error(
+            "endpoints",
+            format!(
+                "{} endpoints; a cluster holds at most {MAX_ENDPOINTS}",
+                raw.len()
+            ),
+        );
+    }
+    let mut endpoints: Vec<Endpoint> = Vec::with_capacity(raw.len());
+    let mut seen = HashMap::with_capacity(raw.len());
+    for (i, (path, v)) in raw.into_iter().enumerate() {
+        let Some(e) = endpoint(&o, path.clone(), v) else {
+            continue;
+        };
+        // The data plane's balancers refuse a cluster that lists an endpoint twice.
+        match seen.insert(e.address, i) {
+            Some(first) => o.error_at(path, format!("{} is already endpoints[{first}]", e.address)),
+            None => endpoints.push(e),
+        }
+    }
     let outlier = match o.table("outlier") {
         None => Outlier::default(),
         Some(t) => {

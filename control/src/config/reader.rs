@@ -93,12 +93,17 @@ impl<'a> Obj<'a> {
         self.typed(key, "a string", |v| v.as_str().map(str::to_owned))
     }
 
-    /// A required string.
+    /// A required, non-empty string.
     pub(crate) fn str(&self, key: &str) -> Option<String> {
         if self.table.get(key).is_none() {
             self.error(key, "missing (required)");
         }
-        self.opt_str(key)
+        let s = self.opt_str(key)?;
+        if s.is_empty() {
+            self.error(key, "empty (required)");
+            return None;
+        }
+        Some(s)
     }
 
     /// An optional integer within `min..=max`.

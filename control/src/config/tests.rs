@@ -100,7 +100,7 @@ headers = [{ name = "Bad Header", exact = "x" }]
 [[clusters]]
 name = "web"
 lb = "random"
-endpoints = ["127.0.0.1:80", "nowhere", { address = "127.0.0.1:81", weight = 0 }]
+endpoints = ["127.0.0.1:80", "nowhere", { address = "127.0.0.1:81", weight = 0 }, { address = "127.0.0.1:80" }]
 
 [[clusters]]
 name = "empty"
@@ -109,6 +109,16 @@ endpoints = []
 [[budgets]]
 name = "b"
 listener = "private"
+
+[[listeners]]
+name = "second"
+address = "127.0.0.1:8081"
+routes = []
+limits = { max_body_bytes = 0 }
+
+[[routes]]
+name = ""
+cluster = ""
 "#;
     let err = parse(bad, "bad.toml").unwrap_err();
     let text: Vec<String> = err.errors.iter().map(ToString::to_string).collect();
@@ -125,6 +135,11 @@ listener = "private"
         "clusters[0].endpoints[1]: \"nowhere\" is not an ip:port address",
         "clusters[0].endpoints[2].weight: 0 is out of range 1..=10000",
         "clusters[1].endpoints: empty",
+        "clusters[0].endpoints[3]: 127.0.0.1:80 is already endpoints[0]",
+        "listeners[1].routes: empty",
+        "listeners[1].limits.max_body_bytes: 0 is out of range 1..=",
+        "routes[2].name: empty (required)",
+        "routes[2].cluster: empty (required)",
         "budgets[0].rate_per_second: missing (required)",
         "routes[1].name: duplicate name \"api\" (also routes[0])",
         "routes[0].cluster: unknown cluster \"missing\"",
@@ -145,7 +160,7 @@ listener = "private"
         text.join("\n")
     );
     let rendered = err.to_string();
-    assert!(rendered.starts_with("bad.toml: 17 errors"), "{rendered}");
+    assert!(rendered.starts_with("bad.toml: 22 errors"), "{rendered}");
 }
 
 #[test]
