@@ -233,3 +233,43 @@ fn sighup_reloads_the_config() {
     );
     assert_eq!(stack.dp_version(), v);
 }
+
+#[test]
+fn a_snapshot_larger_than_the_transports_default_message_limit_arrives() {
+    require_caps!(Capability::Program("nginx"), Capability::Program("curl"));
+    let stack = Stack::start();
+    assert_eq!(get(&stack.url("/who")), (200, b"one\n".to_vec()));
+    let v = stack.dp_version();
+    // Enough routes for a snapshot well over gRPC's customary 4 MiB per message; the
+    // first route now points at the other cluster, which shows the snapshot was taken.
+    let mut big = config(&stack.ports, "two");
+    let padding = "p".repeat(200);
+    for i in 0..24_000 {
+        big.push_str(&format!(
+            "\n[[routes]]\nname = \"r{i}\"\npath_prefix = \"/{padding}/{i}\"\ncluster = \"one\"\n"
+        ));
+    }
+    write_config(&stack.config_path, &big);
+    let info = |stack: &Stack| {
+        let out = curl(&["-s", &stack.control_admin("/control/snapshot")]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || info(&stack)["version"]
+            .as_u64()
+            .is_some_and(|p| p > v)),
+        "the big config was not published:\n{}",
+        stack.control.log()
+    );
+    let bytes = info(&stack)["payload_bytes"].as_u64();
+    assert!(
+        bytes.is_some_and(|b| b > 5 << 20),
+        "snapshot size {bytes:?}: not over the 4 MiB default"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || stack.dp_version() > v),
+        "the data plane did not take the big snapshot:\n{}",
+        stack.dataplane.log()
+    );
+    assert_eq!(get(&stack.url("/who")), (200, b"two\n".to_vec()));
+}

@@ -71,6 +71,7 @@ async fn snapshot_info(State(s): State<AdminState>) -> Response {
         Some(p) => Json(json!({
             "version": p.version,
             "payload_sha256": p.payload_sha256,
+            "payload_bytes": p.signed.payload.len(),
             "created_unix_ms": p.created_unix_ms,
             "source": p.source,
             "config_sha256": p.config_sha256,

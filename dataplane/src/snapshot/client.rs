@@ -3,15 +3,11 @@
 //! exponential backoff and jitter; while the control daemon is away the last good snapshot
 //! keeps serving.
 
-use std::{
-    sync::Arc,
-    thread::JoinHandle,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, thread::JoinHandle, time::Duration};
 
 use omnirelay_proto::v1::{WatchRequest, control_plane_client::ControlPlaneClient};
 
-use super::SnapshotHolder;
+use super::{MAX_SNAPSHOT_BYTES, SnapshotHolder};
 use crate::lb::{SplitMix64, backoff};
 
 /// Where and as whom to subscribe.
@@ -26,6 +22,10 @@ pub struct ControlClient {
 const BASE_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// HTTP/2 ping (and TCP keepalive) interval on the control connection.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered before the connection counts as dead.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Starts the client thread; it runs for the life of the process.
 pub fn spawn_control_client(
@@ -50,7 +50,14 @@ pub fn spawn_control_client(
 }
 
 async fn run(client: ControlClient, holder: Arc<SnapshotHolder>) {
-    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+    // Randomly keyed per process (the standard library's hash keys): data planes started
+    // together do not reconnect in step.
+    let seed = {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    };
     let mut rng = SplitMix64::new(seed);
     let mut attempt = 0u32;
     loop {
@@ -78,9 +85,18 @@ async fn watch_once(client: &ControlClient, holder: &SnapshotHolder) -> Result<b
     let endpoint = tonic::transport::Endpoint::from_shared(client.endpoint.clone())
         .map_err(|e| format!("bad endpoint {:?}: {e}", client.endpoint))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // The stream is quiet between snapshots: pings find a control host that vanished
+        // (crash, partition) instead of waiting on a half-open connection forever.
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .tcp_keepalive(Some(KEEPALIVE_INTERVAL));
     let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
-    let mut grpc = ControlPlaneClient::new(channel);
+    // Snapshots up to the verifier's limit (tonic's default stops at 4 MiB); larger ones
+    // are refused by the verifier with a logged reason, not by the transport.
+    let mut grpc =
+        ControlPlaneClient::new(channel).max_decoding_message_size(MAX_SNAPSHOT_BYTES + (1 << 20));
     let request = WatchRequest {
         node_id: client.node_id.clone(),
         known_version: holder.version(),
