@@ -8,6 +8,8 @@
 
 mod common;
 
+use std::io::{Read as _, Write as _};
+
 use common::{Stack, curl, get};
 use omnirelay_test_support::{Capability, require_caps};
 use sha2::{Digest as _, Sha256};
@@ -90,6 +92,50 @@ fn upstream_connections_are_kept_alive_and_reused() {
     assert!(
         reused as u64 >= requests - new_upstream - 1,
         "reused {reused} of {requests}"
+    );
+}
+
+/// A POST (which cannot be retried once its body went out) on a pooled upstream
+/// connection the backend has meanwhile closed for idleness: the proxy notices the close
+/// and opens a new connection instead of failing the request with 502.
+#[test]
+fn a_pooled_connection_the_backend_closed_is_not_reused() {
+    require_caps!(Capability::Program("nginx"));
+    let stack = Stack::start();
+    // One client connection, so both requests are served by the same worker and pool.
+    let mut conn = std::net::TcpStream::connect(stack.proxy()).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut post = |body: &str| {
+        let req = format!(
+            "POST /echo-brief HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        conn.write_all(req.as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Until the echoed body is in and the response ends (chunked or not), or an error.
+        let done = |got: &[u8]| {
+            got.windows(4).any(|w| w == b"502 ")
+                || (got.windows(body.len()).any(|w| w == body.as_bytes())
+                    && (got.ends_with(b"\r\n0\r\n\r\n") || got.ends_with(body.as_bytes())))
+        };
+        while !done(&got) {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let first = post("first");
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    // nginx closes its side of the pooled connection after 300 ms of idleness.
+    std::thread::sleep(std::time::Duration::from_millis(900));
+    let second = post("second");
+    assert!(
+        second.starts_with("HTTP/1.1 200") && second.contains("second"),
+        "{second}"
     );
 }
 

@@ -88,6 +88,13 @@ server {{
     echo_read_request_body;
     echo_request_body;
   }}
+  location /echo-brief {{
+    # Closes the connection when it has been idle 300 ms, as many application servers
+    # do well before the proxy's pool would.
+    keepalive_timeout 300ms;
+    echo_read_request_body;
+    echo_request_body;
+  }}
   location /status {{ stub_status; }}
   location /who {{ return 200 "one\n"; }}
   location /headers {{
