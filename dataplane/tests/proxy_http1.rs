@@ -139,6 +139,53 @@ fn a_pooled_connection_the_backend_closed_is_not_reused() {
     );
 }
 
+/// A client that asks for a large body and never reads it cannot hold the request (its
+/// buffers and upstream connection) past the route's request timeout: the proxy's
+/// writes are bounded by it too, and the connection is closed.
+#[test]
+fn a_client_that_stops_reading_is_cut_off_at_the_request_timeout() {
+    require_caps!(Capability::Program("nginx"));
+    let stack = Stack::start();
+    std::fs::write(stack.nginx.root().join("big"), vec![7u8; 32 << 20]).unwrap();
+    let v = stack.dp_version();
+    let config = common::config(&stack.ports, "one").replace(
+        "retry = { max_retries = 2, on = [\"connect-failure\"] }",
+        "retry = { max_retries = 2, on = [\"connect-failure\"] }\ntimeouts = { request_ms = 1000 }",
+    );
+    assert!(config.contains("request_ms = 1000"));
+    common::write_config(&stack.config_path, &config);
+    stack.wait_dp_version_above(v);
+
+    let conns = |stack: &Stack| {
+        (0..2)
+            .map(|w| {
+                stack
+                    .dp_metric(&format!("omnirelay_worker_connections{{worker=\"{w}\"}}"))
+                    .unwrap_or(0.0)
+            })
+            .sum::<f64>()
+    };
+    // 32 MiB is more than the client's and the proxy's socket buffers hold together.
+    let mut conn = std::net::TcpStream::connect(stack.proxy()).unwrap();
+    conn.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert!(
+        omnirelay_test_support::process::wait_until(std::time::Duration::from_secs(2), || {
+            conns(&stack) == 1.0
+        }),
+        "the request did not start"
+    );
+    // Never read: the proxy's write stalls on a full socket and must give up at the
+    // request's deadline (1 s) and close.
+    assert!(
+        omnirelay_test_support::process::wait_until(std::time::Duration::from_secs(6), || {
+            conns(&stack) == 0.0
+        }),
+        "the stalled connection is still held 5 s after its request timeout"
+    );
+    drop(conn);
+}
+
 fn nginx_accepts(stack: &Stack) -> u64 {
     // stub_status of up1, asked directly: "server accepts handled requests\n A H R".
     let (code, body) = get(&format!("http://127.0.0.1:{}/status", stack.ports.up1));

@@ -26,13 +26,59 @@ pub(crate) enum BodyError {
     Http(Http1Error),
     /// The client went away.
     Io,
-    /// The client stopped sending.
+    /// The client stopped sending (or reading).
     Timeout,
+}
+
+/// Why a write did not complete.
+enum WriteError {
+    Io,
+    /// The deadline passed with the peer not reading.
+    TimedOut,
+}
+
+/// [`io::send_all`] bounded by `deadline`: a peer that stops reading cannot hold the
+/// request, its buffers and connections past it. A timed-out write's buffer stays with
+/// the cancelled operation (the runtime frees it when that ends); an empty one comes back.
+async fn send_by(
+    stream: &mut TcpStream,
+    buf: BytesMut,
+    deadline: Instant,
+    timer: &mut Timer<'_>,
+) -> (Result<(), WriteError>, BytesMut) {
+    match within(timer, deadline, io::send_all(stream, buf)).await {
+        Ok((res, buf)) => (res.map_err(|_| WriteError::Io), buf),
+        Err(_) => (Err(WriteError::TimedOut), BytesMut::new()),
+    }
+}
+
+/// [`send_by`], giving the buffer back cleared (as [`io::write_all`]).
+async fn write_by(
+    stream: &mut TcpStream,
+    out: BytesMut,
+    deadline: Instant,
+    timer: &mut Timer<'_>,
+) -> (Result<(), WriteError>, BytesMut) {
+    let (res, mut out) = send_by(stream, out, deadline, timer).await;
+    out.clear();
+    (res, out)
+}
+
+impl From<WriteError> for SendError {
+    /// A failed write to the upstream.
+    fn from(e: WriteError) -> SendError {
+        match e {
+            WriteError::Io => SendError::Upstream,
+            WriteError::TimedOut => SendError::UpstreamTimeout,
+        }
+    }
 }
 
 /// Sending the request failed on this side or that.
 pub(crate) enum SendError {
     Upstream,
+    /// The upstream did not take the request before the deadline.
+    UpstreamTimeout,
     Client(BodyError),
 }
 
@@ -79,9 +125,9 @@ impl RequestBody {
     ) -> Result<(), SendError> {
         if self.framing == Framing::None {
             // The head alone: written from its own buffer, which comes back unchanged.
-            let (res, written) = io::send_all(up, std::mem::take(head)).await;
+            let (res, written) = send_by(up, std::mem::take(head), deadline, timer).await;
             *head = written;
-            return res.map_err(|_| SendError::Upstream);
+            return res.map_err(SendError::from);
         }
         let mut out = ctx.take_buf();
         out.extend_from_slice(head);
@@ -91,9 +137,14 @@ impl RequestBody {
             let mut cont = std::mem::take(&mut ds.out);
             cont.clear();
             cont.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-            let (res, cont) = io::write_all(&mut ds.stream, cont).await;
+            let (res, cont) = write_by(&mut ds.stream, cont, deadline, timer).await;
             ds.out = cont;
-            res.map_err(|_| SendError::Client(BodyError::Io))?;
+            res.map_err(|e| {
+                SendError::Client(match e {
+                    WriteError::Io => BodyError::Io,
+                    WriteError::TimedOut => BodyError::Timeout,
+                })
+            })?;
         }
         let chunked = self.framing == Framing::Chunked;
         loop {
@@ -121,14 +172,14 @@ impl RequestBody {
                 if chunked {
                     out.extend_from_slice(http1::LAST_CHUNK);
                 }
-                let (res, out) = io::write_all(up, out).await;
+                let (res, out) = write_by(up, out, deadline, timer).await;
                 ctx.give_buf(out);
-                return res.map_err(|_| SendError::Upstream);
+                return res.map_err(SendError::from);
             }
             if out.len() >= FLUSH_AT || !out.is_empty() {
-                let (res, o) = io::write_all(up, out).await;
+                let (res, o) = write_by(up, out, deadline, timer).await;
                 out = o;
-                res.map_err(|_| SendError::Upstream)?;
+                res.map_err(SendError::from)?;
             }
             let buf = std::mem::take(&mut ds.buf);
             match within(timer, deadline, io::read_more(&mut ds.stream, buf)).await {
@@ -184,7 +235,7 @@ pub(crate) async fn relay_response(
                 Ok(d) => d,
                 Err(e) => {
                     tracing::debug!("invalid upstream response body: {e}");
-                    let (_, o) = io::write_all(&mut ds.stream, out).await;
+                    let (_, o) = write_by(&mut ds.stream, out, deadline, timer).await;
                     ds.out = o;
                     return (sent, false, false, up_buf);
                 }
@@ -208,7 +259,7 @@ pub(crate) async fn relay_response(
             break;
         }
         if out.len() >= FLUSH_AT || !out.is_empty() {
-            let (res, o) = io::write_all(&mut ds.stream, out).await;
+            let (res, o) = write_by(&mut ds.stream, out, deadline, timer).await;
             out = o;
             if res.is_err() {
                 ds.out = out;
@@ -223,12 +274,12 @@ pub(crate) async fn relay_response(
             }
             Ok((Ok(_), b)) => up_buf = b,
             Ok((Err(_), b)) => {
-                let (_, o) = io::write_all(&mut ds.stream, out).await;
+                let (_, o) = write_by(&mut ds.stream, out, deadline, timer).await;
                 ds.out = o;
                 return (sent, false, false, b);
             }
             Err(_) => {
-                let (_, o) = io::write_all(&mut ds.stream, out).await;
+                let (_, o) = write_by(&mut ds.stream, out, deadline, timer).await;
                 ds.out = o;
                 return (sent, false, false, BytesMut::new());
             }
@@ -237,7 +288,7 @@ pub(crate) async fn relay_response(
     if complete && chunked {
         out.extend_from_slice(http1::LAST_CHUNK);
     }
-    let (res, o) = io::write_all(&mut ds.stream, out).await;
+    let (res, o) = write_by(&mut ds.stream, out, deadline, timer).await;
     ds.out = o;
     let client_ok = res.is_ok() && complete && ds_framing != Framing::CloseDelimited;
     let reusable =

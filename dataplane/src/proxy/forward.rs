@@ -213,7 +213,8 @@ enum AttemptError {
         reused: bool,
         sent_body: bool,
     },
-    HeadTimeout,
+    /// The upstream did not take the request or answer it with a head in time.
+    Timeout,
     BadResponse(http1::Http1Error),
     /// The client side failed (bad body, closed): the request is over.
     Client(BodyError),
@@ -364,7 +365,7 @@ async fn proxy(
             Err(AttemptError::Connect(_) | AttemptError::ConnectTimeout) => {
                 Outcome::Failure(FailureKind::ConnectFailure)
             }
-            Err(AttemptError::HeadTimeout) => Outcome::Failure(FailureKind::Timeout),
+            Err(AttemptError::Timeout) => Outcome::Failure(FailureKind::Timeout),
             Err(AttemptError::UpstreamClosed { .. } | AttemptError::BadResponse(_)) => {
                 Outcome::Failure(FailureKind::ConnectFailure)
             }
@@ -391,7 +392,7 @@ async fn proxy(
                     // A stale pooled connection: safe to replay if nothing unrepeatable went out.
                     (*reused || route.retry.on_connect_failure) && !sent_body && replayable
                 }
-                Err(AttemptError::HeadTimeout) => route.retry.on_timeout && replayable,
+                Err(AttemptError::Timeout) => route.retry.on_timeout && replayable,
                 Ok(r) => r.pending_5xx && route.retry.on_5xx && replayable,
                 _ => false,
             };
@@ -437,7 +438,7 @@ async fn proxy(
                         (503, "upstream connect failed")
                     }
                     AttemptError::UpstreamClosed { .. } => (502, "upstream closed the connection"),
-                    AttemptError::HeadTimeout => (504, "upstream timed out"),
+                    AttemptError::Timeout => (504, "upstream timed out"),
                     AttemptError::BadResponse(_) => (502, "invalid response from upstream"),
                     AttemptError::Client(BodyError::Http(e)) => (e.status(), e.reason()),
                     AttemptError::Client(BodyError::Io) => return Summary::local(0),
@@ -549,6 +550,7 @@ async fn attempt(
                 reused,
                 sent_body: body_state.started(),
             },
+            body::SendError::UpstreamTimeout => AttemptError::Timeout,
             body::SendError::Client(c) => AttemptError::Client(c),
         });
     }
@@ -579,7 +581,7 @@ async fn attempt(
                 if let Some(st) = stats {
                     st.timeouts.add(1);
                 }
-                return Err(AttemptError::HeadTimeout);
+                return Err(AttemptError::Timeout);
             }
         }
     };
