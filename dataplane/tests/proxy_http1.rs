@@ -186,6 +186,57 @@ fn a_client_that_stops_reading_is_cut_off_at_the_request_timeout() {
     drop(conn);
 }
 
+/// The response tells the client what becomes of its connection: `connection: close`
+/// when the request asked for a close (and the proxy then closes), `connection:
+/// keep-alive` to an HTTP/1.0 client that asked to keep it (which then serves another
+/// request on it).
+#[test]
+fn the_response_says_whether_the_client_connection_stays_open() {
+    require_caps!(Capability::Program("nginx"));
+    let stack = Stack::start();
+    let exchange = |conn: &mut std::net::TcpStream, request: &str| {
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        conn.write_all(request.as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(b"one\n") {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&got).to_ascii_lowercase()
+    };
+
+    let mut conn = std::net::TcpStream::connect(stack.proxy()).unwrap();
+    let head = exchange(
+        &mut conn,
+        "GET /who HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    let mut rest = Vec::new();
+    assert_eq!(conn.read_to_end(&mut rest).unwrap(), 0, "closed after it");
+
+    let mut conn = std::net::TcpStream::connect(stack.proxy()).unwrap();
+    for _ in 0..2 {
+        let head = exchange(
+            &mut conn,
+            "GET /who HTTP/1.0\r\nHost: t\r\nConnection: keep-alive\r\n\r\n",
+        );
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(head.contains("\r\nconnection: keep-alive\r\n"), "{head}");
+    }
+
+    // HTTP/1.1 keeping the connection (the default) gets no Connection field.
+    let mut conn = std::net::TcpStream::connect(stack.proxy()).unwrap();
+    let head = exchange(&mut conn, "GET /who HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(
+        head.starts_with("http/1.1 200") && !head.contains("connection:"),
+        "{head}"
+    );
+}
+
 fn nginx_accepts(stack: &Stack) -> u64 {
     // stub_status of up1, asked directly: "server accepts handled requests\n A H R".
     let (code, body) = get(&format!("http://127.0.0.1:{}/status", stack.ports.up1));

@@ -14,7 +14,7 @@ use super::{
     io,
     worker::WorkerCtx,
 };
-use crate::http1::{self, BodyDecoder, Framing, Http1Error, RequestHead, ResponseHead};
+use crate::http1::{self, BodyDecoder, Framing, Http1Error, RequestHead, ResponseHead, Version};
 
 /// Bytes staged before a write is issued.
 const FLUSH_AT: usize = 64 * 1024;
@@ -224,7 +224,15 @@ pub(crate) async fn relay_response(
     let ds_framing = http1::downstream_framing(framing, client_version);
     let mut out = std::mem::take(&mut ds.out);
     out.clear();
-    http1::write_response_head(resp, ds_framing, &[], &mut out);
+    // Say what becomes of the client connection when the request asked (RFC 9112 §9.6)
+    // or when HTTP/1.0 keeps it open only on request (§9.3).
+    let stays = request.keep_alive() && ds_framing != Framing::CloseDelimited;
+    let connection: &[(&str, &[u8])] = match (stays, client_version) {
+        (false, _) if ds_framing != Framing::CloseDelimited => &[("connection", b"close")],
+        (true, Version::Http10) => &[("connection", b"keep-alive")],
+        _ => &[],
+    };
+    http1::write_response_head(resp, ds_framing, connection, &mut out);
     let mut decoder = BodyDecoder::new(framing, &http1::Limits::default());
     let chunked = ds_framing == Framing::Chunked;
     let mut sent = 0u64;
