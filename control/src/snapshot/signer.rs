@@ -83,23 +83,42 @@ impl SnapshotSigner {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut seed = [0u8; 32];
                 getrandom::fill(&mut seed).map_err(|e| SignerError::Random(e.to_string()))?;
+                // Written whole to a temporary file, then linked into place: a crash
+                // half-way leaves no key file (the next start creates one), never an
+                // empty or cut one that every later start would refuse.
+                let tmp = state_dir.join(format!(".{KEY_FILE}.tmp"));
+                let tmp_io = |source| SignerError::Io {
+                    path: tmp.clone(),
+                    source,
+                };
+                match std::fs::remove_file(&tmp) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(tmp_io(e)),
+                    _ => {}
+                }
                 let mut file = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
-                    .open(&path)
-                    .map_err(io)?;
-                writeln!(file, "{}", hex::encode(seed)).map_err(io)?;
+                    .open(&tmp)
+                    .map_err(tmp_io)?;
+                writeln!(file, "{}", hex::encode(seed)).map_err(tmp_io)?;
+                file.sync_all().map_err(tmp_io)?;
+                // A link fails if another process created the key meanwhile.
+                std::fs::hard_link(&tmp, &path).map_err(io)?;
+                std::fs::remove_file(&tmp).map_err(tmp_io)?;
                 tracing::info!(path = %path.display(), "created a new snapshot signing key");
                 SigningKey::from_bytes(&seed)
             }
             Err(e) => return Err(io(e)),
         };
+        // Replaced whole (written aside, then renamed): a reader never sees half a key.
         let public = state_dir.join(PUBLIC_KEY_FILE);
+        let public_tmp = state_dir.join(format!(".{PUBLIC_KEY_FILE}.tmp"));
         std::fs::write(
-            &public,
+            &public_tmp,
             format!("{}\n", hex::encode(key.verifying_key().as_bytes())),
         )
+        .and_then(|()| std::fs::rename(&public_tmp, &public))
         .map_err(|source| SignerError::Io {
             path: public,
             source,
@@ -167,6 +186,27 @@ mod tests {
         );
         let public = std::fs::read_to_string(dir.join(PUBLIC_KEY_FILE)).unwrap();
         assert_eq!(public.trim(), hex::encode(a.verifying_key().as_bytes()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_creation_cut_short_leaves_no_key_file_and_the_next_start_makes_one() {
+        let dir = temp_dir("interrupted");
+        // What a crash mid-write leaves: a partial temporary file, no key file.
+        std::fs::write(dir.join(format!(".{KEY_FILE}.tmp")), "3f2a").unwrap();
+        let signer = SnapshotSigner::load_or_create(&dir).unwrap();
+        let text = std::fs::read_to_string(dir.join(KEY_FILE)).unwrap();
+        assert_eq!(text.trim().len(), 64, "a whole key: {text:?}");
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.ends_with(".tmp")),
+            "temporary files left: {names:?}"
+        );
+        let again = SnapshotSigner::load_or_create(&dir).unwrap();
+        assert_eq!(signer.verifying_key(), again.verifying_key());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
