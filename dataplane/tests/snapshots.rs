@@ -273,3 +273,39 @@ fn a_snapshot_larger_than_the_transports_default_message_limit_arrives() {
     );
     assert_eq!(get(&stack.url("/who")), (200, b"two\n".to_vec()));
 }
+
+/// The control daemon's snapshot history is lost (its SQLite store deleted, the key kept):
+/// restarted, it numbers from 1 again, below what the data plane runs. It refuses the
+/// subscription saying why, the data plane logs the refusal and keeps serving.
+#[test]
+fn a_daemon_that_lost_its_history_refuses_a_newer_data_plane_and_says_why() {
+    require_caps!(Capability::Program("nginx"), Capability::Program("curl"));
+    let mut stack = Stack::start();
+    let v = stack.dp_version();
+    write_config(&stack.config_path, &config(&stack.ports, "two"));
+    let v = stack.wait_dp_version_above(v);
+    assert!(v >= 2);
+    stack.control.kill();
+    for file in ["snapshots.db", "snapshots.db-wal", "snapshots.db-shm"] {
+        let _ = std::fs::remove_file(stack.dir.path().join("state").join(file));
+    }
+    stack.restart_control();
+    assert!(
+        stack.control.wait_for_log(
+            "refused a data plane that runs a newer version",
+            Duration::from_secs(15)
+        ),
+        "{}",
+        stack.control.log()
+    );
+    assert!(
+        stack.dataplane.wait_for_log(
+            "the control plane refused the subscription: the data plane runs snapshot version",
+            Duration::from_secs(15)
+        ),
+        "{}",
+        stack.dataplane.log()
+    );
+    assert_eq!(stack.dp_version(), v, "the data plane keeps its snapshot");
+    assert_eq!(get(&stack.url("/who")), (200, b"two\n".to_vec()));
+}

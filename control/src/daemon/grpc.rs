@@ -47,6 +47,19 @@ impl ControlPlane for ControlService {
         request: Request<v1::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let req = request.into_inner();
+        let latest = self.rx.borrow().as_ref().map(|p| p.version);
+        if let Some(latest) = latest
+            && req.known_version > latest
+        {
+            // Its snapshots came from a history this daemon does not have (a lost or
+            // replaced state dir): nothing this daemon publishes for a while would be newer,
+            // so say so instead of streaming nothing.
+            tracing::warn!(node = %req.node_id, known_version = req.known_version, latest, "refused a data plane that runs a newer version than this daemon published: the snapshot history in the state dir is not the one it followed");
+            return Err(Status::failed_precondition(format!(
+                "the data plane runs snapshot version {}, newer than this control daemon's latest ({latest}): the daemon's snapshot history (state dir) was lost or replaced; restore it, or restart the data plane to follow the new history",
+                req.known_version
+            )));
+        }
         tracing::info!(node = %req.node_id, known_version = req.known_version, "data plane subscribed");
         self.metrics.watchers.fetch_add(1, Ordering::Relaxed);
         let guard = WatcherGuard(Arc::clone(&self.metrics));

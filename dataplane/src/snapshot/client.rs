@@ -68,10 +68,17 @@ async fn run(client: ControlClient, holder: Arc<SnapshotHolder>) {
                     attempt = 0;
                 }
             }
-            Err(e) => tracing::warn!(
+            Err(WatchError::Unreachable(e)) => tracing::warn!(
                 endpoint = %client.endpoint,
                 running_version = holder.version(),
                 "control plane unreachable ({e}); serving the last good snapshot"
+            ),
+            Err(WatchError::Refused(status)) => tracing::error!(
+                endpoint = %client.endpoint,
+                running_version = holder.version(),
+                code = ?status.code(),
+                "the control plane refused the subscription: {}; serving the last good snapshot",
+                status.message()
             ),
         }
         let delay = backoff(attempt, BASE_BACKOFF, MAX_BACKOFF, &mut || rng.next_u64());
@@ -80,10 +87,18 @@ async fn run(client: ControlClient, holder: Arc<SnapshotHolder>) {
     }
 }
 
+/// Why a subscription ended without snapshots.
+enum WatchError {
+    /// No connection, or the stream broke.
+    Unreachable(String),
+    /// The control daemon answered and said no.
+    Refused(tonic::Status),
+}
+
 /// One subscription; returns whether any message arrived.
-async fn watch_once(client: &ControlClient, holder: &SnapshotHolder) -> Result<bool, String> {
+async fn watch_once(client: &ControlClient, holder: &SnapshotHolder) -> Result<bool, WatchError> {
     let endpoint = tonic::transport::Endpoint::from_shared(client.endpoint.clone())
-        .map_err(|e| format!("bad endpoint {:?}: {e}", client.endpoint))?
+        .map_err(|e| WatchError::Unreachable(format!("bad endpoint {:?}: {e}", client.endpoint)))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         // The stream is quiet between snapshots: pings find a control host that vanished
@@ -92,7 +107,10 @@ async fn watch_once(client: &ControlClient, holder: &SnapshotHolder) -> Result<b
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
         .tcp_keepalive(Some(KEEPALIVE_INTERVAL));
-    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| WatchError::Unreachable(e.to_string()))?;
     // Snapshots up to the verifier's limit (tonic's default stops at 4 MiB); larger ones
     // are refused by the verifier with a logged reason, not by the transport.
     let mut grpc =
@@ -104,7 +122,12 @@ async fn watch_once(client: &ControlClient, holder: &SnapshotHolder) -> Result<b
     let mut stream = grpc
         .watch(request)
         .await
-        .map_err(|s| format!("Watch refused: {s}"))?
+        .map_err(|s| match s.code() {
+            tonic::Code::Unavailable | tonic::Code::Unknown => {
+                WatchError::Unreachable(format!("Watch failed: {s}"))
+            }
+            _ => WatchError::Refused(s),
+        })?
         .into_inner();
     tracing::info!(endpoint = %client.endpoint, running_version = holder.version(), "subscribed to the control plane");
     let mut received = false;
@@ -117,7 +140,9 @@ async fn watch_once(client: &ControlClient, holder: &SnapshotHolder) -> Result<b
                 let _ = holder.apply_signed(&signed);
             }
             Ok(None) => return Ok(received),
-            Err(status) => return Err(format!("stream error: {status}")),
+            Err(status) => {
+                return Err(WatchError::Unreachable(format!("stream error: {status}")));
+            }
         }
     }
 }
