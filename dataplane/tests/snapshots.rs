@@ -309,3 +309,23 @@ fn a_daemon_that_lost_its_history_refuses_a_newer_data_plane_and_says_why() {
     assert_eq!(stack.dp_version(), v, "the data plane keeps its snapshot");
     assert_eq!(get(&stack.url("/who")), (200, b"two\n".to_vec()));
 }
+
+/// SIGTERM stops the control daemon promptly while data planes hold their Watch streams
+/// open (streams that never end on their own), and the data plane keeps serving.
+#[test]
+fn sigterm_stops_the_control_daemon_with_data_planes_subscribed() {
+    require_caps!(Capability::Program("nginx"), Capability::Program("curl"));
+    let mut stack = Stack::start();
+    assert!(
+        stack
+            .dataplane
+            .wait_for_log("subscribed to the control plane", Duration::from_secs(10))
+    );
+    stack.control.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        wait_until(Duration::from_secs(5), || !stack.control.is_running()),
+        "the control daemon still runs 5 s after SIGTERM:\n{}",
+        stack.control.log()
+    );
+    assert_eq!(get(&stack.url("/who")), (200, b"one\n".to_vec()));
+}

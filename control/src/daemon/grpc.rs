@@ -18,13 +18,30 @@ use super::{metrics::ControlMetrics, publish::Published};
 pub struct ControlService {
     rx: watch::Receiver<Option<Arc<Published>>>,
     metrics: Arc<ControlMetrics>,
+    /// Turns true when the daemon stops: open Watch streams end (they never end on their
+    /// own, and the server's graceful shutdown waits for them).
+    stopping: watch::Receiver<bool>,
 }
 
 impl ControlService {
-    /// A service serving what `rx` publishes.
-    pub fn new(rx: watch::Receiver<Option<Arc<Published>>>, metrics: Arc<ControlMetrics>) -> Self {
-        ControlService { rx, metrics }
+    /// A service serving what `rx` publishes until `stopping` turns true.
+    pub fn new(
+        rx: watch::Receiver<Option<Arc<Published>>>,
+        metrics: Arc<ControlMetrics>,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        ControlService {
+            rx,
+            metrics,
+            stopping,
+        }
     }
+}
+
+/// An item of a Watch stream before the stop is cut off.
+enum Event {
+    Snapshot(v1::SignedSnapshot),
+    Stop,
 }
 
 /// Decrements the watcher gauge when a stream ends (client gone or daemon stopping).
@@ -64,15 +81,27 @@ impl ControlPlane for ControlService {
         self.metrics.watchers.fetch_add(1, Ordering::Relaxed);
         let guard = WatcherGuard(Arc::clone(&self.metrics));
         let mut last_sent = req.known_version;
-        let stream = WatchStream::new(self.rx.clone()).filter_map(move |published| {
-            let _alive = &guard;
+        let snapshots = WatchStream::new(self.rx.clone()).filter_map(move |published| {
             let p = published?;
             if p.version <= last_sent {
                 return None;
             }
             last_sent = p.version;
-            Some(Ok(p.signed.clone()))
+            Some(Event::Snapshot(p.signed.clone()))
         });
+        let stop = WatchStream::new(self.stopping.clone())
+            .filter(|stopping| *stopping)
+            .map(|_| Event::Stop);
+        let stream = snapshots
+            .merge(stop)
+            .take_while(|e| matches!(e, Event::Snapshot(_)))
+            .filter_map(move |e| {
+                let _alive = &guard;
+                match e {
+                    Event::Snapshot(s) => Some(Ok(s)),
+                    Event::Stop => None,
+                }
+            });
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -134,7 +134,21 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         .with_context(|| format!("binding gRPC address {grpc_addr}"))?;
     tracing::info!(%grpc_addr, %admin_addr, "control daemon listening");
 
-    let service = grpc::ControlService::new(publisher.subscribe(), Arc::clone(&metrics));
+    // One signal handler; both servers and the open Watch streams follow it.
+    let (stop_tx, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stopping: closing the Watch streams and the servers");
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let service = grpc::ControlService::new(
+        publisher.subscribe(),
+        Arc::clone(&metrics),
+        stopping.clone(),
+    );
     let grpc = tonic::transport::Server::builder()
         .add_service(ControlPlaneServer::new(service))
         .serve_with_incoming_shutdown(
@@ -149,9 +163,9 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
                     conn
                 },
             ),
-            shutdown_signal(),
+            stopped(stopping.clone()),
         );
-    let admin = axum::serve(admin_listener, admin).with_graceful_shutdown(shutdown_signal());
+    let admin = axum::serve(admin_listener, admin).with_graceful_shutdown(stopped(stopping));
     let (g, a) = tokio::join!(grpc, admin);
     g.context("gRPC server")?;
     a.context("admin server")?;
