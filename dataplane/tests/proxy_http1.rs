@@ -237,6 +237,47 @@ fn the_response_says_whether_the_client_connection_stays_open() {
     );
 }
 
+/// `retry.on = ["timeout"]` with a per-try timeout: an attempt on an endpoint that does
+/// not answer is cut at 300 ms and retried on the other one, well within the request's
+/// 3 s deadline.
+#[test]
+fn a_timed_out_attempt_is_retried_on_another_endpoint() {
+    require_caps!(Capability::Program("nginx"));
+    let stack = Stack::start();
+    let v = stack.dp_version();
+    let ports = &stack.ports;
+    let config = common::config(ports, "both")
+        .replace(
+            "retry = { max_retries = 2, on = [\"connect-failure\"] }",
+            "retry = { max_retries = 1, on = [\"timeout\"], per_try_timeout_ms = 300 }\ntimeouts = { request_ms = 3000 }",
+        )
+        + &format!(
+            "\n[[clusters]]\nname = \"both\"\nendpoints = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n",
+            ports.up1, ports.up2
+        );
+    common::write_config(&stack.config_path, &config);
+    stack.wait_dp_version_above(v);
+    // up1 sleeps 5 s on /stall; up2 answers "two" to everything. Round robin sends some
+    // first attempts to up1.
+    for i in 0..4 {
+        let started = std::time::Instant::now();
+        assert_eq!(
+            get(&stack.url("/stall")),
+            (200, b"two\n".to_vec()),
+            "request {i}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "request {i} took {:?}",
+            started.elapsed()
+        );
+    }
+    let timeouts = stack
+        .dp_metric("omnirelay_upstream_timeouts_total{cluster=\"both\"}")
+        .unwrap_or(0.0);
+    assert!(timeouts >= 1.0, "no attempt timed out: {timeouts}");
+}
+
 fn nginx_accepts(stack: &Stack) -> u64 {
     // stub_status of up1, asked directly: "server accepts handled requests\n A H R".
     let (code, body) = get(&format!("http://127.0.0.1:{}/status", stack.ports.up1));

@@ -267,8 +267,11 @@ pub struct Retry {
     pub on_connect_failure: bool,
     /// Retry on a 5xx response.
     pub on_5xx: bool,
-    /// Retry on an upstream timeout.
+    /// Retry on an upstream timeout (needs `per_try_timeout_ms`).
     pub on_timeout: bool,
+    /// How long one attempt waits for the response head once the request is sent; 0:
+    /// until the request's deadline.
+    pub per_try_timeout_ms: u32,
 }
 
 impl Default for Retry {
@@ -282,6 +285,7 @@ impl Default for Retry {
             on_connect_failure: true,
             on_5xx: false,
             on_timeout: false,
+            per_try_timeout_ms: 0,
         }
     }
 }

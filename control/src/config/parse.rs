@@ -217,6 +217,7 @@ fn retry(o: Option<Obj<'_>>) -> Retry {
         ) as u32,
         base_backoff_ms: o.int_or("base_backoff_ms", d.base_backoff_ms.into(), 0, MAX_MS) as u32,
         max_backoff_ms: o.int_or("max_backoff_ms", d.max_backoff_ms.into(), 0, MAX_MS) as u32,
+        per_try_timeout_ms: o.int_or("per_try_timeout_ms", 0, 1, MAX_MS) as u32,
         ..d
     };
     if o.table_has("on") {
@@ -225,7 +226,15 @@ fn retry(o: Option<Obj<'_>>) -> Retry {
             match v.as_str() {
                 Some("connect-failure") => r.on_connect_failure = true,
                 Some("5xx") => r.on_5xx = true,
-                Some("timeout") => r.on_timeout = true,
+                Some("timeout") => {
+                    r.on_timeout = true;
+                    if !o.table_has("per_try_timeout_ms") {
+                        o.error_at(
+                            path,
+                            "\"timeout\" needs per_try_timeout_ms: without it an attempt waits until the request's own deadline and leaves no time to retry",
+                        );
+                    }
+                }
                 _ => o.error_at(path, format!("unknown retry condition {v}; expected \"connect-failure\", \"5xx\" or \"timeout\"")),
             }
         }

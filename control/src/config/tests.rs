@@ -249,3 +249,26 @@ fn kernel_section_and_budget_overrides_parse_and_their_errors_name_the_field() {
         );
     }
 }
+
+#[test]
+fn retry_on_timeout_needs_a_per_try_timeout() {
+    let without = GOOD.replace(
+        r#"on = ["connect-failure", "5xx"]"#,
+        r#"on = ["connect-failure", "timeout"]"#,
+    );
+    let err = parse(&without, "t.toml").unwrap_err();
+    assert!(
+        err.errors
+            .iter()
+            .any(|e| e.path == "routes[0].retry.on[1]" && e.message.contains("per_try_timeout_ms")),
+        "{err}"
+    );
+    let with = GOOD.replace(
+        r#"on = ["connect-failure", "5xx"]"#,
+        r#"on = ["timeout"], per_try_timeout_ms = 250"#,
+    );
+    let cfg = parse(&with, "t.toml").unwrap();
+    let retry = &cfg.routes[0].retry;
+    assert!(retry.on_timeout && !retry.on_connect_failure);
+    assert_eq!(retry.per_try_timeout_ms, 250);
+}

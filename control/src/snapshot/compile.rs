@@ -66,6 +66,7 @@ fn route(r: &config::Route, config: &Config) -> v1::Route {
             on_connect_failure: r.retry.on_connect_failure,
             on_5xx: r.retry.on_5xx,
             on_timeout: r.retry.on_timeout,
+            per_try_timeout_ms: r.retry.per_try_timeout_ms,
         }),
         hash_on: Some(v1::HashOn {
             key: Some(match &r.hash_on {

@@ -101,6 +101,8 @@ struct Target<'a> {
     t0: Instant,
     /// The request's deadline.
     deadline: Instant,
+    /// How long the attempt waits for the response head once the request is sent.
+    per_try: Option<Duration>,
 }
 
 fn idempotent(method: &str) -> bool {
@@ -352,6 +354,7 @@ async fn proxy(
             stats: &cluster_stats,
             t0: now,
             deadline,
+            per_try: route.retry.per_try_timeout,
         };
         let result = attempt(req, &target, &mut up_head, &mut body_state, ds, timer).await;
         drop(in_flight);
@@ -499,6 +502,7 @@ async fn attempt(
         stats,
         t0,
         deadline,
+        per_try,
     } = target;
     let ctx = req.scope.ctx;
     let pooled = ctx.pool.borrow_mut().take(addr, cluster.idle_timeout, t0);
@@ -555,7 +559,8 @@ async fn attempt(
         });
     }
 
-    // Response head (skipping interim 1xx responses).
+    // Response head (skipping interim 1xx responses), within the attempt's own timeout.
+    let head_by = per_try.map_or(deadline, |p| deadline.min(Instant::now() + p));
     let mut up_buf = ctx.take_buf();
     let resp = loop {
         match ResponseHead::parse(&mut up_buf, &http1::Limits::default()) {
@@ -568,7 +573,7 @@ async fn attempt(
             Ok(ParseStatus::Partial) => {}
             Err(e) => return Err(AttemptError::BadResponse(e)),
         }
-        let read = within(timer, deadline, io::read_more(&mut up, up_buf)).await;
+        let read = within(timer, head_by, io::read_more(&mut up, up_buf)).await;
         match read {
             Ok((Ok(0), _)) | Ok((Err(_), _)) => {
                 return Err(AttemptError::UpstreamClosed {

@@ -77,6 +77,9 @@ pub struct RetryRt {
     pub on_5xx: bool,
     /// Retry on timeout.
     pub on_timeout: bool,
+    /// How long one attempt waits for the response head once the request is sent (None:
+    /// until the request's deadline).
+    pub per_try_timeout: Option<Duration>,
 }
 
 /// A route.
@@ -332,6 +335,8 @@ fn route(i: usize, r: &v1::Route, clusters: usize) -> Result<RouteRt, RejectReas
             on_connect_failure: rp.on_connect_failure,
             on_5xx: rp.on_5xx,
             on_timeout: rp.on_timeout,
+            per_try_timeout: (rp.per_try_timeout_ms > 0)
+                .then(|| Duration::from_millis(u64::from(rp.per_try_timeout_ms))),
         },
         hash_on,
     })

@@ -95,6 +95,7 @@ server {{
     echo_read_request_body;
     echo_request_body;
   }}
+  location /stall {{ echo_sleep 5; echo "late"; }}
   location /status {{ stub_status; }}
   location /who {{ return 200 "one\n"; }}
   location /headers {{
