@@ -131,9 +131,19 @@ fn listener(o: Obj<'_>) -> Listener {
             "empty: list the routes this listener serves, or leave the field out for all of them",
         );
     }
+    let address = required_addr(&o, "address");
+    let parsed = o
+        .opt_str("address")
+        .is_some_and(|s| s.parse::<SocketAddr>().is_ok());
+    if parsed && address.port() == 0 {
+        o.error(
+            "address",
+            "port 0: each worker would listen on a different port; name the port",
+        );
+    }
     let listener = Listener {
         name: name(&o),
-        address: required_addr(&o, "address"),
+        address,
         routes,
         limits,
         timeouts,

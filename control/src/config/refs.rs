@@ -56,6 +56,7 @@ pub(super) fn check(c: &Config, sink: &Sink) {
                 );
             }
         }
+        // Port 0 is refused where the address is parsed (and stands in for an invalid one).
         if l.address.port() != 0
             && let Some(prev) = addresses.insert(l.address, i)
         {
@@ -65,10 +66,13 @@ pub(super) fn check(c: &Config, sink: &Sink) {
             );
         }
         for addr in [c.control.grpc_listen, c.control.admin_listen] {
-            if l.address == addr {
+            if overlaps(l.address, addr) {
                 sink.push(
                     format!("listeners[{i}].address"),
-                    format!("{addr} is the control daemon's own address"),
+                    format!(
+                        "{} takes the control daemon's own address {addr}",
+                        l.address
+                    ),
                 );
             }
         }
@@ -104,4 +108,16 @@ pub(super) fn check(c: &Config, sink: &Sink) {
             format!("at most {max} budgets (one per listener)"),
         );
     }
+}
+
+/// Whether binding both would collide: the same port, and the same address or a wildcard
+/// on either side (of the same family, or an IPv6 wildcard, which takes IPv4 too).
+fn overlaps(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+    if a.port() != b.port() {
+        return false;
+    }
+    let (x, y) = (a.ip(), b.ip());
+    x == y
+        || (x.is_unspecified() && (x.is_ipv6() || y.is_ipv4()))
+        || (y.is_unspecified() && (y.is_ipv6() || x.is_ipv4()))
 }

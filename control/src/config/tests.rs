@@ -272,3 +272,30 @@ fn retry_on_timeout_needs_a_per_try_timeout() {
     assert!(retry.on_timeout && !retry.on_connect_failure);
     assert_eq!(retry.per_try_timeout_ms, 250);
 }
+
+#[test]
+fn a_listener_on_port_zero_or_on_the_control_daemons_port_is_refused() {
+    let zero = GOOD.replace("address = \"127.0.0.1:8080\"", "address = \"127.0.0.1:0\"");
+    let err = parse(&zero, "t.toml").unwrap_err();
+    assert!(
+        err.errors
+            .iter()
+            .any(|e| e.path == "listeners[0].address" && e.message.starts_with("port 0")),
+        "{err}"
+    );
+    // The admin API listens on 127.0.0.1:7901; a wildcard listener on that port collides.
+    let wildcard = GOOD.replace("address = \"127.0.0.1:8080\"", "address = \"0.0.0.0:7901\"");
+    let err = parse(&wildcard, "t.toml").unwrap_err();
+    assert!(
+        err.errors
+            .iter()
+            .any(|e| e.path == "listeners[0].address" && e.message.contains("control daemon")),
+        "{err}"
+    );
+    // Another address on the same port does not.
+    let other = GOOD.replace(
+        "address = \"127.0.0.1:8080\"",
+        "address = \"127.0.0.2:7901\"",
+    );
+    assert!(parse(&other, "t.toml").is_ok());
+}
