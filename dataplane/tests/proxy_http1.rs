@@ -278,6 +278,42 @@ fn a_timed_out_attempt_is_retried_on_another_endpoint() {
     assert!(timeouts >= 1.0, "no attempt timed out: {timeouts}");
 }
 
+/// `retry.on = ["5xx"]`: a 503 from one endpoint is held back and the request retried on
+/// the other; when every attempt fails, the last 503 is forwarded as the upstream sent it.
+#[test]
+fn a_5xx_is_retried_on_another_endpoint_and_forwarded_when_retries_run_out() {
+    require_caps!(Capability::Program("nginx"));
+    let stack = Stack::start();
+    let ports = &stack.ports;
+    let with_endpoints = |endpoints: &str| {
+        common::config(ports, "flaky").replace(
+            "retry = { max_retries = 2, on = [\"connect-failure\"] }",
+            "retry = { max_retries = 1, on = [\"5xx\"], budget_percent = 100, min_retries_per_second = 100 }",
+        ) + &format!("\n[[clusters]]\nname = \"flaky\"\nendpoints = [{endpoints}]\n")
+    };
+    let v = stack.dp_version();
+    let both = format!("\"127.0.0.1:{}\", \"127.0.0.1:{}\"", ports.up1, ports.up2);
+    common::write_config(&stack.config_path, &with_endpoints(&both));
+    let v = stack.wait_dp_version_above(v);
+    // up1 answers /flaky with 503, up2 with "two"; round robin tries up1 first for some.
+    for i in 0..4 {
+        assert_eq!(
+            get(&stack.url("/flaky")),
+            (200, b"two\n".to_vec()),
+            "request {i}"
+        );
+    }
+    let retries = stack
+        .dp_metric("omnirelay_upstream_retries_total{cluster=\"flaky\"}")
+        .unwrap_or(0.0);
+    assert!(retries >= 1.0, "no retry: {retries}");
+
+    let only_up1 = format!("\"127.0.0.1:{}\"", ports.up1);
+    common::write_config(&stack.config_path, &with_endpoints(&only_up1));
+    stack.wait_dp_version_above(v);
+    assert_eq!(get(&stack.url("/flaky")), (503, b"flaky one\n".to_vec()));
+}
+
 fn nginx_accepts(stack: &Stack) -> u64 {
     // stub_status of up1, asked directly: "server accepts handled requests\n A H R".
     let (code, body) = get(&format!("http://127.0.0.1:{}/status", stack.ports.up1));

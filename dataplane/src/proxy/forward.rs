@@ -406,6 +406,16 @@ async fn proxy(
                     .is_some_and(|bud| bud.try_acquire_retry(done))
             };
             if granted {
+                // The held-back 5xx is dropped for the retry: its read buffer goes back to
+                // the pool (the head that points into it first), its connection closes.
+                if let Ok(AttemptResult {
+                    pending: Some((resp, up, buf)),
+                    ..
+                }) = result
+                {
+                    drop((resp, up));
+                    ctx.give_buf(buf);
+                }
                 let delay = crate::lb::backoff(
                     attempts - 1,
                     route.retry.base_backoff,
@@ -422,7 +432,7 @@ async fn proxy(
             Ok(mut r) => {
                 if r.pending_5xx {
                     // A retryable 5xx whose retry was not allowed: forward it now.
-                    r = forward_pending(ds, r, head, timer).await;
+                    r = forward_pending(ds, r, head, deadline, timer).await;
                 }
                 Summary {
                     status: r.status,
@@ -631,17 +641,18 @@ async fn attempt(
     })
 }
 
-/// Forwards a held-back 5xx response (its connection is not reused).
+/// Forwards a held-back 5xx response (its connection is not reused), by the request's
+/// deadline like any response.
 async fn forward_pending(
     ds: &mut Downstream,
     mut r: AttemptResult,
     head: &RequestHead,
+    deadline: Instant,
     timer: &mut Timer<'_>,
 ) -> AttemptResult {
     if let Some((resp, mut up, up_buf)) = r.pending.take() {
-        let far = Instant::now() + Duration::from_secs(30);
         let (bytes, keep, _, _) =
-            body::relay_response(&resp, head, &mut up, up_buf, ds, far, timer).await;
+            body::relay_response(&resp, head, &mut up, up_buf, ds, deadline, timer).await;
         r.bytes_out = bytes;
         r.client_keep_alive = keep;
         r.finished = Instant::now();

@@ -96,6 +96,7 @@ server {{
     echo_request_body;
   }}
   location /stall {{ echo_sleep 5; echo "late"; }}
+  location /flaky {{ return 503 "flaky one\n"; }}
   location /status {{ stub_status; }}
   location /who {{ return 200 "one\n"; }}
   location /headers {{
