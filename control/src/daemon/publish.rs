@@ -213,9 +213,22 @@ impl Publisher {
         };
         let config_sha256 = hex::encode(Sha256::digest(&doc.bytes));
         let current = self.current();
+        // Signed with another key (the key was replaced since): data planes given the new
+        // public key would refuse it, so the same config is published again, re-signed.
+        let resign = current
+            .as_ref()
+            .is_some_and(|p| p.signed.key_id != self.signer.key_id());
+        if resign && let Some(p) = &current {
+            tracing::warn!(
+                version = p.version,
+                signed_by = %p.signed.key_id,
+                key = %self.signer.key_id(),
+                "the published snapshot was signed with another key; publishing it again signed with the current one"
+            );
+        }
         let unchanged = current
             .as_ref()
-            .filter(|p| p.config_sha256 == config_sha256)
+            .filter(|p| p.config_sha256 == config_sha256 && !resign)
             .map(|p| p.version);
         // The same bytes as the published snapshot's: nothing to do, unless they have not
         // been parsed yet (a snapshot restored from the store at start).
@@ -359,6 +372,19 @@ endpoints = ["127.0.0.1:9003"]
             Some(7911)
         );
         drop(broken);
+
+        // The signing key replaced (old one removed): the same config is published again
+        // as the next version, signed with the new key, and then found unchanged.
+        std::fs::write(dir.join("omnirelay.toml"), CONFIG).unwrap();
+        std::fs::remove_file(dir.join("snapshot-signing.key")).unwrap();
+        let rekeyed = start(&dir);
+        let old_key = rekeyed.current().map(|p| p.signed.key_id.clone());
+        assert!(matches!(rekeyed.reload(), ReloadOutcome::Published(2)));
+        let new_key = rekeyed.current().map(|p| p.signed.key_id.clone());
+        assert_ne!(old_key, new_key);
+        assert_eq!(new_key.as_deref(), Some(rekeyed.signer.key_id()));
+        assert!(matches!(rekeyed.reload(), ReloadOutcome::Unchanged(2)));
+        drop(rekeyed);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
