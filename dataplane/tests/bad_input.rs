@@ -101,6 +101,12 @@ fn malformed_requests_get_the_right_status_and_a_closed_connection() {
         ),
         ("missing Host on HTTP/1.1", b"GET / HTTP/1.1\r\n\r\n".to_vec(), 400, "Host"),
         (
+            "Host that is no host",
+            b"GET / HTTP/1.1\r\nHost: a b/c\r\n\r\n".to_vec(),
+            400,
+            "invalid Host",
+        ),
+        (
             "body over the listener limit",
             b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 999999999999\r\n\r\n".to_vec(),
             413,

@@ -38,6 +38,9 @@ pub enum Http1Error {
     /// More than one Host field (RFC 9112 §3.2): two parsers could route differently. 400.
     #[error("multiple Host headers")]
     DuplicateHost,
+    /// A Host value that is not `uri-host [ ":" port ]` (RFC 9112 §3.2, RFC 3986 §3.2). 400.
+    #[error("invalid Host header")]
+    InvalidHost,
     /// Both Content-Length and Transfer-Encoding are present (RFC 9112 §6.1). 400.
     #[error("conflicting Content-Length and Transfer-Encoding")]
     ContentLengthWithTransferEncoding,
@@ -115,6 +118,7 @@ impl Http1Error {
             | BareLf
             | MissingHost
             | DuplicateHost
+            | InvalidHost
             | ContentLengthWithTransferEncoding
             | ConflictingContentLength
             | InvalidContentLength
@@ -144,6 +148,7 @@ impl Http1Error {
             UriTooLong => "request target too long",
             MissingHost => "missing Host header",
             DuplicateHost => "multiple Host headers",
+            InvalidHost => "invalid Host header",
             ContentLengthWithTransferEncoding => "conflicting Content-Length and Transfer-Encoding",
             ConflictingContentLength => "conflicting Content-Length values",
             InvalidContentLength => "invalid Content-Length",

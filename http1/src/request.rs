@@ -66,6 +66,9 @@ impl RequestHead {
             0 | 1 => {}
             _ => return Err(Http1Error::DuplicateHost),
         }
+        if head.host().is_some_and(|h| !valid_host(h)) {
+            return Err(Http1Error::InvalidHost);
+        }
         Ok(ParseStatus::Complete {
             head,
             consumed: len,
@@ -159,4 +162,53 @@ fn check_request_line(window: &[u8], max: usize) -> Result<(), Http1Error> {
         return Err(Http1Error::UriTooLong);
     }
     Ok(())
+}
+
+/// Whether `v` is a Host value: empty (a target without authority), or `uri-host [ ":"
+/// port ]` where uri-host is a bracketed IP literal or a reg-name (unreserved,
+/// percent-encoded and sub-delim characters; IPv4 addresses are reg-names by their
+/// characters) and port is digits (RFC 9112 §3.2, RFC 3986 §3.2.2-3.2.3).
+pub(crate) fn valid_host(v: &[u8]) -> bool {
+    let sub_delim = |b: u8| b"!$&'()*+,;=".contains(&b);
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+    let (host, port) = if v.first() == Some(&b'[') {
+        let Some(end) = v.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &v[1..end];
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|&b| unreserved(b) || sub_delim(b) || b == b':')
+        {
+            return false;
+        }
+        match &v[end + 1..] {
+            [] => return true,
+            [b':', port @ ..] => (&[][..], port),
+            _ => return false,
+        }
+    } else {
+        match v.iter().rposition(|&b| b == b':') {
+            Some(i) => (&v[..i], &v[i + 1..]),
+            None => (v, &[][..]),
+        }
+    };
+    let mut i = 0;
+    while i < host.len() {
+        let b = host[i];
+        if b == b'%' {
+            let hex = host.get(i + 1..i + 3);
+            if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                return false;
+            }
+            i += 3;
+            continue;
+        }
+        if !(unreserved(b) || sub_delim(b)) {
+            return false;
+        }
+        i += 1;
+    }
+    port.iter().all(u8::is_ascii_digit)
 }

@@ -11,6 +11,7 @@ const ALL: &[Http1Error] = &[
     Http1Error::UriTooLong,
     Http1Error::MissingHost,
     Http1Error::DuplicateHost,
+    Http1Error::InvalidHost,
     Http1Error::ContentLengthWithTransferEncoding,
     Http1Error::ConflictingContentLength,
     Http1Error::InvalidContentLength,
@@ -36,8 +37,8 @@ fn statuses() {
     assert_eq!(
         statuses,
         [
-            400, 505, 400, 431, 431, 414, 400, 400, 400, 400, 400, 400, 400, 400, 501, 413, 400,
-            400, 400, 400, 431, 400, 400, 501, 502
+            400, 505, 400, 431, 431, 414, 400, 400, 400, 400, 400, 400, 400, 400, 400, 501, 413,
+            400, 400, 400, 400, 431, 400, 400, 501, 502
         ]
     );
 }

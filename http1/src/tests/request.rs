@@ -97,6 +97,48 @@ fn host_rules() {
 }
 
 #[test]
+fn host_values_are_checked() {
+    for good in [
+        "example.com",
+        "example.com:8080",
+        "EXAMPLE.com:",
+        "192.0.2.1",
+        "192.0.2.1:80",
+        "[2001:db8::1]",
+        "[2001:db8::1]:443",
+        "a-b_c~d.e",
+        "xn--bcher-kva.example",
+        "caf%C3%A9.example",
+        "sub!$&'()*+,;=delims",
+    ] {
+        let wire = format!("GET / HTTP/1.1\r\nHost: {good}\r\n\r\n");
+        assert!(request(wire.as_bytes()).is_ok(), "{good:?} refused");
+    }
+    for bad in [
+        "exa mple.com",
+        "example.com:80a",
+        "example.com/path",
+        "user@example.com",
+        "[2001:db8::1",
+        "[2001:db8::1]x",
+        "[]",
+        "caf%C3%A.example",
+        "a%zz",
+        "example.com:8080:1",
+        "ex\"ample",
+        "a<b>",
+    ] {
+        let wire = format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n");
+        assert_eq!(
+            request(wire.as_bytes()).unwrap_err(),
+            Http1Error::InvalidHost,
+            "{bad:?} accepted"
+        );
+    }
+    assert_eq!(Http1Error::InvalidHost.status(), 400);
+}
+
+#[test]
 fn head_size_limit() {
     let limits = Limits {
         max_head_bytes: 64,
