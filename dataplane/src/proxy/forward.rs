@@ -527,7 +527,7 @@ async fn attempt(
         None => {
             let connect = within(
                 timer,
-                t0 + cluster.connect_timeout,
+                deadline.min(t0 + cluster.connect_timeout),
                 TcpStream::connect_addr(addr),
             )
             .await;
