@@ -314,6 +314,35 @@ fn a_5xx_is_retried_on_another_endpoint_and_forwarded_when_retries_run_out() {
     assert_eq!(get(&stack.url("/flaky")), (503, b"flaky one\n".to_vec()));
 }
 
+/// A backend that refuses a large upload at once (413) and closes without reading the
+/// rest: the client gets the backend's 413, with and without `Expect: 100-continue`.
+#[test]
+fn an_early_answer_to_a_large_upload_reaches_the_client() {
+    require_caps!(Capability::Program("nginx"), Capability::Program("curl"));
+    let stack = Stack::start();
+    let file = stack.dir.path().join("upload");
+    std::fs::write(&file, vec![b'u'; 60 << 20]).unwrap();
+    let data = format!("@{}", file.display());
+    let url = stack.url("/small-upload");
+    for expect in ["Expect: 100-continue", "Expect:"] {
+        let out = curl(&[
+            "-s",
+            "-H",
+            expect,
+            "-w",
+            "\n%{http_code}",
+            "--data-binary",
+            &data,
+            &url,
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.ends_with("\n413") && text.contains("413 Request Entity Too Large"),
+            "{expect}: {text}"
+        );
+    }
+}
+
 fn nginx_accepts(stack: &Stack) -> u64 {
     // stub_status of up1, asked directly: "server accepts handled requests\n A H R".
     let (code, body) = get(&format!("http://127.0.0.1:{}/status", stack.ports.up1));

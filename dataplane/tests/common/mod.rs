@@ -97,6 +97,14 @@ server {{
   }}
   location /stall {{ echo_sleep 5; echo "late"; }}
   location /flaky {{ return 503 "flaky one\n"; }}
+  location /small-upload {{
+    # Answers 413 at once and closes without reading the rest (a reset for a client
+    # still sending), as many application servers do.
+    client_max_body_size 1k;
+    lingering_close off;
+    echo_read_request_body;
+    echo_request_body;
+  }}
   location /status {{ stub_status; }}
   location /who {{ return 200 "one\n"; }}
   location /headers {{
