@@ -386,6 +386,32 @@ fn malformed_frames_are_counted_and_pass_or_drop_per_policy() {
         assert_eq!(counters(&l).total(Reason::Malformed), cases.len() as u64);
     }
 
+    // Fragments that can only hide a TCP header from the limiter (RFC 1858) are dropped
+    // under either policy: a first fragment (more-fragments set) holding 8 bytes of TCP,
+    // and a TCP fragment at offset 1 (8 bytes), which could rewrite the first one's flags.
+    let mut tiny_first = good.clone();
+    tiny_first[ipo + 6] = 0x20;
+    tiny_first[ipo + 7] = 0;
+    tiny_first.truncate(ipo + 20 + 8);
+    let mut offset_one = good.clone();
+    offset_one[ipo + 6] = 0;
+    offset_one[ipo + 7] = 1;
+    for policy in ["pass", "drop"] {
+        let text = format!("{CONFIG}\nmalformed = \"{policy}\"\n");
+        let mut l = load(&text, &format!("frag-{policy}"));
+        for (name, frame) in [
+            ("tiny first fragment", &tiny_first),
+            ("TCP at offset 1", &offset_one),
+        ] {
+            assert_eq!(
+                run(&mut l, frame),
+                DROP,
+                "{name} under malformed = {policy}"
+            );
+        }
+        assert_eq!(counters(&l).total(Reason::Malformed), 2);
+    }
+
     // Not malformed: ARP, a non-first fragment (no transport header), ICMP.
     let mut l = load(CONFIG, "notmal");
     let mut arp = good.clone();

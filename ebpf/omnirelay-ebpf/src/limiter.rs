@@ -204,6 +204,11 @@ fn limit(active: &Active, src: &Addr, dst: &Addr, t: Transport) -> u32 {
     if t.kind == L4::Malformed {
         return malformed(slot, word);
     }
+    if t.kind == L4::Evasive {
+        // Counted as malformed, dropped whatever the policy (see `L4::Evasive`).
+        count(slot, Reason::Malformed);
+        return xdp_action::XDP_DROP;
+    }
     if has(ACTIVE_HAS_ALLOW)
         && let Some(entry) = OR_ALLOW.get(prefix_key(generation, src))
     {

@@ -33,6 +33,11 @@ pub enum L4 {
     Malformed,
     /// No port to read: another protocol, or a non-first IPv4 fragment.
     None,
+    /// An IPv4 fragment that can only serve to hide a TCP/UDP header from the limiter
+    /// (RFC 1858): a first fragment too short for its header, or a TCP fragment at offset
+    /// 8 bytes (which can rewrite the first one's flags). The receiver's reassembly would
+    /// restore what the limiter never saw, so it is dropped whatever the malformed policy.
+    Evasive,
 }
 
 /// What the transport header said. A plain struct whose fields are always written, not an
@@ -55,6 +60,11 @@ impl Transport {
     };
     const NONE: Transport = Transport {
         kind: L4::None,
+        port: 0,
+        new_flow: false,
+    };
+    const EVASIVE: Transport = Transport {
+        kind: L4::Evasive,
         port: 0,
         new_flow: false,
     };
@@ -175,11 +185,20 @@ fn ipv4(ip: usize, end: usize) -> Packet {
     }
     let src = word(ip, 12);
     let dst = word(ip, 16);
-    let fragment_offset = be16(ip, 6) & 0x1fff;
-    let transport = if fragment_offset != 0 {
+    let fragment = be16(ip, 6);
+    let (offset, more_fragments) = (fragment & 0x1fff, fragment & 0x2000 != 0);
+    let protocol = byte(ip, 9);
+    let transport = if offset == 1 && protocol == IPPROTO_TCP {
+        Transport::EVASIVE
+    } else if offset != 0 {
         Transport::NONE
     } else {
-        transport(byte(ip, 9), ip + ihl, end)
+        let t = transport(protocol, ip + ihl, end);
+        if more_fragments && t.kind == L4::Malformed {
+            Transport::EVASIVE
+        } else {
+            t
+        }
     };
     Packet::V4 {
         src,
