@@ -322,6 +322,78 @@ fn all_packet_charging_on_ipv6_udp_and_quic_initial_detection() {
     assert_eq!(verdicts, vec![PASS, PASS, DROP], "Initials are charged");
 }
 
+/// `frame` (IPv6) with extension headers inserted before its transport header: each
+/// `(type, body)` is one header whose next-header byte is filled in to chain them.
+fn with_extensions(frame: &[u8], headers: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    let ipo = frames::ip_offset(false);
+    let transport_type = frame[ipo + 6];
+    let mut inserted = Vec::new();
+    for (i, (_, body)) in headers.iter().enumerate() {
+        let next = headers.get(i + 1).map_or(transport_type, |(t, _)| *t);
+        inserted.push(next);
+        inserted.extend_from_slice(body);
+    }
+    let mut out = frame[..ipo + 40].to_vec();
+    out[ipo + 6] = headers[0].0;
+    let payload = u16::from_be_bytes([out[ipo + 4], out[ipo + 5]]) + inserted.len() as u16;
+    out[ipo + 4..ipo + 6].copy_from_slice(&payload.to_be_bytes());
+    out.extend_from_slice(&inserted);
+    out.extend_from_slice(&frame[ipo + 40..]);
+    out
+}
+
+#[test]
+fn ipv6_extension_headers_do_not_hide_the_transport_from_the_budget() {
+    require_caps!(Capability::Root, Capability::BpfSyscall);
+    let initial = frames::frame(
+        ip("fd00::78"),
+        ip("fd00::1"),
+        5000,
+        443,
+        L4::Udp {
+            payload: QUIC_V1_INITIAL,
+        },
+        None,
+    );
+    // Destination options (8 bytes: length 0, PadN), an atomic fragment (offset 0, no
+    // more fragments), and hop-by-hop + routing + destination options together.
+    let dst_opts = (60u8, vec![0, 1, 4, 0, 0, 0, 0]);
+    let atomic_fragment = (44u8, vec![0, 0, 0, 0, 0, 0, 1]);
+    let cases = [
+        ("destination options", vec![dst_opts.clone()]),
+        ("atomic fragment", vec![atomic_fragment]),
+        (
+            "three headers",
+            vec![
+                (0u8, vec![0, 1, 4, 0, 0, 0, 0]),
+                (43u8, vec![0, 0, 0, 0, 0, 0, 0]),
+                dst_opts.clone(),
+            ],
+        ),
+    ];
+    for (name, headers) in &cases {
+        let mut l = load(CONFIG, "v6ext");
+        let frame = with_extensions(&initial, headers);
+        let verdicts: Vec<u32> = (0..3).map(|_| run(&mut l, &frame)).collect();
+        assert_eq!(
+            verdicts,
+            vec![PASS, PASS, DROP],
+            "{name}: charged like a plain packet"
+        );
+    }
+
+    // A later fragment has no transport header: not charged. A chain longer than the
+    // program walks is malformed.
+    let mut l = load(CONFIG, "v6frag");
+    let later = with_extensions(&initial, &[(44u8, vec![0, 0x01, 0x00, 0, 0, 0, 2])]);
+    for _ in 0..4 {
+        assert_eq!(run(&mut l, &later), PASS, "a later fragment");
+    }
+    let long = with_extensions(&initial, &vec![dst_opts; 5]);
+    assert_eq!(run(&mut l, &long), PASS, "malformed passes by default");
+    assert_eq!(counters(&l).total(Reason::Malformed), 1);
+}
+
 #[test]
 fn malformed_frames_are_counted_and_pass_or_drop_per_policy() {
     require_caps!(Capability::Root, Capability::BpfSyscall);

@@ -11,6 +11,14 @@ const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+/// IPv6 extension headers walked before the transport header; a longer chain is treated
+/// as malformed (real traffic carries one or two).
+const MAX_EXT_HEADERS: usize = 4;
 const IPV6_HDR_LEN: usize = 40;
 const TCP_MIN_LEN: usize = 20;
 const UDP_LEN: usize = 8;
@@ -217,13 +225,70 @@ fn ipv6(ip: usize, end: usize) -> Packet {
     }
     let src = [word(ip, 8), word(ip, 12), word(ip, 16), word(ip, 20)];
     let dst = [word(ip, 24), word(ip, 28), word(ip, 32), word(ip, 36)];
-    // Extension headers are not walked: a packet whose next header is not TCP or UDP has
-    // no port for the limiter and passes (after the deny list).
-    let transport = transport(byte(ip, 6), ip + IPV6_HDR_LEN, end);
+    let transport = ipv6_transport(byte(ip, 6), ip + IPV6_HDR_LEN, end);
     Packet::V6 {
         src,
         dst,
         transport,
+    }
+}
+
+/// The transport header behind up to [`MAX_EXT_HEADERS`] IPv6 extension headers
+/// (hop-by-hop, routing, destination options, authentication, fragment), so that a SYN
+/// behind one is charged like any other. A later fragment carries no port; a first
+/// fragment too short for its TCP/UDP header is evasive (as for IPv4).
+#[inline(always)]
+fn ipv6_transport(first: u8, mut at: usize, end: usize) -> Transport {
+    let mut next = first;
+    let mut more_fragments = false;
+    for _ in 0..MAX_EXT_HEADERS {
+        let len = match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
+                if at + 8 > end {
+                    return Transport::MALFORMED;
+                }
+                let units = byte(at, 1) as usize;
+                if next == IPPROTO_AH {
+                    (units + 2) * 4
+                } else {
+                    (units + 1) * 8
+                }
+            }
+            IPPROTO_FRAGMENT => {
+                if at + 8 > end {
+                    return Transport::MALFORMED;
+                }
+                let field = be16(at, 2);
+                if field >> 3 != 0 {
+                    return Transport::NONE;
+                }
+                more_fragments = field & 1 != 0;
+                8
+            }
+            _ => {
+                let t = transport(next, at, end);
+                return if more_fragments && t.kind == L4::Malformed {
+                    Transport::EVASIVE
+                } else {
+                    t
+                };
+            }
+        };
+        next = byte(at, 0);
+        at += len;
+    }
+    match next {
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
+            Transport::MALFORMED
+        }
+        _ => {
+            let t = transport(next, at, end);
+            if more_fragments && t.kind == L4::Malformed {
+                Transport::EVASIVE
+            } else {
+                t
+            }
+        }
     }
 }
 
