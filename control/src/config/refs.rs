@@ -108,6 +108,24 @@ pub(super) fn check(c: &Config, sink: &Sink) {
             format!("at most {max} budgets (one per listener)"),
         );
     }
+    // Each kernel map holds two generations (the one in force and the next), so a list
+    // may fill half of it; past that, the first start would load and every update fail.
+    let per_list = omnirelay_ebpf_common::limiter::MAX_CONFIG_ENTRIES as usize / 2;
+    for (path, n) in [
+        ("kernel.allow", c.kernel.allow.len()),
+        ("kernel.deny", c.kernel.deny.len()),
+    ] {
+        if n > per_list {
+            sink.push(path, format!("{n} prefixes; at most {per_list}"));
+        }
+    }
+    let overrides: usize = c.budgets.iter().map(|b| b.overrides.len()).sum();
+    if overrides > per_list {
+        sink.push(
+            "budgets",
+            format!("{overrides} overrides in all; at most {per_list}"),
+        );
+    }
 }
 
 /// Whether binding both would collide: the same port, and the same address or a wildcard

@@ -299,3 +299,23 @@ fn a_listener_on_port_zero_or_on_the_control_daemons_port_is_refused() {
     );
     assert!(parse(&other, "t.toml").is_ok());
 }
+
+#[test]
+fn prefix_lists_larger_than_half_a_kernel_map_are_refused() {
+    let prefixes: Vec<String> = (0..8193u32)
+        .map(|i| format!("\"10.{}.{}.{}/32\"", i >> 16, (i >> 8) & 0xff, i & 0xff))
+        .collect();
+    let text = format!("{GOOD}\n[kernel]\ndeny = [{}]\n", prefixes.join(", "));
+    let err = parse(&text, "t.toml").unwrap_err();
+    assert!(
+        err.errors
+            .iter()
+            .any(|e| e.path == "kernel.deny" && e.message == "8193 prefixes; at most 8192"),
+        "{err}"
+    );
+    let fits = format!(
+        "{GOOD}\n[kernel]\ndeny = [{}]\n",
+        prefixes[..8192].join(", ")
+    );
+    assert!(parse(&fits, "t.toml").is_ok());
+}
