@@ -504,10 +504,37 @@ fn malformed_frames_are_counted_and_pass_or_drop_per_policy() {
 
 /// The bucket hash seed the limiter in `pin_dir` uses, read from its pinned map.
 fn seed(pin_dir: &std::path::Path) -> u64 {
+    active(pin_dir).seed
+}
+
+/// The active word, seed and tick length the limiter in `pin_dir` runs with.
+fn active(pin_dir: &std::path::Path) -> Active {
     use aya::maps::{Array, Map, MapData};
     let data = MapData::from_pin(pin_dir.join("maps/OR_ACTIVE")).unwrap();
     let active: Array<_, Active> = Array::try_from(Map::Array(data)).unwrap();
-    active.get(&0, 0).unwrap().seed
+    active.get(&0, 0).unwrap()
+}
+
+/// The program's clock moves a tick (1/HZ) at a time: a burst smaller than a tick's worth
+/// of tokens must not cap the rate at burst × HZ. At 1000/s with burst 1, a tick of 4 ms
+/// (HZ 250) lets about 4 SYNs through, not 1.
+#[test]
+fn a_burst_below_one_ticks_worth_does_not_cap_the_rate() {
+    require_caps!(Capability::Root, Capability::BpfSyscall);
+    let text = CONFIG.replace(
+        "rate_per_second = 1\nburst = 3",
+        "rate_per_second = 1000\nburst = 1",
+    );
+    assert!(text.contains("rate_per_second = 1000"));
+    let mut l = load(&text, "tick");
+    let per_tick = (u64::from(active(&l.pin_dir).tick_ns) / 1_000_000).max(1);
+    let frame = syn("10.4.4.4", "10.0.0.5", 8080);
+    let passed = (0..40).filter(|_| run(&mut l, &frame) == PASS).count() as u64;
+    assert!(
+        passed >= per_tick.min(40),
+        "{passed} of 40 passed; a tick's worth is {per_tick}"
+    );
+    assert!(passed < 40, "nothing was limited");
 }
 
 /// `n` IPv4 sources (in 172.0.0.0/10, about 64 per set) whose buckets for listener `id`

@@ -298,7 +298,16 @@ fn charge(active: &Active, listener: u32, src: &Addr, budget: &Budget) -> bool {
         return true;
     };
     // SAFETY: a helper with no preconditions (the verifier inlines it as one load).
-    let now = unsafe { bpf_jiffies64() }.wrapping_mul(u64::from(active.tick_ns));
+    let tick = u64::from(active.tick_ns);
+    let now = unsafe { bpf_jiffies64() }.wrapping_mul(tick);
+    // The clock moves a tick at a time: a tolerance below one tick would let only `burst`
+    // packets through per tick, capping the rate at burst × HZ. At least a tick's worth of
+    // tokens may be taken within a tick, so the long-run rate holds.
+    let tolerance = if budget.tolerance_ns > tick {
+        budget.tolerance_ns
+    } else {
+        tick
+    };
     // SAFETY (all pointer use below): `set` points to a map value, valid and 8-byte aligned
     // for the program's run; other CPUs touch it only through aligned 64-bit loads and
     // stores and the same compare-and-swaps, which are single-copy atomic on BPF.
@@ -312,7 +321,7 @@ fn charge(active: &Active, listener: u32, src: &Addr, budget: &Budget) -> bool {
         let seen_tag = unsafe { core::ptr::read_volatile(&raw const (*way).tag) };
         let tat = unsafe { &raw mut (*way).tat_ns };
         if seen_tag == tag {
-            return take(tat, now, budget);
+            return take(tat, now, budget.emission_ns, tolerance);
         }
         let t = if seen_tag == 0 {
             0
@@ -344,16 +353,17 @@ fn charge(active: &Active, listener: u32, src: &Addr, budget: &Budget) -> bool {
     true
 }
 
-/// One token from a bucket's TAT, by compare-and-swap.
+/// One token (`emission` ns) from a bucket's TAT, by compare-and-swap, if the TAT stays
+/// within `tolerance` of now.
 #[inline(always)]
-fn take(tat: *mut u64, now: u64, budget: &Budget) -> bool {
+fn take(tat: *mut u64, now: u64, emission: u64, tolerance: u64) -> bool {
     let mut i = 0;
     while i < CAS_ATTEMPTS {
         // SAFETY: see `charge`.
         let seen = unsafe { core::ptr::read_volatile(tat) };
         let start = if seen > now { seen } else { now };
-        let next = start.wrapping_add(budget.emission_ns);
-        if next.wrapping_sub(now) > budget.tolerance_ns {
+        let next = start.wrapping_add(emission);
+        if next.wrapping_sub(now) > tolerance {
             return false;
         }
         // SAFETY: see `charge`.
