@@ -394,6 +394,36 @@ fn ipv6_extension_headers_do_not_hide_the_transport_from_the_budget() {
     assert_eq!(counters(&l).total(Reason::Malformed), 1);
 }
 
+/// A listener without a budget beside a budgeted wildcard on the same port: its address
+/// is not charged (the wildcard's budget is not its), other addresses still are.
+#[test]
+fn an_unbudgeted_listener_beside_a_budgeted_wildcard_is_not_charged() {
+    require_caps!(Capability::Root, Capability::BpfSyscall);
+    let text = CONFIG.replace(
+        "[[listeners]]\nname = \"open\"",
+        "[[listeners]]\nname = \"inner\"\naddress = \"10.0.0.7:8080\"\n[[listeners]]\nname = \"open\"",
+    );
+    assert!(text.contains("10.0.0.7:8080"));
+    let mut l = load(&text, "inner");
+    for i in 0..8 {
+        assert_eq!(
+            run(&mut l, &syn("10.4.4.5", "10.0.0.7", 8080)),
+            PASS,
+            "SYN {i} to the unbudgeted listener"
+        );
+    }
+    let verdicts: Vec<u32> = (0..4)
+        .map(|_| run(&mut l, &syn("10.4.4.5", "10.0.0.5", 8080)))
+        .collect();
+    assert_eq!(
+        verdicts,
+        vec![PASS, PASS, PASS, DROP],
+        "the wildcard's budget, burst 3"
+    );
+    let c = counters(&l);
+    assert_eq!(c.get(0, Reason::Passed), 8, "counted under no listener");
+}
+
 #[test]
 fn malformed_frames_are_counted_and_pass_or_drop_per_policy() {
     require_caps!(Capability::Root, Capability::BpfSyscall);

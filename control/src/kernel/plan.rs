@@ -4,7 +4,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use omnirelay_ebpf_common::limiter::{
-    Budget, CHARGE_ALL_PACKETS, ListenerPolicy, MAX_LISTENERS, MAX_WORKERS, SteerWeights, v4_mapped,
+    Budget, CHARGE_ALL_PACKETS, ListenerPolicy, MAX_LISTENERS, MAX_WORKERS, NOT_BUDGETED,
+    SteerWeights, v4_mapped,
 };
 use omnirelay_proto::v1;
 
@@ -15,7 +16,9 @@ use crate::config::Prefix;
 pub struct KernelPlan {
     /// Snapshot version: the stamp of every entry.
     pub version: u64,
-    /// Budgeted listeners: (address, port, policy). The policy's id indexes `names`.
+    /// Budgeted listeners: (address, port, policy). The policy's id indexes `names`. Then
+    /// the unbudgeted listeners on a port that has a budgeted one, flagged
+    /// [`NOT_BUDGETED`] (so a budgeted wildcard does not apply to their addresses).
     pub listeners: Vec<([u8; 16], u16, ListenerPolicy)>,
     /// Listener name per id, for metric labels.
     pub names: Vec<String>,
@@ -111,6 +114,26 @@ pub fn plan(snapshot: &v1::Snapshot) -> Result<KernelPlan, PlanError> {
         for (j, o) in b.overrides.iter().enumerate() {
             let (a, len) = parse_prefix(&o.prefix, format!("budgets[{i}].overrides[{j}].prefix"))?;
             overrides.push((id, a, len, Budget::new(o.rate_per_second, o.burst)));
+        }
+    }
+    // Unbudgeted listeners that share a port with a budgeted one get an entry of their
+    // own: the program looks an address up before the port's wildcard.
+    let budgeted_ports: std::collections::HashSet<u16> =
+        listeners.iter().map(|(_, port, _)| *port).collect();
+    for l in &snapshot.listeners {
+        if snapshot.budgets.iter().any(|b| b.listener == l.name) {
+            continue;
+        }
+        let Ok(addr) = l.address.parse::<SocketAddr>() else {
+            continue;
+        };
+        if budgeted_ports.contains(&addr.port()) {
+            let policy = ListenerPolicy {
+                flags: NOT_BUDGETED,
+                stamp: snapshot.version,
+                ..ListenerPolicy::default()
+            };
+            listeners.push((map_addr(addr.ip()), addr.port(), policy));
         }
     }
     let kernel = snapshot.kernel.clone().unwrap_or_default();

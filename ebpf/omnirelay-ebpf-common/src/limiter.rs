@@ -38,6 +38,9 @@ pub const MAX_RATE_PER_SECOND: u64 = 10_000_000;
 
 /// [`ListenerPolicy::flags`]: charge every packet, not only new flows.
 pub const CHARGE_ALL_PACKETS: u32 = 1;
+/// [`ListenerPolicy::flags`]: a listener without a budget, entered only so that a budgeted
+/// wildcard listener on the same port does not apply to its address.
+pub const NOT_BUDGETED: u32 = 2;
 
 /// Value of the active-configuration array (its one entry).
 ///

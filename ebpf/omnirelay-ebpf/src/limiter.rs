@@ -46,10 +46,10 @@ use omnirelay_ebpf_common::limiter::{
     ACTIVE_DROP_MALFORMED, ACTIVE_GENERATION, ACTIVE_HAS_ALLOW, ACTIVE_HAS_DENY,
     ACTIVE_HAS_OVERRIDES, Active, BUCKET_SETS, BUCKET_WAYS, BucketSet, Budget, CHARGE_ALL_PACKETS,
     COUNTER_ENTRIES, ListenerKey, ListenerPolicy, MAX_CONFIG_ENTRIES, MAX_STEER_PORTS,
-    MAX_STEER_SOCKETS, MAX_WORKERS, OVERRIDE_KEY_HEAD_BITS, OverrideEntry, OverrideKey, PORT_ANY,
-    PORT_ANY_V4, PORT_LOOKUP, PORTS_PER_GENERATION, PREFIX_KEY_HEAD_BITS, PortEntry, PrefixEntry,
-    PrefixKey, Reason, SteerKey, SteerPort, SteerWeights, bucket_hash, bucket_set, counter_index,
-    v4_mapped,
+    MAX_STEER_SOCKETS, MAX_WORKERS, NOT_BUDGETED, OVERRIDE_KEY_HEAD_BITS, OverrideEntry,
+    OverrideKey, PORT_ANY, PORT_ANY_V4, PORT_LOOKUP, PORTS_PER_GENERATION, PREFIX_KEY_HEAD_BITS,
+    PortEntry, PrefixEntry, PrefixKey, Reason, SteerKey, SteerPort, SteerWeights, bucket_hash,
+    bucket_set, counter_index, v4_mapped,
 };
 use parse::{Addr, L4, Packet, Transport};
 
@@ -272,7 +272,12 @@ fn find_listener(generation: u32, dst: &Addr, port: u16) -> Option<ListenerPolic
     };
     // SAFETY (lookups): hash-map values are valid for the program's run.
     if let Some(p) = unsafe { OR_LISTENERS.get(key) } {
-        return Some(*p);
+        // An unbudgeted listener at this address: the port's wildcard budget is not its.
+        return if p.flags & NOT_BUDGETED != 0 {
+            None
+        } else {
+            Some(*p)
+        };
     }
     let v4 = parse::is_v4_mapped(dst);
     key.addr = [0; 16];
