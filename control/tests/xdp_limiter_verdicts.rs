@@ -394,6 +394,33 @@ fn ipv6_extension_headers_do_not_hide_the_transport_from_the_budget() {
     assert_eq!(counters(&l).total(Reason::Malformed), 1);
 }
 
+/// IPv6 sources are charged per /64: a host rotating through the addresses of its /64
+/// shares one budget; another /64 has its own.
+#[test]
+fn ipv6_sources_in_one_64_share_a_budget() {
+    require_caps!(Capability::Root, Capability::BpfSyscall);
+    let mut l = load(CONFIG, "v6net");
+    let udp = |src: &str| {
+        frames::frame(
+            ip(src),
+            ip("fd00::1"),
+            5000,
+            443,
+            L4::Udp {
+                payload: QUIC_SHORT,
+            },
+            None,
+        )
+    };
+    // quic-all: every packet charged, burst 2.
+    let verdicts: Vec<u32> = ["fd00::1:1", "fd00::1:2", "fd00::ffff:3"]
+        .iter()
+        .map(|s| run(&mut l, &udp(s)))
+        .collect();
+    assert_eq!(verdicts, vec![PASS, PASS, DROP], "one /64, one burst");
+    assert_eq!(run(&mut l, &udp("fd00:0:0:1::1")), PASS, "another /64");
+}
+
 /// A listener without a budget beside a budgeted wildcard on the same port: its address
 /// is not charged (the wildcard's budget is not its), other addresses still are.
 #[test]

@@ -298,7 +298,14 @@ fn charge(active: &Active, listener: u32, src: &Addr, budget: &Budget) -> bool {
     if budget.emission_ns == 0 {
         return false;
     }
-    let tag = bucket_hash(active.seed, listener, src);
+    // An IPv6 source is charged per /64: a host is given a whole /64 and would otherwise
+    // take a fresh burst from each of its addresses (and churn the bucket sets).
+    let source = if parse::is_v4_mapped(src) {
+        *src
+    } else {
+        [src[0], src[1], 0, 0]
+    };
+    let tag = bucket_hash(active.seed, listener, &source);
     let Some(set) = OR_BUCKETS.get_ptr_mut(bucket_set(tag)) else {
         return true;
     };
