@@ -239,6 +239,34 @@ fn a_vlan_tag_is_parsed_through() {
     );
     let verdicts: Vec<u32> = (0..4).map(|_| run(&mut l, &tagged)).collect();
     assert_eq!(verdicts, vec![PASS, PASS, PASS, DROP]);
+
+    // QinQ: an 802.1ad service tag before the 802.1Q one; a denied source stays denied.
+    let mut qinq = tagged[..12].to_vec();
+    qinq.extend_from_slice(&[0x88, 0xa8, 0x00, 0x07]);
+    qinq.extend_from_slice(&tagged[12..]);
+    let mut l = load(CONFIG, "qinq");
+    let verdicts: Vec<u32> = (0..4).map(|_| run(&mut l, &qinq)).collect();
+    assert_eq!(
+        verdicts,
+        vec![PASS, PASS, PASS, DROP],
+        "budget through two tags"
+    );
+    let denied = frames::frame(
+        ip("10.66.0.1"),
+        ip("10.0.0.5"),
+        1,
+        8080,
+        L4::Tcp { flags: tcp::SYN },
+        Some(42),
+    );
+    let mut denied_qinq = denied[..12].to_vec();
+    denied_qinq.extend_from_slice(&[0x88, 0xa8, 0x00, 0x07]);
+    denied_qinq.extend_from_slice(&denied[12..]);
+    assert_eq!(
+        run(&mut l, &denied_qinq),
+        DROP,
+        "deny list through two tags"
+    );
 }
 
 #[test]

@@ -173,6 +173,14 @@ pub fn parse(start: usize, end: usize) -> Packet {
         }
         ether_type = be16(start, 16);
         l3 = ETH_HDR_LEN + VLAN_HDR_LEN;
+        // QinQ: a service tag, then a customer tag.
+        if ether_type == ETH_P_8021Q {
+            if start + ETH_HDR_LEN + 2 * VLAN_HDR_LEN > end {
+                return Packet::Malformed;
+            }
+            ether_type = be16(start, 20);
+            l3 = ETH_HDR_LEN + 2 * VLAN_HDR_LEN;
+        }
     }
     match ether_type {
         ETH_P_IP => ipv4(start + l3, end),
