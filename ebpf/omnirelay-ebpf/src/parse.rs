@@ -273,30 +273,23 @@ fn ipv6_transport(first: u8, mut at: usize, end: usize) -> Transport {
                 more_fragments = field & 1 != 0;
                 8
             }
-            _ => {
-                let t = transport(next, at, end);
-                return if more_fragments && t.kind == L4::Malformed {
-                    Transport::EVASIVE
-                } else {
-                    t
-                };
-            }
+            _ => break,
         };
         next = byte(at, 0);
         at += len;
     }
-    match next {
-        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
-            Transport::MALFORMED
-        }
-        _ => {
-            let t = transport(next, at, end);
-            if more_fragments && t.kind == L4::Malformed {
-                Transport::EVASIVE
-            } else {
-                t
-            }
-        }
+    if matches!(
+        next,
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT
+    ) {
+        // Still an extension header after the walk: a longer chain than real traffic has.
+        return Transport::MALFORMED;
+    }
+    let t = transport(next, at, end);
+    if more_fragments && t.kind == L4::Malformed {
+        Transport::EVASIVE
+    } else {
+        t
     }
 }
 
