@@ -111,6 +111,12 @@ fn load_config_at(pin_dir: &std::path::Path, text: &str) -> Loaded {
     }
 }
 
+/// `CONFIG` with `from` (which must be in it) replaced by `to`.
+fn config_with(from: &str, to: &str) -> String {
+    assert!(CONFIG.contains(from), "{from:?} is not in CONFIG");
+    CONFIG.replace(from, to)
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -337,7 +343,7 @@ fn all_packet_charging_on_ipv6_udp_and_quic_initial_detection() {
     );
 
     // On a new-flows listener only QUIC Initials are charged.
-    let text = CONFIG.replace("new_flows_only = false", "new_flows_only = true");
+    let text = config_with("new_flows_only = false", "new_flows_only = true");
     let mut l = load(&text, "quic");
     for _ in 0..5 {
         assert_eq!(
@@ -454,11 +460,10 @@ fn ipv6_sources_in_one_64_share_a_budget() {
 #[test]
 fn an_unbudgeted_listener_beside_a_budgeted_wildcard_is_not_charged() {
     require_caps!(Capability::Root, Capability::BpfSyscall);
-    let text = CONFIG.replace(
+    let text = config_with(
         "[[listeners]]\nname = \"open\"",
         "[[listeners]]\nname = \"inner\"\naddress = \"10.0.0.7:8080\"\n[[listeners]]\nname = \"open\"",
     );
-    assert!(text.contains("10.0.0.7:8080"));
     let mut l = load(&text, "inner");
     for i in 0..8 {
         assert_eq!(
@@ -606,11 +611,10 @@ fn active(pin_dir: &std::path::Path) -> Active {
 #[test]
 fn a_burst_below_one_ticks_worth_does_not_cap_the_rate() {
     require_caps!(Capability::Root, Capability::BpfSyscall);
-    let text = CONFIG.replace(
+    let text = config_with(
         "rate_per_second = 1\nburst = 3",
         "rate_per_second = 1000\nburst = 1",
     );
-    assert!(text.contains("rate_per_second = 1000"));
     let mut l = load(&text, "tick");
     let per_tick = (u64::from(active(&l.pin_dir).tick_ns) / 1_000_000).max(1);
     let frame = syn("10.4.4.4", "10.0.0.5", 8080);

@@ -134,13 +134,7 @@ fn steering_spreads_new_connections_and_weight_zero_drains_a_worker() {
     );
 
     // Drain worker 1.
-    let before = kernel_version(&ports);
-    write_config(&config_path, &with_weights("[1, 0]"));
-    assert!(
-        wait_until(Duration::from_secs(5), || kernel_version(&ports) > before),
-        "the control daemon did not write the new weights:\n{}",
-        control.log()
-    );
+    write_weights(&config_path, &with_weights("[1, 0]"), &ports, &control);
     let (second, got) = connect_counted(&ports, main, 100);
     assert_eq!(
         got,
@@ -161,8 +155,10 @@ fn steering_spreads_new_connections_and_weight_zero_drains_a_worker() {
     // A listener added at run time is registered by both workers and steered by the same
     // weights: without that, the kernel's hash would give worker 1 about half of these.
     let port = free_port();
-    let at =
-        |ip: &str| format!("\n[[listeners]]\nname = \"added-{ip}\"\naddress = \"{ip}:{port}\"\n");
+    let listener = |name: &str, address: &str| {
+        format!("\n[[listeners]]\nname = \"{name}\"\naddress = \"{address}\"\n")
+    };
+    let at = |ip: &str| listener(&format!("added-{ip}"), &format!("{ip}:{port}"));
     let added = |ip: &str, w: &str| format!("{}{}", with_weights(w), at(ip));
     let (one, two) = (format!("127.0.0.1:{port}"), format!("127.0.0.2:{port}"));
     write_config(&config_path, &added("127.0.0.1", "[1, 0]"));
@@ -210,18 +206,9 @@ fn steering_spreads_new_connections_and_weight_zero_drains_a_worker() {
 
     // Added again, now with worker 0 drained, and beside it one on IPv6 loopback: each
     // takes a block and only worker 1 gets their connections.
-    let before = kernel_version(&ports);
     let six = format!("[::1]:{port}");
-    let with_v6 = format!(
-        "{}\n[[listeners]]\nname = \"added-v6\"\naddress = \"{six}\"\n",
-        added("127.0.0.1", "[0, 1]")
-    );
-    write_config(&config_path, &with_v6);
-    assert!(
-        wait_until(Duration::from_secs(5), || kernel_version(&ports) > before),
-        "the control daemon did not write the new weights:\n{}",
-        control.log()
-    );
+    let with_v6 = added("127.0.0.1", "[0, 1]") + &listener("added-v6", &six);
+    write_weights(&config_path, &with_v6, &ports, &control);
     wait_registered(&dataplane, &one, 2);
     wait_registered(&dataplane, &six, 1);
     let (fifth, got) = connect_counted(&ports, ("127.0.0.1", port), 100);
@@ -239,6 +226,18 @@ fn steering_spreads_new_connections_and_weight_zero_drains_a_worker() {
     assert_eq!(steered(&pin_dir), set(&[&main_addr, &one, &six]));
     drop((second, fifth, sixth));
     let _ = std::fs::remove_dir_all(&pin_dir);
+}
+
+/// Writes `config`, whose worker weights differ from the running ones, and waits until
+/// the control daemon has written them into the kernel maps.
+fn write_weights(config_path: &std::path::Path, config: &str, ports: &Ports, control: &ChildGuard) {
+    let before = kernel_version(ports);
+    write_config(config_path, config);
+    assert!(
+        wait_until(Duration::from_secs(5), || kernel_version(ports) > before),
+        "the control daemon did not write the new weights:\n{}",
+        control.log()
+    );
 }
 
 /// Waits until the data plane has logged the registration of `addr` `times` times.

@@ -104,29 +104,17 @@ fn a_pooled_connection_the_backend_closed_is_not_reused() {
     let stack = Stack::start();
     // One client connection, so both requests are served by the same worker and pool.
     let mut conn = std::net::TcpStream::connect(stack.proxy()).unwrap();
-    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .unwrap();
     let mut post = |body: &str| {
         let req = format!(
             "POST /echo-brief HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        conn.write_all(req.as_bytes()).unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
         // Until the echoed body is in and the response ends (chunked or not), or an error.
-        let done = |got: &[u8]| {
+        exchange(&mut conn, &req, |got| {
             got.windows(4).any(|w| w == b"502 ")
                 || (got.windows(body.len()).any(|w| w == body.as_bytes())
                     && (got.ends_with(b"\r\n0\r\n\r\n") || got.ends_with(body.as_bytes())))
-        };
-        while !done(&got) {
-            match conn.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-        String::from_utf8_lossy(&got).into_owned()
+        })
     };
     let first = post("first");
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
@@ -194,23 +182,12 @@ fn a_client_that_stops_reading_is_cut_off_at_the_request_timeout() {
 fn the_response_says_whether_the_client_connection_stays_open() {
     require_caps!(Capability::Program("nginx"));
     let stack = Stack::start();
-    let exchange = |conn: &mut std::net::TcpStream, request: &str| {
-        conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .unwrap();
-        conn.write_all(request.as_bytes()).unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !got.ends_with(b"one\n") {
-            match conn.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-        String::from_utf8_lossy(&got).to_ascii_lowercase()
+    let who = |conn: &mut std::net::TcpStream, request: &str| {
+        exchange(conn, request, |got| got.ends_with(b"one\n")).to_ascii_lowercase()
     };
 
     let mut conn = std::net::TcpStream::connect(stack.proxy()).unwrap();
-    let head = exchange(
+    let head = who(
         &mut conn,
         "GET /who HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     );
@@ -220,7 +197,7 @@ fn the_response_says_whether_the_client_connection_stays_open() {
 
     let mut conn = std::net::TcpStream::connect(stack.proxy()).unwrap();
     for _ in 0..2 {
-        let head = exchange(
+        let head = who(
             &mut conn,
             "GET /who HTTP/1.0\r\nHost: t\r\nConnection: keep-alive\r\n\r\n",
         );
@@ -230,7 +207,7 @@ fn the_response_says_whether_the_client_connection_stays_open() {
 
     // HTTP/1.1 keeping the connection (the default) gets no Connection field.
     let mut conn = std::net::TcpStream::connect(stack.proxy()).unwrap();
-    let head = exchange(&mut conn, "GET /who HTTP/1.1\r\nHost: t\r\n\r\n");
+    let head = who(&mut conn, "GET /who HTTP/1.1\r\nHost: t\r\n\r\n");
     assert!(
         head.starts_with("http/1.1 200") && !head.contains("connection:"),
         "{head}"
@@ -341,6 +318,23 @@ fn an_early_answer_to_a_large_upload_reaches_the_client() {
             "{expect}: {text}"
         );
     }
+}
+
+/// Writes `request` on `conn` and reads until `done` says the response is in, the peer
+/// closes, or 5 s pass; what was read, as text.
+fn exchange(conn: &mut std::net::TcpStream, request: &str, done: impl Fn(&[u8]) -> bool) -> String {
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !done(&got) {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
 }
 
 fn nginx_accepts(stack: &Stack) -> u64 {

@@ -256,13 +256,8 @@ fn retry_on_timeout_needs_a_per_try_timeout() {
         r#"on = ["connect-failure", "5xx"]"#,
         r#"on = ["connect-failure", "timeout"]"#,
     );
-    let err = parse(&without, "t.toml").unwrap_err();
-    assert!(
-        err.errors
-            .iter()
-            .any(|e| e.path == "routes[0].retry.on[1]" && e.message.contains("per_try_timeout_ms")),
-        "{err}"
-    );
+    let message = error_at(&without, "routes[0].retry.on[1]");
+    assert!(message.contains("per_try_timeout_ms"), "{message}");
     let with = GOOD.replace(
         r#"on = ["connect-failure", "5xx"]"#,
         r#"on = ["timeout"], per_try_timeout_ms = 250"#,
@@ -276,22 +271,12 @@ fn retry_on_timeout_needs_a_per_try_timeout() {
 #[test]
 fn a_listener_on_port_zero_or_on_the_control_daemons_port_is_refused() {
     let zero = GOOD.replace("address = \"127.0.0.1:8080\"", "address = \"127.0.0.1:0\"");
-    let err = parse(&zero, "t.toml").unwrap_err();
-    assert!(
-        err.errors
-            .iter()
-            .any(|e| e.path == "listeners[0].address" && e.message.starts_with("port 0")),
-        "{err}"
-    );
+    let message = error_at(&zero, "listeners[0].address");
+    assert!(message.starts_with("port 0"), "{message}");
     // The admin API listens on 127.0.0.1:7901; a wildcard listener on that port collides.
     let wildcard = GOOD.replace("address = \"127.0.0.1:8080\"", "address = \"0.0.0.0:7901\"");
-    let err = parse(&wildcard, "t.toml").unwrap_err();
-    assert!(
-        err.errors
-            .iter()
-            .any(|e| e.path == "listeners[0].address" && e.message.contains("control daemon")),
-        "{err}"
-    );
+    let message = error_at(&wildcard, "listeners[0].address");
+    assert!(message.contains("control daemon"), "{message}");
     // Another address on the same port does not.
     let other = GOOD.replace(
         "address = \"127.0.0.1:8080\"",
@@ -306,16 +291,23 @@ fn prefix_lists_larger_than_half_a_kernel_map_are_refused() {
         .map(|i| format!("\"10.{}.{}.{}/32\"", i >> 16, (i >> 8) & 0xff, i & 0xff))
         .collect();
     let text = format!("{GOOD}\n[kernel]\ndeny = [{}]\n", prefixes.join(", "));
-    let err = parse(&text, "t.toml").unwrap_err();
-    assert!(
-        err.errors
-            .iter()
-            .any(|e| e.path == "kernel.deny" && e.message == "8193 prefixes; at most 8192"),
-        "{err}"
+    assert_eq!(
+        error_at(&text, "kernel.deny"),
+        "8193 prefixes; at most 8192"
     );
     let fits = format!(
         "{GOOD}\n[kernel]\ndeny = [{}]\n",
         prefixes[..8192].join(", ")
     );
     assert!(parse(&fits, "t.toml").is_ok());
+}
+
+/// The message of the error `text` gets at `path` (fails listing them all when none).
+fn error_at(text: &str, path: &str) -> String {
+    let err = parse(text, "t.toml").unwrap_err();
+    err.errors
+        .iter()
+        .find(|e| e.path == path)
+        .map(|e| e.message.clone())
+        .unwrap_or_else(|| panic!("no error at {path}:\n{err}"))
 }
