@@ -256,8 +256,25 @@ impl Publisher {
         // Kept once it parses, also when storing it fails below: the daemon's addresses
         // and kernel attachment come from the file, not from whether it could be stored.
         self.keep_config(Arc::clone(&config));
-        if let Some(version) = unchanged {
-            return ReloadOutcome::Unchanged(version);
+        // Reached with `unchanged` only on the first load after a restart: the stored
+        // snapshot came from these bytes, but from the daemon that ran before. If this
+        // build compiles them differently (an upgrade), data planes would keep the old
+        // compilation for good; publish it again.
+        if let (Some(version), Some(p)) = (unchanged, &current) {
+            let again = compile(
+                &config,
+                version,
+                p.created_unix_ms,
+                &p.source,
+                &config_sha256,
+            );
+            if again.encode_to_vec() == p.signed.payload {
+                return ReloadOutcome::Unchanged(version);
+            }
+            tracing::warn!(
+                version,
+                "this daemon compiles the unchanged config differently from the stored snapshot (an upgrade?); publishing it again"
+            );
         }
         let stored = match self.store.latest() {
             Ok(r) => r.map_or(0, |r| r.version),
@@ -291,8 +308,11 @@ impl Publisher {
 pub(crate) mod tests {
     use std::{path::Path, sync::Arc};
 
+    use omnirelay_abstractions::store::SnapshotRecord;
     use omnirelay_plugin_config_file::FileConfigSource;
     use omnirelay_plugin_store_sqlite::SqliteSnapshotStore;
+    use omnirelay_proto::v1;
+    use prost::Message as _;
 
     use super::{Publisher, ReloadOutcome};
     use crate::{daemon::metrics::ControlMetrics, snapshot::SnapshotSigner};
@@ -384,7 +404,33 @@ endpoints = ["127.0.0.1:9003"]
         assert_ne!(old_key, new_key);
         assert_eq!(new_key.as_deref(), Some(rekeyed.signer.key_id()));
         assert!(matches!(rekeyed.reload(), ReloadOutcome::Unchanged(2)));
+
+        // A stored snapshot of the same config that this build compiles differently (as
+        // after a daemon upgrade): the first load after a restart publishes it again.
+        let stored = rekeyed.current().unwrap();
+        let mut older = v1::Snapshot::decode(stored.signed.payload.as_slice()).unwrap();
+        older.version = 3;
+        older.listeners[0].name = "compiled-by-an-older-build".into();
+        let signed = rekeyed.signer.sign(&older);
+        rekeyed
+            .store()
+            .put(&SnapshotRecord {
+                version: 3,
+                created_unix_ms: stored.created_unix_ms,
+                source: stored.source.clone(),
+                config_sha256: stored.config_sha256.clone(),
+                signed: signed.encode_to_vec(),
+            })
+            .unwrap();
         drop(rekeyed);
+        let upgraded = start(&dir);
+        assert_eq!(upgraded.current().map(|p| p.version), Some(3));
+        assert!(matches!(upgraded.reload(), ReloadOutcome::Published(4)));
+        let payload = &upgraded.current().unwrap().signed.payload;
+        let republished = v1::Snapshot::decode(payload.as_slice()).unwrap();
+        assert_eq!(republished.listeners[0].name, "public");
+        assert!(matches!(upgraded.reload(), ReloadOutcome::Unchanged(4)));
+        drop(upgraded);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
