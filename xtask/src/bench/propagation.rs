@@ -16,10 +16,12 @@
 //!   every 50 ms, so this includes 0–50 ms of waiting for the next poll);
 //! - `reload`: `POST /control/reload` right after the rename; its round trip is the
 //!   daemon's rebuild (its coalescing wait, then load, validate, compile, sign, store in
-//!   SQLite), recorded as the rebuild series. Once the change is served, a second
-//!   `POST /control/reload` finds the config unchanged (wait, load, hash, nothing else):
-//!   the difference of the two is the time to validate, compile, sign and store (the
-//!   daemon also reports its own build time, `omnirelay_control_last_build_microseconds`).
+//!   SQLite), recorded as the rebuild series. Its load waits until the just-renamed file
+//!   has been unchanged for 20 ms (the daemon does not read a file that may still be
+//!   being written). Once the change is served, a second `POST /control/reload` finds the
+//!   config unchanged (wait, load, hash, nothing else): the difference of the two is the
+//!   time to validate, compile, sign and store plus that settle wait (the daemon reports
+//!   its own build time, `omnirelay_control_last_build_microseconds`).
 //!
 //! Between changes a random pause of 50–300 ms keeps the changes from falling into step
 //! with the watch's polls. Medians, p99 (nearest rank) and min–max
@@ -70,7 +72,7 @@ const WATCH: &str = "File change → last worker (file watch)";
 const RELOAD: &str = "File change + reload → last worker";
 const REBUILD: &str = "Rebuild (reload round trip)";
 const UNCHANGED: &str = "Unchanged reload (round trip)";
-const SERIES_NOTE: &str = "File change → last worker (file watch): from the rename of the new config file until every worker serves its new route; the daemon polls the file's metadata every 50 ms. File change + reload: the same with POST /control/reload sent right after the rename. Rebuild: that POST's round trip (the daemon's coalescing wait, then load, validate, compile, sign, store). Unchanged reload: a POST /control/reload of the config already published (wait, load, hash only).";
+const SERIES_NOTE: &str = "File change → last worker (file watch): from the rename of the new config file until every worker serves its new route; the daemon polls the file's metadata every 50 ms. File change + reload: the same with POST /control/reload sent right after the rename. Rebuild: that POST's round trip (the daemon's coalescing wait, then load, which waits until the file has been unchanged for 20 ms, validate, compile, sign, store). Unchanged reload: a POST /control/reload of the config already published (wait, load, hash only).";
 
 /// `1,000` for 1000.
 fn thousands(n: usize) -> String {
@@ -571,7 +573,7 @@ pub fn run(plan: &Plan, bins: &Binaries) -> anyhow::Result<Value> {
         .collect();
     if !work.is_empty() {
         notes.push(format!(
-            "Validate, compile, sign and store (median rebuild minus median unchanged reload): {}. The daemon reports its own build time as omnirelay_control_last_build_microseconds and in its log.",
+            "Validate, compile, sign and store, with the wait for the new file to settle (median rebuild minus median unchanged reload): {}. The daemon reports its own build time as omnirelay_control_last_build_microseconds and in its log.",
             work.join(", ")
         ));
     }

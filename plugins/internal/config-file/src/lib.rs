@@ -7,6 +7,12 @@
 //! editors that replace the file by renaming, bind-mounted config maps whose symlinks are
 //! swapped, and files on network filesystems, at the cost of a `stat` twenty times a
 //! second and reading the file once a second.
+//!
+//! A file written in place (truncated, then written) could be read between two of its
+//! writes, and half a TOML file often parses: [`ConfigSource::load`] therefore reads a file
+//! only once it has not changed for [`SETTLE`], waiting at most [`SETTLE_LIMIT`]. A file
+//! renamed into place is whole already but looks the same, so a load right after any
+//! change waits out the rest of [`SETTLE`].
 #![forbid(unsafe_code)]
 
 use std::{
@@ -17,7 +23,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant, SystemTime},
 };
 
 use omnirelay_abstractions::{
@@ -31,21 +37,45 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// How often the watcher hashes the contents when the metadata did not change.
 pub const HASH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long a file must have been left unchanged before it is read: a writer's next
+/// write follows its last within this (a shell redirect, a script writing in pieces).
+pub const SETTLE: Duration = Duration::from_millis(20);
+
+/// The longest a load waits for the file to settle; then it reads what is there.
+pub const SETTLE_LIMIT: Duration = Duration::from_secs(1);
+
 /// A config file on local disk.
 #[derive(Debug, Clone)]
 pub struct FileConfigSource {
     path: PathBuf,
+    settle: Duration,
 }
 
 impl FileConfigSource {
     /// A source reading `path` (not opened until [`ConfigSource::load`]).
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        FileConfigSource { path: path.into() }
+        FileConfigSource {
+            path: path.into(),
+            settle: SETTLE,
+        }
+    }
+
+    /// The same source with another settle time (tests; see [`SETTLE`]).
+    pub fn with_settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
     }
 
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn document(&self, bytes: Vec<u8>) -> ConfigDocument {
+        ConfigDocument {
+            origin: self.path.display().to_string(),
+            bytes,
+        }
     }
 }
 
@@ -53,6 +83,33 @@ impl FileConfigSource {
 fn metadata(path: &Path) -> Option<(i64, i64, u64, u64)> {
     let m = std::fs::metadata(path).ok()?;
     Some((m.mtime(), m.mtime_nsec(), m.size(), m.ino()))
+}
+
+/// What tells whether a file changed between two looks, and when it last did.
+#[derive(PartialEq, Eq)]
+struct Settled {
+    modified: SystemTime,
+    size: u64,
+    ino: u64,
+}
+
+impl Settled {
+    /// Time since the last change; a modification time in the future (set by hand, or
+    /// copied from a host whose clock runs ahead) counts as long ago.
+    fn age(&self) -> Duration {
+        SystemTime::now()
+            .duration_since(self.modified)
+            .unwrap_or(Duration::MAX)
+    }
+}
+
+fn settled_state(path: &Path) -> std::io::Result<Settled> {
+    let m = std::fs::metadata(path)?;
+    Ok(Settled {
+        modified: m.modified()?,
+        size: m.size(),
+        ino: m.ino(),
+    })
 }
 
 /// A hash of the contents; `None` while the file is unreadable.
@@ -69,7 +126,7 @@ impl ConfigSource for FileConfigSource {
     }
 
     fn load(&self) -> Result<ConfigDocument, Error> {
-        let bytes = std::fs::read(&self.path).map_err(|e| {
+        let read_error = |e: std::io::Error| {
             let code = match e.kind() {
                 std::io::ErrorKind::NotFound => ErrorCode::NotFound,
                 std::io::ErrorKind::PermissionDenied => ErrorCode::PermissionDenied,
@@ -78,11 +135,31 @@ impl ConfigSource for FileConfigSource {
             Error::new(code, format!("reading {}", self.path.display()))
                 .with_provider("file")
                 .with_source(e)
-        })?;
-        Ok(ConfigDocument {
-            origin: self.path.display().to_string(),
-            bytes,
-        })
+        };
+        let give_up = Instant::now() + SETTLE_LIMIT;
+        loop {
+            let before = settled_state(&self.path).map_err(read_error)?;
+            let bytes = std::fs::read(&self.path).map_err(read_error)?;
+            let after = settled_state(&self.path).map_err(read_error)?;
+            // Unchanged while it was read and for `settle` before: whole.
+            let wait = if before == after {
+                self.settle.saturating_sub(after.age())
+            } else {
+                self.settle
+            };
+            if wait.is_zero() {
+                return Ok(self.document(bytes));
+            }
+            let left = give_up.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    "the config file kept changing for {SETTLE_LIMIT:?}; reading it as it is"
+                );
+                return Ok(self.document(bytes));
+            }
+            std::thread::sleep(wait.min(left));
+        }
     }
 
     fn watch(&self, on_change: Box<dyn Fn() + Send + Sync>) -> Result<WatchGuard, Error> {
@@ -164,6 +241,48 @@ mod tests {
             std::fs::rename(&tmp, &path).unwrap();
         };
         omnirelay_abstractions::conformance::config_source_load_and_watch(&source, &write);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_file_written_in_place_is_read_whole_not_between_two_writes() {
+        use std::io::Write as _;
+        let path = temp_file("in-place");
+        std::fs::write(&path, "old = 1\n").unwrap();
+        // A long settle time keeps the test independent of scheduling delays.
+        let source = FileConfigSource::new(&path).with_settle(Duration::from_millis(400));
+        let whole = "[a]\nx = 1\n[b]\ny = 2\n";
+        let (first, rest) = whole.split_at(whole.find("[b]").unwrap());
+        // Truncated and half written, as a shell redirect or a script leaves it between
+        // two writes; the rest follows 50 ms later.
+        let mut file = std::fs::File::create(&path).unwrap();
+        file.write_all(first.as_bytes()).unwrap();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            file.write_all(rest.as_bytes()).unwrap();
+        });
+        let doc = source.load().unwrap();
+        writer.join().unwrap();
+        assert_eq!(String::from_utf8(doc.bytes).unwrap(), whole);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_file_written_long_ago_is_read_without_waiting() {
+        let path = temp_file("settled");
+        std::fs::write(&path, "x = 1\n").unwrap();
+        let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(an_hour_ago)
+            .unwrap();
+        let source = FileConfigSource::new(&path).with_settle(Duration::from_secs(30));
+        let started = Instant::now();
+        assert_eq!(source.load().unwrap().bytes, b"x = 1\n");
+        // Had it waited, it would have for the whole SETTLE_LIMIT.
+        assert!(started.elapsed() < SETTLE_LIMIT, "it waited");
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
