@@ -231,6 +231,71 @@ fn a_plan_given_at_start_is_in_force_when_start_returns() {
     );
 }
 
+/// [`CONFIG`]'s budget for "web", which [`reordered`] moves after the one for "quic".
+const WEB_BUDGET: &str = r#"[[budgets]]
+name = "web-syn"
+listener = "web"
+rate_per_second = 1
+burst = 3
+overrides = [{ prefix = "10.50.0.0/16", rate_per_second = 1, burst = 1 }]
+"#;
+
+/// [`CONFIG`] with the budget list reversed (quic's first), compiled as `version`.
+fn reordered(version: u64) -> omnirelay_control::kernel::KernelPlan {
+    let text = config_with(WEB_BUDGET, "").replace("[kernel]", &format!("{WEB_BUDGET}\n[kernel]"));
+    let cfg = config::parse(&text, "test.toml").unwrap();
+    plan(&compile(&cfg, version, 0, "test", "")).unwrap()
+}
+
+#[test]
+fn a_listener_keeps_its_counters_and_buckets_when_budgets_are_reordered_or_removed() {
+    require_caps!(Capability::Root, Capability::BpfSyscall);
+    let pin_dir = fresh_pin_dir("ids");
+    let mut l = load_at(&pin_dir);
+    assert_eq!(l.limiter.listener_names(), ["web", "quic"]);
+    let web = syn("10.7.7.7", "10.0.0.5", 8080);
+    // Two of web's burst of 3 taken, counted in web's slot (id 0 + 1).
+    assert_eq!([run(&mut l, &web), run(&mut l, &web)], [PASS, PASS]);
+    assert_eq!(counters(&l).get(1, Reason::Passed), 2);
+
+    // quic's budget listed first: web would be id 1 by position; it stays id 0, with its
+    // counts and its bucket (one token left, then drops).
+    l.limiter.apply(&reordered(2)).unwrap();
+    assert_eq!(l.limiter.listener_names(), ["web", "quic"]);
+    assert_eq!(counters(&l).get(1, Reason::Passed), 2);
+    assert_eq!([run(&mut l, &web), run(&mut l, &web)], [PASS, DROP]);
+    assert_eq!(counters(&l).get(1, Reason::Passed), 3);
+    assert_eq!(counters(&l).get(1, Reason::OverBudget), 1);
+
+    // A restarted daemon (same pins) reads the ids back from the maps in force, by address.
+    let mut restarted = Loaded {
+        limiter: KernelLimiter::start_with(unattached(&pin_dir), Some(&reordered(3))).unwrap(),
+        pin_dir: pin_dir.clone(),
+    };
+    assert_eq!(restarted.limiter.listener_names(), ["web", "quic"]);
+    assert_eq!(run(&mut restarted, &web), DROP, "web's bucket moved");
+    assert_eq!(counters(&restarted).get(1, Reason::OverBudget), 2);
+
+    // web's budget removed and one for a new listener added: the newcomer takes an id never
+    // held (2), not web's, and starts from zero; web is no longer labelled.
+    let text = config_with(WEB_BUDGET, "")
+        .replace("[kernel]", "[[listeners]]\nname = \"api\"\naddress = \"10.0.0.9:8443\"\n[[budgets]]\nname = \"api-syn\"\nlistener = \"api\"\nrate_per_second = 1\nburst = 1\n\n[kernel]");
+    let cfg = config::parse(&text, "test.toml").unwrap();
+    restarted
+        .limiter
+        .apply(&plan(&compile(&cfg, 4, 0, "test", "")).unwrap())
+        .unwrap();
+    assert_eq!(restarted.limiter.listener_names(), ["", "quic", "api"]);
+    assert_eq!(counters(&restarted).get(3, Reason::Passed), 0);
+    let api = syn("10.7.7.7", "10.0.0.9", 8443);
+    assert_eq!(
+        [run(&mut restarted, &api), run(&mut restarted, &api)],
+        [PASS, DROP]
+    );
+    assert_eq!(counters(&restarted).get(3, Reason::Passed), 1);
+    drop(l);
+}
+
 #[test]
 fn a_vlan_tag_is_parsed_through() {
     require_caps!(Capability::Root, Capability::BpfSyscall);

@@ -79,7 +79,7 @@ impl KernelService {
         );
         Ok(Some(Arc::new(KernelService {
             counters: limiter.counters_reader()?,
-            names: Mutex::new(limiter.listener_names().to_vec()),
+            names: Mutex::new(limiter.listener_names()),
             limiter: Mutex::new(limiter),
             applied: AtomicU64::new(u64::from(version > 0)),
             failed: AtomicU64::new(0),
@@ -101,11 +101,8 @@ impl KernelService {
         let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
         // The counters' labels and the version follow the programs as they switch to the
         // new generation, also when clearing the old one afterwards fails.
-        let switched = || {
-            self.names
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone_from(&plan.names);
+        let switched = |names: &[String]| {
+            *self.names.lock().unwrap_or_else(|p| p.into_inner()) = names.to_vec();
             self.version.store(published.version, Ordering::Relaxed);
         };
         match limiter.apply_with(&plan, switched) {
@@ -150,12 +147,13 @@ impl KernelService {
             Ok(c) => {
                 let names = self.names.lock().unwrap_or_else(|p| p.into_inner());
                 for (slot, row) in c.slots.iter().enumerate() {
+                    // Ids no listener holds are left out: a removed listener's series
+                    // ends, and its id's counts restart from zero when it is reused.
                     let listener = match slot {
                         0 => "-",
                         n => match names.get(n - 1) {
-                            Some(name) => name.as_str(),
-                            None if row.iter().all(|v| *v == 0) => continue,
-                            None => "(removed)",
+                            Some(name) if !name.is_empty() => name.as_str(),
+                            _ => continue,
                         },
                     };
                     for reason in Reason::ALL {

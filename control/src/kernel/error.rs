@@ -58,6 +58,15 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
+    /// A fact of the system the limiter needs could not be read.
+    #[error("{what}: {source}")]
+    System {
+        /// What was being read.
+        what: &'static str,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A self-check of a measurement or a kernel answer failed.
     #[error("{0}")]
     Check(String),

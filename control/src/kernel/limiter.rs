@@ -22,7 +22,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, MapInfo, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, MapInfo, PerCpuArray, PerCpuValues, lpm_trie::Key},
     programs::{
         SkReuseport, Xdp,
         links::{FdLink, PinnedLink},
@@ -32,7 +32,7 @@ use aya::{
 use omnirelay_ebpf_common::{
     limiter::{
         ACTIVE_DROP_MALFORMED, ACTIVE_GENERATION, ACTIVE_HAS_ALLOW, ACTIVE_HAS_DENY,
-        ACTIVE_HAS_OVERRIDES, Active, COUNTER_SLOTS, ListenerKey, ListenerPolicy,
+        ACTIVE_HAS_OVERRIDES, Active, COUNTER_SLOTS, ListenerKey, ListenerPolicy, NOT_BUDGETED,
         OVERRIDE_KEY_HEAD_BITS, OverrideEntry, OverrideKey, PORT_ANY, PORT_ANY_V4, PORT_LOOKUP,
         PORTS_PER_GENERATION, PREFIX_KEY_HEAD_BITS, PortEntry, PrefixEntry, PrefixKey, Reason,
         SteerWeights, counter_index, v4_mapped,
@@ -43,7 +43,12 @@ use omnirelay_ebpf_common::{
     },
 };
 
-use super::{AttachMode, EbpfLogPump, KernelError, LIMITER_OBJECT, load_error, plan::KernelPlan};
+use super::{
+    AttachMode, EbpfLogPump, KernelError, LIMITER_OBJECT,
+    ids::{Assigned, ListenerIds},
+    load_error,
+    plan::KernelPlan,
+};
 
 /// How long the daemon waits after flipping the generation before it deletes the old one.
 /// An XDP or reuseport program run takes well under a microsecond and runs inside an RCU
@@ -100,7 +105,8 @@ impl LimiterCounters {
 pub struct KernelLimiter {
     settings: LimiterSettings,
     ebpf: Ebpf,
-    names: Vec<String>,
+    /// Which listener holds which id (counter slot, bucket key), kept across plans.
+    ids: ListenerIds,
     /// Version of the last plan written (None before one was).
     applied: Option<u64>,
     _log: Option<EbpfLogPump>,
@@ -154,6 +160,8 @@ impl KernelLimiter {
             .load(LIMITER_OBJECT)
             .map_err(|e| KernelError::Object(Box::new(e)))?;
         init_active(&mut ebpf)?;
+        // Reused maps: the listeners keep the ids the previous daemon gave them.
+        let ids = ListenerIds::recovered(listeners_in_force(&ebpf)?);
         let log = match EbpfLogPump::start(&mut ebpf, STEER_PROGRAM) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -164,7 +172,7 @@ impl KernelLimiter {
         let mut limiter = KernelLimiter {
             settings,
             ebpf,
-            names: Vec::new(),
+            ids,
             applied: None,
             _log: log,
         };
@@ -205,31 +213,46 @@ impl KernelLimiter {
         self.applied
     }
 
-    /// Listener names by id, from the last applied plan.
-    pub fn listener_names(&self) -> &[String] {
-        &self.names
+    /// Listener names by id (the counters' slot less one) of the plan in force; empty
+    /// where no listener holds the id.
+    pub fn listener_names(&self) -> Vec<String> {
+        self.ids.names()
     }
 
     /// Writes `plan` as the next generation and makes it active: the programs see either
     /// the previous set or this one, never a mix.
+    ///
+    /// The plan's listener ids (positions in its budget list) are renumbered first, so
+    /// that a listener keeps its counters and buckets when the list is reordered or
+    /// shortened (see [`ListenerIds`]).
     pub fn apply(&mut self, plan: &KernelPlan) -> Result<(), KernelError> {
-        self.apply_with(plan, || {})
+        self.apply_with(plan, |_| {})
     }
 
-    /// [`apply`](Self::apply), calling `switched` the moment the programs start reading
-    /// the new generation (before the grace period and the clearing of the old one): what
-    /// labels the counters by listener follows it there. An error means the programs
-    /// still read the previous generation and `switched` was not called.
+    /// [`apply`](Self::apply), calling `switched` with the listener names by id the moment
+    /// the programs start reading the new generation (before the grace period and the
+    /// clearing of the old one): what labels the counters by listener follows it there.
+    /// An error means the programs still read the previous generation and `switched` was
+    /// not called.
     pub fn apply_with(
         &mut self,
         plan: &KernelPlan,
-        switched: impl FnOnce(),
+        switched: impl FnOnce(&[String]),
     ) -> Result<(), KernelError> {
+        let Assigned {
+            plan,
+            fresh,
+            next: ids,
+        } = self.ids.assign(plan);
+        let plan = &plan;
         let old = self.active()?.word & ACTIVE_GENERATION;
         let new = old ^ 1;
         // A previous apply may have died half-way: start the new generation from empty.
         self.clear_generation(new)?;
         self.write_generation(new, plan)?;
+        // An id given to another listener starts its counts from zero (no packet is
+        // counted under it until the switch below).
+        self.zero_counters(&fresh)?;
         let flag = |on: bool, bit: u32| if on { bit } else { 0 };
         let word = new
             | flag(plan.drop_malformed, ACTIVE_DROP_MALFORMED)
@@ -238,9 +261,9 @@ impl KernelLimiter {
             | flag(!plan.overrides.is_empty(), ACTIVE_HAS_OVERRIDES);
         let current = self.active()?;
         write_active(&mut self.ebpf, Active { word, ..current })?;
-        self.names.clone_from(&plan.names);
+        self.ids = ids;
         self.applied = Some(plan.version);
-        switched();
+        switched(&plan.names);
         std::thread::sleep(GENERATION_GRACE);
         // The plan is in force from the switch on: a leftover old generation is only
         // garbage, which the next apply clears before writing into it.
@@ -344,6 +367,30 @@ impl KernelLimiter {
     }
 
     /// Deletes every configuration entry of one generation.
+    /// Sets the counters of listener ids `ids` to zero on every CPU.
+    fn zero_counters(&mut self, ids: &[u32]) -> Result<(), KernelError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let system = |what| move |source| KernelError::System { what, source };
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| e)
+            .map_err(system("counting the possible CPUs"))?;
+        let mut counters: PerCpuArray<&mut MapData, u64> =
+            PerCpuArray::try_from(self.map_mut(LIMITER_COUNTERS_MAP)?)
+                .map_err(map_err(LIMITER_COUNTERS_MAP))?;
+        for &id in ids {
+            for reason in Reason::ALL {
+                let zeros = PerCpuValues::try_from(vec![0u64; cpus])
+                    .map_err(system("one zero per possible CPU"))?;
+                counters
+                    .set(counter_index(id + 1, reason), zeros, 0)
+                    .map_err(map_err(LIMITER_COUNTERS_MAP))?;
+            }
+        }
+        Ok(())
+    }
+
     fn clear_generation(&mut self, generation: u32) -> Result<(), KernelError> {
         let gen_bytes = generation.to_be_bytes();
         {
@@ -585,6 +632,18 @@ fn port_entries(plan: &KernelPlan) -> Vec<(u16, PortEntry)> {
             (port, entry)
         })
         .collect()
+}
+
+/// The budgeted listeners of the generation in force in reused maps: (id, address, port).
+fn listeners_in_force(ebpf: &Ebpf) -> Result<Vec<(u32, [u8; 16], u16)>, KernelError> {
+    let generation = read_active(ebpf)?.word & ACTIVE_GENERATION;
+    let m: HashMap<&MapData, ListenerKey, ListenerPolicy> =
+        HashMap::try_from(map_of(ebpf, LISTENERS_MAP)?).map_err(map_err(LISTENERS_MAP))?;
+    Ok(m.iter()
+        .filter_map(Result::ok)
+        .filter(|(k, p)| k.generation == generation && p.flags & NOT_BUDGETED == 0)
+        .map(|(k, p)| (p.id, k.addr, k.port))
+        .collect())
 }
 
 /// Reads the limiter's counters from a map handle (also used on a pinned map by tools).

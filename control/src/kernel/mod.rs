@@ -4,12 +4,14 @@
 
 pub mod cost;
 mod error;
+mod ids;
 mod limiter;
 mod log_bridge;
 pub mod plan;
 mod xdp_counter;
 
 pub use error::KernelError;
+pub use ids::{Assigned, ListenerIds};
 pub use limiter::{
     CountersReader, GENERATION_GRACE, KernelLimiter, LimiterCounters, LimiterSettings,
     read_pinned_counters, remove_pins,

@@ -20,7 +20,9 @@ pub struct KernelPlan {
     /// the unbudgeted listeners on a port that has a budgeted one, flagged
     /// [`NOT_BUDGETED`] (so a budgeted wildcard does not apply to their addresses).
     pub listeners: Vec<([u8; 16], u16, ListenerPolicy)>,
-    /// Listener name per id, for metric labels.
+    /// Listener name per id, for metric labels. [`plan`] numbers listeners by their place
+    /// in the budget list; [`ListenerIds`](super::ListenerIds) renumbers them stably when
+    /// the plan is applied (names are then empty where no listener holds an id).
     pub names: Vec<String>,
     /// Sources that bypass budgets: (address, prefix length over 128 bits).
     pub allow: Vec<([u8; 16], u32)>,
