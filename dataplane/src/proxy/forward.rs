@@ -432,7 +432,7 @@ async fn proxy(
             Ok(mut r) => {
                 if r.pending_5xx {
                     // A retryable 5xx whose retry was not allowed: forward it now.
-                    r = forward_pending(ds, r, head, deadline, timer).await;
+                    r = forward_pending(ctx, ds, r, head, deadline, timer).await;
                 }
                 Summary {
                     status: r.status,
@@ -642,8 +642,9 @@ async fn attempt(
 }
 
 /// Forwards a held-back 5xx response (its connection is not reused), by the request's
-/// deadline like any response.
+/// deadline like any response; its read buffer goes back to the pool.
 async fn forward_pending(
+    ctx: &WorkerCtx,
     ds: &mut Downstream,
     mut r: AttemptResult,
     head: &RequestHead,
@@ -651,8 +652,11 @@ async fn forward_pending(
     timer: &mut Timer<'_>,
 ) -> AttemptResult {
     if let Some((resp, mut up, up_buf)) = r.pending.take() {
-        let (bytes, keep, _, _) =
+        let (bytes, keep, _, up_buf) =
             body::relay_response(&resp, head, &mut up, up_buf, ds, deadline, timer).await;
+        // The head points into the buffer: dropped first, the allocation goes back whole.
+        drop(resp);
+        ctx.give_buf(up_buf);
         r.bytes_out = bytes;
         r.client_keep_alive = keep;
         r.finished = Instant::now();
