@@ -206,6 +206,44 @@ fn losing_the_control_daemon_keeps_traffic_and_a_restart_resumes_updates() {
     assert!(stack.dataplane.is_running());
 }
 
+/// A control connection that goes silent without closing (the control host vanished, a
+/// middlebox dropped the flow): the data plane's HTTP/2 pings (every 10 s, 5 s to answer)
+/// find it dead, and it subscribes again over a new connection and takes the version
+/// published meanwhile. TCP keepalive alone would not notice: the relay's kernel still
+/// answers for the silent connection.
+#[test]
+fn a_silently_dead_control_connection_is_found_by_its_pings_and_replaced() {
+    require_caps!(Capability::Program("nginx"), Capability::Program("curl"));
+    let mut relay = None;
+    let stack = Stack::start_via(|grpc| {
+        let r = common::Relay::start(grpc);
+        let port = r.port;
+        relay = Some(r);
+        port
+    });
+    let relay = relay.unwrap();
+    assert!(
+        stack
+            .dataplane
+            .wait_for_log("subscribed to the control plane", Duration::from_secs(10))
+    );
+    let v = stack.dp_version();
+    relay.blackhole_open_connections();
+    write_config(&stack.config_path, &config(&stack.ports, "two"));
+    // Within the ping interval and timeout (15 s), and a reconnect.
+    let mut now = v;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            now = stack.dp_version();
+            now > v
+        }),
+        "the data plane stayed at version {now} on a dead control connection:\n{}",
+        stack.dataplane.log()
+    );
+    assert!(stack.dataplane.log().contains("control plane unreachable"));
+    assert_eq!(get(&stack.url("/who")), (200, b"two\n".to_vec()));
+}
+
 #[test]
 fn sighup_reloads_the_config() {
     require_caps!(Capability::Program("nginx"), Capability::Program("curl"));

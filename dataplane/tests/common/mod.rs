@@ -150,13 +150,20 @@ impl Stack {
 
     /// Starts nginx, the control daemon on `config(ports, "one")`, and the data plane.
     pub fn start() -> Stack {
+        Self::start_via(|grpc| grpc.port())
+    }
+
+    /// [`Stack::start`], the data plane subscribing at the port `via` returns for the
+    /// control daemon's gRPC address (a relay in between).
+    pub fn start_via(via: impl FnOnce(SocketAddr) -> u16) -> Stack {
         let ports = Ports::new();
         let nginx = Nginx::start(&nginx_servers(&ports), &[ports.up1, ports.up2]).unwrap();
         let dir = TempDir::new("stack");
         let config_path = dir.path().join("omnirelay.toml");
         std::fs::write(&config_path, config(&ports, "one")).unwrap();
         let control = start_control(&dir, &config_path, &ports);
-        let dataplane = start_dataplane(&dir, &ports, &[]);
+        let grpc = via(SocketAddr::from(([127, 0, 0, 1], ports.grpc)));
+        let dataplane = start_dataplane(&dir, &Ports { grpc, ..ports }, &[]);
         Stack {
             ports,
             nginx,
@@ -287,4 +294,98 @@ pub fn write_config(path: &std::path::Path, text: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A TCP relay on loopback whose open connections can be turned into black holes: bytes
+/// are still accepted (the kernel ACKs them) but never delivered, as when a peer host
+/// vanishes or a middlebox drops a flow. Connections opened later pass normally.
+pub struct Relay {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<std::sync::atomic::AtomicBool>>>>,
+}
+
+impl Relay {
+    /// Relays every connection to `target`.
+    pub fn start(target: SocketAddr) -> Relay {
+        use std::sync::{
+            Arc, Mutex,
+            atomic::{AtomicBool, Ordering},
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let (stop2, open2) = (Arc::clone(&stop), Arc::clone(&open));
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                let dead = Arc::new(AtomicBool::new(false));
+                open2.lock().unwrap().push(Arc::clone(&dead));
+                for (from, to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let (stop, dead) = (Arc::clone(&stop2), Arc::clone(&dead));
+                    std::thread::spawn(move || pump(from, to, &stop, &dead));
+                }
+            }
+        });
+        Relay { port, stop, open }
+    }
+
+    /// Every connection open now delivers nothing more, either way.
+    pub fn blackhole_open_connections(&self) {
+        for dead in self.open.lock().unwrap().iter() {
+            dead.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Copies `from` to `to` until either closes or `stop`; while `dead`, reads and drops.
+fn pump(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    stop: &std::sync::atomic::AtomicBool,
+    dead: &std::sync::atomic::AtomicBool,
+) {
+    use std::{
+        io::{Read as _, Write as _},
+        sync::atomic::Ordering,
+    };
+    from.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) if !dead.load(Ordering::Relaxed) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
 }
