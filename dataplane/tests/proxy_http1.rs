@@ -10,8 +10,12 @@ mod common;
 
 use std::io::{Read as _, Write as _};
 
-use common::{Stack, curl, get};
-use omnirelay_test_support::{Capability, require_caps};
+use common::{Stack, curl, get, write_config};
+use omnirelay_test_support::{
+    Capability,
+    process::{free_port, wait_for_port},
+    require_caps,
+};
 use sha2::{Digest as _, Sha256};
 
 fn sha(bytes: &[u8]) -> String {
@@ -344,6 +348,32 @@ fn nginx_accepts(stack: &Stack) -> u64 {
     let text = String::from_utf8_lossy(&body).into_owned();
     let line = text.lines().nth(2).unwrap_or_default();
     line.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// An HTTP/1.0 request without Host goes upstream (as HTTP/1.1, which needs one) with the
+/// authority the client reached, the connection's local address (RFC 9112 §3.3): also on
+/// a wildcard listener, whose configured address (0.0.0.0:port) names no host.
+#[test]
+fn an_http10_request_without_host_names_the_address_the_client_reached() {
+    require_caps!(Capability::Program("nginx"));
+    let stack = Stack::start();
+    let port = free_port();
+    let v = stack.dp_version();
+    let config = common::config(&stack.ports, "one");
+    write_config(
+        &stack.config_path,
+        &format!("{config}\n[[listeners]]\nname = \"any\"\naddress = \"0.0.0.0:{port}\"\n"),
+    );
+    stack.wait_dp_version_above(v);
+    let wildcard = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(wait_for_port(wildcard, std::time::Duration::from_secs(5)));
+    for addr in [stack.proxy(), wildcard] {
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        let text = exchange(&mut conn, "GET /headers HTTP/1.0\r\n\r\n", |got| {
+            got.ends_with(b"\n") && got.windows(4).any(|w| w == b"\r\n\r\n")
+        });
+        assert!(text.contains(&format!("\r\n\r\nhost={addr}|")), "{text}");
+    }
 }
 
 #[test]

@@ -290,9 +290,15 @@ async fn proxy(
         );
         let fwd = scratch.len();
         http1::via_into(fields.get_all("via"), head.version(), &mut scratch);
-        // HTTP/1.0 clients may omit Host; the upstream gets HTTP/1.1, which requires one.
+        // HTTP/1.0 clients may omit Host; the upstream gets HTTP/1.1, which requires one:
+        // the authority the client reached, the connection's local address (RFC 9112
+        // §3.3), which for a wildcard listener is not its configured address.
         let listener_host = if host.is_none() {
-            cfg.listeners[listener].address.to_string()
+            let configured = cfg.listeners[listener].address;
+            match ds.stream.local_addr() {
+                Ok(local) if configured.ip().is_unspecified() => local.to_string(),
+                _ => configured.to_string(),
+            }
         } else {
             String::new()
         };

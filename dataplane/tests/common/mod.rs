@@ -108,7 +108,7 @@ server {{
   location /status {{ stub_status; }}
   location /who {{ return 200 "one\n"; }}
   location /headers {{
-    return 200 "xff=$http_x_forwarded_for|via=$http_via|rid=$http_x_request_id|fwd=$http_forwarded|conn=$http_connection|te=$http_te\n";
+    return 200 "host=$http_host|xff=$http_x_forwarded_for|via=$http_via|rid=$http_x_request_id|fwd=$http_forwarded|conn=$http_connection|te=$http_te\n";
   }}
 }}
 server {{
