@@ -13,7 +13,7 @@ use std::io::{Read as _, Write as _};
 use common::{Stack, curl, get, write_config};
 use omnirelay_test_support::{
     Capability,
-    process::{free_port, wait_for_port},
+    process::{ChildGuard, free_port, wait_for_port},
     require_caps,
 };
 use sha2::{Digest as _, Sha256};
@@ -374,6 +374,66 @@ fn an_http10_request_without_host_names_the_address_the_client_reached() {
         });
         assert!(text.contains(&format!("\r\n\r\nhost={addr}|")), "{text}");
     }
+}
+
+/// An upstream's 103 Early Hints reaches an HTTP/1.1 client ahead of the final response,
+/// without hop-by-hop fields; an HTTP/1.0 client, which must not get interim responses,
+/// gets the final one only. haproxy is the upstream (its `early-hint` action sends one;
+/// this nginx cannot).
+#[test]
+fn early_hints_from_the_upstream_reach_an_http11_client() {
+    require_caps!(Capability::Program("nginx"), Capability::Program("haproxy"));
+    let stack = Stack::start();
+    let port = free_port();
+    let cfg = stack.dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+             frontend hints\n  bind 127.0.0.1:{port}\n\
+             \x20 http-request early-hint Link \"</style.css>; rel=preload\"\n\
+             \x20 http-request early-hint Connection \"x-secret\"\n\
+             \x20 http-request return status 200 content-type text/plain string \"final\"\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new("haproxy");
+    cmd.arg("-db").arg("-f").arg(&cfg);
+    let haproxy = ChildGuard::spawn("haproxy", cmd, &stack.dir.path().join("haproxy.log")).unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(
+        wait_for_port(addr, std::time::Duration::from_secs(5)),
+        "{}",
+        haproxy.log()
+    );
+    let v = stack.dp_version();
+    let config = common::config(&stack.ports, "one")
+        .replace(&format!("127.0.0.1:{}", stack.ports.up1), &addr.to_string());
+    write_config(&stack.config_path, &config);
+    stack.wait_dp_version_above(v);
+
+    let ask = |version: &str| {
+        let mut conn = std::net::TcpStream::connect(stack.proxy()).unwrap();
+        let request = format!("GET / {version}\r\nHost: t\r\nConnection: close\r\n\r\n");
+        exchange(&mut conn, &request, |got| got.ends_with(b"final")).to_ascii_lowercase()
+    };
+    let text = ask("HTTP/1.1");
+    let (hints, rest) = text.split_once("\r\n\r\n").unwrap();
+    assert!(hints.starts_with("http/1.1 103 early hints\r\n"), "{text}");
+    assert!(
+        hints.contains("\r\nlink: </style.css>; rel=preload"),
+        "{text}"
+    );
+    assert!(
+        !hints.contains("connection"),
+        "hop-by-hop field relayed: {text}"
+    );
+    assert!(rest.starts_with("http/1.1 200 ok\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nfinal"), "{text}");
+
+    let text = ask("HTTP/1.0");
+    assert!(text.starts_with("http/1.1 200 ok\r\n"), "{text}");
+    assert!(!text.contains(" 103 "), "{text}");
 }
 
 #[test]

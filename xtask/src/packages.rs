@@ -15,6 +15,7 @@ pub const REQUIRED: &[(&str, &str)] = &[
     ("nginx", "nginx-light"),  // upstream of the proxy tests (with the echo module)
     ("curl", "curl"),          // independent HTTP client in tests and the demo
     ("wrk", "wrk"),            // load under live config changes
+    ("haproxy", "haproxy"),    // an upstream that sends 103 Early Hints
 ];
 
 /// What the VM harness (`cargo xtask vm-test`, and its smoke run in `cargo xtask test`)

@@ -134,17 +134,10 @@ impl RequestBody {
         if self.expect_continue && ds.buf.is_empty() && !self.started {
             // Answer the expectation ourselves; the upstream's own 100 is skipped later.
             self.expect_continue = false;
-            let mut cont = std::mem::take(&mut ds.out);
-            cont.clear();
-            cont.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-            let (res, cont) = write_by(&mut ds.stream, cont, deadline, timer).await;
-            ds.out = cont;
-            res.map_err(|e| {
-                SendError::Client(match e {
-                    WriteError::Io => BodyError::Io,
-                    WriteError::TimedOut => BodyError::Timeout,
-                })
-            })?;
+            let cont = |out: &mut BytesMut| out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            write_interim(ds, cont, deadline, timer)
+                .await
+                .map_err(SendError::Client)?;
         }
         let chunked = self.framing == Framing::Chunked;
         loop {
@@ -198,6 +191,41 @@ impl RequestBody {
             }
         }
     }
+}
+
+/// Writes an interim (1xx) response, made by `fill` into the client's output buffer, to
+/// the client by `deadline`.
+async fn write_interim(
+    ds: &mut Downstream,
+    fill: impl FnOnce(&mut BytesMut),
+    deadline: Instant,
+    timer: &mut Timer<'_>,
+) -> Result<(), BodyError> {
+    let mut out = std::mem::take(&mut ds.out);
+    out.clear();
+    fill(&mut out);
+    let (res, out) = write_by(&mut ds.stream, out, deadline, timer).await;
+    ds.out = out;
+    res.map_err(|e| match e {
+        WriteError::Io => BodyError::Io,
+        WriteError::TimedOut => BodyError::Timeout,
+    })
+}
+
+/// Relays an upstream's interim response (103 Early Hints, 102) to an HTTP/1.1 client,
+/// without its hop-by-hop fields. An HTTP/1.0 client gets none (RFC 9110 §15.2).
+pub(crate) async fn relay_interim(
+    resp: &ResponseHead,
+    client_version: Version,
+    ds: &mut Downstream,
+    deadline: Instant,
+    timer: &mut Timer<'_>,
+) -> Result<(), BodyError> {
+    if client_version == Version::Http10 {
+        return Ok(());
+    }
+    let head = |out: &mut BytesMut| http1::write_response_head(resp, Framing::None, &[], out);
+    write_interim(ds, head, deadline, timer).await
 }
 
 /// Streams the response to `request` to the client. Returns (body bytes sent, whether the

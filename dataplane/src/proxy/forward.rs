@@ -580,9 +580,15 @@ async fn attempt(
     let mut up_buf = ctx.take_buf();
     let resp = loop {
         match ResponseHead::parse(&mut up_buf, &http1::Limits::default()) {
+            // 100 Continue was answered by this hop (or not asked for); 101 is a switch.
             Ok(ParseStatus::Complete { head, .. })
                 if head.is_informational() && head.status() != 101 =>
             {
+                if head.status() != 100 {
+                    body::relay_interim(&head, req.head.version(), ds, deadline, timer)
+                        .await
+                        .map_err(AttemptError::Client)?;
+                }
                 continue;
             }
             Ok(ParseStatus::Complete { head, .. }) => break head,
