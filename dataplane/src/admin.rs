@@ -1,18 +1,19 @@
 //! The data plane's admin HTTP server (off the hot path, on its own thread): `/metrics`,
-//! `/healthz` and `/snapshot`.
+//! `/healthz` (503 before the first snapshot and while draining) and `/snapshot`.
 
 use std::{fmt::Write as _, net::SocketAddr, sync::Arc};
 
 use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use serde_json::json;
 
-use crate::{snapshot::SnapshotHolder, telemetry::Metrics};
+use crate::{proxy::Drain, snapshot::SnapshotHolder, telemetry::Metrics};
 
 #[derive(Clone)]
 struct AdminState {
     holder: Arc<SnapshotHolder>,
     metrics: Arc<Metrics>,
     drivers: Arc<Vec<&'static str>>,
+    drain: Arc<Drain>,
 }
 
 /// Prometheus text for the snapshot state.
@@ -44,6 +45,7 @@ pub fn spawn(
     holder: Arc<SnapshotHolder>,
     metrics: Arc<Metrics>,
     drivers: Vec<&'static str>,
+    drain: Arc<Drain>,
 ) -> std::io::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
@@ -52,6 +54,7 @@ pub fn spawn(
         holder,
         metrics,
         drivers: Arc::new(drivers),
+        drain,
     };
     std::thread::Builder::new()
         .name("admin".into())
@@ -92,7 +95,9 @@ async fn metrics_handler(State(s): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
+    // Draining: a load balancer in front stops sending new connections.
     match s.holder.version() {
+        _ if s.drain.is_draining() => (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned()),
         0 => (StatusCode::SERVICE_UNAVAILABLE, "no snapshot\n".to_owned()),
         v => (StatusCode::OK, format!("ok version={v}\n")),
     }
@@ -110,6 +115,7 @@ async fn snapshot(State(s): State<AdminState>) -> impl IntoResponse {
         "applied": s.holder.applied(),
         "rejected": rejected,
         "workers": s.drivers.len(),
+        "draining": s.drain.is_draining(),
         "io_drivers": *s.drivers,
     }))
 }

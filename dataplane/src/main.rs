@@ -2,13 +2,23 @@
 //! snapshot file), verifies every snapshot against the control plane's public key, and
 //! serves HTTP/1.1 on one pinned io_uring worker per core.
 //!
+//! SIGTERM or SIGINT drains it: no new connections, idle ones closed, open requests
+//! answered (with `connection: close`), then it exits, after `--drain-timeout` at most; a
+//! second signal exits at once.
+//!
 //! This file is the one place the data plane names provider crates ([`providers`]); the
 //! library only knows their contracts.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, mpsc},
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use clap::Parser;
+use nix::sys::signal::{SigSet, Signal};
 use omnirelay_dataplane::{
     admin,
     lb::Strategies,
@@ -67,6 +77,10 @@ struct Cli {
     /// Seconds to wait for the first snapshot.
     #[arg(long, default_value_t = 30)]
     wait: u64,
+    /// On SIGTERM or SIGINT, seconds open requests are given to finish before the process
+    /// exits with them cut.
+    #[arg(long, default_value_t = 30)]
+    drain_timeout: u64,
 }
 
 /// The providers of the hash-based balancing policies: the first-party strategies, with
@@ -79,6 +93,12 @@ fn providers() -> Strategies {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Blocked before any thread starts (each inherits the mask), so that only
+    // `stop_signals` below receives them.
+    let mut stop = SigSet::empty();
+    stop.add(Signal::SIGTERM);
+    stop.add(Signal::SIGINT);
+    stop.thread_block().context("blocking SIGTERM and SIGINT")?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -143,6 +163,7 @@ fn main() -> anyhow::Result<()> {
             )?
         }
     };
+    let log_handle = access_log.clone();
     let mut opts = ProxyOptions {
         steering: cli.steering_pin_dir.clone(),
         ..ProxyOptions::default()
@@ -158,11 +179,58 @@ fn main() -> anyhow::Result<()> {
     let admin_addr = admin::spawn(
         cli.admin,
         Arc::clone(&holder),
-        metrics,
+        Arc::clone(&metrics),
         proxy.drivers.clone(),
+        Arc::clone(&proxy.drain),
     )
     .with_context(|| format!("binding admin address {}", cli.admin))?;
+    let signals = stop_signals(stop)?;
     tracing::info!(%admin_addr, listeners = ?proxy.bound, "data plane ready");
-    proxy.join();
+
+    let Ok(signal) = signals.recv() else {
+        // No signal can arrive any more: serve until the process is killed.
+        proxy.join();
+        return Ok(());
+    };
+    let timeout = Duration::from_secs(cli.drain_timeout);
+    tracing::info!(%signal, open = metrics.open_connections(), timeout_s = cli.drain_timeout, "draining: no new connections, idle ones closed, open requests finish (a second signal stops at once)");
+    proxy.drain();
+    let until = Instant::now() + timeout;
+    loop {
+        if proxy.wait_until(until.min(Instant::now() + Duration::from_millis(50))) {
+            tracing::info!("drained: every connection closed");
+            break;
+        }
+        if let Ok(again) = signals.try_recv() {
+            tracing::warn!(signal = %again, cut = metrics.open_connections(), "second signal: stopping now");
+            break;
+        }
+        if Instant::now() >= until {
+            tracing::warn!(
+                cut = metrics.open_connections(),
+                "drain timeout: stopping with connections open"
+            );
+            break;
+        }
+    }
+    if !log_handle.close(Duration::from_secs(1)) {
+        tracing::warn!("the access log writer did not finish; its last lines may be lost");
+    }
     Ok(())
+}
+
+/// A thread that receives the (blocked) `signals` and hands them over in order.
+fn stop_signals(signals: SigSet) -> anyhow::Result<mpsc::Receiver<Signal>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            while let Ok(signal) = signals.wait() {
+                if tx.send(signal).is_err() {
+                    return;
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(rx)
 }

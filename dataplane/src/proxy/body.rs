@@ -228,20 +228,43 @@ pub(crate) async fn relay_interim(
     write_interim(ds, head, deadline, timer).await
 }
 
-/// Streams the response to `request` to the client. Returns (body bytes sent, whether the
-/// client connection may continue, whether the upstream connection may be pooled, the
-/// upstream read buffer for reuse).
+/// What a response owes the client that asked for it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Reply {
+    /// The request was a HEAD (the response has no body, whatever its framing says).
+    pub head_request: bool,
+    /// The request's HTTP version.
+    pub version: Version,
+    /// The connection stays open after the response: the client asked for it and the
+    /// worker is not draining.
+    pub keep_alive: bool,
+}
+
+impl Reply {
+    /// The reply to `request` on `ctx`'s worker.
+    pub fn to(request: &RequestHead, ctx: &WorkerCtx) -> Self {
+        Reply {
+            head_request: request.is_head(),
+            version: request.version(),
+            keep_alive: request.keep_alive() && !ctx.drain.is_draining(),
+        }
+    }
+}
+
+/// Streams the response to the client. Returns (body bytes sent, whether the client
+/// connection may continue, whether the upstream connection may be pooled, the upstream
+/// read buffer for reuse).
 pub(crate) async fn relay_response(
     resp: &ResponseHead,
-    request: &RequestHead,
+    reply: Reply,
     up: &mut TcpStream,
     mut up_buf: BytesMut,
     ds: &mut Downstream,
     deadline: Instant,
     timer: &mut Timer<'_>,
 ) -> (u64, bool, bool, BytesMut) {
-    let (head_request, client_version) = (request.is_head(), request.version());
-    let framing = match resp.framing(head_request) {
+    let client_version = reply.version;
+    let framing = match resp.framing(reply.head_request) {
         Ok(f) => f,
         Err(e) => {
             tracing::debug!("invalid upstream response framing: {e}");
@@ -254,7 +277,7 @@ pub(crate) async fn relay_response(
     out.clear();
     // Say what becomes of the client connection when the request asked (RFC 9112 §9.6)
     // or when HTTP/1.0 keeps it open only on request (§9.3).
-    let stays = request.keep_alive() && ds_framing != Framing::CloseDelimited;
+    let stays = reply.keep_alive && ds_framing != Framing::CloseDelimited;
     let connection: &[(&str, &[u8])] = match (stays, client_version) {
         (false, _) if ds_framing != Framing::CloseDelimited => &[("connection", b"close")],
         (true, Version::Http10) => &[("connection", b"keep-alive")],
@@ -326,7 +349,7 @@ pub(crate) async fn relay_response(
     }
     let (res, o) = write_by(&mut ds.stream, out, deadline, timer).await;
     ds.out = o;
-    let client_ok = res.is_ok() && complete && ds_framing != Framing::CloseDelimited;
+    let client_ok = res.is_ok() && complete && stays;
     let reusable =
         complete && framing != Framing::CloseDelimited && resp.keep_alive() && up_buf.is_empty();
     (sent, client_ok, reusable, up_buf)

@@ -146,6 +146,10 @@ pub(crate) fn serve(
             // socket down when the idle timeout passes. The heavier request future below
             // lives in the slot only while a request is being read or served.
             if ds.buf.is_empty() && hot.is_none() {
+                if ctx.drain.is_draining() {
+                    // Closed rather than kept idle: the worker is shutting down.
+                    return;
+                }
                 let deadline = Instant::now() + ctx.client_idle_timeout(listen_index);
                 let token = ctx
                     .idle

@@ -630,8 +630,9 @@ async fn attempt(
             pending: Some((resp, up, up_buf)),
         });
     }
+    let reply = body::Reply::to(req.head, ctx);
     let (bytes_out, client_keep_alive, reusable, up_buf) =
-        body::relay_response(&resp, req.head, &mut up, up_buf, ds, deadline, timer).await;
+        body::relay_response(&resp, reply, &mut up, up_buf, ds, deadline, timer).await;
     // The head points into `up_buf`'s allocation: dropped first, the buffer goes back
     // to the pool whole instead of being freed.
     drop(resp);
@@ -664,8 +665,9 @@ async fn forward_pending(
     timer: &mut Timer<'_>,
 ) -> AttemptResult {
     if let Some((resp, mut up, up_buf)) = r.pending.take() {
+        let reply = body::Reply::to(head, ctx);
         let (bytes, keep, _, up_buf) =
-            body::relay_response(&resp, head, &mut up, up_buf, ds, deadline, timer).await;
+            body::relay_response(&resp, reply, &mut up, up_buf, ds, deadline, timer).await;
         // The head points into the buffer: dropped first, the allocation goes back whole.
         drop(resp);
         ctx.give_buf(up_buf);

@@ -79,9 +79,18 @@ impl IdleSet {
     /// Takes every registration whose deadline is at or before `now` and returns their
     /// sockets, for the caller to shut down.
     pub fn expire(&mut self, now: Instant) -> Vec<RawFd> {
+        self.take_where(|deadline| deadline <= now)
+    }
+
+    /// Takes every registration (a drain closes them all) and returns their sockets.
+    pub fn take_all(&mut self) -> Vec<RawFd> {
+        self.take_where(|_| true)
+    }
+
+    fn take_where(&mut self, due: impl Fn(Instant) -> bool) -> Vec<RawFd> {
         let mut out = Vec::new();
         for (i, e) in self.entries.iter_mut().enumerate() {
-            if e.live && e.deadline <= now {
+            if e.live && due(e.deadline) {
                 e.live = false;
                 out.push(e.fd);
                 self.free.push(i as u32);
@@ -135,6 +144,15 @@ mod tests {
         assert!(set.remove(c));
         assert!(set.remove(b));
         assert_eq!(set.len(), 0);
+
+        // A drain takes every registration, whatever its deadline.
+        let d = set.register(13, t0 + Duration::from_secs(60));
+        set.register(14, t0 + Duration::from_secs(90));
+        let mut all = set.take_all();
+        all.sort_unstable();
+        assert_eq!(all, vec![13, 14]);
+        assert_eq!(set.len(), 0);
+        assert!(!set.remove(d), "d was taken");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod body;
 mod deadline;
 mod downstream;
+mod drain;
 mod forward;
 mod idle;
 mod io;
@@ -13,7 +14,14 @@ mod pool;
 mod slot;
 mod worker;
 
-use std::{net::SocketAddr, sync::Arc, thread::JoinHandle, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+pub use drain::Drain;
 
 use crate::{
     snapshot::SnapshotHolder,
@@ -113,6 +121,8 @@ impl Default for ProxyOptions {
 #[derive(Debug)]
 pub struct Proxy {
     threads: Vec<JoinHandle<()>>,
+    /// Started by [`Proxy::drain`]; the admin API reports it.
+    pub drain: Arc<Drain>,
     /// The addresses bound, in snapshot listener order.
     pub bound: Vec<SocketAddr>,
     /// Which I/O driver each worker runs ("io_uring" or "epoll").
@@ -120,10 +130,34 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Waits for the workers (they run until the process exits).
+    /// Waits for the workers (they run until a drain ends them).
     pub fn join(self) {
         for t in self.threads {
             let _ = t.join();
+        }
+    }
+
+    /// Starts a graceful shutdown (see [`Drain`]); false if one had started already.
+    pub fn drain(&self) -> bool {
+        self.drain.start()
+    }
+
+    /// Whether every worker has ended.
+    pub fn finished(&self) -> bool {
+        self.threads.iter().all(JoinHandle::is_finished)
+    }
+
+    /// Waits until every worker has ended or `until` passes; returns whether they ended.
+    pub fn wait_until(&self, until: Instant) -> bool {
+        loop {
+            if self.finished() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= until {
+                return false;
+            }
+            std::thread::sleep((until - now).min(Duration::from_millis(10)));
         }
     }
 }
@@ -149,6 +183,7 @@ pub fn start(
         ))),
         None => None,
     };
+    let drain = Arc::new(Drain::new(Arc::clone(&holder)));
     type Ready = Result<&'static str, String>;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Ready>();
     let mut threads = Vec::new();
@@ -160,6 +195,7 @@ pub fn start(
         let opts = opts.clone();
         let ready = ready_tx.clone();
         let steering = steering.clone();
+        let drain = Arc::clone(&drain);
         let t = std::thread::Builder::new()
             .name(format!("worker-{id}"))
             .spawn(move || {
@@ -228,9 +264,9 @@ pub fn start(
                         holder,
                         stats,
                         log,
-                        opts.settings,
-                        opts.backlog,
+                        &opts,
                         steering,
+                        drain,
                     );
                     worker::run(ctx, listeners, version).await;
                 });
@@ -249,6 +285,7 @@ pub fn start(
     tracing::info!(workers = threads.len(), driver = drivers.first().copied().unwrap_or("?"), listeners = ?addrs, "proxy workers running");
     Ok(Proxy {
         threads,
+        drain,
         bound: addrs,
         drivers,
     })

@@ -20,7 +20,9 @@ use monoio::{
 
 use bytes::BytesMut;
 
-use super::{ProxySettings, downstream, idle::IdleSet, io, pool::UpstreamPool};
+use super::{
+    Drain, ProxyOptions, ProxySettings, downstream, idle::IdleSet, io, pool::UpstreamPool,
+};
 use crate::{
     lb::{LbState, RetryBudget, SplitMix64},
     snapshot::{DEFAULT_CLIENT_IDLE_TIMEOUT, RuntimeConfig, SnapshotHolder},
@@ -137,6 +139,8 @@ pub(crate) struct WorkerCtx {
     /// When the worker started: a time to create request timers with, before each wait
     /// sets its deadline (a clock read saved per request).
     pub started: Instant,
+    /// The process's graceful shutdown (see [`Drain`]).
+    pub drain: Arc<Drain>,
 }
 
 /// Buffers kept for reuse per worker; beyond this, released buffers are freed. Every
@@ -242,7 +246,8 @@ pub(crate) fn bind(addr: SocketAddr, backlog: i32) -> std::io::Result<TcpListene
 const LISTENER_CHECK: Duration = Duration::from_millis(200);
 
 /// Wakes a worker's listener follower when the snapshot holder swaps in a new snapshot
-/// (a socket from [`SnapshotHolder::subscribe`] read on the worker's own runtime).
+/// or a drain starts (a socket from [`SnapshotHolder::subscribe`] read on the worker's own
+/// runtime).
 struct SnapshotChanges {
     socket: Option<monoio::net::UnixStream>,
     buf: Vec<u8>,
@@ -267,8 +272,8 @@ impl SnapshotChanges {
         }
     }
 
-    /// Returns after the next snapshot swap, or after [`LISTENER_CHECK`] when `retrying`
-    /// (or when there are no notifications).
+    /// Returns after the next snapshot swap or drain start, or after [`LISTENER_CHECK`]
+    /// when `retrying` (or when there are no notifications).
     async fn next(&mut self, retrying: bool) {
         let Some(socket) = self.socket.as_mut().filter(|_| !retrying) else {
             monoio::time::sleep(LISTENER_CHECK).await;
@@ -431,6 +436,10 @@ pub(crate) async fn run(
         let mut seen = bound_version;
         let mut settled = true;
         loop {
+            if ctx_listen.drain.is_draining() {
+                drain(&ctx_listen, accepting).await;
+                return;
+            }
             let version = ctx_listen.holder.version();
             let new_version = version != seen;
             if new_version || !settled {
@@ -468,6 +477,34 @@ pub(crate) async fn run(
     listening.await;
 }
 
+/// How often a draining worker closes connections that went idle and counts those left.
+const DRAIN_CHECK: Duration = Duration::from_millis(20);
+
+/// The worker's part of a drain: stops accepting on every listener, then closes idle
+/// connections (at once, and as others go idle) until none is left. Busy connections end
+/// after their response, which says `connection: close`.
+async fn drain(ctx: &Rc<WorkerCtx>, accepting: Vec<Accepting>) {
+    for a in accepting {
+        if let Some(steering) = &ctx.steering {
+            crate::steering::lock(steering).remove(a.addr, ctx.id);
+        }
+        a.stop.cancel();
+    }
+    let open = ctx.stats.connections_active.load(Ordering::Relaxed);
+    tracing::info!(worker = ctx.id, open, "draining: no longer accepting");
+    loop {
+        let idle = ctx.idle.borrow_mut().take_all();
+        for fd in idle {
+            super::idle::shut_down(fd);
+        }
+        if ctx.stats.connections_active.load(Ordering::Relaxed) == 0 {
+            tracing::info!(worker = ctx.id, "drained: every connection closed");
+            return;
+        }
+        monoio::time::sleep(DRAIN_CHECK).await;
+    }
+}
+
 /// Accepts on the worker's listener `index` (into `listen_addrs`) until `stop` is
 /// cancelled; the listening socket closes when it returns.
 async fn accept_loop(
@@ -492,15 +529,15 @@ async fn accept_loop(
     }
 }
 
-/// Builds the worker's shared context.
+/// Builds the worker's shared context (its settings and backlog from `opts`).
 pub(crate) fn context(
     id: usize,
     holder: Arc<SnapshotHolder>,
     stats: Arc<WorkerStats>,
     access_log: AccessLog,
-    settings: ProxySettings,
-    backlog: i32,
+    opts: &ProxyOptions,
     steering: Option<SharedSteering>,
+    drain: Arc<Drain>,
 ) -> Rc<WorkerCtx> {
     let clock = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -512,7 +549,7 @@ pub(crate) fn context(
         holder,
         stats,
         access_log,
-        settings,
+        settings: opts.settings,
         pool: RefCell::new(UpstreamPool::default()),
         balancers: RefCell::new(Balancers::new()),
         rng: RefCell::new(SplitMix64::new(seed)),
@@ -520,9 +557,10 @@ pub(crate) fn context(
         scratch: RefCell::new(Vec::with_capacity(512)),
         idle: RefCell::new(IdleSet::default()),
         listen_addrs: RefCell::new(Vec::new()),
-        backlog,
+        backlog: opts.backlog,
         steering,
         started: Instant::now(),
+        drain,
     })
 }
 
@@ -566,12 +604,15 @@ mod tests {
             let addr = listener.local_addr().unwrap();
             let ctx = context(
                 0,
-                holder,
+                Arc::clone(&holder),
                 metrics.add_worker(),
                 AccessLog::disabled(Arc::clone(&metrics)),
-                ProxySettings::default(),
-                16,
+                &ProxyOptions {
+                    backlog: 16,
+                    ..ProxyOptions::default()
+                },
                 None,
+                Arc::new(Drain::new(Arc::clone(&holder))),
             );
             ctx.listen_addrs.borrow_mut().push(addr);
             let _client = std::net::TcpStream::connect(addr).unwrap();

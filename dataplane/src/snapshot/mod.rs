@@ -126,6 +126,12 @@ impl SnapshotHolder {
         Ok(version)
     }
 
+    /// Wakes every subscriber without a swap, to look again at what else it follows (a
+    /// worker's listener follower: the start of a drain).
+    pub fn wake_subscribers(&self) {
+        self.notify();
+    }
+
     /// Tells every subscriber a new snapshot is in; drops those whose reader is gone.
     fn notify(&self) {
         let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());

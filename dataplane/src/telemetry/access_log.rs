@@ -4,8 +4,9 @@
 
 use std::{
     io::Write,
-    sync::{Arc, atomic::Ordering, mpsc},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    sync::{Arc, Mutex, atomic::Ordering, mpsc},
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use super::Metrics;
@@ -106,12 +107,18 @@ impl AccessRecord {
 pub struct AccessLog {
     tx: Option<mpsc::SyncSender<AccessRecord>>,
     metrics: Arc<Metrics>,
+    /// The writer thread, shared by every clone (see [`AccessLog::close`]).
+    writer: Option<Arc<Mutex<Option<JoinHandle<()>>>>>,
 }
 
 impl AccessLog {
     /// A log that discards everything (access logging off).
     pub fn disabled(metrics: Arc<Metrics>) -> Self {
-        AccessLog { tx: None, metrics }
+        AccessLog {
+            tx: None,
+            metrics,
+            writer: None,
+        }
     }
 
     /// Starts the writer thread; `capacity` records may wait before new ones are dropped.
@@ -121,7 +128,7 @@ impl AccessLog {
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::sync_channel::<AccessRecord>(capacity);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
                 let mut pending = 0usize;
@@ -159,7 +166,33 @@ impl AccessLog {
         Ok(AccessLog {
             tx: Some(tx),
             metrics,
+            writer: Some(Arc::new(Mutex::new(Some(writer)))),
         })
+    }
+
+    /// Lets go of this handle and waits up to `within` for the writer to write every
+    /// record it was given and flush; it does once every handle is closed or dropped (the
+    /// workers' go with them). Returns whether it did.
+    pub fn close(mut self, within: Duration) -> bool {
+        self.tx = None;
+        let Some(writer) = self.writer.take() else {
+            return true;
+        };
+        let until = Instant::now() + within;
+        loop {
+            let mut handle = writer.lock().unwrap_or_else(|p| p.into_inner());
+            match handle.take_if(|h| h.is_finished()) {
+                Some(h) => {
+                    let _ = h.join();
+                    return true;
+                }
+                None if handle.is_none() => return true,
+                None if Instant::now() >= until => return false,
+                None => {}
+            }
+            drop(handle);
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Whether records are written at all (callers skip building them otherwise).

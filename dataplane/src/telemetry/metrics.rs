@@ -159,6 +159,16 @@ impl Metrics {
         w
     }
 
+    /// Client connections open now, over every worker.
+    pub fn open_connections(&self) -> u64 {
+        self.workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|w| w.connections_active.load(Relaxed))
+            .sum()
+    }
+
     /// Prometheus text exposition; `extra` is appended (snapshot gauges and the like).
     pub fn render(&self, extra: &str) -> String {
         let workers = self

@@ -150,12 +150,21 @@ impl Stack {
 
     /// Starts nginx, the control daemon on `config(ports, "one")`, and the data plane.
     pub fn start() -> Stack {
-        Self::start_via(|grpc| grpc.port())
+        Self::build(|grpc| grpc.port(), &[])
     }
 
     /// [`Stack::start`], the data plane subscribing at the port `via` returns for the
     /// control daemon's gRPC address (a relay in between).
     pub fn start_via(via: impl FnOnce(SocketAddr) -> u16) -> Stack {
+        Self::build(via, &[])
+    }
+
+    /// [`Stack::start`], with `args` added to the data plane's command line.
+    pub fn start_with_args(args: &[&str]) -> Stack {
+        Self::build(|grpc| grpc.port(), args)
+    }
+
+    fn build(via: impl FnOnce(SocketAddr) -> u16, dataplane_args: &[&str]) -> Stack {
         let ports = Ports::new();
         let nginx = Nginx::start(&nginx_servers(&ports), &[ports.up1, ports.up2]).unwrap();
         let dir = TempDir::new("stack");
@@ -163,7 +172,7 @@ impl Stack {
         std::fs::write(&config_path, config(&ports, "one")).unwrap();
         let control = start_control(&dir, &config_path, &ports);
         let grpc = via(SocketAddr::from(([127, 0, 0, 1], ports.grpc)));
-        let dataplane = start_dataplane(&dir, &Ports { grpc, ..ports }, &[]);
+        let dataplane = start_dataplane(&dir, &Ports { grpc, ..ports }, dataplane_args);
         Stack {
             ports,
             nginx,

@@ -1,0 +1,147 @@
+//! Graceful shutdown of the data plane: SIGTERM (or SIGINT) stops new connections, closes
+//! idle ones, lets open requests finish (their responses say `connection: close`), flushes
+//! the access log and exits 0; `--drain-timeout` bounds it, and a second signal ends it at
+//! once.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
+mod common;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    time::{Duration, Instant},
+};
+
+use common::{Stack, curl};
+use nix::sys::signal::Signal;
+use omnirelay_test_support::{Capability, process::wait_until, require_caps};
+
+/// Client connections the data plane holds, over its two workers.
+fn open_connections(stack: &Stack) -> f64 {
+    (0..2)
+        .filter_map(|w| stack.dp_metric(&format!("omnirelay_worker_connections{{worker=\"{w}\"}}")))
+        .sum()
+}
+
+/// A request to `/stall` (answered after 5 s) in flight through the proxy: the thread
+/// returns the whole response as curl saw it (`-i`: with the head).
+fn stalled_request(stack: &Stack) -> std::thread::JoinHandle<String> {
+    let url = stack.url("/stall");
+    let before = open_connections(stack);
+    let request = std::thread::spawn(move || {
+        let out = curl(&["-s", "-i", "--max-time", "20", &url]);
+        String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+    });
+    assert!(
+        wait_until(Duration::from_secs(5), || open_connections(stack) > before),
+        "the request did not reach the proxy"
+    );
+    // Past the proxy's head parsing and on its way upstream.
+    std::thread::sleep(Duration::from_millis(200));
+    request
+}
+
+/// An idle keep-alive connection: one request served on it.
+fn idle_connection(stack: &Stack) -> TcpStream {
+    let mut conn = TcpStream::connect(stack.proxy()).unwrap();
+    conn.write_all(b"GET /who HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"one\n") {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the response");
+        got.extend_from_slice(&buf[..n]);
+    }
+    conn
+}
+
+#[test]
+fn sigterm_lets_open_requests_finish_closes_idle_connections_and_exits() {
+    require_caps!(Capability::Program("nginx"), Capability::Program("curl"));
+    let mut stack = Stack::start();
+    let mut idle = idle_connection(&stack);
+    let stalled = stalled_request(&stack);
+
+    stack.dataplane.signal(Signal::SIGTERM);
+    // The idle connection is closed at once (well before the stalled request ends).
+    let mut buf = [0u8; 64];
+    idle.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    assert_eq!(
+        idle.read(&mut buf).unwrap(),
+        0,
+        "the idle connection stays open"
+    );
+    // A load balancer probing health sees the drain; new connections are refused.
+    let health = curl(&["-s", "-w", " %{http_code}", &stack.dp_admin("/healthz")]);
+    assert_eq!(String::from_utf8_lossy(&health.stdout), "draining\n 503");
+    assert!(
+        wait_until(Duration::from_secs(2), || TcpStream::connect(stack.proxy())
+            .is_err()),
+        "still accepting new connections"
+    );
+    // The open request gets its answer, told that the connection ends with it.
+    let response = stalled.join().unwrap();
+    assert!(response.starts_with("http/1.1 200"), "{response}");
+    assert!(response.contains("\r\nconnection: close\r\n"), "{response}");
+    assert!(response.ends_with("\r\n\r\nlate\n"), "{response}");
+    // Then the process exits by itself, successfully, its access log flushed.
+    let status = stack.dataplane.wait_exit(Duration::from_secs(5));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        stack.dataplane.log()
+    );
+    let log = std::fs::read_to_string(stack.dir.path().join("access.log")).unwrap();
+    assert!(log.contains("\"path\":\"/stall\""), "{log}");
+    assert!(
+        stack
+            .dataplane
+            .log()
+            .contains("drained: every connection closed")
+    );
+}
+
+#[test]
+fn the_drain_timeout_and_a_second_signal_cut_open_requests() {
+    require_caps!(Capability::Program("nginx"), Capability::Program("curl"));
+    // --drain-timeout 1: the request, answered after 5 s, is cut at about 1 s.
+    let mut stack = Stack::start_with_args(&["--drain-timeout", "1"]);
+    let stalled = stalled_request(&stack);
+    let signalled = Instant::now();
+    stack.dataplane.signal(Signal::SIGTERM);
+    let status = stack.dataplane.wait_exit(Duration::from_secs(10));
+    let took = signalled.elapsed();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "exited {took:?} after the signal"
+    );
+    assert!(!stalled.join().unwrap().contains("late"));
+    assert!(stack.dataplane.log().contains("drain timeout: stopping"));
+
+    // A second signal during the (default, 30 s) drain stops it at once.
+    let mut stack = Stack::start();
+    let stalled = stalled_request(&stack);
+    stack.dataplane.signal(Signal::SIGINT);
+    assert!(
+        stack
+            .dataplane
+            .wait_for_log("draining", Duration::from_secs(2))
+    );
+    stack.dataplane.signal(Signal::SIGTERM);
+    let status = stack.dataplane.wait_exit(Duration::from_secs(3));
+    assert!(status.is_some(), "still running after a second signal");
+    assert!(!stalled.join().unwrap().contains("late"));
+    assert!(
+        stack
+            .dataplane
+            .log()
+            .contains("second signal: stopping now")
+    );
+}
