@@ -44,6 +44,11 @@ struct Cli {
     /// Start from this encoded SignedSnapshot (e.g. saved from /v1/snapshot).
     #[arg(long)]
     snapshot_file: Option<PathBuf>,
+    /// Keep every snapshot received from the control daemon in this file (replaced whole)
+    /// and start from it: a data plane restarted while the control daemon is away serves
+    /// its last configuration instead of waiting.
+    #[arg(long)]
+    snapshot_cache: Option<PathBuf>,
     /// Worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
@@ -123,11 +128,26 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(cli.control.is_some(), "{}: {e}", path.display());
         }
     }
+    if let Some(path) = &cli.snapshot_cache {
+        // Verified like any snapshot; one that is missing, stale or refused is passed over
+        // and the data plane waits for the control daemon.
+        match std::fs::read(path) {
+            Ok(bytes) => match holder.apply_bytes(&bytes) {
+                Ok(version) => {
+                    tracing::info!(version, path = %path.display(), "starting from the snapshot cache")
+                }
+                Err(e) => tracing::warn!(path = %path.display(), "snapshot cache not used: {e}"),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(path = %path.display(), "snapshot cache not read: {e}"),
+        }
+    }
     if let Some(endpoint) = &cli.control {
         spawn_control_client(
             ControlClient {
                 endpoint: endpoint.clone(),
                 node_id: cli.node_id.clone(),
+                cache: cli.snapshot_cache.clone(),
             },
             Arc::clone(&holder),
         )?;

@@ -12,11 +12,13 @@ mod common;
 use std::{process::Command, time::Duration};
 
 use common::{Stack, config, curl, get, write_config};
+use omnirelay_proto::v1::SignedSnapshot;
 use omnirelay_test_support::{
     Capability,
     process::{free_port, wait_until},
     require_caps,
 };
+use prost::Message as _;
 
 #[test]
 fn a_config_change_under_load_switches_routing_with_zero_failed_requests() {
@@ -242,6 +244,61 @@ fn a_silently_dead_control_connection_is_found_by_its_pings_and_replaced() {
     );
     assert!(stack.dataplane.log().contains("control plane unreachable"));
     assert_eq!(get(&stack.url("/who")), (200, b"two\n".to_vec()));
+}
+
+/// With `--snapshot-cache`, a data plane restarted while the control daemon is away
+/// serves the last version it had (without it, it would wait for the daemon and give up);
+/// the cache follows each new version, and one that does not verify is passed over.
+#[test]
+fn a_data_plane_restarted_without_its_control_daemon_starts_from_its_snapshot_cache() {
+    require_caps!(Capability::Program("nginx"), Capability::Program("curl"));
+    let cache_dir = omnirelay_test_support::process::TempDir::new("cache");
+    let cache = cache_dir.path().join("snapshot.bin");
+    let args = ["--snapshot-cache", cache.to_str().unwrap()];
+    let mut stack = Stack::start_with_args(&args);
+    let v = stack.dp_version();
+    write_config(&stack.config_path, &config(&stack.ports, "two"));
+    let v2 = stack.wait_dp_version_above(v);
+    let cached = || {
+        let bytes = std::fs::read(&cache).ok()?;
+        Some(SignedSnapshot::decode(bytes.as_slice()).ok()?.version)
+    };
+    assert!(wait_until(Duration::from_secs(5), || cached() == Some(v2)));
+
+    // The control daemon gone, the data plane restarted: it serves version v2 at once.
+    stack.control.kill();
+    stack.dataplane.kill();
+    stack.dataplane = common::start_dataplane(&stack.dir, &stack.ports, &args);
+    assert_eq!(stack.dp_version(), v2);
+    assert_eq!(get(&stack.url("/who")), (200, b"two\n".to_vec()));
+    assert!(
+        stack
+            .dataplane
+            .log()
+            .contains("starting from the snapshot cache")
+    );
+
+    // The daemon back: the next version arrives, and goes into the cache.
+    write_config(&stack.config_path, &config(&stack.ports, "one"));
+    stack.restart_control();
+    let v3 = stack.wait_dp_version_above(v2);
+    assert_eq!(get(&stack.url("/who")), (200, b"one\n".to_vec()));
+    assert!(wait_until(Duration::from_secs(5), || cached() == Some(v3)));
+    stack.dataplane.kill();
+    stack.control.kill();
+    stack.dataplane = common::start_dataplane(&stack.dir, &stack.ports, &args);
+    assert_eq!(stack.dp_version(), v3, "the cache holds the latest version");
+
+    // A damaged cache is passed over with the reason; the daemon serves the data plane.
+    stack.dataplane.kill();
+    let mut bytes = std::fs::read(&cache).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&cache, bytes).unwrap();
+    stack.restart_control();
+    stack.dataplane = common::start_dataplane(&stack.dir, &stack.ports, &args);
+    assert!(stack.dataplane.log().contains("snapshot cache not used"));
+    assert_eq!(stack.dp_version(), v3);
 }
 
 #[test]

@@ -259,15 +259,7 @@ pub fn start(
                     }
                     let _ = ready.send(Ok(driver));
                     drop(ready);
-                    let ctx = worker::context(
-                        id,
-                        holder,
-                        stats,
-                        log,
-                        &opts,
-                        steering,
-                        drain,
-                    );
+                    let ctx = worker::context(id, holder, stats, log, &opts, steering, drain);
                     worker::run(ctx, listeners, version).await;
                 });
             })?;

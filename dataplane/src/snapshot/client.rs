@@ -3,9 +3,10 @@
 //! exponential backoff and jitter; while the control daemon is away the last good snapshot
 //! keeps serving.
 
-use std::{sync::Arc, thread::JoinHandle, time::Duration};
+use std::{path::PathBuf, sync::Arc, thread::JoinHandle, time::Duration};
 
-use omnirelay_proto::v1::{WatchRequest, control_plane_client::ControlPlaneClient};
+use omnirelay_proto::v1::{self, WatchRequest, control_plane_client::ControlPlaneClient};
+use prost::Message as _;
 
 use super::{MAX_SNAPSHOT_BYTES, SnapshotHolder};
 use crate::lb::{SplitMix64, backoff};
@@ -17,6 +18,9 @@ pub struct ControlClient {
     pub endpoint: String,
     /// This data plane's name in the control daemon's logs.
     pub node_id: String,
+    /// Where each snapshot applied is kept, for a restart while the control daemon is
+    /// away (see [`save_snapshot`]).
+    pub cache: Option<PathBuf>,
 }
 
 const BASE_BACKOFF: Duration = Duration::from_millis(100);
@@ -137,7 +141,11 @@ async fn watch_once(client: &ControlClient, holder: &SnapshotHolder) -> Result<b
                 received = true;
                 // Rejections are counted and logged by the holder; the stream goes on and
                 // the last good snapshot keeps serving.
-                let _ = holder.apply_signed(&signed);
+                if let (Ok(version), Some(path)) = (holder.apply_signed(&signed), &client.cache)
+                    && let Err(e) = save_snapshot(path, &signed)
+                {
+                    tracing::warn!(version, path = %path.display(), error = %e, "could not keep the snapshot in the cache; a restart without the control plane would start from an older one");
+                }
             }
             Ok(None) => return Ok(received),
             Err(status) => {
@@ -145,4 +153,22 @@ async fn watch_once(client: &ControlClient, holder: &SnapshotHolder) -> Result<b
             }
         }
     }
+}
+
+/// Writes `signed` to `path` whole (a temporary file beside it, synced, then renamed over
+/// it, mode 0600): a crash mid-write leaves the previous snapshot, never half of one.
+pub fn save_snapshot(path: &std::path::Path, signed: &v1::SignedSnapshot) -> std::io::Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(&signed.encode_to_vec())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
