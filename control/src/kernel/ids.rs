@@ -1,5 +1,5 @@
 //! Listener ids that stay with their listener. An id is a budgeted listener's counter slot
-//! and part of its buckets' key; [`plan`](super::plan) numbers listeners by their place in
+//! and part of its buckets' key; [`plan`](super::plan()) numbers listeners by their place in
 //! the budget list, so without this a reordered or shortened list would move one
 //! listener's counts and token buckets to another. [`ListenerIds::assign`] renumbers a
 //! plan: a listener keeps the id it had, a new one takes an id never held, then one held
