@@ -97,7 +97,7 @@ async fn metrics_handler(State(s): State<AdminState>) -> impl IntoResponse {
 async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
     // Draining: a load balancer in front stops sending new connections.
     match s.holder.version() {
-        _ if s.drain.is_draining() => (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned()),
+        _ if s.drain.is_announced() => (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned()),
         0 => (StatusCode::SERVICE_UNAVAILABLE, "no snapshot\n".to_owned()),
         v => (StatusCode::OK, format!("ok version={v}\n")),
     }

@@ -86,6 +86,11 @@ struct Cli {
     /// exits with them cut.
     #[arg(long, default_value_t = 30)]
     drain_timeout: u64,
+    /// On SIGTERM or SIGINT, milliseconds `/healthz` fails while the listeners still accept,
+    /// before the drain closes them: time for a load balancer's health checks to take the
+    /// data plane out of rotation.
+    #[arg(long, default_value_t = 0)]
+    drain_delay_ms: u64,
 }
 
 /// The providers of the hash-based balancing policies: the first-party strategies, with
@@ -100,10 +105,13 @@ fn providers() -> Strategies {
 fn main() -> anyhow::Result<()> {
     // Blocked before any thread starts (each inherits the mask), so that only
     // `stop_signals` below receives them.
-    let mut stop = SigSet::empty();
-    stop.add(Signal::SIGTERM);
-    stop.add(Signal::SIGINT);
-    stop.thread_block().context("blocking SIGTERM and SIGINT")?;
+    let mut stopping = SigSet::empty();
+    stopping.add(Signal::SIGTERM);
+    stopping.add(Signal::SIGINT);
+    stopping
+        .thread_block()
+        .context("blocking SIGTERM and SIGINT")?;
+    let signals = stop_signals(stopping)?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -163,7 +171,10 @@ fn main() -> anyhow::Result<()> {
             "no valid snapshot within {} s",
             cli.wait
         );
-        std::thread::sleep(Duration::from_millis(20));
+        if let Ok(signal) = signals.recv_timeout(Duration::from_millis(20)) {
+            tracing::info!(%signal, "stopped before serving (no snapshot yet)");
+            return Ok(());
+        }
     }
 
     let metrics = Arc::new(Metrics::default());
@@ -204,7 +215,6 @@ fn main() -> anyhow::Result<()> {
         Arc::clone(&proxy.drain),
     )
     .with_context(|| format!("binding admin address {}", cli.admin))?;
-    let signals = stop_signals(stop)?;
     tracing::info!(%admin_addr, listeners = ?proxy.bound, "data plane ready");
 
     let Ok(signal) = signals.recv() else {
@@ -212,31 +222,50 @@ fn main() -> anyhow::Result<()> {
         proxy.join();
         return Ok(());
     };
-    let timeout = Duration::from_secs(cli.drain_timeout);
-    tracing::info!(%signal, open = metrics.open_connections(), timeout_s = cli.drain_timeout, "draining: no new connections, idle ones closed, open requests finish (a second signal stops at once)");
-    proxy.drain();
-    let until = Instant::now() + timeout;
-    loop {
-        if proxy.wait_until(until.min(Instant::now() + Duration::from_millis(50))) {
-            tracing::info!("drained: every connection closed");
-            break;
-        }
-        if let Ok(again) = signals.try_recv() {
-            tracing::warn!(signal = %again, cut = metrics.open_connections(), "second signal: stopping now");
-            break;
-        }
-        if Instant::now() >= until {
-            tracing::warn!(
-                cut = metrics.open_connections(),
-                "drain timeout: stopping with connections open"
-            );
-            break;
-        }
-    }
+    stop(&cli, &proxy, &signals, &metrics, signal);
     if !log_handle.close(Duration::from_secs(1)) {
         tracing::warn!("the access log writer did not finish; its last lines may be lost");
     }
     Ok(())
+}
+
+/// After the first stop `signal`: announces the drain for `--drain-delay-ms`, drains for up
+/// to `--drain-timeout`, and returns when the workers have ended, at the timeout, or at a
+/// second signal.
+fn stop(
+    cli: &Cli,
+    proxy: &proxy::Proxy,
+    signals: &mpsc::Receiver<Signal>,
+    metrics: &Metrics,
+    signal: Signal,
+) {
+    let second = |again: Signal| {
+        tracing::warn!(signal = %again, cut = metrics.open_connections(), "second signal: stopping now");
+    };
+    if cli.drain_delay_ms > 0 {
+        proxy.drain.announce();
+        tracing::info!(%signal, delay_ms = cli.drain_delay_ms, "stopping: /healthz fails from now on, still accepting; draining after the delay");
+        if let Ok(again) = signals.recv_timeout(Duration::from_millis(cli.drain_delay_ms)) {
+            return second(again);
+        }
+    }
+    tracing::info!(%signal, open = metrics.open_connections(), timeout_s = cli.drain_timeout, "draining: no new connections, idle ones closed, open requests finish (a second signal stops at once)");
+    proxy.drain();
+    let until = Instant::now() + Duration::from_secs(cli.drain_timeout);
+    loop {
+        if proxy.wait_until(until.min(Instant::now() + Duration::from_millis(50))) {
+            return tracing::info!("drained: every connection closed");
+        }
+        if let Ok(again) = signals.try_recv() {
+            return second(again);
+        }
+        if Instant::now() >= until {
+            return tracing::warn!(
+                cut = metrics.open_connections(),
+                "drain timeout: stopping with connections open"
+            );
+        }
+    }
 }
 
 /// A thread that receives the (blocked) `signals` and hands them over in order.

@@ -40,9 +40,18 @@ fn stalled_request(stack: &Stack) -> std::thread::JoinHandle<String> {
         wait_until(Duration::from_secs(5), || open_connections(stack) > before),
         "the request did not reach the proxy"
     );
-    // Past the proxy's head parsing and on its way upstream.
-    std::thread::sleep(Duration::from_millis(200));
     request
+}
+
+/// Writes a GET of `path` on `conn` and reads the response to its end (the proxy closes
+/// the connection after it); the response, lower-cased.
+fn get_to_close(conn: &mut TcpStream, path: &str) -> String {
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    conn.read_to_end(&mut got).unwrap();
+    String::from_utf8_lossy(&got).to_ascii_lowercase()
 }
 
 /// An idle keep-alive connection: one request served on it.
@@ -67,6 +76,12 @@ fn sigterm_lets_open_requests_finish_closes_idle_connections_and_exits() {
     let mut stack = Stack::start();
     let mut idle = idle_connection(&stack);
     let stalled = stalled_request(&stack);
+    // Accepted, its first request not sent yet when the drain starts.
+    let before = open_connections(&stack);
+    let mut fresh = TcpStream::connect(stack.proxy()).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || open_connections(
+        &stack
+    ) > before));
 
     stack.dataplane.signal(Signal::SIGTERM);
     // The idle connection is closed at once (well before the stalled request ends).
@@ -85,6 +100,11 @@ fn sigterm_lets_open_requests_finish_closes_idle_connections_and_exits() {
             .is_err()),
         "still accepting new connections"
     );
+    // The connection accepted before the drain gets its first request served (a client
+    // would not retry it), told that the connection ends with it.
+    let response = get_to_close(&mut fresh, "/who");
+    assert!(response.starts_with("http/1.1 200"), "{response}");
+    assert!(response.contains("\r\nconnection: close\r\n"), "{response}");
     // The open request gets its answer, told that the connection ends with it.
     let response = stalled.join().unwrap();
     assert!(response.starts_with("http/1.1 200"), "{response}");
@@ -144,4 +164,39 @@ fn the_drain_timeout_and_a_second_signal_cut_open_requests() {
             .log()
             .contains("second signal: stopping now")
     );
+}
+
+/// `--drain-delay-ms`: after the signal `/healthz` fails at once while new connections are
+/// still accepted and served (each response closing its connection), so that a load
+/// balancer's health checks take the data plane out of rotation before its listeners
+/// close.
+#[test]
+fn health_checks_fail_before_the_listeners_close() {
+    require_caps!(Capability::Program("nginx"), Capability::Program("curl"));
+    let mut stack = Stack::start_with_args(&["--drain-delay-ms", "1500"]);
+    let signalled = Instant::now();
+    stack.dataplane.signal(Signal::SIGTERM);
+    assert!(
+        wait_until(Duration::from_secs(1), || {
+            let health = curl(&["-s", "-w", " %{http_code}", &stack.dp_admin("/healthz")]);
+            String::from_utf8_lossy(&health.stdout) == "draining\n 503"
+        }),
+        "/healthz still passes"
+    );
+    let mut conn = TcpStream::connect(stack.proxy()).unwrap();
+    let response = get_to_close(&mut conn, "/who");
+    assert!(
+        signalled.elapsed() < Duration::from_millis(1500),
+        "too slow to tell"
+    );
+    assert!(response.starts_with("http/1.1 200"), "{response}");
+    assert!(response.contains("\r\nconnection: close\r\n"), "{response}");
+    assert!(
+        wait_until(Duration::from_secs(3), || TcpStream::connect(stack.proxy())
+            .is_err()),
+        "still accepting after the delay"
+    );
+    assert!(signalled.elapsed() >= Duration::from_millis(1400));
+    let status = stack.dataplane.wait_exit(Duration::from_secs(5));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }

@@ -235,8 +235,8 @@ pub(crate) struct Reply {
     pub head_request: bool,
     /// The request's HTTP version.
     pub version: Version,
-    /// The connection stays open after the response: the client asked for it and the
-    /// worker is not draining.
+    /// The connection stays open after the response: the client asked for it and no drain
+    /// is announced (clients then move to other instances before the listeners close).
     pub keep_alive: bool,
 }
 
@@ -246,7 +246,7 @@ impl Reply {
         Reply {
             head_request: request.is_head(),
             version: request.version(),
-            keep_alive: request.keep_alive() && !ctx.drain.is_draining(),
+            keep_alive: request.keep_alive() && !ctx.drain.is_announced(),
         }
     }
 }

@@ -146,15 +146,17 @@ pub(crate) fn serve(
             // socket down when the idle timeout passes. The heavier request future below
             // lives in the slot only while a request is being read or served.
             if ds.buf.is_empty() && hot.is_none() {
-                if ctx.drain.is_draining() {
-                    // Closed rather than kept idle: the worker is shutting down.
+                if served_count > 0 && ctx.drain.is_draining() {
+                    // Closed rather than kept idle: the worker is shutting down (a new
+                    // connection still gets its first request served, see `worker::drain`).
                     return;
                 }
                 let deadline = Instant::now() + ctx.client_idle_timeout(listen_index);
-                let token = ctx
-                    .idle
-                    .borrow_mut()
-                    .register(ds.stream.as_raw_fd(), deadline);
+                let token = ctx.idle.borrow_mut().register(
+                    ds.stream.as_raw_fd(),
+                    deadline,
+                    served_count == 0,
+                );
                 let guard = IdleGuard { ctx: &ctx, token };
                 let ready = ds.stream.readable(false).await;
                 if !guard.finish() || ready.is_err() {

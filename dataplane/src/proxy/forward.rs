@@ -296,7 +296,11 @@ async fn proxy(
         let listener_host = if host.is_none() {
             let configured = cfg.listeners[listener].address;
             match ds.stream.local_addr() {
-                Ok(local) if configured.ip().is_unspecified() => local.to_string(),
+                // An IPv4 client of a dual-stack listener as IPv4, and no IPv6 scope (not
+                // part of a uri-host).
+                Ok(local) if configured.ip().is_unspecified() => {
+                    SocketAddr::new(local.ip().to_canonical(), local.port()).to_string()
+                }
                 _ => configured.to_string(),
             }
         } else {
@@ -584,10 +588,14 @@ async fn attempt(
             Ok(ParseStatus::Complete { head, .. })
                 if head.is_informational() && head.status() != 101 =>
             {
-                if head.status() != 100 {
-                    body::relay_interim(&head, req.head.version(), ds, deadline, timer)
+                // A client that cannot take a few bytes by the deadline is gone: the
+                // connection closes without another write (a 408 could not reach it).
+                if head.status() != 100
+                    && body::relay_interim(&head, req.head.version(), ds, deadline, timer)
                         .await
-                        .map_err(AttemptError::Client)?;
+                        .is_err()
+                {
+                    return Err(AttemptError::Client(BodyError::Io));
                 }
                 continue;
             }

@@ -480,20 +480,43 @@ pub(crate) async fn run(
 /// How often a draining worker closes connections that went idle and counts those left.
 const DRAIN_CHECK: Duration = Duration::from_millis(20);
 
+/// How long a drain waits for the first request of a connection accepted before it (a
+/// client's first request on a new connection is not one it would retry).
+const DRAIN_FIRST_REQUEST: Duration = Duration::from_secs(2);
+
 /// The worker's part of a drain: stops accepting on every listener, then closes idle
-/// connections (at once, and as others go idle) until none is left. Busy connections end
-/// after their response, which says `connection: close`.
+/// connections (at once, and as others go idle; a new one once [`DRAIN_FIRST_REQUEST`]
+/// passes without its first request) until none is left. Busy connections end after their
+/// response, which says `connection: close`.
+///
+/// Kernel steering is left alone: a closed socket leaves the steering socket array by
+/// itself, and the listener's entry may belong to the data plane that replaced this one
+/// (started first, it registered its own sockets under the same entry).
 async fn drain(ctx: &Rc<WorkerCtx>, accepting: Vec<Accepting>) {
-    for a in accepting {
-        if let Some(steering) = &ctx.steering {
-            crate::steering::lock(steering).remove(a.addr, ctx.id);
-        }
-        a.stop.cancel();
+    let listeners: Vec<Rc<TcpListener>> = accepting
+        .into_iter()
+        .map(|a| {
+            a.stop.cancel();
+            a.listener
+        })
+        .collect();
+    // Each socket closes once its accept loop has seen the cancellation complete. Waited
+    // for: a worker that ends first (nothing left to serve) would tear its runtime down
+    // with the accept in flight, and the socket would stay open, queueing connections
+    // nobody accepts.
+    let until = Instant::now() + Duration::from_secs(1);
+    while listeners.iter().any(|l| Rc::strong_count(l) > 1) && Instant::now() < until {
+        monoio::time::sleep(Duration::from_millis(1)).await;
     }
+    drop(listeners);
     let open = ctx.stats.connections_active.load(Ordering::Relaxed);
     tracing::info!(worker = ctx.id, open, "draining: no longer accepting");
+    let first_by = Instant::now() + DRAIN_FIRST_REQUEST;
     loop {
-        let idle = ctx.idle.borrow_mut().take_all();
+        let idle = ctx
+            .idle
+            .borrow_mut()
+            .take_for_drain(Instant::now(), first_by);
         for fd in idle {
             super::idle::shut_down(fd);
         }
@@ -519,7 +542,10 @@ async fn accept_loop(
                 ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);
                 monoio::spawn(downstream::serve(Rc::clone(&ctx), stream, peer, index));
             }
-            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => return,
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
+                tracing::debug!(worker = ctx.id, index, "accept loop stopped");
+                return;
+            }
             Err(e) => {
                 // EMFILE and the like: back off briefly instead of spinning.
                 tracing::warn!(worker = ctx.id, "accept failed: {e}");

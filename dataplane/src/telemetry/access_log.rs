@@ -105,7 +105,8 @@ impl AccessRecord {
 /// The sending side, cloned into every worker.
 #[derive(Debug, Clone)]
 pub struct AccessLog {
-    tx: Option<mpsc::SyncSender<AccessRecord>>,
+    /// Records for the writer; `None` tells it to flush and end (see [`AccessLog::close`]).
+    tx: Option<mpsc::SyncSender<Option<AccessRecord>>>,
     metrics: Arc<Metrics>,
     /// The writer thread, shared by every clone (see [`AccessLog::close`]).
     writer: Option<Arc<Mutex<Option<JoinHandle<()>>>>>,
@@ -127,27 +128,27 @@ impl AccessLog {
         capacity: usize,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::sync_channel::<AccessRecord>(capacity);
+        let (tx, rx) = mpsc::sync_channel::<Option<AccessRecord>>(capacity);
         let writer = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
                 let mut pending = 0usize;
                 loop {
                     // Flush when the channel is idle, not per line.
-                    let record = if pending > 0 {
+                    let message = if pending > 0 {
                         match rx.recv_timeout(Duration::from_millis(100)) {
-                            Ok(r) => Some(r),
+                            Ok(m) => Some(m),
                             Err(mpsc::RecvTimeoutError::Timeout) => None,
                             Err(mpsc::RecvTimeoutError::Disconnected) => break,
                         }
                     } else {
                         match rx.recv() {
-                            Ok(r) => Some(r),
+                            Ok(m) => Some(m),
                             Err(_) => break,
                         }
                     };
-                    match record {
-                        Some(r) => {
+                    match message {
+                        Some(Some(r)) => {
                             let mut line = r.to_json();
                             line.push('\n');
                             if sink.write_all(line.as_bytes()).is_err() {
@@ -155,6 +156,7 @@ impl AccessLog {
                             }
                             pending += 1;
                         }
+                        Some(None) => break,
                         None => {
                             let _ = sink.flush();
                             pending = 0;
@@ -170,15 +172,24 @@ impl AccessLog {
         })
     }
 
-    /// Lets go of this handle and waits up to `within` for the writer to write every
-    /// record it was given and flush; it does once every handle is closed or dropped (the
-    /// workers' go with them). Returns whether it did.
+    /// Has the writer write every record handed over so far, flush and end, waiting up
+    /// to `within` for it; records logged afterwards (by workers still running) are
+    /// dropped and counted. Returns whether the writer ended in time.
     pub fn close(mut self, within: Duration) -> bool {
-        self.tx = None;
-        let Some(writer) = self.writer.take() else {
+        let until = Instant::now() + within;
+        let Some((tx, writer)) = self.tx.take().zip(self.writer.take()) else {
             return true;
         };
-        let until = Instant::now() + within;
+        // Queued behind the records already handed over (a full queue is waited on).
+        loop {
+            match tx.try_send(None) {
+                Ok(()) | Err(mpsc::TrySendError::Disconnected(_)) => break,
+                Err(mpsc::TrySendError::Full(_)) if Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(mpsc::TrySendError::Full(_)) => return false,
+            }
+        }
         loop {
             let mut handle = writer.lock().unwrap_or_else(|p| p.into_inner());
             match handle.take_if(|h| h.is_finished()) {
@@ -191,7 +202,7 @@ impl AccessLog {
                 None => {}
             }
             drop(handle);
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -203,7 +214,7 @@ impl AccessLog {
     /// Hands a record to the writer; drops and counts it if the writer is behind.
     pub fn log(&self, record: AccessRecord) {
         if let Some(tx) = &self.tx
-            && tx.try_send(record).is_err()
+            && tx.try_send(Some(record)).is_err()
         {
             self.metrics
                 .access_log_dropped
