@@ -3,7 +3,10 @@
 //! the budget list, so without this a reordered or shortened list would move one
 //! listener's counts and token buckets to another. [`ListenerIds::assign`] renumbers a
 //! plan: a listener keeps the id it had, a new one takes an id never held, then one held
-//! longest ago by a removed listener (whose counters are then zeroed).
+//! longest ago by a removed listener (whose counters are then zeroed; its buckets cannot
+//! be told apart from others', and refill by themselves).
+
+use std::fmt;
 
 use omnirelay_ebpf_common::limiter::{MAX_LISTENERS, NOT_BUDGETED};
 
@@ -15,8 +18,10 @@ enum Holder {
     /// A listener, by name.
     Name(String),
     /// A listener known only by its address and port: read back from the maps of a
-    /// running limiter at start, resolved to a name by the first plan that has it.
+    /// running limiter at start, resolved to a name by the first plan applied (or given up).
     Address([u8; 16], u16),
+    /// A listener gone before this daemon started (its id has counts in the pinned maps).
+    Gone,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +42,20 @@ pub struct ListenerIds {
     applies: u64,
 }
 
+/// A plan with more budgeted listeners than there are ids.
+#[derive(Debug)]
+pub struct TooManyListeners(pub usize);
+
+impl fmt::Display for TooManyListeners {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} budgeted listeners; the kernel maps hold {MAX_LISTENERS}",
+            self.0
+        )
+    }
+}
+
 /// A plan renumbered by [`ListenerIds::assign`].
 #[derive(Debug)]
 pub struct Assigned {
@@ -49,22 +68,38 @@ pub struct Assigned {
 }
 
 impl ListenerIds {
-    /// Ids read back from the maps a running limiter left: (id, address, port) of each
-    /// budgeted listener of the generation in force.
-    pub fn recovered(entries: impl IntoIterator<Item = (u32, [u8; 16], u16)>) -> Self {
+    /// Ids read back from the maps a running limiter left: `in_force`, (id, address, port)
+    /// of each budgeted listener of the generation in force, and `counted`, every id whose
+    /// counters are not zero (held once, so not handed out as never held).
+    pub fn recovered(
+        in_force: impl IntoIterator<Item = (u32, [u8; 16], u16)>,
+        counted: impl IntoIterator<Item = u32>,
+    ) -> Self {
         let mut ids = ListenerIds::default();
-        for (id, addr, port) in entries {
+        let mut put = |id: u32, slot: Slot| {
             if id < MAX_LISTENERS {
                 let i = id as usize;
                 if ids.slots.len() <= i {
                     ids.slots.resize(i + 1, None);
                 }
-                ids.slots[i] = Some(Slot {
-                    holder: Holder::Address(addr, port),
-                    live: true,
-                    freed_at: 0,
-                });
+                ids.slots[i] = Some(slot);
             }
+        };
+        for id in counted {
+            let gone = Slot {
+                holder: Holder::Gone,
+                live: false,
+                freed_at: 0,
+            };
+            put(id, gone);
+        }
+        for (id, addr, port) in in_force {
+            let held = Slot {
+                holder: Holder::Address(addr, port),
+                live: true,
+                freed_at: 0,
+            };
+            put(id, held);
         }
         ids
     }
@@ -85,7 +120,10 @@ impl ListenerIds {
     }
 
     /// `plan` renumbered so that each listener keeps its id; see the module docs.
-    pub fn assign(&self, plan: &KernelPlan) -> Assigned {
+    pub fn assign(&self, plan: &KernelPlan) -> Result<Assigned, TooManyListeners> {
+        if plan.names.len() > MAX_LISTENERS as usize {
+            return Err(TooManyListeners(plan.names.len()));
+        }
         // The plan's own numbering: its id i is `plan.names[i]`, at this address.
         let mut address = vec![None; plan.names.len()];
         for (addr, port, policy) in &plan.listeners {
@@ -132,18 +170,27 @@ impl ListenerIds {
                 fresh.push(id as u32);
             }
         }
-        // Every id the plan in force held and this one does not is given up now.
+        // Every id the plan in force held and this one does not is given up now; one read
+        // back by address that this plan did not claim is given up for good (a listener
+        // added at that address later is a new one).
         for (id, slot) in next.slots.iter_mut().enumerate() {
             if let Some(s) = slot
-                && s.live
                 && !taken[id]
             {
-                s.live = false;
-                s.freed_at = next.applies;
+                if s.live {
+                    s.live = false;
+                    s.freed_at = next.applies;
+                }
+                if matches!(s.holder, Holder::Address(..)) {
+                    s.holder = Holder::Gone;
+                }
             }
         }
         for (i, id) in map.iter().enumerate() {
-            let id = id.expect("a plan holds at most MAX_LISTENERS budgets") as usize;
+            // Every name got an id: at most MAX_LISTENERS of them, checked above.
+            let Some(id) = id.map(|id| id as usize) else {
+                continue;
+            };
             if next.slots.len() <= id {
                 next.slots.resize(id + 1, None);
             }
@@ -165,7 +212,7 @@ impl ListenerIds {
         }
         plan.names = next.names();
         fresh.sort_unstable();
-        Assigned { plan, fresh, next }
+        Ok(Assigned { plan, fresh, next })
     }
 
     fn position(&self, mut f: impl FnMut(&Holder) -> bool) -> Option<usize> {
@@ -231,7 +278,7 @@ mod tests {
     }
 
     fn step(ids: &mut ListenerIds, names: &[&str]) -> Assigned {
-        let a = ids.assign(&plan_of(names));
+        let a = ids.assign(&plan_of(names)).unwrap();
         *ids = a.next.clone();
         a
     }
@@ -291,14 +338,34 @@ mod tests {
     }
 
     #[test]
-    fn ids_read_back_from_a_running_limiter_are_matched_by_address() {
-        // The previous daemon had a at id 4 and b at id 7.
-        let ids = ListenerIds::recovered([(4, addr(0), 80), (7, addr(1), 80)]);
-        let a = ids.assign(&plan_of(&["a", "b", "c"]));
-        assert_eq!(
-            ids_of(&a),
-            [("a".into(), 4), ("b".into(), 7), ("c".into(), 0)]
+    fn ids_read_back_from_a_running_limiter_are_matched_by_address_once() {
+        // The previous daemon had a at id 4 and b at id 7 in force, and had given ids 0
+        // and 9 to listeners gone since (their counts are in the maps).
+        let ids = ListenerIds::recovered(
+            [(4, addr(0), 80), (7, addr(1), 80), (9, addr(9), 80)],
+            [0, 4, 9],
         );
-        assert_eq!(a.fresh, [0]);
+        // The first plan has a and b (by address) and c, not the one at id 9.
+        let mut ids = {
+            let a = ids.assign(&plan_of(&["a", "b", "c"])).unwrap();
+            assert_eq!(
+                ids_of(&a),
+                [("a".into(), 4), ("b".into(), 7), ("c".into(), 1)],
+                "c takes an id never held, not 0"
+            );
+            assert_eq!(a.fresh, [1]);
+            a.next
+        };
+        // Id 9's address is no claim any more: a listener there later is a new one.
+        let later = step(&mut ids, &["a", "b", "c", "x", "y", "z", "w", "v", "u", "t"]);
+        let got: Vec<u32> = ids_of(&later).iter().map(|(_, id)| *id).collect();
+        assert_eq!(got, [4, 7, 1, 2, 3, 5, 6, 8, 10, 11], "ids 0 and 9 come last");
+    }
+
+    #[test]
+    fn a_plan_with_more_listeners_than_ids_is_refused() {
+        let names: Vec<String> = (0..=MAX_LISTENERS).map(|i| format!("l{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert!(ListenerIds::default().assign(&plan_of(&names)).is_err());
     }
 }

@@ -160,8 +160,17 @@ impl KernelLimiter {
             .load(LIMITER_OBJECT)
             .map_err(|e| KernelError::Object(Box::new(e)))?;
         init_active(&mut ebpf)?;
-        // Reused maps: the listeners keep the ids the previous daemon gave them.
-        let ids = ListenerIds::recovered(listeners_in_force(&ebpf)?);
+        // Reused maps: the listeners keep the ids the previous daemon gave them, and ids
+        // with counts were held (they are not handed out as never held).
+        let counted = read_counters(map_of(&ebpf, LIMITER_COUNTERS_MAP)?)?
+            .slots
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter(|(_, row)| row.iter().any(|n| *n != 0))
+            .map(|(slot, _)| slot as u32 - 1)
+            .collect::<Vec<_>>();
+        let ids = ListenerIds::recovered(listeners_in_force(&ebpf)?, counted);
         let log = match EbpfLogPump::start(&mut ebpf, STEER_PROGRAM) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -243,7 +252,10 @@ impl KernelLimiter {
             plan,
             fresh,
             next: ids,
-        } = self.ids.assign(plan);
+        } = self
+            .ids
+            .assign(plan)
+            .map_err(|e| KernelError::Check(e.to_string()))?;
         let plan = &plan;
         let old = self.active()?.word & ACTIVE_GENERATION;
         let new = old ^ 1;
