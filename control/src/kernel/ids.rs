@@ -357,9 +357,16 @@ mod tests {
             a.next
         };
         // Id 9's address is no claim any more: a listener there later is a new one.
-        let later = step(&mut ids, &["a", "b", "c", "x", "y", "z", "w", "v", "u", "t"]);
+        let later = step(
+            &mut ids,
+            &["a", "b", "c", "x", "y", "z", "w", "v", "u", "t"],
+        );
         let got: Vec<u32> = ids_of(&later).iter().map(|(_, id)| *id).collect();
-        assert_eq!(got, [4, 7, 1, 2, 3, 5, 6, 8, 10, 11], "ids 0 and 9 come last");
+        assert_eq!(
+            got,
+            [4, 7, 1, 2, 3, 5, 6, 8, 10, 11],
+            "ids 0 and 9 come last"
+        );
     }
 
     #[test]

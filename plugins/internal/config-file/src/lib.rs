@@ -23,7 +23,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use omnirelay_abstractions::{
@@ -86,7 +86,7 @@ fn metadata(path: &Path) -> Option<(i64, i64, u64, u64)> {
 }
 
 /// What tells whether a file changed between two looks, and when it last did.
-#[derive(PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 struct Settled {
     modified: SystemTime,
     size: u64,
@@ -94,12 +94,17 @@ struct Settled {
 }
 
 impl Settled {
-    /// Time since the last change; a modification time in the future (set by hand, or
-    /// copied from a host whose clock runs ahead) counts as long ago.
-    fn age(&self) -> Duration {
-        SystemTime::now()
-            .duration_since(self.modified)
-            .unwrap_or(Duration::MAX)
+    /// Time since the last change, when the modification time can tell: not one in the
+    /// future (set by hand, or from a host whose clock runs ahead), nor one without a
+    /// sub-second part (a filesystem with coarse timestamps, where a write a moment ago
+    /// looks up to a second or two old).
+    fn age(&self) -> Option<Duration> {
+        let fine = self
+            .modified
+            .duration_since(UNIX_EPOCH)
+            .is_ok_and(|d| d.subsec_nanos() != 0);
+        fine.then(|| SystemTime::now().duration_since(self.modified).ok())
+            .flatten()
     }
 }
 
@@ -137,14 +142,26 @@ impl ConfigSource for FileConfigSource {
                 .with_source(e)
         };
         let give_up = Instant::now() + SETTLE_LIMIT;
+        // The state last seen, and since when this load has seen it unchanged.
+        let mut seen: Option<(Settled, Instant)> = None;
         loop {
             let before = settled_state(&self.path).map_err(read_error)?;
             let bytes = std::fs::read(&self.path).map_err(read_error)?;
             let after = settled_state(&self.path).map_err(read_error)?;
-            // Unchanged while it was read and for `settle` before: whole.
+            // Unchanged while it was read and for `settle` before (by its modification
+            // time, or as watched by this load when that cannot tell): whole.
             let wait = if before == after {
-                self.settle.saturating_sub(after.age())
+                let watched = match seen {
+                    Some((state, since)) if state == after => since.elapsed(),
+                    _ => {
+                        seen = Some((after, Instant::now()));
+                        Duration::ZERO
+                    }
+                };
+                let age = after.age().map_or(watched, |a| a.max(watched));
+                self.settle.saturating_sub(age)
             } else {
+                seen = None;
                 self.settle
             };
             if wait.is_zero() {
@@ -283,6 +300,33 @@ mod tests {
         assert_eq!(source.load().unwrap().bytes, b"x = 1\n");
         // Had it waited, it would have for the whole SETTLE_LIMIT.
         assert!(started.elapsed() < SETTLE_LIMIT, "it waited");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_file_with_a_coarse_modification_time_is_watched_for_its_settle_time() {
+        // A whole-second time (as coarse filesystems keep) cannot tell a write a moment
+        // ago from one a second ago: the load watches the file itself for the settle time.
+        let path = temp_file("coarse");
+        std::fs::write(&path, "x = 1\n").unwrap();
+        let whole_second = UNIX_EPOCH
+            + Duration::from_secs(
+                (SystemTime::now() - Duration::from_secs(3600))
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs(),
+            );
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(whole_second)
+            .unwrap();
+        let settle = Duration::from_millis(300);
+        let source = FileConfigSource::new(&path).with_settle(settle);
+        let started = Instant::now();
+        assert_eq!(source.load().unwrap().bytes, b"x = 1\n");
+        assert!(started.elapsed() >= settle, "read without watching");
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
