@@ -352,7 +352,8 @@ fn nginx_accepts(stack: &Stack) -> u64 {
 
 /// An HTTP/1.0 request without Host goes upstream (as HTTP/1.1, which needs one) with the
 /// authority the client reached, the connection's local address (RFC 9112 §3.3): also on
-/// a wildcard listener, whose configured address (0.0.0.0:port) names no host.
+/// a wildcard listener, whose configured address ([::]:port) names no host, and written
+/// as IPv4 for an IPv4 client of that dual-stack socket (not `[::ffff:127.0.0.1]`).
 #[test]
 fn an_http10_request_without_host_names_the_address_the_client_reached() {
     require_caps!(Capability::Program("nginx"));
@@ -362,7 +363,7 @@ fn an_http10_request_without_host_names_the_address_the_client_reached() {
     let config = common::config(&stack.ports, "one");
     write_config(
         &stack.config_path,
-        &format!("{config}\n[[listeners]]\nname = \"any\"\naddress = \"0.0.0.0:{port}\"\n"),
+        &format!("{config}\n[[listeners]]\nname = \"any\"\naddress = \"[::]:{port}\"\n"),
     );
     stack.wait_dp_version_above(v);
     let wildcard = std::net::SocketAddr::from(([127, 0, 0, 1], port));
