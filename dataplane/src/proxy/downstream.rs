@@ -29,6 +29,9 @@ use super::{
 };
 use crate::http1::{self, Http1Error, ParseStatus, RequestHead};
 
+/// How long an error response may take to write (its connection closes after it).
+const ERROR_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The client side of one connection.
 pub(crate) struct Downstream {
     pub stream: TcpStream,
@@ -43,13 +46,19 @@ pub(crate) struct Downstream {
 }
 
 impl Downstream {
-    /// Sends a minimal error response with `connection: close`.
+    /// Sends a minimal error response with `connection: close`, giving up after
+    /// [`ERROR_WRITE_TIMEOUT`] (a client that does not read cannot hold the connection).
     pub async fn send_error(&mut self, status: u16, reason: &str) {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         http1::write_error_response(status, reason, &mut out);
-        let (_, out) = io::write_all(&mut self.stream, out).await;
-        self.out = out;
+        let written = monoio::time::timeout(
+            ERROR_WRITE_TIMEOUT,
+            io::write_all(&mut self.stream, out),
+        )
+        .await;
+        // Timed out: the buffer went with the cancelled write; the connection closes.
+        self.out = written.map_or_else(|_| BytesMut::new(), |(_, out)| out);
     }
 }
 
