@@ -52,11 +52,8 @@ impl Downstream {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         http1::write_error_response(status, reason, &mut out);
-        let written = monoio::time::timeout(
-            ERROR_WRITE_TIMEOUT,
-            io::write_all(&mut self.stream, out),
-        )
-        .await;
+        let written =
+            monoio::time::timeout(ERROR_WRITE_TIMEOUT, io::write_all(&mut self.stream, out)).await;
         // Timed out: the buffer went with the cancelled write; the connection closes.
         self.out = written.map_or_else(|_| BytesMut::new(), |(_, out)| out);
     }
