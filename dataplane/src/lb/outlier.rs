@@ -104,7 +104,13 @@ impl OutlierDetector {
         }
     }
 
-    /// The settings.
+    /// New settings (a snapshot changed them), keeping every endpoint's state: they apply
+    /// from the next outcome reported.
+    pub fn set_config(&mut self, config: OutlierConfig) {
+        self.config = config;
+    }
+
+    /// The settings in force.
     pub fn config(&self) -> &OutlierConfig {
         &self.config
     }

@@ -105,7 +105,7 @@ impl LbState {
         rng: &mut impl FnMut() -> u64,
         exclude: &[EndpointId],
     ) -> Option<EndpointId> {
-        if cluster.fingerprint() != self.fingerprint || cluster.len() != self.in_flight.len() {
+        if !self.balances(cluster) {
             *self = Self::new(cluster, self.outlier.config().clone());
         }
         self.outlier.refresh(now);
@@ -161,6 +161,18 @@ impl LbState {
     /// Requests to `id` in flight from this worker.
     pub fn in_flight(&self, id: EndpointId) -> u32 {
         self.in_flight.get(id.index()).map_or(0, Cell::get)
+    }
+
+    /// Takes the outlier settings of a new snapshot, keeping the endpoints' state.
+    pub fn set_outlier_config(&mut self, config: &OutlierConfig) {
+        if self.outlier.config() != config {
+            self.outlier.set_config(config.clone());
+        }
+    }
+
+    /// Whether this state balances `cluster`'s endpoints (as last picked for).
+    pub fn balances(&self, cluster: &ClusterLb) -> bool {
+        cluster.fingerprint() == self.fingerprint && cluster.len() == self.in_flight.len()
     }
 
     /// Feeds a request's outcome to the outlier detector; true if it ejected `id`.

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     http1::{self, Framing, ParseStatus, RequestHead, ResponseHead},
-    lb::{EndpointId, FailureKind, Outcome, hash_ip, hash_key},
+    lb::{EndpointId, FailureKind, LbState, Outcome, hash_ip, hash_key},
     router::{self, RequestView},
     snapshot::{ClusterRt, HashKey, RuntimeConfig},
     telemetry::{AccessRecord, ClusterStats},
@@ -170,7 +170,7 @@ pub(crate) async fn handle(
     let finished = summary.finished.unwrap_or_else(Instant::now);
     let duration = finished.saturating_duration_since(started);
     if let Some(i) = route_idx
-        && let Some(stats) = ctx.balancers.borrow().route_stats.get(i)
+        && let Some(stats) = ctx.balancers.borrow().route_stats_for(cfg, i)
     {
         stats.record(summary.status, duration);
     }
@@ -251,11 +251,14 @@ async fn proxy(
     let cluster_stats = {
         let mut b = ctx.balancers.borrow_mut();
         b.sync(cfg, &ctx.stats, now);
-        if let Some(budget) = b.budget(route_idx) {
+        if let Some(budget) = b.budget_for(cfg, route_idx) {
             budget.record_request(now);
         }
-        b.cluster_stats.get(route.cluster).cloned()
+        b.cluster_stats_for(cfg, route.cluster)
     };
+    // A request of an older snapshot whose cluster now balances other endpoints (or is
+    // gone) picks from state of its own, leaving the current version's alone.
+    let mut detached: Option<LbState> = None;
     let key = match &route.hash_on {
         HashKey::ClientIp => hash_ip(ds.peer.ip()),
         HashKey::Header(h) => head
@@ -332,12 +335,14 @@ async fn proxy(
         };
         let picked = {
             let mut b = ctx.balancers.borrow_mut();
-            let lb = b.lb(route.cluster);
-            lb.and_then(|lb| {
-                let mut rng = || ctx.random();
-                lb.pick_excluding(&cluster.lb, Some(key), now, &mut rng, &tried)
-                    .or_else(|| lb.pick(&cluster.lb, Some(key), now, &mut rng))
-            })
+            let lb = match b.lb_for(cfg, route.cluster) {
+                Some(lb) => lb,
+                None => detached
+                    .get_or_insert_with(|| LbState::new(&cluster.lb, cluster.outlier.clone())),
+            };
+            let mut rng = || ctx.random();
+            lb.pick_excluding(&cluster.lb, Some(key), now, &mut rng, &tried)
+                .or_else(|| lb.pick(&cluster.lb, Some(key), now, &mut rng))
         };
         let Some(id) = picked else {
             ds.send_error(503, "no healthy upstream endpoint").await;
@@ -356,7 +361,9 @@ async fn proxy(
         }
         let in_flight = {
             let mut b = ctx.balancers.borrow_mut();
-            b.lb(route.cluster).map(|lb| lb.start_request(id))
+            b.lb_for(cfg, route.cluster)
+                .or(detached.as_mut())
+                .map(|lb| lb.start_request(id))
         };
         let target = Target {
             cluster,
@@ -386,7 +393,7 @@ async fn proxy(
         };
         {
             let mut b = ctx.balancers.borrow_mut();
-            if let Some(lb) = b.lb(route.cluster)
+            if let Some(lb) = b.lb_for(cfg, route.cluster).or(detached.as_mut())
                 && lb.report(id, outcome, done)
                 && let Some(s) = &cluster_stats
             {
@@ -412,7 +419,7 @@ async fn proxy(
         if retry_allowed {
             let granted = {
                 let mut b = ctx.balancers.borrow_mut();
-                b.budget(route_idx)
+                b.budget_for(cfg, route_idx)
                     .is_some_and(|bud| bud.try_acquire_retry(done))
             };
             if granted {

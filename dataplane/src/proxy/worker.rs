@@ -32,15 +32,17 @@ use crate::{
 
 /// Per-snapshot caches of a worker: balancer state and metric cells, indexed like the
 /// snapshot's clusters and routes (a request finds its cluster's state by index, not by
-/// hashing the name). Rebuilt, keeping state by name, when the version changes.
+/// hashing the name). Rebuilt, keeping state by name, when a newer version arrives; a
+/// request of an older snapshot still in flight finds its cluster's and route's state by
+/// name instead (the `*_for` accessors), never turning the caches back.
 pub(crate) struct Balancers {
     version: u64,
     /// Per cluster of the snapshot: its name and balancer state.
     lbs: Vec<(Arc<str>, LbState)>,
     /// Per route of the snapshot: its name and retry budget.
     budgets: Vec<(Arc<str>, RetryBudget)>,
-    pub route_stats: Vec<Arc<RouteStats>>,
-    pub cluster_stats: Vec<Arc<ClusterStats>>,
+    route_stats: Vec<Arc<RouteStats>>,
+    cluster_stats: Vec<Arc<ClusterStats>>,
 }
 
 impl Balancers {
@@ -54,16 +56,22 @@ impl Balancers {
         }
     }
 
-    /// Brings the caches to `cfg`'s version.
+    /// Brings the caches to `cfg`'s version if it is newer.
     pub fn sync(&mut self, cfg: &RuntimeConfig, stats: &WorkerStats, now: Instant) {
-        if self.version == cfg.version {
+        if cfg.version <= self.version {
             return;
         }
         self.version = cfg.version;
         self.lbs = carry_over(
             std::mem::take(&mut self.lbs),
             cfg.clusters.iter().map(|c| (&c.name, c)),
-            |c, old| old.unwrap_or_else(|| LbState::new(&c.lb, c.outlier.clone())),
+            |c, old| match old {
+                Some(mut lb) => {
+                    lb.set_outlier_config(&c.outlier);
+                    lb
+                }
+                None => LbState::new(&c.lb, c.outlier.clone()),
+            },
         );
         self.budgets = carry_over(
             std::mem::take(&mut self.budgets),
@@ -85,14 +93,53 @@ impl Balancers {
             .collect();
     }
 
-    /// Balancer state of cluster `idx` (after [`Self::sync`]).
-    pub fn lb(&mut self, idx: usize) -> Option<&mut LbState> {
-        self.lbs.get_mut(idx).map(|(_, lb)| lb)
+    /// Where item `idx` of `cfg` is in caches ordered by [`Self::version`]: the same place
+    /// when `cfg` is that version, else found by `name`.
+    fn place<T>(
+        &self,
+        cfg: &RuntimeConfig,
+        idx: usize,
+        items: &[(Arc<str>, T)],
+        name: &str,
+    ) -> Option<usize> {
+        if cfg.version == self.version {
+            Some(idx).filter(|&i| i < items.len())
+        } else {
+            items.iter().position(|(n, _)| &**n == name)
+        }
     }
 
-    /// Retry budget of route `idx`.
-    pub fn budget(&mut self, idx: usize) -> Option<&mut RetryBudget> {
-        self.budgets.get_mut(idx).map(|(_, b)| b)
+    /// Balancer state of cluster `idx` of `cfg` (after [`Self::sync`]). `None` for a
+    /// request of an older snapshot whose cluster is gone or now balances other endpoints:
+    /// its picks must not reset the state the current version built.
+    pub fn lb_for(&mut self, cfg: &RuntimeConfig, idx: usize) -> Option<&mut LbState> {
+        let cluster = cfg.clusters.get(idx)?;
+        let at = self.place(cfg, idx, &self.lbs, &cluster.name)?;
+        let lb = &mut self.lbs[at].1;
+        (cfg.version == self.version || lb.balances(&cluster.lb)).then_some(lb)
+    }
+
+    /// Retry budget of route `idx` of `cfg`.
+    pub fn budget_for(&mut self, cfg: &RuntimeConfig, idx: usize) -> Option<&mut RetryBudget> {
+        let route = cfg.routes.get(idx)?;
+        let at = self.place(cfg, idx, &self.budgets, &route.name)?;
+        Some(&mut self.budgets[at].1)
+    }
+
+    /// Metric cells of route `idx` of `cfg` (those of the route of that name when `cfg` is
+    /// older than the caches).
+    pub fn route_stats_for(&self, cfg: &RuntimeConfig, idx: usize) -> Option<&Arc<RouteStats>> {
+        let route = cfg.routes.get(idx)?;
+        // Routes are in the same order in `budgets` and `route_stats`.
+        let at = self.place(cfg, idx, &self.budgets, &route.name)?;
+        self.route_stats.get(at)
+    }
+
+    /// Metric cells of cluster `idx` of `cfg`.
+    pub fn cluster_stats_for(&self, cfg: &RuntimeConfig, idx: usize) -> Option<Arc<ClusterStats>> {
+        let cluster = cfg.clusters.get(idx)?;
+        let at = self.place(cfg, idx, &self.lbs, &cluster.name)?;
+        self.cluster_stats.get(at).cloned()
     }
 }
 
@@ -594,7 +641,7 @@ pub(crate) fn context(
 mod tests {
     use super::*;
     use crate::{
-        lb::test_util::strategies,
+        lb::{EndpointId, FailureKind, Outcome, test_util::strategies},
         snapshot::SnapshotVerifier,
         telemetry::{AccessLog, Metrics},
     };
@@ -611,6 +658,120 @@ mod tests {
         });
         let got: Vec<(&str, u32)> = new.iter().map(|(n, v)| (&**n, *v)).collect();
         assert_eq!(got, [("c", 30), ("b", 102), ("a", 101)]);
+    }
+
+    /// A snapshot with clusters `names` (one endpoint each, 127.0.0.1:`port`+i, outlier
+    /// ejection after `failures` consecutive failures) and a route to each, in that order.
+    fn config(version: u64, names: &[&str], failures: u32, port: usize) -> RuntimeConfig {
+        use omnirelay_proto::v1;
+        let s = v1::Snapshot {
+            version,
+            clusters: names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| v1::Cluster {
+                    name: (*n).into(),
+                    endpoints: vec![v1::Endpoint {
+                        address: format!("127.0.0.1:{}", port + i),
+                        weight: 1,
+                    }],
+                    outlier: Some(v1::OutlierDetection {
+                        consecutive_failures: failures,
+                        max_ejection_percent: 100,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            routes: names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| v1::Route {
+                    name: format!("to-{n}"),
+                    cluster_index: i as u32,
+                    ..Default::default()
+                })
+                .collect(),
+            listeners: vec![v1::Listener {
+                name: "l".into(),
+                address: "127.0.0.1:1".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        RuntimeConfig::build(&s, &strategies()).unwrap()
+    }
+
+    /// A request of an older snapshot in flight across a swap works on its own cluster's
+    /// and route's state (found by name), does not turn the caches back to its version,
+    /// and cannot reset state of the current version that balances other endpoints.
+    #[test]
+    fn a_request_of_an_older_snapshot_uses_its_clusters_state_by_name() {
+        let metrics = Metrics::default();
+        let stats = metrics.add_worker();
+        let now = Instant::now();
+        let v1 = config(1, &["x", "y"], 1, 1000);
+        // v2 puts a new cluster first: x and y move, their endpoints stay.
+        let v2 = config(2, &["z", "x", "y"], 1, 999);
+        let mut b = Balancers::new();
+        b.sync(&v1, &stats, now);
+        b.sync(&v2, &stats, now);
+        b.sync(&v1, &stats, now);
+        assert_eq!(b.version, 2, "an older snapshot turned the caches back");
+
+        // v1's cluster 0 is x: its failure ejects x's endpoint, not z's.
+        let x = EndpointId::new(0);
+        let lb = b.lb_for(&v1, 0).unwrap();
+        assert!(lb.report(x, Outcome::Failure(FailureKind::Timeout), now));
+        assert_eq!(
+            b.lb_for(&v2, 1)
+                .unwrap()
+                .outlier()
+                .stats()
+                .currently_ejected,
+            1
+        );
+        assert_eq!(
+            b.lb_for(&v2, 0)
+                .unwrap()
+                .outlier()
+                .stats()
+                .currently_ejected,
+            0
+        );
+        // Route and cluster cells by name too.
+        let route = b.route_stats_for(&v1, 0).unwrap();
+        assert!(Arc::ptr_eq(route, b.route_stats_for(&v2, 1).unwrap()));
+        let cluster = b.cluster_stats_for(&v1, 1).unwrap();
+        assert!(Arc::ptr_eq(&cluster, &b.cluster_stats_for(&v2, 2).unwrap()));
+
+        // v3 gives every cluster other endpoints: once a v3 request has picked from y's
+        // state, a v2 request to y gets none to share (its picks would reset it).
+        let v3 = config(3, &["z", "x", "y"], 1, 2000);
+        b.sync(&v3, &stats, now);
+        let y3 = b.lb_for(&v3, 2).unwrap();
+        assert!(y3.pick(&v3.clusters[2].lb, None, now, &mut || 7).is_some());
+        assert!(b.lb_for(&v2, 2).is_none());
+        assert!(b.lb_for(&v3, 2).unwrap().balances(&v3.clusters[2].lb));
+    }
+
+    /// New outlier settings apply to a cluster that keeps its name (its state kept).
+    #[test]
+    fn a_new_snapshot_s_outlier_settings_apply_to_an_existing_cluster() {
+        let metrics = Metrics::default();
+        let stats = metrics.add_worker();
+        let now = Instant::now();
+        let mut b = Balancers::new();
+        b.sync(&config(1, &["x"], 5, 1000), &stats, now);
+        let v2 = config(2, &["x"], 1, 1000);
+        b.sync(&v2, &stats, now);
+        let lb = b.lb_for(&v2, 0).unwrap();
+        assert_eq!(lb.outlier().config().consecutive_failures, 1);
+        assert!(lb.report(
+            EndpointId::new(0),
+            Outcome::Failure(FailureKind::Timeout),
+            now
+        ));
     }
 
     #[test]
