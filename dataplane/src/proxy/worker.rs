@@ -689,6 +689,7 @@ mod tests {
                 .map(|(i, n)| v1::Route {
                     name: format!("to-{n}"),
                     cluster_index: i as u32,
+                    path: Some(v1::route::Path::Prefix(format!("/{n}"))),
                     ..Default::default()
                 })
                 .collect(),

@@ -129,6 +129,9 @@ pub struct RuntimeConfig {
     pub clusters: Vec<Arc<ClusterRt>>,
 }
 
+/// The most retries a route may ask for (the control plane allows 0 to 10).
+const MAX_RETRIES: u32 = 10;
+
 fn ms(v: u32, default: Duration) -> Duration {
     if v == 0 {
         default
@@ -237,9 +240,15 @@ fn cluster(i: usize, c: &v1::Cluster, strategies: &Strategies) -> Result<Cluster
         .iter()
         .enumerate()
         .map(|(j, e)| {
+            if e.weight == 0 {
+                return Err(invalid(format!(
+                    "clusters[{i}].endpoints[{j}] ({}): weight 0",
+                    c.name
+                )));
+            }
             Ok((
                 addr(&e.address, &format!("clusters[{i}].endpoints[{j}]"))?,
-                e.weight.max(1),
+                e.weight,
             ))
         })
         .collect::<Result<Vec<_>, RejectReason>>()?;
@@ -249,7 +258,12 @@ fn cluster(i: usize, c: &v1::Cluster, strategies: &Strategies) -> Result<Cluster
             c.name
         )));
     }
-    let policy = match c.lb_policy() {
+    let policy = match v1::LbPolicy::try_from(c.lb_policy).map_err(|_| {
+        invalid(format!(
+            "clusters[{i}] ({}): load-balancing policy {} is one this data plane does not know",
+            c.name, c.lb_policy
+        ))
+    })? {
         v1::LbPolicy::Unspecified | v1::LbPolicy::RoundRobin => Policy::RoundRobin,
         v1::LbPolicy::LeastRequest => Policy::LeastRequest,
         v1::LbPolicy::RingHash => Policy::RingHash,
@@ -287,10 +301,18 @@ fn route(i: usize, r: &v1::Route, clusters: usize) -> Result<RouteRt, RejectReas
             r.name
         )));
     }
+    // A match kind missing here is one this data plane does not know (a newer control
+    // plane's): refused, not guessed at (a guess could widen the route).
+    let unknown = |what: &str| {
+        invalid(format!(
+            "routes[{i}] ({}): {what} of a kind this data plane does not know",
+            r.name
+        ))
+    };
     let path = match &r.path {
         Some(v1::route::Path::Exact(p)) => PathMatch::Exact(p.clone()),
         Some(v1::route::Path::Prefix(p)) => PathMatch::Prefix(p.clone()),
-        None => PathMatch::Prefix("/".into()),
+        None => return Err(unknown("a path match")),
     };
     let headers = r
         .headers
@@ -303,16 +325,18 @@ fn route(i: usize, r: &v1::Route, clusters: usize) -> Result<RouteRt, RejectReas
                 Some(v1::header_match::Match::Prefix(v)) => {
                     HeaderCondition::Prefix(v.as_bytes().to_vec())
                 }
-                Some(v1::header_match::Match::Present(_)) | None => HeaderCondition::Present,
+                Some(v1::header_match::Match::Present(_)) => HeaderCondition::Present,
+                None => return Err(unknown("a header match")),
             };
-            (h.name.to_ascii_lowercase(), cond)
+            Ok((h.name.to_ascii_lowercase(), cond))
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     let t = r.timeouts.unwrap_or_default();
     let rp = r.retry.unwrap_or_default();
-    let hash_on = match r.hash_on.as_ref().and_then(|h| h.key.as_ref()) {
-        Some(v1::hash_on::Key::Header(h)) => HashKey::Header(h.to_ascii_lowercase()),
-        _ => HashKey::ClientIp,
+    let hash_on = match r.hash_on.as_ref().map(|h| h.key.as_ref()) {
+        Some(Some(v1::hash_on::Key::Header(h))) => HashKey::Header(h.to_ascii_lowercase()),
+        Some(Some(v1::hash_on::Key::ClientIp(_))) | None => HashKey::ClientIp,
+        Some(None) => return Err(unknown("a hash key")),
     };
     Ok(RouteRt {
         name: r.name.as_str().into(),
@@ -324,7 +348,7 @@ fn route(i: usize, r: &v1::Route, clusters: usize) -> Result<RouteRt, RejectReas
         cluster,
         request_timeout: ms(t.request_ms, DEFAULT_REQUEST_TIMEOUT),
         retry: RetryRt {
-            max_retries: rp.max_retries,
+            max_retries: rp.max_retries.min(MAX_RETRIES),
             budget: RetryBudgetConfig {
                 budget_percent: rp.budget_percent,
                 min_retries_per_second: rp.min_retries_per_second,
@@ -350,6 +374,76 @@ mod tests {
 
     use super::{DEFAULT_CLIENT_HEAD_TIMEOUT, DEFAULT_CLIENT_IDLE_TIMEOUT, RuntimeConfig};
     use crate::lb::test_util::strategies;
+
+    /// One listener, one route (prefix `/`) to one cluster of one endpoint.
+    fn minimal() -> v1::Snapshot {
+        v1::Snapshot {
+            version: 1,
+            listeners: vec![v1::Listener {
+                name: "l".into(),
+                address: "127.0.0.1:1".into(),
+                ..Default::default()
+            }],
+            routes: vec![v1::Route {
+                name: "r".into(),
+                path: Some(v1::route::Path::Prefix("/".into())),
+                ..Default::default()
+            }],
+            clusters: vec![v1::Cluster {
+                name: "c".into(),
+                endpoints: vec![v1::Endpoint {
+                    address: "127.0.0.1:2".into(),
+                    weight: 1,
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// The error `edit` of [`minimal`] is refused with.
+    fn refused(edit: impl FnOnce(&mut v1::Snapshot)) -> String {
+        let mut s = minimal();
+        edit(&mut s);
+        match RuntimeConfig::build(&s, &strategies()) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// What a newer control plane may send that this data plane cannot read (a match or
+    /// policy kind it does not know arrives as none, or as a number out of range) is
+    /// refused with the field named, not read as something wider.
+    #[test]
+    fn unknown_kinds_and_zero_weights_are_refused_not_guessed_at() {
+        assert!(RuntimeConfig::build(&minimal(), &strategies()).is_ok());
+        let e = refused(|s| s.routes[0].path = None);
+        assert!(e.contains("routes[0] (r): a path match"), "{e}");
+        let e = refused(|s| {
+            s.routes[0].headers = vec![v1::HeaderMatch {
+                name: "x".into(),
+                r#match: None,
+            }]
+        });
+        assert!(e.contains("routes[0] (r): a header match"), "{e}");
+        let e = refused(|s| s.routes[0].hash_on = Some(v1::HashOn { key: None }));
+        assert!(e.contains("routes[0] (r): a hash key"), "{e}");
+        let e = refused(|s| s.clusters[0].lb_policy = 99);
+        assert!(e.contains("clusters[0] (c): load-balancing policy 99"), "{e}");
+        let e = refused(|s| s.clusters[0].endpoints[0].weight = 0);
+        assert!(e.contains("clusters[0].endpoints[0] (c): weight 0"), "{e}");
+    }
+
+    #[test]
+    fn retries_are_capped_at_the_control_planes_limit() {
+        let mut s = minimal();
+        s.routes[0].retry = Some(v1::RetryPolicy {
+            max_retries: u32::MAX,
+            ..Default::default()
+        });
+        let rt = RuntimeConfig::build(&s, &strategies()).unwrap();
+        assert_eq!(rt.routes[0].retry.max_retries, 10);
+    }
 
     #[test]
     fn client_timeouts_come_from_each_listener_with_defaults_for_zero() {
