@@ -429,7 +429,10 @@ mod tests {
         let e = refused(|s| s.routes[0].hash_on = Some(v1::HashOn { key: None }));
         assert!(e.contains("routes[0] (r): a hash key"), "{e}");
         let e = refused(|s| s.clusters[0].lb_policy = 99);
-        assert!(e.contains("clusters[0] (c): load-balancing policy 99"), "{e}");
+        assert!(
+            e.contains("clusters[0] (c): load-balancing policy 99"),
+            "{e}"
+        );
         let e = refused(|s| s.clusters[0].endpoints[0].weight = 0);
         assert!(e.contains("clusters[0].endpoints[0] (c): weight 0"), "{e}");
     }

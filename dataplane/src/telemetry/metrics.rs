@@ -67,16 +67,23 @@ impl Histogram {
 /// Per-route cells of one worker.
 #[derive(Debug, Default)]
 pub struct RouteStats {
-    /// Responses by status class: 1xx..5xx.
-    pub status: [Counter; 5],
+    /// Responses by status class (1xx..5xx), then requests the client abandoned before
+    /// any response went out (status 0, nginx's 499): see [`STATUS_CLASSES`].
+    pub status: [Counter; STATUS_CLASSES.len()],
     /// Whole-request latency.
     pub latency: Histogram,
 }
 
+/// The `class` label of `omnirelay_requests_total`, by index of [`RouteStats::status`].
+pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "client_closed"];
+
 impl RouteStats {
     /// Records a finished request.
     pub fn record(&self, status: u16, d: Duration) {
-        let class = usize::from((status / 100).clamp(1, 5)) - 1;
+        let class = match status {
+            0 => STATUS_CLASSES.len() - 1,
+            s => usize::from((s / 100).clamp(1, 5)) - 1,
+        };
         self.status[class].add(1);
         self.latency.observe(d);
     }
@@ -200,7 +207,11 @@ impl Metrics {
         );
 
         // Sum route cells across workers.
-        type RouteSum = ([u64; 5], [u64; LATENCY_BUCKETS_US.len() + 1], u64);
+        type RouteSum = (
+            [u64; STATUS_CLASSES.len()],
+            [u64; LATENCY_BUCKETS_US.len() + 1],
+            u64,
+        );
         let mut routes: BTreeMap<(String, String), RouteSum> = BTreeMap::new();
         let mut clusters: BTreeMap<String, ([u64; 7], [u64; LATENCY_BUCKETS_US.len() + 1], u64)> =
             BTreeMap::new();
@@ -233,10 +244,10 @@ impl Metrics {
             for (i, n) in status.iter().enumerate() {
                 let _ = writeln!(
                     out,
-                    "omnirelay_requests_total{{route=\"{}\",cluster=\"{}\",class=\"{}xx\"}} {n}",
+                    "omnirelay_requests_total{{route=\"{}\",cluster=\"{}\",class=\"{}\"}} {n}",
                     esc(route),
                     esc(cluster),
-                    i + 1
+                    STATUS_CLASSES[i]
                 );
             }
         }
@@ -319,6 +330,8 @@ mod tests {
             .record(204, Duration::from_millis(2));
         b.route("api", "backend")
             .record(503, Duration::from_millis(20));
+        b.route("gone", "backend")
+            .record(0, Duration::from_millis(1));
         a.cluster("backend").connect_failures.add(2);
         b.cluster("backend").connect_failures.add(1);
         a.connections_active.store(3, Relaxed);
@@ -331,6 +344,12 @@ mod tests {
         );
         assert!(text.contains(
             "omnirelay_requests_total{route=\"api\",cluster=\"backend\",class=\"5xx\"} 1"
+        ));
+        assert!(text.contains(
+            "omnirelay_requests_total{route=\"gone\",cluster=\"backend\",class=\"1xx\"} 0"
+        ));
+        assert!(text.contains(
+            "omnirelay_requests_total{route=\"gone\",cluster=\"backend\",class=\"client_closed\"} 1"
         ));
         assert!(text.contains("omnirelay_upstream_connect_failures_total{cluster=\"backend\"} 3"));
         assert!(text.contains("omnirelay_worker_connections{worker=\"0\"} 3"));
