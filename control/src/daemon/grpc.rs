@@ -73,7 +73,7 @@ impl ControlPlane for ControlService {
             // so say so instead of streaming nothing.
             tracing::warn!(node = %req.node_id, known_version = req.known_version, latest, "refused a data plane that runs a newer version than this daemon published: the snapshot history in the state dir is not the one it followed");
             return Err(Status::failed_precondition(format!(
-                "the data plane runs snapshot version {}, newer than this control daemon's latest ({latest}): the daemon's snapshot history (state dir) was lost or replaced; restore it, or restart the data plane to follow the new history",
+                "the data plane runs snapshot version {}, newer than this control daemon's latest ({latest}): the daemon's snapshot history (state dir) was lost or replaced; restore it, or restart the data plane (without its snapshot cache, if it keeps one) to follow the new history",
                 req.known_version
             )));
         }
