@@ -104,6 +104,30 @@ impl OutlierDetector {
         }
     }
 
+    /// A detector for `n` endpoints where endpoint `i` keeps the state endpoint `from(i)`
+    /// has here (an endpoint list changed: the endpoints that stay keep their ejections
+    /// and failure counts, new ones start healthy).
+    pub fn remapped(&self, n: usize, from: impl Fn(usize) -> Option<usize>) -> Self {
+        let endpoints: Vec<Health> = (0..n)
+            .map(|i| {
+                from(i)
+                    .and_then(|j| self.endpoints.get(j))
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        let ejected = endpoints.iter().filter_map(|h| h.ejected_until);
+        Self {
+            config: self.config.clone(),
+            next_expiry: ejected.clone().min(),
+            stats: OutlierStats {
+                currently_ejected: ejected.count() as u32,
+                ..self.stats
+            },
+            endpoints,
+        }
+    }
+
     /// New settings (a snapshot changed them), keeping every endpoint's state: they apply
     /// from the next outcome reported.
     pub fn set_config(&mut self, config: OutlierConfig) {

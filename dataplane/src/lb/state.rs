@@ -1,6 +1,8 @@
 //! The per-worker half: picks, in-flight accounting and endpoint health.
 
 use std::cell::Cell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -15,9 +17,10 @@ use super::{EndpointId, least_request};
 /// create it on the worker that uses it. It is tied to the endpoint list of the
 /// [`ClusterLb`] it was built for, identified by [`ClusterLb::fingerprint`]: a later
 /// snapshot with the same endpoints keeps all state, while a pick with a cluster whose
-/// endpoint list differs first resets this state to that cluster (counters, round-robin
-/// position and outlier state start over; guards of the old state keep counting their own,
-/// now unused, counters).
+/// endpoint list differs first resets this state to that cluster (counters and round-robin
+/// position start over, guards of the old state keep counting their own, now unused,
+/// counters; outlier state follows each endpoint that stays, by address, so an ejected
+/// endpoint stays out across endpoint updates, as in Envoy).
 ///
 /// **Eligibility and panic mode.** A pick considers the endpoints not in the caller's
 /// exclusion list and not ejected by the outlier detector. The detector itself never ejects
@@ -29,6 +32,8 @@ use super::{EndpointId, least_request};
 #[derive(Debug)]
 pub struct LbState {
     fingerprint: u64,
+    /// The endpoints' addresses, to carry outlier state over when the list changes.
+    addrs: Box<[SocketAddr]>,
     in_flight: Rc<[Cell<u32>]>,
     wrr: SmoothWrr,
     outlier: OutlierDetector,
@@ -71,6 +76,9 @@ impl LbState {
         let n = cluster.len();
         Self {
             fingerprint: cluster.fingerprint(),
+            addrs: (0..n)
+                .filter_map(|i| cluster.addr(EndpointId::new(i as u32)))
+                .collect(),
             in_flight: (0..n).map(|_| Cell::new(0)).collect(),
             wrr: SmoothWrr::new(n),
             outlier: OutlierDetector::new(outlier, n),
@@ -106,7 +114,19 @@ impl LbState {
         exclude: &[EndpointId],
     ) -> Option<EndpointId> {
         if !self.balances(cluster) {
-            *self = Self::new(cluster, self.outlier.config().clone());
+            // A new endpoint list: the endpoints that stay keep their outlier state (an
+            // ejected one stays out), the rest starts afresh.
+            let old: HashMap<SocketAddr, usize> = self
+                .addrs
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (*a, i))
+                .collect();
+            let outlier = self.outlier.remapped(cluster.len(), |i| {
+                old.get(&cluster.addr(EndpointId::new(i as u32))?).copied()
+            });
+            *self = Self::new(cluster, outlier.config().clone());
+            self.outlier = outlier;
         }
         self.outlier.refresh(now);
         let n = cluster.len();

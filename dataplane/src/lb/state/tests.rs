@@ -177,7 +177,7 @@ fn least_request_sees_the_in_flight_requests_of_this_worker() {
 }
 
 #[test]
-fn state_survives_snapshots_with_the_same_endpoints_and_resets_otherwise() {
+fn state_survives_snapshots_with_the_same_endpoints_and_outlier_state_follows_addresses() {
     let list = endpoints(&[1, 1, 1, 1]);
     let mut h = Harness::new(&[1, 1, 1, 1], Policy::RoundRobin, OutlierConfig::default());
     h.eject(1);
@@ -187,12 +187,25 @@ fn state_survives_snapshots_with_the_same_endpoints_and_resets_otherwise() {
     assert!(h.pick(Some(3), &[]).is_some());
     assert!(h.state.outlier().is_ejected(id(1)));
     assert_eq!(h.state.in_flight(id(0)), 1);
-    // Another endpoint list: fresh state for it.
+    // Another endpoint list (a weight changed): fresh counters, but the endpoints that
+    // stay keep their outlier state (the ejected one stays out).
     h.cluster = cluster_with(&endpoints(&[1, 1, 1, 2]), Policy::RoundRobin);
     assert!(h.pick(None, &[]).is_some());
-    assert!(!h.state.outlier().is_ejected(id(1)));
-    assert_eq!(h.state.outlier().stats().ejections_total, 0);
+    assert!(h.state.outlier().is_ejected(id(1)));
+    assert_eq!(h.state.outlier().stats().currently_ejected, 1);
     assert_eq!(h.state.in_flight(id(0)), 0);
+    // Endpoint 1 (10.0.0.1) gone, the others moved up: its ejection goes with it.
+    let mut list = endpoints(&[1, 1, 1, 2]);
+    list.remove(1);
+    h.cluster = cluster_with(&list, Policy::RoundRobin);
+    assert!(h.pick(None, &[]).is_some());
+    assert_eq!(h.state.outlier().stats().currently_ejected, 0);
+    // Ejected at its new place (10.0.0.2, index 1), it stays ejected back at index 2.
+    h.eject(1);
+    h.cluster = cluster_with(&endpoints(&[1, 1, 1, 2]), Policy::RoundRobin);
+    assert!(h.pick(None, &[]).is_some());
+    assert!(h.state.outlier().is_ejected(id(2)));
+    assert!(!h.state.outlier().is_ejected(id(1)));
     drop(old_guard);
     assert_eq!(h.state.in_flight(id(0)), 0);
     h.state.on_request_start(id(0));
