@@ -4,7 +4,7 @@
 //!
 //! SIGTERM or SIGINT drains it: no new connections, idle ones closed, open requests
 //! answered (with `connection: close`), then it exits, after `--drain-timeout` at most; a
-//! second signal exits at once.
+//! second signal exits at once. SIGUSR1 reopens the access log file; SIGHUP is ignored.
 //!
 //! This file is the one place the data plane names provider crates ([`providers`]); the
 //! library only knows their contracts.
@@ -12,7 +12,7 @@
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, mpsc},
+    sync::{Arc, OnceLock, mpsc},
     time::{Duration, Instant},
 };
 
@@ -103,15 +103,22 @@ fn providers() -> Strategies {
 }
 
 fn main() -> anyhow::Result<()> {
-    // Blocked before any thread starts (each inherits the mask), so that only
-    // `stop_signals` below receives them.
-    let mut stopping = SigSet::empty();
-    stopping.add(Signal::SIGTERM);
-    stopping.add(Signal::SIGINT);
-    stopping
+    // Blocked before any thread starts (each inherits the mask), so that only the signal
+    // thread of `handle_signals` receives them.
+    let mut handled = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGUSR1,
+        Signal::SIGHUP,
+    ] {
+        handled.add(s);
+    }
+    handled
         .thread_block()
-        .context("blocking SIGTERM and SIGINT")?;
-    let signals = stop_signals(stopping)?;
+        .context("blocking SIGTERM, SIGINT, SIGUSR1 and SIGHUP")?;
+    let log_slot: Arc<OnceLock<AccessLog>> = Arc::default();
+    let signals = handle_signals(handled, Arc::clone(&log_slot))?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -181,20 +188,11 @@ fn main() -> anyhow::Result<()> {
     let access_log = match cli.access_log.as_str() {
         "off" => AccessLog::disabled(Arc::clone(&metrics)),
         "-" => AccessLog::start(Box::new(std::io::stdout()), 8192, Arc::clone(&metrics))?,
-        path => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("opening access log {path}"))?;
-            AccessLog::start(
-                Box::new(std::io::BufWriter::new(file)),
-                8192,
-                Arc::clone(&metrics),
-            )?
-        }
+        path => AccessLog::start_file(path.into(), 8192, Arc::clone(&metrics))
+            .with_context(|| format!("opening access log {path}"))?,
     };
     let log_handle = access_log.clone();
+    let _ = log_slot.set(access_log.clone());
     let mut opts = ProxyOptions {
         steering: cli.steering_pin_dir.clone(),
         ..ProxyOptions::default()
@@ -268,15 +266,33 @@ fn stop(
     }
 }
 
-/// A thread that receives the (blocked) `signals` and hands them over in order.
-fn stop_signals(signals: SigSet) -> anyhow::Result<mpsc::Receiver<Signal>> {
+/// A thread that receives the (blocked) `signals`: SIGUSR1 reopens the access log file
+/// (after a rotation, as nginx does), SIGHUP is logged and ignored (the configuration
+/// comes from the control plane), and the stop signals are handed over in order.
+fn handle_signals(
+    signals: SigSet,
+    log: Arc<OnceLock<AccessLog>>,
+) -> anyhow::Result<mpsc::Receiver<Signal>> {
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             while let Ok(signal) = signals.wait() {
-                if tx.send(signal).is_err() {
-                    return;
+                match signal {
+                    Signal::SIGUSR1 => {
+                        if let Some(log) = log.get() {
+                            log.reopen();
+                        }
+                        tracing::info!("SIGUSR1: the access log file is reopened before its next line");
+                    }
+                    Signal::SIGHUP => tracing::info!(
+                        "SIGHUP ignored: the data plane's configuration comes from the control plane"
+                    ),
+                    stop => {
+                        if tx.send(stop).is_err() {
+                            return;
+                        }
+                    }
                 }
             }
         })

@@ -200,3 +200,42 @@ fn health_checks_fail_before_the_listeners_close() {
     let status = stack.dataplane.wait_exit(Duration::from_secs(5));
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
+
+/// After a log rotation renames the access log, SIGUSR1 has the data plane write to a new
+/// file at the path (as nginx does); SIGHUP neither stops it nor loses anything.
+#[test]
+fn sigusr1_reopens_the_access_log_and_sighup_is_ignored() {
+    require_caps!(Capability::Program("nginx"), Capability::Program("curl"));
+    let stack = Stack::start();
+    let log = stack.dir.path().join("access.log");
+    let rotated = stack.dir.path().join("access.log.1");
+    assert_eq!(common::get(&stack.url("/whofirst")).0, 200);
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("/whofirst"))
+    }));
+    std::fs::rename(&log, &rotated).unwrap();
+    stack.dataplane.signal(Signal::SIGUSR1);
+    assert!(
+        stack
+            .dataplane
+            .wait_for_log("SIGUSR1", Duration::from_secs(5))
+    );
+    stack.dataplane.signal(Signal::SIGHUP);
+    assert!(
+        stack
+            .dataplane
+            .wait_for_log("SIGHUP ignored", Duration::from_secs(5))
+    );
+    assert_eq!(common::get(&stack.url("/whosecond")).0, 200);
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("/whosecond"))
+        }),
+        "no new access log at the path"
+    );
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(
+        old.contains("/whofirst") && !old.contains("/whosecond"),
+        "{old}"
+    );
+}

@@ -4,7 +4,12 @@
 
 use std::{
     io::Write,
-    sync::{Arc, Mutex, atomic::Ordering, mpsc},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -110,6 +115,62 @@ pub struct AccessLog {
     metrics: Arc<Metrics>,
     /// The writer thread, shared by every clone (see [`AccessLog::close`]).
     writer: Option<Arc<Mutex<Option<JoinHandle<()>>>>>,
+    /// Asks the writer to open its file again (see [`AccessLog::reopen`]).
+    reopen: Option<Arc<AtomicBool>>,
+}
+
+/// Where the writer writes.
+enum Sink {
+    /// A stream given at start (stdout, a test's buffer).
+    Fixed(Box<dyn Write + Send>),
+    /// A file, buffered, that can be opened again by path.
+    File {
+        path: PathBuf,
+        file: std::io::BufWriter<std::fs::File>,
+    },
+}
+
+fn open_append(path: &Path) -> std::io::Result<std::io::BufWriter<std::fs::File>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    Ok(std::io::BufWriter::new(file))
+}
+
+impl Sink {
+    /// Opens the file again (a rotation renamed the old one); on failure, keeps writing
+    /// to the one it has.
+    fn reopen(&mut self) {
+        if let Sink::File { path, file } = self {
+            let _ = file.flush();
+            match open_append(path) {
+                Ok(f) => {
+                    *file = f;
+                    tracing::info!(path = %path.display(), "access log reopened");
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "access log not reopened; still writing to the file it had");
+                }
+            }
+        }
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::Fixed(w) => w.write(buf),
+            Sink::File { file, .. } => file.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Fixed(w) => w.flush(),
+            Sink::File { file, .. } => file.flush(),
+        }
+    }
 }
 
 impl AccessLog {
@@ -119,20 +180,41 @@ impl AccessLog {
             tx: None,
             metrics,
             writer: None,
+            reopen: None,
         }
     }
 
-    /// Starts the writer thread; `capacity` records may wait before new ones are dropped.
+    /// Starts the writer thread on `sink`; `capacity` records may wait before new ones are
+    /// dropped.
     pub fn start(
-        mut sink: Box<dyn Write + Send>,
+        sink: Box<dyn Write + Send>,
         capacity: usize,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
+        Self::spawn(Sink::Fixed(sink), capacity, metrics)
+    }
+
+    /// Starts the writer thread appending to the file at `path`, opened again after
+    /// [`AccessLog::reopen`] (a log rotation renamed it).
+    pub fn start_file(
+        path: PathBuf,
+        capacity: usize,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        let file = open_append(&path)?;
+        Self::spawn(Sink::File { path, file }, capacity, metrics)
+    }
+
+    fn spawn(mut sink: Sink, capacity: usize, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::sync_channel::<Option<AccessRecord>>(capacity);
+        let reopen = Arc::new(AtomicBool::new(false));
+        let (reopen_rx, dropped) = (Arc::clone(&reopen), Arc::clone(&metrics));
         let writer = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
                 let mut pending = 0usize;
+                // Set while writes fail: the failure is logged once, not per line.
+                let mut failing = false;
                 loop {
                     // Flush when the channel is idle, not per line.
                     let message = if pending > 0 {
@@ -147,14 +229,29 @@ impl AccessLog {
                             Err(_) => break,
                         }
                     };
+                    if reopen_rx.swap(false, Ordering::AcqRel) {
+                        sink.reopen();
+                    }
                     match message {
                         Some(Some(r)) => {
                             let mut line = r.to_json();
                             line.push('\n');
-                            if sink.write_all(line.as_bytes()).is_err() {
-                                break;
+                            match sink.write_all(line.as_bytes()) {
+                                Ok(()) => {
+                                    if failing {
+                                        tracing::info!("access log writes succeed again");
+                                    }
+                                    failing = false;
+                                    pending += 1;
+                                }
+                                Err(e) => {
+                                    if !failing {
+                                        tracing::error!(error = %e, "access log write failed; lines are dropped (and counted) until writes succeed");
+                                    }
+                                    failing = true;
+                                    dropped.access_log_dropped.fetch_add(1, Ordering::Relaxed);
+                                }
                             }
-                            pending += 1;
                         }
                         Some(None) => break,
                         None => {
@@ -169,7 +266,16 @@ impl AccessLog {
             tx: Some(tx),
             metrics,
             writer: Some(Arc::new(Mutex::new(Some(writer)))),
+            reopen: Some(reopen),
         })
+    }
+
+    /// Has the writer open its file again before its next line (SIGUSR1, after a log
+    /// rotation); nothing for a log on stdout.
+    pub fn reopen(&self) {
+        if let Some(r) = &self.reopen {
+            r.store(true, Ordering::Release);
+        }
     }
 
     /// Has the writer write every record handed over so far, flush and end, waiting up
@@ -298,5 +404,46 @@ mod tests {
             50,
             "every record written or counted"
         );
+    }
+
+    /// A sink whose writes fail while `broken` is set (a full disk).
+    struct Flaky(Arc<AtomicBool>, Arc<std::sync::Mutex<Vec<u8>>>);
+    impl Write for Flaky {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if self.0.load(Ordering::Relaxed) {
+                return Err(std::io::Error::other("no space left"));
+            }
+            self.1.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A failed write drops (and counts) its line; the writer goes on with the next.
+    #[test]
+    fn a_failed_write_costs_its_line_not_the_log() {
+        let metrics = Arc::new(Metrics::default());
+        let broken = Arc::new(AtomicBool::new(true));
+        let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = AccessLog::start(
+            Box::new(Flaky(Arc::clone(&broken), Arc::clone(&out))),
+            16,
+            Arc::clone(&metrics),
+        )
+        .unwrap();
+        log.log(record("lost"));
+        let until = Instant::now() + Duration::from_secs(5);
+        while metrics.access_log_dropped.load(Ordering::Relaxed) == 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(metrics.access_log_dropped.load(Ordering::Relaxed), 1);
+        broken.store(false, Ordering::Relaxed);
+        log.log(record("kept"));
+        assert!(log.close(Duration::from_secs(5)));
+        let written = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        assert!(written.contains("\"request_id\":\"kept\""), "{written}");
+        assert!(!written.contains("lost"), "{written}");
     }
 }
