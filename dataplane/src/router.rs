@@ -11,12 +11,16 @@ pub enum HostMatch {
 }
 
 impl HostMatch {
-    /// Parses a config host (`api.example.com` or `*.example.com`).
+    /// Parses a config host (`api.example.com` or `*.example.com`), normalized as request
+    /// hosts are ([`normalize_host`]: lowercase, no trailing dot). A `*` not followed by a
+    /// dot is part of the name (it matches nothing real), not a wildcard: `*foo.com` must
+    /// not match `evilfoo.com`.
     pub fn parse(host: &str) -> Self {
         let host = host.to_ascii_lowercase();
-        match host.strip_prefix('*') {
+        let host = host.trim_end_matches('.');
+        match host.strip_prefix('*').filter(|s| s.starts_with('.')) {
             Some(suffix) => HostMatch::Suffix(suffix.to_owned()),
-            None => HostMatch::Exact(host),
+            None => HostMatch::Exact(host.to_owned()),
         }
     }
 
@@ -233,6 +237,25 @@ mod tests {
             "exact path"
         );
         assert_eq!(pick(&req(None, "/health"), &all), None, "host required");
+    }
+
+    #[test]
+    fn config_hosts_are_normalized_like_request_hosts() {
+        let host = |h: &str, config: &str| {
+            let m = RouteMatcher {
+                hosts: vec![HostMatch::parse(config)],
+                path: PathMatch::Prefix("/".into()),
+                headers: vec![],
+            };
+            let r = req(Some(Box::leak(h.to_owned().into_boxed_str())), "/");
+            let host = r.host().and_then(normalize_host);
+            m.matches(&r, host.as_deref())
+        };
+        assert!(host("example.com", "Example.COM."), "a trailing dot");
+        assert!(host("a.example.com", "*.example.com."));
+        // A `*` without a dot after it is no wildcard.
+        assert!(!host("evilfoo.com", "*foo.com"));
+        assert!(!host("a.foo.com", "*foo.com"));
     }
 
     #[test]
