@@ -3,7 +3,12 @@
 //! exponential backoff and jitter; while the control daemon is away the last good snapshot
 //! keeps serving.
 
-use std::{path::PathBuf, sync::Arc, thread::JoinHandle, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    thread::JoinHandle,
+    time::Duration,
+};
 
 use omnirelay_proto::v1::{self, WatchRequest, control_plane_client::ControlPlaneClient};
 use prost::Message as _;
@@ -30,6 +35,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a ping may go unanswered before the connection counts as dead.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A subscription that lasted this long resets the reconnect backoff when it ends.
+const HEALTHY_SUBSCRIPTION: Duration = Duration::from_secs(10);
 
 /// Starts the client thread; it runs for the life of the process.
 pub fn spawn_control_client(
@@ -65,12 +72,16 @@ async fn run(client: ControlClient, holder: Arc<SnapshotHolder>) {
     let mut rng = SplitMix64::new(seed);
     let mut attempt = 0u32;
     loop {
-        match watch_once(&client, &holder).await {
-            Ok(received) => {
+        let started = std::time::Instant::now();
+        let outcome = watch_once(&client, &holder).await;
+        // A subscription that delivered snapshots or held for a while was a working one:
+        // the next reconnect starts from the shortest delay again.
+        if matches!(outcome, Ok(true)) || started.elapsed() >= HEALTHY_SUBSCRIPTION {
+            attempt = 0;
+        }
+        match outcome {
+            Ok(_) => {
                 tracing::warn!(endpoint = %client.endpoint, "control stream ended; reconnecting");
-                if received {
-                    attempt = 0;
-                }
             }
             Err(WatchError::Unreachable(e)) => tracing::warn!(
                 endpoint = %client.endpoint,
@@ -100,7 +111,10 @@ enum WatchError {
 }
 
 /// One subscription; returns whether any message arrived.
-async fn watch_once(client: &ControlClient, holder: &SnapshotHolder) -> Result<bool, WatchError> {
+async fn watch_once(
+    client: &ControlClient,
+    holder: &Arc<SnapshotHolder>,
+) -> Result<bool, WatchError> {
     let endpoint = tonic::transport::Endpoint::from_shared(client.endpoint.clone())
         .map_err(|e| WatchError::Unreachable(format!("bad endpoint {:?}: {e}", client.endpoint)))?
         .connect_timeout(CONNECT_TIMEOUT)
@@ -139,12 +153,14 @@ async fn watch_once(client: &ControlClient, holder: &SnapshotHolder) -> Result<b
         match stream.message().await {
             Ok(Some(signed)) => {
                 received = true;
-                // Rejections are counted and logged by the holder; the stream goes on and
-                // the last good snapshot keeps serving.
-                if let (Ok(version), Some(path)) = (holder.apply_signed(&signed), &client.cache)
-                    && let Err(e) = save_snapshot(path, &signed)
-                {
-                    tracing::warn!(version, path = %path.display(), error = %e, "could not keep the snapshot in the cache; a restart without the control plane would start from an older one");
+                // Off the runtime: building a large snapshot's tables and syncing the cache
+                // file must not hold up the connection's pings.
+                let (holder, cache) = (Arc::clone(holder), client.cache.clone());
+                let applied = tokio::task::spawn_blocking(move || {
+                    apply_and_keep(&holder, &signed, cache.as_deref());
+                });
+                if let Err(e) = applied.await {
+                    tracing::error!(error = %e, "applying a snapshot panicked");
                 }
             }
             Ok(None) => return Ok(received),
@@ -155,8 +171,19 @@ async fn watch_once(client: &ControlClient, holder: &SnapshotHolder) -> Result<b
     }
 }
 
+/// Applies `signed` (rejections are counted and logged by the holder; the last good
+/// snapshot keeps serving) and keeps it in `cache` when it was applied.
+fn apply_and_keep(holder: &SnapshotHolder, signed: &v1::SignedSnapshot, cache: Option<&Path>) {
+    if let (Ok(version), Some(path)) = (holder.apply_signed(signed), cache)
+        && let Err(e) = save_snapshot(path, signed)
+    {
+        tracing::warn!(version, path = %path.display(), error = %e, "could not keep the snapshot in the cache; a restart without the control plane would start from an older one");
+    }
+}
+
 /// Writes `signed` to `path` whole (a temporary file beside it, synced, then renamed over
-/// it, mode 0600): a crash mid-write leaves the previous snapshot, never half of one.
+/// it, mode 0600, and the directory synced): a crash mid-write leaves the previous
+/// snapshot, never half of one.
 pub fn save_snapshot(path: &std::path::Path, signed: &v1::SignedSnapshot) -> std::io::Result<()> {
     use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
     let mut tmp = path.as_os_str().to_owned();
@@ -170,5 +197,10 @@ pub fn save_snapshot(path: &std::path::Path, signed: &v1::SignedSnapshot) -> std
         .open(&tmp)?;
     file.write_all(&signed.encode_to_vec())?;
     file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    // The rename itself made durable: the directory entry.
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
 }
