@@ -147,6 +147,7 @@ pub(crate) async fn handle(
     );
     let summary = match route_idx {
         None => {
+            ctx.stats.unrouted.fetch_add(1, Relaxed);
             ds.send_error(404, "no route matches this request").await;
             Summary::local(404)
         }

@@ -119,6 +119,8 @@ pub struct WorkerStats {
     pub connections_total: AtomicU64,
     /// Requests rejected before routing (bad HTTP).
     pub bad_requests: AtomicU64,
+    /// Requests no route matched (answered 404).
+    pub unrouted: AtomicU64,
     routes: Mutex<BTreeMap<(String, String), Arc<RouteStats>>>,
     clusters: Mutex<BTreeMap<String, Arc<ClusterStats>>>,
 }
@@ -192,11 +194,13 @@ impl Metrics {
                 w.connections_active.load(Relaxed)
             );
         }
-        out.push_str("# TYPE omnirelay_worker_connections_total counter\n");
+        // Not `omnirelay_worker_connections_total`: OpenMetrics would read that as the
+        // gauge above's family.
+        out.push_str("# TYPE omnirelay_worker_connections_accepted_total counter\n");
         for (i, w) in workers.iter().enumerate() {
             let _ = writeln!(
                 out,
-                "omnirelay_worker_connections_total{{worker=\"{i}\"}} {}",
+                "omnirelay_worker_connections_accepted_total{{worker=\"{i}\"}} {}",
                 w.connections_total.load(Relaxed)
             );
         }
@@ -204,6 +208,11 @@ impl Metrics {
         let _ = writeln!(
             out,
             "# TYPE omnirelay_bad_requests_total counter\nomnirelay_bad_requests_total {bad}"
+        );
+        let unrouted: u64 = workers.iter().map(|w| w.unrouted.load(Relaxed)).sum();
+        let _ = writeln!(
+            out,
+            "# TYPE omnirelay_requests_unrouted_total counter\nomnirelay_requests_unrouted_total {unrouted}"
         );
 
         // Sum route cells across workers.
@@ -335,6 +344,8 @@ mod tests {
         a.cluster("backend").connect_failures.add(2);
         b.cluster("backend").connect_failures.add(1);
         a.connections_active.store(3, Relaxed);
+        a.unrouted.fetch_add(2, Relaxed);
+        b.unrouted.fetch_add(1, Relaxed);
         let text = m.render("");
         assert!(
             text.contains(
@@ -353,6 +364,7 @@ mod tests {
         ));
         assert!(text.contains("omnirelay_upstream_connect_failures_total{cluster=\"backend\"} 3"));
         assert!(text.contains("omnirelay_worker_connections{worker=\"0\"} 3"));
+        assert!(text.contains("omnirelay_requests_unrouted_total 3"));
         assert!(text.contains("omnirelay_request_duration_seconds_bucket{route=\"api\",cluster=\"backend\",le=\"0.0005\"} 1"));
         assert!(text.contains("omnirelay_request_duration_seconds_bucket{route=\"api\",cluster=\"backend\",le=\"0.0025\"} 2"));
         assert!(text.contains(
