@@ -517,6 +517,7 @@ fn unmatched_requests_get_404_and_dead_upstreams_503() {
     let (code, body) = get(&stack.url("/x"));
     assert_eq!(code, 404, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("no route"));
+    assert_eq!(stack.dp_metric("omnirelay_requests_unrouted_total"), Some(1.0));
 
     let (code, body) = get(&stack.url("/api/x"));
     assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
