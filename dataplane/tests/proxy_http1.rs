@@ -437,6 +437,23 @@ fn early_hints_from_the_upstream_reach_an_http11_client() {
     assert!(!text.contains(" 103 "), "{text}");
 }
 
+/// An absolute-form target (what a client sends to a proxy it knows as one): routed by its
+/// path, and sent upstream in origin-form with its authority as the Host (RFC 9112
+/// §3.2.2), not the client's Host field.
+#[test]
+fn an_absolute_form_target_is_routed_by_its_path_and_names_its_authority() {
+    require_caps!(Capability::Program("nginx"));
+    let stack = Stack::start();
+    let mut conn = std::net::TcpStream::connect(stack.proxy()).unwrap();
+    let text = exchange(
+        &mut conn,
+        "GET http://t.example/headers HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n",
+        |got| got.ends_with(b"\n") && got.windows(4).any(|w| w == b"\r\n\r\n"),
+    );
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\r\n\r\nhost=t.example|"), "{text}");
+}
+
 #[test]
 fn forwarding_headers_request_id_and_hop_by_hop_handling() {
     require_caps!(Capability::Program("nginx"), Capability::Program("curl"));
@@ -517,7 +534,10 @@ fn unmatched_requests_get_404_and_dead_upstreams_503() {
     let (code, body) = get(&stack.url("/x"));
     assert_eq!(code, 404, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("no route"));
-    assert_eq!(stack.dp_metric("omnirelay_requests_unrouted_total"), Some(1.0));
+    assert_eq!(
+        stack.dp_metric("omnirelay_requests_unrouted_total"),
+        Some(1.0)
+    );
 
     let (code, body) = get(&stack.url("/api/x"));
     assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));

@@ -66,7 +66,16 @@ impl RequestHead {
             0 | 1 => {}
             _ => return Err(Http1Error::DuplicateHost),
         }
-        if head.host().is_some_and(|h| !valid_host(h)) {
+        // The Host field is checked also when an absolute-form authority replaces it.
+        let host_field = head.headers.get("host");
+        if host_field.is_some_and(|h| !valid_host(h)) {
+            return Err(Http1Error::InvalidHost);
+        }
+        // An http(s) URI must name a host (RFC 9110 §4.2.1).
+        if head
+            .authority()
+            .is_some_and(|a| a.is_empty() || !valid_host(a.as_bytes()))
+        {
             return Err(Http1Error::InvalidHost);
         }
         Ok(ParseStatus::Complete {
@@ -86,15 +95,48 @@ impl RequestHead {
         self.str_at(self.target)
     }
 
-    /// The target up to the first `?` (the path, for origin-form targets).
-    pub fn path(&self) -> &str {
+    /// An absolute-form target's parts (`http://authority/path?query`, RFC 9112 §3.2.2):
+    /// the authority and the rest, which may be empty or start with `?`.
+    fn absolute_parts(&self) -> Option<(&str, &str)> {
         let target = self.target();
-        target.split_once('?').map_or(target, |(path, _)| path)
+        let rest = ["http://", "https://"].iter().find_map(|scheme| {
+            let head = target.get(..scheme.len())?;
+            head.eq_ignore_ascii_case(scheme)
+                .then(|| &target[scheme.len()..])
+        })?;
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        Some(rest.split_at(end))
+    }
+
+    /// The authority of an absolute-form target (`a.example:8080` of
+    /// `http://a.example:8080/x`); `None` for the other forms.
+    pub fn authority(&self) -> Option<&str> {
+        self.absolute_parts().map(|(authority, _)| authority)
+    }
+
+    /// The target in origin-form: as sent, or the path and query of an absolute-form
+    /// target (empty, or starting with `?`, when it has no path: [`RequestHead::path`]
+    /// reads that as `/`).
+    pub fn origin_target(&self) -> &str {
+        self.absolute_parts()
+            .map_or(self.target(), |(_, rest)| rest)
+    }
+
+    /// The path: the origin-form target up to the first `?` (`/` for an absolute-form
+    /// target without a path).
+    pub fn path(&self) -> &str {
+        let target = self.origin_target();
+        let path = target.split_once('?').map_or(target, |(path, _)| path);
+        if path.is_empty() && self.authority().is_some() {
+            "/"
+        } else {
+            path
+        }
     }
 
     /// The target after the first `?`, if there is one.
     pub fn query(&self) -> Option<&str> {
-        self.target().split_once('?').map(|(_, query)| query)
+        self.origin_target().split_once('?').map(|(_, query)| query)
     }
 
     /// The request's HTTP version.
@@ -107,9 +149,14 @@ impl RequestHead {
         &self.headers
     }
 
-    /// The Host field's value, if present (parsing guarantees at most one).
+    /// The host the request is for: an absolute-form target's authority (which then wins
+    /// over the Host field, RFC 9112 §3.2.2), else the Host field's value, if present
+    /// (parsing guarantees at most one).
     pub fn host(&self) -> Option<&[u8]> {
-        self.headers.get("host")
+        match self.authority() {
+            Some(authority) => Some(authority.as_bytes()),
+            None => self.headers.get("host"),
+        }
     }
 
     /// The head exactly as received, request line to blank line.

@@ -38,6 +38,9 @@ pub(crate) const DROPPED: &[&[u8]] = &[
 /// Extra fields are written as given: their names must be tokens and their values free of
 /// CR and LF (checked in debug builds).
 ///
+/// The target goes out in origin-form: an absolute-form one loses its scheme and authority,
+/// which the caller passes on as a `host` extra field.
+///
 /// `body` adds `content-length: N` ([`Framing::ContentLength`]) or
 /// `transfer-encoding: chunked` ([`Framing::Chunked`]); [`Framing::None`] and
 /// [`Framing::CloseDelimited`] (meaningless for a request) add nothing.
@@ -50,7 +53,13 @@ pub fn write_request_head(
     out.reserve(head.raw().len() + extra_len(extra) + 64);
     out.put_slice(head.method().as_bytes());
     out.put_u8(b' ');
-    out.put_slice(head.target().as_bytes());
+    // In origin-form, as origin servers expect (an absolute-form target's authority goes
+    // in the Host field the caller adds).
+    let target = head.origin_target();
+    if head.authority().is_some() && !target.starts_with('/') {
+        out.put_u8(b'/');
+    }
+    out.put_slice(target.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
     write_fields(head.headers(), extra, out);
     match body {

@@ -297,7 +297,11 @@ async fn proxy(
         // HTTP/1.0 clients may omit Host; the upstream gets HTTP/1.1, which requires one:
         // the authority the client reached, the connection's local address (RFC 9112
         // §3.3), which for a wildcard listener is not its configured address.
-        let listener_host = if host.is_none() {
+        // An absolute-form target's authority replaces the client's Host field (the
+        // target goes upstream in origin-form).
+        let listener_host = if let Some(authority) = head.authority() {
+            authority.to_owned()
+        } else if host.is_none() {
             let configured = cfg.listeners[listener].address;
             match ds.stream.local_addr() {
                 // An IPv4 client of a dual-stack listener as IPv4, and no IPv6 scope (not
@@ -318,10 +322,10 @@ async fn proxy(
             ("x-request-id", request_id),
             ("host", listener_host.as_bytes()),
         ];
-        let extras = if host.is_none() {
-            &extras[..]
-        } else {
+        let extras = if listener_host.is_empty() {
             &extras[..5]
+        } else {
+            &extras[..]
         };
         http1::write_request_head(head, framing, extras, &mut up_head);
     }

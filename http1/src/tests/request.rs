@@ -269,3 +269,34 @@ fn bare_lf_and_malformed_heads_are_rejected() {
     let err = request(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n").unwrap_err();
     assert_eq!((err, err.status()), (Http1Error::UnsupportedVersion, 505));
 }
+
+/// An absolute-form target (RFC 9112 §3.2.2): routed by its path, its authority is the
+/// host (the Host field is ignored, but must still be valid), and an http(s) URI without
+/// a host is refused.
+#[test]
+fn absolute_form_targets_give_their_path_and_authority() {
+    let head =
+        request(b"GET HTTP://A.example:8080/x/y?q=1 HTTP/1.1\r\nHost: other\r\n\r\n").unwrap();
+    assert_eq!(head.authority(), Some("A.example:8080"));
+    assert_eq!(head.origin_target(), "/x/y?q=1");
+    assert_eq!(head.path(), "/x/y");
+    assert_eq!(head.query(), Some("q=1"));
+    assert_eq!(head.host(), Some(&b"A.example:8080"[..]));
+    let bare = request(b"GET https://a.example?q HTTP/1.1\r\nHost: a.example\r\n\r\n").unwrap();
+    assert_eq!((bare.path(), bare.query()), ("/", Some("q")));
+    // Origin-form and other schemes are not absolute-form.
+    let origin = request(b"GET /http://x HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+    assert_eq!((origin.authority(), origin.path()), (None, "/http://x"));
+    for bad in [
+        &b"GET http:///x HTTP/1.1\r\nHost: h\r\n\r\n"[..],
+        b"GET http://u@h/x HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET http://h/x HTTP/1.1\r\nHost: bad host\r\n\r\n",
+    ] {
+        assert_eq!(
+            request(bad).unwrap_err(),
+            Http1Error::InvalidHost,
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}

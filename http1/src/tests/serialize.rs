@@ -263,3 +263,21 @@ fn lookups_of_noted_names_find_them_in_any_case_and_only_when_present() {
     assert!(h.get_shared("content-length").is_none());
     assert_eq!(h.count("CONNECTION"), 2);
 }
+
+/// An absolute-form target goes upstream in origin-form; the authority replaces the Host
+/// field through the extra field the caller adds.
+#[test]
+fn an_absolute_form_target_goes_out_in_origin_form() {
+    let out = request_out(
+        b"GET http://a.example/x?q HTTP/1.1\r\nHost: other\r\n\r\n",
+        Framing::None,
+        &[("host", b"a.example")],
+    );
+    assert_eq!(out, "GET /x?q HTTP/1.1\r\nhost: a.example\r\n\r\n");
+    let out = request_out(
+        b"GET http://a.example?q HTTP/1.1\r\nHost: other\r\n\r\n",
+        Framing::None,
+        &[("host", b"a.example")],
+    );
+    assert!(out.starts_with("GET /?q HTTP/1.1\r\n"), "{out}");
+}
