@@ -454,6 +454,40 @@ fn an_absolute_form_target_is_routed_by_its_path_and_names_its_authority() {
     assert!(text.contains("\r\n\r\nhost=t.example|"), "{text}");
 }
 
+/// Routing sees the path as the upstream will resolve it: with only `/who` routed,
+/// `/who/../headers` (or its percent-encoded form) is a request for `/headers` and gets
+/// 404, instead of matching `/who` and being served `/headers` by the upstream.
+#[test]
+fn dot_segments_cannot_reach_a_path_no_route_allows() {
+    require_caps!(Capability::Program("nginx"));
+    let stack = Stack::start();
+    let v = stack.dp_version();
+    let config = common::config(&stack.ports, "one").replace(
+        "cluster = \"one\"",
+        "cluster = \"one\"\npath_prefix = \"/who\"",
+    );
+    write_config(&stack.config_path, &config);
+    stack.wait_dp_version_above(v);
+    let ask = |target: &str| {
+        let mut conn = std::net::TcpStream::connect(stack.proxy()).unwrap();
+        let request = format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        exchange(&mut conn, &request, |_| false)
+    };
+    for target in [
+        "/who/../headers",
+        "/who/%2e%2e/headers",
+        "/who/./../headers?x",
+    ] {
+        let text = ask(target);
+        assert!(text.starts_with("HTTP/1.1 404"), "{target}: {text}");
+    }
+    let text = ask("/who/./x/../");
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("one\n"),
+        "{text}"
+    );
+}
+
 #[test]
 fn forwarding_headers_request_id_and_hop_by_hop_handling() {
     require_caps!(Capability::Program("nginx"), Capability::Program("curl"));

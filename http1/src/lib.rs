@@ -34,6 +34,7 @@ mod framing;
 #[doc(hidden)]
 pub mod fuzz;
 mod headers;
+mod path;
 mod request;
 mod response;
 mod serialize;
@@ -49,6 +50,7 @@ pub use forwarded::{
 };
 pub use framing::{Framing, downstream_framing, keep_alive};
 pub use headers::Headers;
+pub use path::normalize_path;
 pub use request::RequestHead;
 pub use response::ResponseHead;
 pub use serialize::{

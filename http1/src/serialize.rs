@@ -38,14 +38,16 @@ pub(crate) const DROPPED: &[&[u8]] = &[
 /// Extra fields are written as given: their names must be tokens and their values free of
 /// CR and LF (checked in debug builds).
 ///
-/// The target goes out in origin-form: an absolute-form one loses its scheme and authority,
-/// which the caller passes on as a `host` extra field.
+/// The target goes out as `target` when given (a normalized path and the query), else in
+/// origin-form: an absolute-form one loses its scheme and authority, which the caller
+/// passes on as a `host` extra field.
 ///
 /// `body` adds `content-length: N` ([`Framing::ContentLength`]) or
 /// `transfer-encoding: chunked` ([`Framing::Chunked`]); [`Framing::None`] and
 /// [`Framing::CloseDelimited`] (meaningless for a request) add nothing.
 pub fn write_request_head(
     head: &RequestHead,
+    target: Option<&str>,
     body: Framing,
     extra: &[(&str, &[u8])],
     out: &mut BytesMut,
@@ -55,8 +57,8 @@ pub fn write_request_head(
     out.put_u8(b' ');
     // In origin-form, as origin servers expect (an absolute-form target's authority goes
     // in the Host field the caller adds).
-    let target = head.origin_target();
-    if head.authority().is_some() && !target.starts_with('/') {
+    let target = target.unwrap_or_else(|| head.origin_target());
+    if !target.starts_with('/') && head.authority().is_some() {
         out.put_u8(b'/');
     }
     out.put_slice(target.as_bytes());

@@ -28,17 +28,21 @@ use crate::{
     telemetry::{AccessRecord, ClusterStats},
 };
 
-struct View<'a>(&'a RequestHead);
+/// A request as the router sees it: its path with dot segments removed.
+struct View<'a> {
+    head: &'a RequestHead,
+    path: &'a str,
+}
 
 impl RequestView for View<'_> {
     fn host(&self) -> Option<&[u8]> {
-        self.0.host()
+        self.head.host()
     }
     fn path(&self) -> &[u8] {
-        self.0.path().as_bytes()
+        self.path.as_bytes()
     }
     fn header(&self, name: &str) -> Option<&[u8]> {
-        self.0.headers().get(name)
+        self.head.headers().get(name)
     }
 }
 
@@ -88,6 +92,9 @@ struct Request<'a> {
     head: &'a RequestHead,
     /// The request's `x-request-id` (the client's, or generated).
     request_id: &'a [u8],
+    /// The path with its dot segments removed, when it had any: routed by, and sent
+    /// upstream instead of the client's.
+    normalized: Option<&'a str>,
     /// When the head was parsed.
     started: Instant,
 }
@@ -139,11 +146,17 @@ pub(crate) async fn handle(
             &made
         }
     };
+    // Routed by the path as the upstream will resolve it: `/public/../admin` is `/admin`.
+    let normalized = http1::normalize_path(head.path());
+    let view = View {
+        head: &head,
+        path: normalized.as_deref().unwrap_or(head.path()),
+    };
     let route_idx = router::select(
         &cfg.routes,
         &cfg.listeners[listener].routes,
         |r| &r.matcher,
-        &View(&head),
+        &view,
     );
     let summary = match route_idx {
         None => {
@@ -162,6 +175,7 @@ pub(crate) async fn handle(
                     scope,
                     head: &head,
                     request_id,
+                    normalized: normalized.as_deref(),
                     started,
                 };
                 proxy(&req, idx, framing, ds, timer).await
@@ -242,6 +256,7 @@ async fn proxy(
             },
         head,
         request_id,
+        normalized,
         started,
     } = req;
     let route = &cfg.routes[route_idx];
@@ -327,7 +342,11 @@ async fn proxy(
         } else {
             &extras[..]
         };
-        http1::write_request_head(head, framing, extras, &mut up_head);
+        let target = normalized.map(|path| match head.query() {
+            Some(query) => format!("{path}?{query}"),
+            None => path.to_owned(),
+        });
+        http1::write_request_head(head, target.as_deref(), framing, extras, &mut up_head);
     }
 
     let mut body_state = body::RequestBody::new(framing, limits, head.expects_continue());

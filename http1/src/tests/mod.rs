@@ -7,6 +7,7 @@ mod error;
 mod forwarded;
 mod framing;
 mod fuzz;
+mod path;
 mod request;
 mod request_flags;
 mod response;

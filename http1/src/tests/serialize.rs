@@ -6,7 +6,7 @@ use crate::{Framing, write_request_head, write_response_head};
 fn request_out(wire: &[u8], framing: Framing, extra: &[(&str, &[u8])]) -> String {
     let head = request(wire).unwrap();
     let mut out = BytesMut::new();
-    write_request_head(&head, framing, extra, &mut out);
+    write_request_head(&head, None, framing, extra, &mut out);
     String::from_utf8(out.to_vec()).unwrap()
 }
 

@@ -1,0 +1,62 @@
+//! Path normalization for routing and forwarding: dot segments removed (RFC 3986 §5.2.4),
+//! so that a route on `/public/` cannot be reached by `/public/../admin` and then serve
+//! `/admin` from an upstream that resolves the dots itself.
+
+/// Whether `segment` is `.` or `..` (also percent-encoded, `%2e` in either case): `Some(1)`
+/// or `Some(2)` dots, `None` for any other segment.
+fn dots(segment: &str) -> Option<u8> {
+    let mut rest = segment.as_bytes();
+    let mut n = 0u8;
+    while !rest.is_empty() {
+        rest = match rest {
+            [b'.', tail @ ..] => tail,
+            [b'%', b'2', b'e' | b'E', tail @ ..] => tail,
+            _ => return None,
+        };
+        n += 1;
+        if n > 2 {
+            return None;
+        }
+    }
+    (n > 0).then_some(n)
+}
+
+/// `path` (origin-form, without its query) with its dot segments removed, or `None` when it
+/// has none (the usual case, found by one scan without allocating) or is not an absolute
+/// path (`*`). `..` at the root stays at the root; a path ending in a dot segment keeps its
+/// trailing slash (`/a/b/..` is `/a/`).
+pub fn normalize_path(path: &str) -> Option<String> {
+    if !path.starts_with('/') {
+        return None;
+    }
+    let suspicious = path.contains("/.")
+        || path
+            .as_bytes()
+            .windows(3)
+            .any(|w| w[0] == b'%' && w[1] == b'2' && (w[2] | 0x20) == b'e');
+    if !suspicious {
+        return None;
+    }
+    let mut kept: Vec<&str> = Vec::new();
+    let mut trailing_slash = false;
+    for segment in path[1..].split('/') {
+        trailing_slash = false;
+        match dots(segment) {
+            Some(1) => trailing_slash = true,
+            Some(_) => {
+                kept.pop();
+                trailing_slash = true;
+            }
+            None => kept.push(segment),
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in &kept {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if trailing_slash || out.is_empty() {
+        out.push('/');
+    }
+    (out != path).then_some(out)
+}

@@ -1,0 +1,40 @@
+use crate::normalize_path;
+
+#[test]
+fn dot_segments_are_removed_as_rfc_3986_says() {
+    let cases = [
+        ("/public/../admin", Some("/admin")),
+        ("/a/./b", Some("/a/b")),
+        ("/a/b/..", Some("/a/")),
+        ("/a/b/.", Some("/a/b/")),
+        ("/..", Some("/")),
+        ("/../../etc/passwd", Some("/etc/passwd")),
+        ("/a//../b", Some("/a/b")),
+        // Percent-encoded dots are dots.
+        ("/public/%2e%2e/admin", Some("/admin")),
+        ("/public/%2E./admin", Some("/admin")),
+        ("/a/%2e/b", Some("/a/b")),
+    ];
+    for (path, want) in cases {
+        assert_eq!(normalize_path(path).as_deref(), want, "{path}");
+    }
+}
+
+#[test]
+fn paths_without_dot_segments_are_left_alone() {
+    for path in [
+        "/",
+        "/a/b",
+        "/a/",
+        "/a//b",
+        "/.well-known/x",
+        "/a/...",
+        "/a/.b/c",
+        "/a%2eb",
+        "/%2e%2e%2e",
+        "*",
+        "",
+    ] {
+        assert_eq!(normalize_path(path), None, "{path}");
+    }
+}
