@@ -456,7 +456,9 @@ fn an_absolute_form_target_is_routed_by_its_path_and_names_its_authority() {
 
 /// Routing sees the path as the upstream will resolve it: with only `/who` routed,
 /// `/who/../headers` (or its percent-encoded form) is a request for `/headers` and gets
-/// 404, instead of matching `/who` and being served `/headers` by the upstream.
+/// 404, instead of matching `/who` and being served `/headers` by the upstream (nginx
+/// decodes `%2F` before resolving dots: `/who/..%2Fheaders` would reach it too, so that
+/// is refused).
 #[test]
 fn dot_segments_cannot_reach_a_path_no_route_allows() {
     require_caps!(Capability::Program("nginx"));
@@ -480,6 +482,15 @@ fn dot_segments_cannot_reach_a_path_no_route_allows() {
     ] {
         let text = ask(target);
         assert!(text.starts_with("HTTP/1.1 404"), "{target}: {text}");
+    }
+    // Dots the upstream could find behind an escaped slash or a path parameter: refused.
+    for target in [
+        "/who/..%2Fheaders",
+        "/who/%2e%2e%2fheaders",
+        "/who/..;/headers",
+    ] {
+        let text = ask(target);
+        assert!(text.starts_with("HTTP/1.1 400"), "{target}: {text}");
     }
     let text = ask("/who/./x/../");
     assert!(

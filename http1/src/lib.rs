@@ -50,7 +50,7 @@ pub use forwarded::{
 };
 pub use framing::{Framing, downstream_framing, keep_alive};
 pub use headers::Headers;
-pub use path::normalize_path;
+pub use path::{ambiguous_path, normalize_path};
 pub use request::RequestHead;
 pub use response::ResponseHead;
 pub use serialize::{

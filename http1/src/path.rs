@@ -60,3 +60,36 @@ pub fn normalize_path(path: &str) -> Option<String> {
     }
     (out != path).then_some(out)
 }
+
+/// Whether `path` could reach a dot segment that [`normalize_path`] does not see: one
+/// next to an escaped slash or backslash (`/a/..%2Fb`, `/a/%2e%2e%5cb`, `/a/..\b`, which
+/// many servers decode before resolving dots), or carrying a path parameter (`/a/..;/b`,
+/// read as `..` by servlet containers). The proxy and the upstream could route such a path
+/// differently, so it is refused rather than guessed at.
+pub fn ambiguous_path(path: &str) -> bool {
+    let escaped_separator = |w: &[u8]| {
+        w[0] == b'%'
+            && ((w[1] == b'2' && (w[2] | 0x20) == b'f') || (w[1] == b'5' && (w[2] | 0x20) == b'c'))
+    };
+    let bytes = path.as_bytes();
+    let widened = bytes.contains(&b'\\') || bytes.windows(3).any(escaped_separator);
+    if widened {
+        // The segments as a server that decodes separators sees them.
+        let plain = path
+            .replace("%2F", "/")
+            .replace("%2f", "/")
+            .replace("%5C", "/")
+            .replace("%5c", "/")
+            .replace('\\', "/");
+        if plain.split('/').any(|s| dots(param_free(s)).is_some()) {
+            return true;
+        }
+    }
+    path.split('/')
+        .any(|s| s.contains(';') && dots(param_free(s)).is_some())
+}
+
+/// A segment without its path parameters (`..;jsessionid=1` is `..`).
+fn param_free(segment: &str) -> &str {
+    segment.split(';').next().unwrap_or(segment)
+}

@@ -152,13 +152,29 @@ pub(crate) async fn handle(
         head: &head,
         path: normalized.as_deref().unwrap_or(head.path()),
     };
-    let route_idx = router::select(
-        &cfg.routes,
-        &cfg.listeners[listener].routes,
-        |r| &r.matcher,
-        &view,
-    );
+    // A dot segment behind an escaped slash or a path parameter: the upstream may resolve
+    // it where the router cannot see it, so no route is chosen for it.
+    let ambiguous = http1::ambiguous_path(head.path());
+    let route_idx = (!ambiguous)
+        .then(|| {
+            router::select(
+                &cfg.routes,
+                &cfg.listeners[listener].routes,
+                |r| &r.matcher,
+                &view,
+            )
+        })
+        .flatten();
     let summary = match route_idx {
+        None if ambiguous => {
+            ctx.stats.bad_requests.fetch_add(1, Relaxed);
+            ds.send_error(
+                400,
+                "ambiguous path: a dot segment behind an escaped slash or a path parameter",
+            )
+            .await;
+            Summary::local(400)
+        }
         None => {
             ctx.stats.unrouted.fetch_add(1, Relaxed);
             ds.send_error(404, "no route matches this request").await;

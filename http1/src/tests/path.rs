@@ -38,3 +38,29 @@ fn paths_without_dot_segments_are_left_alone() {
         assert_eq!(normalize_path(path), None, "{path}");
     }
 }
+
+#[test]
+fn dots_behind_escaped_separators_or_parameters_are_ambiguous() {
+    use crate::ambiguous_path;
+    for path in [
+        "/who/..%2Fheaders",
+        "/who/%2e%2e%2fheaders",
+        "/who/..%5Cheaders",
+        "/who/..\\headers",
+        "/who/..;/headers",
+        "/who/..;jsessionid=1/headers",
+        "/a/.;/b",
+    ] {
+        assert!(ambiguous_path(path), "{path}");
+    }
+    for path in [
+        "/a/b",
+        "/group%2Fproject/issues",
+        "/a;v=1/b",
+        "/a/../b",
+        "/files/a%5Cb.txt",
+        "/.well-known%2Fx",
+    ] {
+        assert!(!ambiguous_path(path), "{path}");
+    }
+}
