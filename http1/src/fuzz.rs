@@ -7,7 +7,7 @@ use bytes::BytesMut;
 
 use super::{
     BodyDecoder, Framing, Http1Error, LAST_CHUNK, Limits, ParseStatus, RequestHead, ResponseHead,
-    encode_chunk, forwarded, via, write_request_head, x_forwarded_for,
+    encode_chunk, forwarded, upstream_target, via, write_request_head, x_forwarded_for,
 };
 
 /// Small limits, so that fuzz inputs reach every limit.
@@ -175,7 +175,10 @@ fn check_serialized(head: &RequestHead, framing: Framing, selector: u8) {
         ("forwarded", &fwd),
         ("via", &via),
     ];
-    if head.host().is_none() {
+    // As the proxy does: an absolute-form target's authority becomes the Host field.
+    if let Some(authority) = head.authority() {
+        extra.push(("host", authority.as_bytes()));
+    } else if head.host().is_none() {
         extra.push(("host", b"fuzz.invalid"));
     }
     let mut out = BytesMut::new();
@@ -191,10 +194,12 @@ fn check_serialized(head: &RequestHead, framing: Framing, selector: u8) {
         Ok(ParseStatus::Complete { head, consumed }) if consumed == written => head,
         other => panic!("serialized head {out:?} parsed as {other:?}"),
     };
+    let (lead, rest) = upstream_target(head, None);
     assert_eq!(
         (again.method(), again.target()),
-        (head.method(), head.target())
+        (head.method(), format!("{lead}{rest}").as_str())
     );
+    assert_eq!(again.authority(), None, "sent in origin-form");
     assert_eq!(again.framing(&roomy), Ok(framing));
     for hop in [
         "connection",

@@ -237,6 +237,8 @@ pub(crate) fn valid_host(v: &[u8]) -> bool {
         }
     } else {
         match v.iter().rposition(|&b| b == b':') {
+            // A port needs a host before it (`:80` names none).
+            Some(0) => return false,
             Some(i) => (&v[..i], &v[i + 1..]),
             None => (v, &[][..]),
         }

@@ -57,11 +57,9 @@ pub fn write_request_head(
     out.put_u8(b' ');
     // In origin-form, as origin servers expect (an absolute-form target's authority goes
     // in the Host field the caller adds).
-    let target = target.unwrap_or_else(|| head.origin_target());
-    if !target.starts_with('/') && head.authority().is_some() {
-        out.put_u8(b'/');
-    }
-    out.put_slice(target.as_bytes());
+    let (lead, rest) = upstream_target(head, target);
+    out.put_slice(lead.as_bytes());
+    out.put_slice(rest.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
     write_fields(head.headers(), extra, out);
     match body {
@@ -70,6 +68,20 @@ pub fn write_request_head(
         Framing::None | Framing::CloseDelimited => {}
     }
     out.put_slice(b"\r\n");
+}
+
+/// The request target as sent upstream, in two parts written one after the other: `target`
+/// when given, else the origin-form of the client's (an absolute-form target without a path
+/// gets `/`, or `*` for OPTIONS without a query: RFC 9112 §3.2.4).
+pub fn upstream_target<'a>(head: &'a RequestHead, target: Option<&'a str>) -> (&'a str, &'a str) {
+    let target = target.unwrap_or_else(|| head.origin_target());
+    if head.authority().is_none() || target.starts_with('/') {
+        return ("", target);
+    }
+    if target.is_empty() && head.method() == "OPTIONS" {
+        return ("*", "");
+    }
+    ("/", target)
 }
 
 /// Appends `head` as a response to the client: `HTTP/1.1 status reason`, then fields as in

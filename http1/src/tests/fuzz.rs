@@ -20,6 +20,10 @@ const SEEDS: &[&[u8]] = &[
     b"GET / HTTP/1.1\nHost: a\n\n",
     b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.2.3.4\r\nForwarded: for=x\r\nHost: \"q\"\r\n\r\n",
     b"\xff\xfe\x00garbage\r\n\r\n",
+    b"GET http://a.example/x?y HTTP/1.1\r\nHost: b\r\n\r\n",
+    b"OPTIONS HTTP://a.example HTTP/1.1\r\nHost: a.example\r\n\r\n",
+    b"GET https://a?q HTTP/1.0\r\n\r\n",
+    b"GET http://:80/x HTTP/1.1\r\nHost: a\r\n\r\n",
 ];
 
 #[test]

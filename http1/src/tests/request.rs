@@ -290,6 +290,8 @@ fn absolute_form_targets_give_their_path_and_authority() {
     for bad in [
         &b"GET http:///x HTTP/1.1\r\nHost: h\r\n\r\n"[..],
         b"GET http://u@h/x HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET http://:80/x HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: :80\r\n\r\n",
         b"GET http://h/x HTTP/1.1\r\nHost: bad host\r\n\r\n",
     ] {
         assert_eq!(

@@ -281,3 +281,15 @@ fn an_absolute_form_target_goes_out_in_origin_form() {
     );
     assert!(out.starts_with("GET /?q HTTP/1.1\r\n"), "{out}");
 }
+
+/// An absolute-form OPTIONS without a path asks about the server as a whole: upstream it
+/// is `OPTIONS *` (RFC 9112 §3.2.4).
+#[test]
+fn an_absolute_form_options_without_a_path_goes_out_as_asterisk() {
+    let out = request_out(
+        b"OPTIONS http://a.example:8001 HTTP/1.1\r\nHost: a.example:8001\r\n\r\n",
+        Framing::None,
+        &[("host", b"a.example:8001")],
+    );
+    assert!(out.starts_with("OPTIONS * HTTP/1.1\r\n"), "{out}");
+}
