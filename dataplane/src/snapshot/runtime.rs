@@ -240,15 +240,10 @@ fn cluster(i: usize, c: &v1::Cluster, strategies: &Strategies) -> Result<Cluster
         .iter()
         .enumerate()
         .map(|(j, e)| {
-            if e.weight == 0 {
-                return Err(invalid(format!(
-                    "clusters[{i}].endpoints[{j}] ({}): weight 0",
-                    c.name
-                )));
-            }
+            // Unset (0) weighs 1, as it always has.
             Ok((
                 addr(&e.address, &format!("clusters[{i}].endpoints[{j}]"))?,
-                e.weight,
+                e.weight.max(1),
             ))
         })
         .collect::<Result<Vec<_>, RejectReason>>()?;
@@ -301,18 +296,13 @@ fn route(i: usize, r: &v1::Route, clusters: usize) -> Result<RouteRt, RejectReas
             r.name
         )));
     }
-    // A match kind missing here is one this data plane does not know (a newer control
-    // plane's): refused, not guessed at (a guess could widen the route).
-    let unknown = |what: &str| {
-        invalid(format!(
-            "routes[{i}] ({}): {what} of a kind this data plane does not know",
-            r.name
-        ))
-    };
+    // Unset fields keep their proto3 meaning (no path: every path; no header condition:
+    // present; no hash key: the client's address). A control plane that adds a match kind
+    // announces it in `required_capabilities`, which data planes without it refuse.
     let path = match &r.path {
         Some(v1::route::Path::Exact(p)) => PathMatch::Exact(p.clone()),
         Some(v1::route::Path::Prefix(p)) => PathMatch::Prefix(p.clone()),
-        None => return Err(unknown("a path match")),
+        None => PathMatch::Prefix("/".into()),
     };
     let headers = r
         .headers
@@ -325,18 +315,16 @@ fn route(i: usize, r: &v1::Route, clusters: usize) -> Result<RouteRt, RejectReas
                 Some(v1::header_match::Match::Prefix(v)) => {
                     HeaderCondition::Prefix(v.as_bytes().to_vec())
                 }
-                Some(v1::header_match::Match::Present(_)) => HeaderCondition::Present,
-                None => return Err(unknown("a header match")),
+                Some(v1::header_match::Match::Present(_)) | None => HeaderCondition::Present,
             };
-            Ok((h.name.to_ascii_lowercase(), cond))
+            (h.name.to_ascii_lowercase(), cond)
         })
-        .collect::<Result<_, _>>()?;
+        .collect();
     let t = r.timeouts.unwrap_or_default();
     let rp = r.retry.unwrap_or_default();
-    let hash_on = match r.hash_on.as_ref().map(|h| h.key.as_ref()) {
-        Some(Some(v1::hash_on::Key::Header(h))) => HashKey::Header(h.to_ascii_lowercase()),
-        Some(Some(v1::hash_on::Key::ClientIp(_))) | None => HashKey::ClientIp,
-        Some(None) => return Err(unknown("a hash key")),
+    let hash_on = match r.hash_on.as_ref().and_then(|h| h.key.as_ref()) {
+        Some(v1::hash_on::Key::Header(h)) => HashKey::Header(h.to_ascii_lowercase()),
+        _ => HashKey::ClientIp,
     };
     Ok(RouteRt {
         name: r.name.as_str().into(),
@@ -411,30 +399,21 @@ mod tests {
         }
     }
 
-    /// What a newer control plane may send that this data plane cannot read (a match or
-    /// policy kind it does not know arrives as none, or as a number out of range) is
-    /// refused with the field named, not read as something wider.
+    /// A balancing policy number this data plane does not know (a newer control plane's)
+    /// is refused with the field named, not read as round robin; unset fields keep their
+    /// proto3 meaning.
     #[test]
-    fn unknown_kinds_and_zero_weights_are_refused_not_guessed_at() {
+    fn an_unknown_balancing_policy_is_refused_not_guessed_at() {
         assert!(RuntimeConfig::build(&minimal(), &strategies()).is_ok());
-        let e = refused(|s| s.routes[0].path = None);
-        assert!(e.contains("routes[0] (r): a path match"), "{e}");
-        let e = refused(|s| {
-            s.routes[0].headers = vec![v1::HeaderMatch {
-                name: "x".into(),
-                r#match: None,
-            }]
-        });
-        assert!(e.contains("routes[0] (r): a header match"), "{e}");
-        let e = refused(|s| s.routes[0].hash_on = Some(v1::HashOn { key: None }));
-        assert!(e.contains("routes[0] (r): a hash key"), "{e}");
         let e = refused(|s| s.clusters[0].lb_policy = 99);
         assert!(
             e.contains("clusters[0] (c): load-balancing policy 99"),
             "{e}"
         );
-        let e = refused(|s| s.clusters[0].endpoints[0].weight = 0);
-        assert!(e.contains("clusters[0].endpoints[0] (c): weight 0"), "{e}");
+        let mut unset = minimal();
+        unset.routes[0].path = None;
+        unset.clusters[0].endpoints[0].weight = 0;
+        assert!(RuntimeConfig::build(&unset, &strategies()).is_ok());
     }
 
     #[test]
