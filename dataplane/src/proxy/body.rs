@@ -268,7 +268,8 @@ pub(crate) async fn relay_response(
         Ok(f) => f,
         Err(e) => {
             tracing::debug!("invalid upstream response framing: {e}");
-            ds.send_error(502, "invalid response from upstream").await;
+            ds.send_error(502, "invalid response from upstream", timer)
+                .await;
             return (0, false, false, up_buf);
         }
     };

@@ -47,13 +47,14 @@ pub(crate) struct Downstream {
 
 impl Downstream {
     /// Sends a minimal error response with `connection: close`, giving up after
-    /// [`ERROR_WRITE_TIMEOUT`] (a client that does not read cannot hold the connection).
-    pub async fn send_error(&mut self, status: u16, reason: &str) {
+    /// [`ERROR_WRITE_TIMEOUT`] on the request's `timer` (a client that does not read cannot
+    /// hold the connection).
+    pub async fn send_error(&mut self, status: u16, reason: &str, timer: &mut Timer<'_>) {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         http1::write_error_response(status, reason, &mut out);
-        let written =
-            monoio::time::timeout(ERROR_WRITE_TIMEOUT, io::write_all(&mut self.stream, out)).await;
+        let until = Instant::now() + ERROR_WRITE_TIMEOUT;
+        let written = within(timer, until, io::write_all(&mut self.stream, out)).await;
         // Timed out: the buffer went with the cancelled write; the connection closes.
         self.out = written.map_or_else(|_| BytesMut::new(), |(_, out)| out);
     }
@@ -226,14 +227,19 @@ async fn request(
     let mut timer = std::pin::pin!(deadline::timer(ctx.started));
     let served = 'served: {
         let Some(cfg) = ctx.holder.current() else {
-            ds.send_error(503, "no configuration loaded yet").await;
+            ds.send_error(503, "no configuration loaded yet", &mut timer)
+                .await;
             break 'served Served::Close;
         };
         // Found by address, not index: a new snapshot may reorder or remove listeners.
         let bound = ctx.listen_addr(listen_index);
         let Some(listener) = bound.and_then(|a| cfg.listener_by_addr(a)) else {
-            ds.send_error(503, "listener removed by the current configuration")
-                .await;
+            ds.send_error(
+                503,
+                "listener removed by the current configuration",
+                &mut timer,
+            )
+            .await;
             break 'served Served::Close;
         };
         let l = &cfg.listeners[listener];
@@ -291,7 +297,7 @@ async fn next_head(
         match RequestHead::parse(&mut ds.buf, limits) {
             Ok(ParseStatus::Complete { head, .. }) => return NextHead::Head(head),
             Ok(ParseStatus::Partial) => {}
-            Err(e) => return reject(ctx, ds, &e).await,
+            Err(e) => return reject(ctx, ds, &e, timer).await,
         }
         let deadline = *deadline.get_or_insert_with(|| Instant::now() + head_timeout);
         // The buffer moves into the read; on a timeout it is gone with the cancelled
@@ -314,7 +320,7 @@ async fn next_head(
                 if !partial {
                     return NextHead::Closed;
                 }
-                ds.send_error(408, "request head not received in time")
+                ds.send_error(408, "request head not received in time", timer)
                     .await;
                 return NextHead::Rejected;
             }
@@ -364,9 +370,14 @@ async fn hot_read(
     }
 }
 
-async fn reject(ctx: &WorkerCtx, ds: &mut Downstream, e: &Http1Error) -> NextHead {
+async fn reject(
+    ctx: &WorkerCtx,
+    ds: &mut Downstream,
+    e: &Http1Error,
+    timer: &mut Timer<'_>,
+) -> NextHead {
     ctx.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(peer = %ds.peer, status = e.status(), "rejecting request: {e}");
-    ds.send_error(e.status(), e.reason()).await;
+    ds.send_error(e.status(), e.reason(), timer).await;
     NextHead::Rejected
 }

@@ -171,19 +171,21 @@ pub(crate) async fn handle(
             ds.send_error(
                 400,
                 "ambiguous path: a dot segment behind an escaped slash or a path parameter",
+                timer,
             )
             .await;
             Summary::local(400)
         }
         None => {
             ctx.stats.unrouted.fetch_add(1, Relaxed);
-            ds.send_error(404, "no route matches this request").await;
+            ds.send_error(404, "no route matches this request", timer)
+                .await;
             Summary::local(404)
         }
         Some(idx) => match head.framing(limits) {
             Err(e) => {
                 ctx.stats.bad_requests.fetch_add(1, Relaxed);
-                ds.send_error(e.status(), e.reason()).await;
+                ds.send_error(e.status(), e.reason(), timer).await;
                 Summary::local(e.status())
             }
             Ok(framing) => {
@@ -385,11 +387,13 @@ async fn proxy(
                 .or_else(|| lb.pick(&cluster.lb, Some(key), now, &mut rng))
         };
         let Some(id) = picked else {
-            ds.send_error(503, "no healthy upstream endpoint").await;
+            ds.send_error(503, "no healthy upstream endpoint", timer)
+                .await;
             return Summary::local(503);
         };
         let Some(addr) = cluster.lb.addr(id) else {
-            ds.send_error(503, "no healthy upstream endpoint").await;
+            ds.send_error(503, "no healthy upstream endpoint", timer)
+                .await;
             return Summary::local(503);
         };
         tried.push(id);
@@ -528,7 +532,7 @@ async fn proxy(
                 if matches!(e, AttemptError::Client(BodyError::Http(_))) {
                     ctx.stats.bad_requests.fetch_add(1, Relaxed);
                 }
-                ds.send_error(status, reason).await;
+                ds.send_error(status, reason, timer).await;
                 let mut s = Summary::local(status);
                 s.endpoint = Some(addr);
                 s.attempts = attempts;
