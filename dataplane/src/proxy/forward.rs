@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     http1::{self, Framing, ParseStatus, RequestHead, ResponseHead},
-    lb::{EndpointId, FailureKind, LbState, Outcome, hash_ip, hash_key},
+    lb::{EndpointId, FailureKind, Outcome, hash_ip, hash_key},
     router::{self, RequestView},
     snapshot::{ClusterRt, HashKey, RuntimeConfig},
     telemetry::{AccessRecord, ClusterStats},
@@ -202,10 +202,14 @@ pub(crate) async fn handle(
     };
     let finished = summary.finished.unwrap_or_else(Instant::now);
     let duration = finished.saturating_duration_since(started);
-    if let Some(i) = route_idx
-        && let Some(stats) = ctx.balancers.borrow().route_stats_for(cfg, i)
-    {
-        stats.record(summary.status, duration);
+    if let Some(i) = route_idx {
+        // Synced first: a request refused before reaching an upstream (a bad body framing)
+        // may be the first of this version on this worker.
+        let mut b = ctx.balancers.borrow_mut();
+        b.sync(cfg, &ctx.stats, finished);
+        if let Some(stats) = b.route_stats_for(cfg, i) {
+            stats.record(summary.status, duration);
+        }
     }
     if let Some(start) = wall {
         let (route, cluster): (Arc<str>, Arc<str>) = match route_idx {
@@ -290,9 +294,6 @@ async fn proxy(
         }
         b.cluster_stats_for(cfg, route.cluster)
     };
-    // A request of an older snapshot whose cluster now balances other endpoints (or is
-    // gone) picks from state of its own, leaving the current version's alone.
-    let mut detached: Option<LbState> = None;
     let key = match &route.hash_on {
         HashKey::ClientIp => hash_ip(ds.peer.ip()),
         HashKey::Header(h) => head
@@ -377,14 +378,13 @@ async fn proxy(
         };
         let picked = {
             let mut b = ctx.balancers.borrow_mut();
-            let lb = match b.lb_for(cfg, route.cluster) {
-                Some(lb) => lb,
-                None => detached
-                    .get_or_insert_with(|| LbState::new(&cluster.lb, cluster.outlier.clone())),
-            };
-            let mut rng = || ctx.random();
-            lb.pick_excluding(&cluster.lb, Some(key), now, &mut rng, &tried)
-                .or_else(|| lb.pick(&cluster.lb, Some(key), now, &mut rng))
+            // A request of an older snapshot whose cluster now balances other endpoints
+            // picks from state kept for that version, leaving the current state alone.
+            b.lb_or_detached(cfg, route.cluster).and_then(|lb| {
+                let mut rng = || ctx.random();
+                lb.pick_excluding(&cluster.lb, Some(key), now, &mut rng, &tried)
+                    .or_else(|| lb.pick(&cluster.lb, Some(key), now, &mut rng))
+            })
         };
         let Some(id) = picked else {
             ds.send_error(503, "no healthy upstream endpoint", timer)
@@ -405,8 +405,7 @@ async fn proxy(
         }
         let in_flight = {
             let mut b = ctx.balancers.borrow_mut();
-            b.lb_for(cfg, route.cluster)
-                .or(detached.as_mut())
+            b.lb_or_detached(cfg, route.cluster)
                 .map(|lb| lb.start_request(id))
         };
         let target = Target {
@@ -437,7 +436,7 @@ async fn proxy(
         };
         {
             let mut b = ctx.balancers.borrow_mut();
-            if let Some(lb) = b.lb_for(cfg, route.cluster).or(detached.as_mut())
+            if let Some(lb) = b.lb_or_detached(cfg, route.cluster)
                 && lb.report(id, outcome, done)
                 && let Some(s) = &cluster_stats
             {

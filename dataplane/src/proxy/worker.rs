@@ -43,6 +43,10 @@ pub(crate) struct Balancers {
     budgets: Vec<(Arc<str>, RetryBudget)>,
     route_stats: Vec<Arc<RouteStats>>,
     cluster_stats: Vec<Arc<ClusterStats>>,
+    /// Balancer state for requests of an older snapshot whose cluster now balances other
+    /// endpoints, by (version, cluster index): shared by those requests, apart from the
+    /// current state. Emptied when a newer version arrives.
+    detached: HashMap<(u64, usize), LbState>,
 }
 
 impl Balancers {
@@ -53,6 +57,7 @@ impl Balancers {
             budgets: Vec::new(),
             route_stats: Vec::new(),
             cluster_stats: Vec::new(),
+            detached: HashMap::new(),
         }
     }
 
@@ -62,6 +67,7 @@ impl Balancers {
             return;
         }
         self.version = cfg.version;
+        self.detached.clear();
         self.lbs = carry_over(
             std::mem::take(&mut self.lbs),
             cfg.clusters.iter().map(|c| (&c.name, c)),
@@ -117,6 +123,22 @@ impl Balancers {
         let at = self.place(cfg, idx, &self.lbs, &cluster.name)?;
         let lb = &mut self.lbs[at].1;
         (cfg.version == self.version || lb.balances(&cluster.lb)).then_some(lb)
+    }
+
+    /// Balancer state for cluster `idx` of `cfg`: the current one ([`Self::lb_for`]) or,
+    /// for a request of an older snapshot whose cluster now balances other endpoints, one
+    /// kept for that version's cluster (so such requests do not all start over at the
+    /// first endpoint).
+    pub fn lb_or_detached(&mut self, cfg: &RuntimeConfig, idx: usize) -> Option<&mut LbState> {
+        let cluster = cfg.clusters.get(idx)?;
+        if self.lb_for(cfg, idx).is_none() {
+            let state = self
+                .detached
+                .entry((cfg.version, idx))
+                .or_insert_with(|| LbState::new(&cluster.lb, cluster.outlier.clone()));
+            return Some(state);
+        }
+        self.lb_for(cfg, idx)
     }
 
     /// Retry budget of route `idx` of `cfg`.
@@ -754,6 +776,13 @@ mod tests {
         assert!(y3.pick(&v3.clusters[2].lb, None, now, &mut || 7).is_some());
         assert!(b.lb_for(&v2, 2).is_none());
         assert!(b.lb_for(&v3, 2).unwrap().balances(&v3.clusters[2].lb));
+        // Such requests share a state kept for v2's cluster, apart from the current one.
+        let kept = b.lb_or_detached(&v2, 2).unwrap();
+        assert!(kept.report(x, Outcome::Failure(FailureKind::Timeout), now));
+        let kept = b.lb_or_detached(&v2, 2).unwrap();
+        assert_eq!(kept.outlier().stats().currently_ejected, 1);
+        let current = b.lb_for(&v3, 2).unwrap();
+        assert_eq!(current.outlier().stats().currently_ejected, 0);
     }
 
     /// New outlier settings apply to a cluster that keeps its name (its state kept).
