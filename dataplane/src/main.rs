@@ -280,10 +280,11 @@ fn handle_signals(
             while let Ok(signal) = signals.wait() {
                 match signal {
                     Signal::SIGUSR1 => {
-                        if let Some(log) = log.get() {
-                            log.reopen();
+                        if log.get().is_some_and(AccessLog::reopen) {
+                            tracing::info!("SIGUSR1: the access log file is reopened before its next line");
+                        } else {
+                            tracing::info!("SIGUSR1 ignored: no access log file to reopen");
                         }
-                        tracing::info!("SIGUSR1: the access log file is reopened before its next line");
                     }
                     Signal::SIGHUP => tracing::info!(
                         "SIGHUP ignored: the data plane's configuration comes from the control plane"

@@ -289,10 +289,13 @@ fn route(o: Obj<'_>) -> Route {
         .collect::<Vec<_>>();
     for (i, h) in hosts.iter().enumerate() {
         let bare = h.strip_prefix("*.").unwrap_or(h);
-        if bare.is_empty()
-            || !bare
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        // Labels of letters, digits and '-', one trailing dot allowed (`example.com.`):
+        // no empty label (`.`, `a..b`), which would match nothing or an empty Host.
+        let labels = bare.strip_suffix('.').unwrap_or(bare);
+        if labels.is_empty()
+            || labels
+                .split('.')
+                .any(|l| l.is_empty() || !l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
         {
             o.error_at(
                 format!("{}[{i}]", o.path_of("hosts")),

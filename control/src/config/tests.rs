@@ -311,3 +311,15 @@ fn error_at(text: &str, path: &str) -> String {
         .map(|e| e.message.clone())
         .unwrap_or_else(|| panic!("no error at {path}:\n{err}"))
 }
+
+#[test]
+fn route_hosts_need_a_name_in_every_label() {
+    let with_host = |h: &str| GOOD.replace("\"API.example.com\"", &format!("{h:?}"));
+    for bad in [".", "...", "a..b", "*.", "-x.com ", "a/b"] {
+        let msg = error_at(&with_host(bad), "routes[0].hosts[0]");
+        assert!(msg.contains("is not a host name"), "{bad}: {msg}");
+    }
+    for good in ["example.com.", "*.example.com", "a-b.c9"] {
+        assert!(parse(&with_host(good), "t.toml").is_ok(), "{good}");
+    }
+}

@@ -198,9 +198,13 @@ pub fn save_snapshot(path: &std::path::Path, signed: &v1::SignedSnapshot) -> std
     file.write_all(&signed.encode_to_vec())?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)?;
-    // The rename itself made durable: the directory entry.
-    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) => std::fs::File::open(dir)?.sync_all(),
-        None => Ok(()),
+    // The rename itself made durable, best effort (the snapshot is in place either way).
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::debug!(dir = %dir.display(), error = %e, "snapshot cache directory not synced");
     }
+    Ok(())
 }

@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc,
     },
     thread::JoinHandle,
@@ -141,9 +141,13 @@ fn open_append(path: &Path) -> std::io::Result<std::io::BufWriter<std::fs::File>
 impl Sink {
     /// Opens the file again (a rotation renamed the old one); on failure, keeps writing
     /// to the one it has.
-    fn reopen(&mut self) {
+    fn reopen(&mut self, dropped: &AtomicU64) {
         if let Sink::File { path, file } = self {
-            let _ = file.flush();
+            if file.flush().is_err() {
+                // What the old file's buffer held is lost with it: counted.
+                let lines = file.buffer().iter().filter(|&&b| b == b'\n').count();
+                dropped.fetch_add(lines as u64, Ordering::Relaxed);
+            }
             match open_append(path) {
                 Ok(f) => {
                     *file = f;
@@ -230,7 +234,7 @@ impl AccessLog {
                         }
                     };
                     if reopen_rx.swap(false, Ordering::AcqRel) {
-                        sink.reopen();
+                        sink.reopen(&dropped.access_log_dropped);
                     }
                     match message {
                         Some(Some(r)) => {
@@ -271,11 +275,12 @@ impl AccessLog {
     }
 
     /// Has the writer open its file again before its next line (SIGUSR1, after a log
-    /// rotation); nothing for a log on stdout.
-    pub fn reopen(&self) {
+    /// rotation); false, doing nothing, for a log that is no file (stdout, off).
+    pub fn reopen(&self) -> bool {
         if let Some(r) = &self.reopen {
             r.store(true, Ordering::Release);
         }
+        self.reopen.is_some()
     }
 
     /// Has the writer write every record handed over so far, flush and end, waiting up
