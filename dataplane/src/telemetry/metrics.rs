@@ -68,7 +68,7 @@ impl Histogram {
 #[derive(Debug, Default)]
 pub struct RouteStats {
     /// Responses by status class (1xx..5xx), then requests the client abandoned before
-    /// any response went out (status 0, nginx's 499): see [`STATUS_CLASSES`].
+    /// any response went out (status 0, nginx's 499): listed in `STATUS_CLASSES`.
     pub status: [Counter; STATUS_CLASSES.len()],
     /// Whole-request latency.
     pub latency: Histogram,
