@@ -10,7 +10,7 @@ mod common;
 
 use std::io::{Read as _, Write as _};
 
-use common::{Stack, curl, get, write_config};
+use common::{Stack, curl, exchange, get, write_config};
 use omnirelay_test_support::{
     Capability,
     process::{ChildGuard, free_port, wait_for_port},
@@ -322,23 +322,6 @@ fn an_early_answer_to_a_large_upload_reaches_the_client() {
             "{expect}: {text}"
         );
     }
-}
-
-/// Writes `request` on `conn` and reads until `done` says the response is in, the peer
-/// closes, or 5 s pass; what was read, as text.
-fn exchange(conn: &mut std::net::TcpStream, request: &str, done: impl Fn(&[u8]) -> bool) -> String {
-    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .unwrap();
-    conn.write_all(request.as_bytes()).unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !done(&got) {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-    String::from_utf8_lossy(&got).into_owned()
 }
 
 fn nginx_accepts(stack: &Stack) -> u64 {

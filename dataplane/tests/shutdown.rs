@@ -11,12 +11,12 @@
 mod common;
 
 use std::{
-    io::{Read as _, Write as _},
+    io::Read as _,
     net::TcpStream,
     time::{Duration, Instant},
 };
 
-use common::{Stack, curl};
+use common::{Stack, curl, exchange};
 use nix::sys::signal::Signal;
 use omnirelay_test_support::{Capability, process::wait_until, require_caps};
 
@@ -46,27 +46,16 @@ fn stalled_request(stack: &Stack) -> std::thread::JoinHandle<String> {
 /// Writes a GET of `path` on `conn` and reads the response to its end (the proxy closes
 /// the connection after it); the response, lower-cased.
 fn get_to_close(conn: &mut TcpStream, path: &str) -> String {
-    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
-        .unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut got = Vec::new();
-    conn.read_to_end(&mut got).unwrap();
-    String::from_utf8_lossy(&got).to_ascii_lowercase()
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+    exchange(conn, &request, |_| false).to_ascii_lowercase()
 }
 
 /// An idle keep-alive connection: one request served on it.
 fn idle_connection(stack: &Stack) -> TcpStream {
     let mut conn = TcpStream::connect(stack.proxy()).unwrap();
-    conn.write_all(b"GET /who HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !got.ends_with(b"one\n") {
-        let n = conn.read(&mut buf).unwrap();
-        assert!(n > 0, "closed before the response");
-        got.extend_from_slice(&buf[..n]);
-    }
+    let request = "GET /who HTTP/1.1\r\nHost: t\r\n\r\n";
+    let got = exchange(&mut conn, request, |got| got.ends_with(b"one\n"));
+    assert!(got.ends_with("one\n"), "closed before the response: {got}");
     conn
 }
 

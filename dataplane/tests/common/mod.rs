@@ -298,6 +298,28 @@ pub fn get(url: &str) -> (u16, Vec<u8>) {
     (code, body)
 }
 
+/// Writes `request` on `conn` and reads until `done` says the response is in, the peer
+/// closes, or 5 s pass; what was read, as text.
+pub fn exchange(
+    conn: &mut std::net::TcpStream,
+    request: &str,
+    done: impl Fn(&[u8]) -> bool,
+) -> String {
+    use std::io::{Read as _, Write as _};
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !done(&got) {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 /// Rewrites the config file the way an editor does (write elsewhere, rename over).
 pub fn write_config(path: &std::path::Path, text: &str) {
     let tmp = path.with_extension("tmp");
