@@ -79,13 +79,8 @@ impl FileConfigSource {
     }
 }
 
-/// The file's metadata the watcher compares; `None` while the file is missing.
-fn metadata(path: &Path) -> Option<(i64, i64, u64, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.mtime(), m.mtime_nsec(), m.size(), m.ino()))
-}
-
-/// What tells whether a file changed between two looks, and when it last did.
+/// What tells whether a file changed between two looks (by the watcher, and around a
+/// load's read), and when it last did.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Settled {
     modified: SystemTime,
@@ -184,7 +179,7 @@ impl ConfigSource for FileConfigSource {
         let path = self.path.clone();
         let flag = Arc::clone(&stop);
         // Taken before returning, so a change made right after `watch` is never missed.
-        let mut last_meta = metadata(&path);
+        let mut last_meta = settled_state(&path).ok();
         let mut last_hash = content_hash(&path);
         let mut hashed_at = std::time::Instant::now();
         let thread = std::thread::Builder::new()
@@ -192,7 +187,7 @@ impl ConfigSource for FileConfigSource {
             .spawn(move || {
                 while !flag.load(Ordering::Acquire) {
                     std::thread::sleep(POLL_INTERVAL);
-                    let meta = metadata(&path);
+                    let meta = settled_state(&path).ok();
                     let meta_changed = meta != last_meta;
                     if !meta_changed && hashed_at.elapsed() < HASH_INTERVAL {
                         continue;
