@@ -16,11 +16,10 @@ impl HostMatch {
     /// dot is part of the name (it matches nothing real), not a wildcard: `*foo.com` must
     /// not match `evilfoo.com`.
     pub fn parse(host: &str) -> Self {
-        let host = host.to_ascii_lowercase();
-        let host = host.trim_end_matches('.');
+        let host = normalize_host(host.as_bytes()).unwrap_or_default();
         match host.strip_prefix('*').filter(|s| s.starts_with('.')) {
             Some(suffix) => HostMatch::Suffix(suffix.to_owned()),
-            None => HostMatch::Exact(host.to_owned()),
+            None => HostMatch::Exact(host.into_owned()),
         }
     }
 

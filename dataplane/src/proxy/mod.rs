@@ -142,15 +142,10 @@ impl Proxy {
         self.drain.start()
     }
 
-    /// Whether every worker has ended.
-    pub fn finished(&self) -> bool {
-        self.threads.iter().all(JoinHandle::is_finished)
-    }
-
     /// Waits until every worker has ended or `until` passes; returns whether they ended.
     pub fn wait_until(&self, until: Instant) -> bool {
         loop {
-            if self.finished() {
+            if self.threads.iter().all(JoinHandle::is_finished) {
                 return true;
             }
             let now = Instant::now();
