@@ -10,14 +10,11 @@ use monoio::net::TcpStream;
 
 use super::{
     deadline::{Timer, within},
-    downstream::Downstream,
-    io,
+    downstream::{self, Downstream},
+    io::Stream,
     worker::WorkerCtx,
 };
 use crate::http1::{self, BodyDecoder, Framing, Http1Error, RequestHead, ResponseHead, Version};
-
-/// Bytes staged before a write is issued.
-const FLUSH_AT: usize = 64 * 1024;
 
 /// A failure on the client side of a body transfer.
 #[derive(Debug)]
@@ -37,24 +34,24 @@ enum WriteError {
     TimedOut,
 }
 
-/// [`io::send_all`] bounded by `deadline`: a peer that stops reading cannot hold the
+/// [`Stream::send_all`] bounded by `deadline`: a peer that stops reading cannot hold the
 /// request, its buffers and connections past it. A timed-out write's buffer stays with
 /// the cancelled operation (the runtime frees it when that ends); an empty one comes back.
-async fn send_by(
-    stream: &mut TcpStream,
+async fn send_by<S: Stream>(
+    stream: &mut S,
     buf: BytesMut,
     deadline: Instant,
     timer: &mut Timer<'_>,
 ) -> (Result<(), WriteError>, BytesMut) {
-    match within(timer, deadline, io::send_all(stream, buf)).await {
+    match within(timer, deadline, stream.send_all(buf)).await {
         Ok((res, buf)) => (res.map_err(|_| WriteError::Io), buf),
         Err(_) => (Err(WriteError::TimedOut), BytesMut::new()),
     }
 }
 
-/// [`send_by`], giving the buffer back cleared (as [`io::write_all`]).
-async fn write_by(
-    stream: &mut TcpStream,
+/// [`send_by`], giving the buffer back cleared, for reuse.
+async fn write_by<S: Stream>(
+    stream: &mut S,
     out: BytesMut,
     deadline: Instant,
     timer: &mut Timer<'_>,
@@ -112,45 +109,68 @@ impl RequestBody {
         self.bytes
     }
 
-    /// Writes the request head (`head` is the same again afterwards, for a retry), then
-    /// streams the body from the client.
-    pub async fn send(
+    /// Whether the request has a body to stream after its head.
+    pub fn has_body(&self) -> bool {
+        self.framing != Framing::None
+    }
+
+    /// Writes the head of a request without a body, from its own buffer, which comes
+    /// back unchanged (for a retry).
+    pub async fn send_head(
         &mut self,
-        ctx: &WorkerCtx,
         up: &mut TcpStream,
         head: &mut BytesMut,
+        deadline: Instant,
+        timer: &mut Timer<'_>,
+    ) -> Result<(), SendError> {
+        let (res, written) = send_by(up, std::mem::take(head), deadline, timer).await;
+        *head = written;
+        res.map_err(SendError::from)
+    }
+
+    /// Answers `Expect: 100-continue` on this hop, before the first body byte is asked
+    /// for (the upstream's own 100 is skipped later).
+    pub async fn answer_expectation(
+        &mut self,
         ds: &mut Downstream,
         deadline: Instant,
         timer: &mut Timer<'_>,
     ) -> Result<(), SendError> {
-        if self.framing == Framing::None {
-            // The head alone: written from its own buffer, which comes back unchanged.
-            let (res, written) = send_by(up, std::mem::take(head), deadline, timer).await;
-            *head = written;
-            return res.map_err(SendError::from);
-        }
-        let mut out = ctx.take_buf();
-        out.extend_from_slice(head);
         if self.expect_continue && ds.buf.is_empty() && !self.started {
-            // Answer the expectation ourselves; the upstream's own 100 is skipped later.
             self.expect_continue = false;
             let cont = |out: &mut BytesMut| out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-            write_interim(ds, cont, deadline, timer)
+            write_interim(ds.client_side(), cont, deadline, timer)
                 .await
                 .map_err(SendError::Client)?;
         }
+        Ok(())
+    }
+
+    /// Writes `out` (the request head) and streams the body after it, from the client
+    /// (`client`, with `client_buf` holding what was read of it already) to `up`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn pump<C: Stream, U: Stream>(
+        &mut self,
+        ctx: &WorkerCtx,
+        client: &mut C,
+        client_buf: &mut BytesMut,
+        up: &mut U,
+        mut out: BytesMut,
+        deadline: Instant,
+        timer: &mut Timer<'_>,
+    ) -> Result<(), SendError> {
         let chunked = self.framing == Framing::Chunked;
         loop {
-            while !self.decoder.is_done() && !ds.buf.is_empty() {
+            while !self.decoder.is_done() && !client_buf.is_empty() {
                 let d = self
                     .decoder
-                    .decode(&ds.buf)
+                    .decode(client_buf)
                     .map_err(|e| SendError::Client(BodyError::Http(e)))?;
                 if d.consumed == 0 {
                     break;
                 }
                 self.started = true;
-                let data = &ds.buf[d.data.clone()];
+                let data = &client_buf[d.data.clone()];
                 self.bytes += data.len() as u64;
                 if chunked {
                     if !data.is_empty() {
@@ -159,7 +179,7 @@ impl RequestBody {
                 } else {
                     out.extend_from_slice(data);
                 }
-                ds.buf.advance(d.consumed);
+                client_buf.advance(d.consumed);
             }
             if self.decoder.is_done() {
                 if chunked {
@@ -169,15 +189,15 @@ impl RequestBody {
                 ctx.give_buf(out);
                 return res.map_err(SendError::from);
             }
-            if out.len() >= FLUSH_AT || !out.is_empty() {
+            if !out.is_empty() {
                 let (res, o) = write_by(up, out, deadline, timer).await;
                 out = o;
                 res.map_err(SendError::from)?;
             }
-            let buf = std::mem::take(&mut ds.buf);
-            match within(timer, deadline, io::read_more(&mut ds.stream, buf)).await {
+            let buf = std::mem::take(client_buf);
+            match within(timer, deadline, client.read_more(buf)).await {
                 Ok((Ok(0), b)) => {
-                    ds.buf = b;
+                    *client_buf = b;
                     let e = self
                         .decoder
                         .finish()
@@ -185,7 +205,7 @@ impl RequestBody {
                         .unwrap_or(Http1Error::IncompleteBody);
                     return Err(SendError::Client(BodyError::Http(e)));
                 }
-                Ok((Ok(_), b)) => ds.buf = b,
+                Ok((Ok(_), b)) => *client_buf = b,
                 Ok((Err(_), _)) => return Err(SendError::Client(BodyError::Io)),
                 Err(_) => return Err(SendError::Client(BodyError::Timeout)),
             }
@@ -193,19 +213,25 @@ impl RequestBody {
     }
 }
 
+/// The client's side of a response: its stream and the staging buffer for writes to it.
+pub(crate) struct ToClient<'a, C> {
+    pub stream: &'a mut C,
+    pub out: &'a mut BytesMut,
+}
+
 /// Writes an interim (1xx) response, made by `fill` into the client's output buffer, to
 /// the client by `deadline`.
-async fn write_interim(
-    ds: &mut Downstream,
+async fn write_interim<C: Stream>(
+    client: ToClient<'_, C>,
     fill: impl FnOnce(&mut BytesMut),
     deadline: Instant,
     timer: &mut Timer<'_>,
 ) -> Result<(), BodyError> {
-    let mut out = std::mem::take(&mut ds.out);
+    let mut out = std::mem::take(client.out);
     out.clear();
     fill(&mut out);
-    let (res, out) = write_by(&mut ds.stream, out, deadline, timer).await;
-    ds.out = out;
+    let (res, out) = write_by(client.stream, out, deadline, timer).await;
+    *client.out = out;
     res.map_err(|e| match e {
         WriteError::Io => BodyError::Io,
         WriteError::TimedOut => BodyError::Timeout,
@@ -214,10 +240,10 @@ async fn write_interim(
 
 /// Relays an upstream's interim response (103 Early Hints, 102) to an HTTP/1.1 client,
 /// without its hop-by-hop fields. An HTTP/1.0 client gets none (RFC 9110 §15.2).
-pub(crate) async fn relay_interim(
+pub(crate) async fn relay_interim<C: Stream>(
     resp: &ResponseHead,
     client_version: Version,
-    ds: &mut Downstream,
+    client: ToClient<'_, C>,
     deadline: Instant,
     timer: &mut Timer<'_>,
 ) -> Result<(), BodyError> {
@@ -225,7 +251,7 @@ pub(crate) async fn relay_interim(
         return Ok(());
     }
     let head = |out: &mut BytesMut| http1::write_response_head(resp, Framing::None, &[], out);
-    write_interim(ds, head, deadline, timer).await
+    write_interim(client, head, deadline, timer).await
 }
 
 /// What a response owes the client that asked for it.
@@ -254,12 +280,12 @@ impl Reply {
 /// Streams the response to the client. Returns (body bytes sent, whether the client
 /// connection may continue, whether the upstream connection may be pooled, the upstream
 /// read buffer for reuse).
-pub(crate) async fn relay_response(
+pub(crate) async fn relay_response<U: Stream, C: Stream>(
     resp: &ResponseHead,
     reply: Reply,
-    up: &mut TcpStream,
+    up: &mut U,
     mut up_buf: BytesMut,
-    ds: &mut Downstream,
+    client: ToClient<'_, C>,
     deadline: Instant,
     timer: &mut Timer<'_>,
 ) -> (u64, bool, bool, BytesMut) {
@@ -268,13 +294,16 @@ pub(crate) async fn relay_response(
         Ok(f) => f,
         Err(e) => {
             tracing::debug!("invalid upstream response framing: {e}");
-            ds.send_error(502, "invalid response from upstream", timer)
-                .await;
+            downstream::send_error(client, 502, "invalid response from upstream", timer).await;
             return (0, false, false, up_buf);
         }
     };
     let ds_framing = http1::downstream_framing(framing, client_version);
-    let mut out = std::mem::take(&mut ds.out);
+    let ToClient {
+        stream: ds_stream,
+        out: ds_out,
+    } = client;
+    let mut out = std::mem::take(ds_out);
     out.clear();
     // Say what becomes of the client connection when the request asked (RFC 9112 §9.6)
     // or when HTTP/1.0 keeps it open only on request (§9.3).
@@ -295,8 +324,8 @@ pub(crate) async fn relay_response(
                 Ok(d) => d,
                 Err(e) => {
                     tracing::debug!("invalid upstream response body: {e}");
-                    let (_, o) = write_by(&mut ds.stream, out, deadline, timer).await;
-                    ds.out = o;
+                    let (_, o) = write_by(ds_stream, out, deadline, timer).await;
+                    *ds_out = o;
                     return (sent, false, false, up_buf);
                 }
             };
@@ -318,15 +347,15 @@ pub(crate) async fn relay_response(
             complete = true;
             break;
         }
-        if out.len() >= FLUSH_AT || !out.is_empty() {
-            let (res, o) = write_by(&mut ds.stream, out, deadline, timer).await;
+        if !out.is_empty() {
+            let (res, o) = write_by(ds_stream, out, deadline, timer).await;
             out = o;
             if res.is_err() {
-                ds.out = out;
+                *ds_out = out;
                 return (sent, false, false, up_buf);
             }
         }
-        match within(timer, deadline, io::read_more(up, up_buf)).await {
+        match within(timer, deadline, up.read_more(up_buf)).await {
             Ok((Ok(0), b)) => {
                 up_buf = b;
                 complete = decoder.finish().is_ok() && framing == Framing::CloseDelimited;
@@ -334,13 +363,13 @@ pub(crate) async fn relay_response(
             }
             Ok((Ok(_), b)) => up_buf = b,
             Ok((Err(_), b)) => {
-                let (_, o) = write_by(&mut ds.stream, out, deadline, timer).await;
-                ds.out = o;
+                let (_, o) = write_by(ds_stream, out, deadline, timer).await;
+                *ds_out = o;
                 return (sent, false, false, b);
             }
             Err(_) => {
-                let (_, o) = write_by(&mut ds.stream, out, deadline, timer).await;
-                ds.out = o;
+                let (_, o) = write_by(ds_stream, out, deadline, timer).await;
+                *ds_out = o;
                 return (sent, false, false, BytesMut::new());
             }
         }
@@ -348,8 +377,8 @@ pub(crate) async fn relay_response(
     if complete && chunked {
         out.extend_from_slice(http1::LAST_CHUNK);
     }
-    let (res, o) = write_by(&mut ds.stream, out, deadline, timer).await;
-    ds.out = o;
+    let (res, o) = write_by(ds_stream, out, deadline, timer).await;
+    *ds_out = o;
     let client_ok = res.is_ok() && complete && stays;
     let reusable =
         complete && framing != Framing::CloseDelimited && resp.keep_alive() && up_buf.is_empty();

@@ -20,10 +20,11 @@ use monoio::{io::Canceller, net::TcpStream};
 use std::os::fd::AsRawFd as _;
 
 use super::{
+    body::ToClient,
     deadline::{self, Timer, within},
     forward,
     idle::IdleToken,
-    io,
+    io::{self, Stream},
     slot::FutureSlot,
     worker::WorkerCtx,
 };
@@ -46,18 +47,42 @@ pub(crate) struct Downstream {
 }
 
 impl Downstream {
-    /// Sends a minimal error response with `connection: close`, giving up after
-    /// [`ERROR_WRITE_TIMEOUT`] on the request's `timer` (a client that does not read cannot
-    /// hold the connection).
+    /// Sends a minimal error response with `connection: close` (see [`send_error`]).
     pub async fn send_error(&mut self, status: u16, reason: &str, timer: &mut Timer<'_>) {
-        let mut out = std::mem::take(&mut self.out);
-        out.clear();
-        http1::write_error_response(status, reason, &mut out);
-        let until = Instant::now() + ERROR_WRITE_TIMEOUT;
-        let written = within(timer, until, io::write_all(&mut self.stream, out)).await;
-        // Timed out: the buffer went with the cancelled write; the connection closes.
-        self.out = written.map_or_else(|_| BytesMut::new(), |(_, out)| out);
+        send_error(self.client_side(), status, reason, timer).await;
     }
+
+    /// The client's side of a response.
+    pub fn client_side(&mut self) -> ToClient<'_, TcpStream> {
+        ToClient {
+            stream: &mut self.stream,
+            out: &mut self.out,
+        }
+    }
+}
+
+/// Sends a minimal error response with `connection: close` to `client`, giving up after
+/// [`ERROR_WRITE_TIMEOUT`] on the request's `timer` (a client that does not read cannot
+/// hold the connection).
+pub(crate) async fn send_error<C: Stream>(
+    client: ToClient<'_, C>,
+    status: u16,
+    reason: &str,
+    timer: &mut Timer<'_>,
+) {
+    let mut out = std::mem::take(client.out);
+    out.clear();
+    http1::write_error_response(status, reason, &mut out);
+    let until = Instant::now() + ERROR_WRITE_TIMEOUT;
+    let written = within(timer, until, client.stream.send_all(out)).await;
+    // Timed out: the buffer went with the cancelled write; the connection closes.
+    *client.out = written.map_or_else(
+        |_| BytesMut::new(),
+        |(_, mut out)| {
+            out.clear();
+            out
+        },
+    );
 }
 
 /// Ends an idle registration when the wait ends, or when the task is dropped mid-wait

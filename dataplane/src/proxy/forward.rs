@@ -17,7 +17,7 @@ use super::{
     body::{self, BodyError},
     deadline::{self, Timer, within},
     downstream::Downstream,
-    io,
+    duplex, io,
     worker::{PooledBuf, WorkerCtx},
 };
 use crate::{
@@ -614,24 +614,72 @@ async fn attempt(
         }
     };
 
-    // Request head and body.
-    let sent = body_state
-        .send(ctx, &mut up, up_head, ds, deadline, timer)
+    // Request head and body. A body goes up with the upstream watched for an early answer.
+    let mut up_buf = if body_state.has_body() {
+        let sent = duplex::send_body(
+            ctx,
+            req.head,
+            &up,
+            up_head,
+            body_state,
+            ds,
+            (deadline, per_try),
+            timer,
+        )
         .await;
-    if let Err(e) = sent {
-        return Err(match e {
-            body::SendError::Upstream => AttemptError::UpstreamClosed {
-                reused,
-                sent_body: body_state.started(),
-            },
-            body::SendError::UpstreamTimeout => AttemptError::Timeout,
-            body::SendError::Client(c) => AttemptError::Client(c),
-        });
-    }
+        let closed = AttemptError::UpstreamClosed {
+            reused,
+            sent_body: body_state.started(),
+        };
+        match sent {
+            duplex::Sent::Whole(buf) => buf,
+            duplex::Sent::Answered {
+                status,
+                head_at,
+                bytes_out,
+            } => {
+                let upstream_time = head_at.saturating_duration_since(t0);
+                if let Some(st) = stats {
+                    st.upstream_latency.observe(upstream_time);
+                }
+                return Ok(AttemptResult {
+                    status,
+                    upstream_time,
+                    bytes_out,
+                    client_keep_alive: false,
+                    pending_5xx: false,
+                    finished: Instant::now(),
+                    pending: None,
+                });
+            }
+            duplex::Sent::Failed(e) => return Err(send_error(e, closed)),
+            duplex::Sent::Closed => return Err(closed),
+            duplex::Sent::BadResponse(e) => return Err(AttemptError::BadResponse(e)),
+            duplex::Sent::TimedOut => {
+                if let Some(st) = stats {
+                    st.timeouts.add(1);
+                }
+                return Err(AttemptError::Timeout);
+            }
+        }
+    } else {
+        let sent = body_state
+            .send_head(&mut up, up_head, deadline, timer)
+            .await;
+        if let Err(e) = sent {
+            return Err(send_error(
+                e,
+                AttemptError::UpstreamClosed {
+                    reused,
+                    sent_body: false,
+                },
+            ));
+        }
+        ctx.take_buf()
+    };
 
     // Response head (skipping interim 1xx responses), within the attempt's own timeout.
     let head_by = per_try.map_or(deadline, |p| deadline.min(Instant::now() + p));
-    let mut up_buf = ctx.take_buf();
     let resp = loop {
         match ResponseHead::parse(&mut up_buf, &http1::Limits::default()) {
             // 100 Continue was answered by this hop (or not asked for); 101 is a switch.
@@ -641,9 +689,15 @@ async fn attempt(
                 // A client that cannot take a few bytes by the deadline is gone: the
                 // connection closes without another write (a 408 could not reach it).
                 if head.status() != 100
-                    && body::relay_interim(&head, req.head.version(), ds, deadline, timer)
-                        .await
-                        .is_err()
+                    && body::relay_interim(
+                        &head,
+                        req.head.version(),
+                        ds.client_side(),
+                        deadline,
+                        timer,
+                    )
+                    .await
+                    .is_err()
                 {
                     return Err(AttemptError::Client(BodyError::Io));
                 }
@@ -689,8 +743,16 @@ async fn attempt(
         });
     }
     let reply = body::Reply::to(req.head, ctx);
-    let (bytes_out, client_keep_alive, reusable, up_buf) =
-        body::relay_response(&resp, reply, &mut up, up_buf, ds, deadline, timer).await;
+    let (bytes_out, client_keep_alive, reusable, up_buf) = body::relay_response(
+        &resp,
+        reply,
+        &mut up,
+        up_buf,
+        ds.client_side(),
+        deadline,
+        timer,
+    )
+    .await;
     // The head points into `up_buf`'s allocation: dropped first, the buffer goes back
     // to the pool whole instead of being freed.
     drop(resp);
@@ -712,6 +774,15 @@ async fn attempt(
     })
 }
 
+/// The attempt's error for a failed send; `closed` when the upstream side failed.
+fn send_error(e: body::SendError, closed: AttemptError) -> AttemptError {
+    match e {
+        body::SendError::Upstream => closed,
+        body::SendError::UpstreamTimeout => AttemptError::Timeout,
+        body::SendError::Client(c) => AttemptError::Client(c),
+    }
+}
+
 /// Forwards a held-back 5xx response (its connection is not reused), by the request's
 /// deadline like any response; its read buffer goes back to the pool.
 async fn forward_pending(
@@ -724,8 +795,16 @@ async fn forward_pending(
 ) -> AttemptResult {
     if let Some((resp, mut up, up_buf)) = r.pending.take() {
         let reply = body::Reply::to(head, ctx);
-        let (bytes, keep, _, up_buf) =
-            body::relay_response(&resp, reply, &mut up, up_buf, ds, deadline, timer).await;
+        let (bytes, keep, _, up_buf) = body::relay_response(
+            &resp,
+            reply,
+            &mut up,
+            up_buf,
+            ds.client_side(),
+            deadline,
+            timer,
+        )
+        .await;
         // The head points into the buffer: dropped first, the allocation goes back whole.
         drop(resp);
         ctx.give_buf(up_buf);

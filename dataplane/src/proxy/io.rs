@@ -1,6 +1,6 @@
 //! Owned-buffer I/O helpers over monoio's completion-based streams.
 
-use std::io;
+use std::{io, os::fd::AsRawFd as _};
 
 use bytes::BytesMut;
 use monoio::{
@@ -42,11 +42,120 @@ fn spare(mut buf: BytesMut) -> SliceMut<BytesMut> {
     buf.slice_mut(len..cap)
 }
 
-/// Writes all of `out` and returns it cleared, for reuse.
-pub async fn write_all(stream: &mut TcpStream, out: BytesMut) -> (io::Result<()>, BytesMut) {
-    let (res, mut out) = send_all(stream, out).await;
-    out.clear();
-    (res, out)
+/// What the body relays need of a connection: reading more into a buffer and writing a
+/// buffer whole. A [`TcpStream`] does both with io_uring operations while one task owns
+/// it; a [`Shared`] view lets two tasks use one socket at once.
+pub(crate) trait Stream {
+    /// As [`read_more`].
+    async fn read_more(&mut self, buf: BytesMut) -> (io::Result<usize>, BytesMut);
+    /// As [`send_all`].
+    async fn send_all(&mut self, buf: BytesMut) -> (io::Result<()>, BytesMut);
+}
+
+impl Stream for TcpStream {
+    async fn read_more(&mut self, buf: BytesMut) -> (io::Result<usize>, BytesMut) {
+        read_more(self, buf).await
+    }
+
+    async fn send_all(&mut self, buf: BytesMut) -> (io::Result<()>, BytesMut) {
+        send_all(self, buf).await
+    }
+}
+
+/// A shared view of a socket, for a request whose body goes up while its response comes
+/// down: one task reads the socket while another writes it. Each operation is a
+/// non-blocking system call, and only when that would block a wait for readiness (which
+/// the epoll driver confirms with `poll(2)`, so a stale readiness cannot spin).
+#[derive(Clone, Copy)]
+pub(crate) struct Shared<'a>(pub &'a TcpStream);
+
+impl Shared<'_> {
+    /// [`Stream::read_more`] by value, for a future that must not borrow the view.
+    pub async fn recv(self, buf: BytesMut) -> (io::Result<usize>, BytesMut) {
+        let mut buf = buf;
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        loop {
+            let spare = buf.spare_capacity_mut();
+            // SAFETY: the pointer and length describe `buf`'s spare capacity, which the
+            // kernel fills; only the bytes it reports are marked initialized below.
+            let n = unsafe {
+                libc::recv(
+                    self.0.as_raw_fd(),
+                    spare.as_mut_ptr().cast(),
+                    spare.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if let Ok(n) = usize::try_from(n) {
+                // SAFETY: `recv` initialized `n` bytes of the spare capacity.
+                unsafe { buf.set_len(buf.len() + n) };
+                return (Ok(n), buf);
+            }
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::WouldBlock => {
+                    if let Err(e) = self.0.readable(false).await {
+                        return (Err(e), buf);
+                    }
+                }
+                io::ErrorKind::Interrupted => {}
+                _ => return (Err(err), buf),
+            }
+        }
+    }
+
+    /// [`Stream::send_all`] by value.
+    pub async fn send(self, buf: BytesMut) -> (io::Result<()>, BytesMut) {
+        let mut at = 0;
+        while at < buf.len() {
+            let rest = &buf[at..];
+            // SAFETY: the pointer and length describe initialized bytes of `buf`.
+            let n = unsafe {
+                libc::send(
+                    self.0.as_raw_fd(),
+                    rest.as_ptr().cast(),
+                    rest.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            match usize::try_from(n) {
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                Ok(n) => at += n,
+                Err(_) => {
+                    let err = io::Error::last_os_error();
+                    match err.kind() {
+                        io::ErrorKind::WouldBlock => {
+                            if let Err(e) = self.0.writable(false).await {
+                                return (Err(e), buf);
+                            }
+                        }
+                        io::ErrorKind::Interrupted => {}
+                        _ => return (Err(err), buf),
+                    }
+                }
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    /// Ends the sending side (`shutdown(2)`, `SHUT_WR`): the peer reads the end of the
+    /// stream after what was sent.
+    pub fn shutdown_write(self) {
+        // SAFETY: a plain system call on a descriptor the view borrows.
+        unsafe { libc::shutdown(self.0.as_raw_fd(), libc::SHUT_WR) };
+    }
+}
+
+impl Stream for Shared<'_> {
+    async fn read_more(&mut self, buf: BytesMut) -> (io::Result<usize>, BytesMut) {
+        self.recv(buf).await
+    }
+
+    async fn send_all(&mut self, buf: BytesMut) -> (io::Result<()>, BytesMut) {
+        self.send(buf).await
+    }
 }
 
 /// Writes all of `buf` and returns it as it was. One send takes a buffer whole unless the
@@ -73,16 +182,16 @@ pub async fn send_all(stream: &mut TcpStream, buf: BytesMut) -> (io::Result<()>,
 mod tests {
     use bytes::BytesMut;
     use monoio::{
-        io::AsyncReadRent,
+        buf::IoBuf as _,
+        io::{AsyncReadRent, AsyncWriteRentExt as _},
         net::{TcpListener, TcpStream},
     };
 
-    use super::{send_all, write_all};
+    use super::{Shared, send_all};
 
     /// Writes a buffer larger than the socket takes at once, then a small one, to a reader
     /// that starts late: the first send is partial and the rest goes through the fallback
-    /// loop. Every byte arrives, in order, and the buffers come back whole (`send_all`) or
-    /// cleared (`write_all`).
+    /// loop. Every byte arrives, in order, and the buffers come back whole.
     async fn partial_send_round_trip() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -108,15 +217,76 @@ mod tests {
             data.len(),
             "send_all gives the buffer back whole"
         );
-        let (res, back) = write_all(&mut w, BytesMut::from(&b"tail"[..])).await;
+        let (res, back) = send_all(&mut w, BytesMut::from(&b"tail"[..])).await;
         res.unwrap();
-        assert!(back.is_empty(), "write_all gives the buffer back cleared");
+        assert_eq!(&back[..], b"tail", "a short buffer comes back whole too");
         drop(w);
         let mut want = data;
         want.extend_from_slice(b"tail");
         let got = reader.await;
         assert_eq!(got.len(), want.len());
         assert!(got == want, "bytes arrive in order");
+    }
+
+    /// Sends 16 MiB to an echo peer through one [`Shared`] view while another reads the
+    /// echo through a second view of the same socket. Neither could finish alone: the
+    /// peer stops reading while its echo is not taken.
+    async fn shared_views_read_and_write_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let echo = monoio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let (n, b) = s.read(buf).await;
+                let n = n.unwrap();
+                if n == 0 {
+                    break;
+                }
+                let (res, b) = s.write_all(b.slice(..n)).await;
+                res.unwrap();
+                buf = b.into_inner();
+            }
+        });
+        let data: Vec<u8> = (0..16 << 20).map(|i: u32| (i % 249) as u8).collect();
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (reader, writer) = (Shared(&stream), Shared(&stream));
+        let want = data.len();
+        let read_all = async move {
+            let mut got = BytesMut::new();
+            while got.len() < want {
+                let (n, b) = reader.recv(got).await;
+                assert!(n.unwrap() > 0, "echo ended early");
+                got = b;
+            }
+            got
+        };
+        let write_all = async move {
+            let (res, back) = writer.send(BytesMut::from(&data[..])).await;
+            res.unwrap();
+            writer.shutdown_write();
+            back
+        };
+        let (got, sent) = monoio::join!(read_all, write_all);
+        assert_eq!(got.len(), sent.len());
+        assert!(got == sent, "the echo comes back whole and in order");
+        echo.await;
+    }
+
+    #[test]
+    fn shared_views_of_one_socket_read_and_write_concurrently() {
+        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+        {
+            Ok(mut rt) => rt.block_on(shared_views_read_and_write_at_once()),
+            Err(e) => eprintln!("io_uring unavailable ({e}): only the epoll driver is tested"),
+        }
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+            .block_on(shared_views_read_and_write_at_once());
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod body;
 mod deadline;
 mod downstream;
 mod drain;
+mod duplex;
 mod forward;
 mod idle;
 mod io;
