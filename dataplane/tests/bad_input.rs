@@ -157,3 +157,61 @@ fn a_client_that_stops_mid_body_does_not_hang_the_worker() {
         assert_eq!(get(&stack.url("/who")).0, 200);
     }
 }
+
+/// An upload refused by the data plane itself (413: larger than the listener's body
+/// limit) while curl is still sending it: curl reports the refusal, with and without
+/// waiting for 100 Continue.
+#[test]
+fn a_refused_upload_gets_its_answer_while_the_client_still_sends() {
+    require_caps!(Capability::Program("nginx"), Capability::Program("curl"));
+    let stack = Stack::start();
+    let file = stack.dir.path().join("too-large");
+    // Over the test listener's 64 MiB `max_body_bytes`.
+    std::fs::write(&file, vec![b'x'; 80 << 20]).unwrap();
+    for expect in ["Expect: 100-continue", "Expect:"] {
+        let out = common::curl(&[
+            "-s",
+            "-H",
+            expect,
+            "-w",
+            "\n%{http_code}",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &stack.url("/echo"),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.ends_with("\n413"),
+            "{expect}: {text:?} ({:?})",
+            out.status
+        );
+    }
+}
+
+/// After refusing a request whose body is still coming, the data plane ends its side
+/// (the client reads the answer, then the end of the stream) but keeps reading and
+/// dropping what the client sends for a while before it closes: closing with unread
+/// bytes would reset the connection, and a reset can destroy an answer the client has
+/// not read yet (on a lossy path, or on systems that drop unread data on a reset).
+#[test]
+fn a_refused_request_body_is_read_and_dropped_before_the_close() {
+    require_caps!(Capability::Program("nginx"));
+    let stack = Stack::start();
+    let mut s = TcpStream::connect(stack.proxy()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100000000\r\n\r\n")
+        .unwrap();
+    s.write_all(&chunk).unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(status(&answer), 413, "{answer}");
+    // The client goes on sending for 200 ms: every write is taken, none meets a reset.
+    for i in 0..16 {
+        if let Err(e) = s.write_all(&chunk) {
+            panic!("write {i} after the answer failed: {e}");
+        }
+        std::thread::sleep(Duration::from_millis(12));
+    }
+}

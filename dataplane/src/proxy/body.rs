@@ -104,6 +104,11 @@ impl RequestBody {
         self.started
     }
 
+    /// Whether the request has a body not yet read whole.
+    pub fn unread(&self) -> bool {
+        self.has_body() && !self.decoder.is_done()
+    }
+
     /// Body bytes received from the client.
     pub fn bytes(&self) -> u64 {
         self.bytes

@@ -85,6 +85,32 @@ pub(crate) async fn send_error<C: Stream>(
     );
 }
 
+/// How long a client still sending a request body after its (final) response is read,
+/// the bytes dropped: closing a socket with unread bytes resets the connection, and the
+/// reset can overtake the response at the client.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Half-closes a client connection after its response and drops what the client still
+/// sends, until it closes or [`LINGER`] passes, so the close that follows does not reset
+/// the connection under a response the client has not read yet.
+pub(crate) async fn linger(ctx: &WorkerCtx, stream: &TcpStream, timer: &mut Timer<'_>) {
+    let client = io::Shared(stream);
+    client.shutdown_write();
+    let until = Instant::now() + LINGER;
+    let mut buf = ctx.take_buf();
+    loop {
+        buf.clear();
+        match within(timer, until, client.recv(buf)).await {
+            Ok((Ok(n), b)) if n > 0 => buf = b,
+            Ok((_, b)) => {
+                ctx.give_buf(b);
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 /// Ends an idle registration when the wait ends, or when the task is dropped mid-wait
 /// (before its socket is closed, so the reaper never touches a reused descriptor).
 struct IdleGuard<'a> {

@@ -24,16 +24,11 @@ use monoio::net::TcpStream;
 use super::{
     body::{self, RequestBody, SendError, ToClient},
     deadline::{self, Timer, within},
-    downstream::Downstream,
+    downstream::{self, Downstream},
     io::Shared,
     worker::WorkerCtx,
 };
 use crate::http1::{self, Http1Error, ParseStatus, RequestHead, ResponseHead};
-
-/// How long a client still sending a body the upstream no longer wants is read (and the
-/// bytes dropped) after its response: closing a socket with unread bytes resets the
-/// connection, and the reset can overtake the response at the client.
-const LINGER: Duration = Duration::from_secs(2);
 
 /// How sending a request with a body ended.
 pub(super) enum Sent {
@@ -188,7 +183,7 @@ pub(super) async fn send_body(
     drop(resp);
     ctx.give_buf(up_buf);
     if !pumped {
-        linger(ctx, client, deadline, timer).await;
+        downstream::linger(ctx, client.0, timer).await;
     }
     Sent::Answered {
         status,
@@ -227,26 +222,6 @@ async fn watch_answer(
             Ok(ParseStatus::Complete { head, .. }) => return Ok(Watch::Answer(head, buf)),
             Ok(ParseStatus::Partial) => return Ok(Watch::More(buf)),
             Err(e) => return Err(Sent::BadResponse(e)),
-        }
-    }
-}
-
-/// Half-closes the client connection after its response and drops what it still sends,
-/// until it closes or [`LINGER`] passes, so the close that follows does not reset the
-/// connection under a response the client has not read yet.
-async fn linger(ctx: &WorkerCtx, client: Shared<'_>, deadline: Instant, timer: &mut Timer<'_>) {
-    client.shutdown_write();
-    let until = deadline.min(Instant::now() + LINGER);
-    let mut buf = ctx.take_buf();
-    loop {
-        buf.clear();
-        match within(timer, until, client.recv(buf)).await {
-            Ok((Ok(n), b)) if n > 0 => buf = b,
-            Ok((_, b)) => {
-                ctx.give_buf(b);
-                return;
-            }
-            Err(_) => return,
         }
     }
 }

@@ -16,7 +16,7 @@ use monoio::net::TcpStream;
 use super::{
     body::{self, BodyError},
     deadline::{self, Timer, within},
-    downstream::Downstream,
+    downstream::{self, Downstream},
     duplex, io,
     worker::{PooledBuf, WorkerCtx},
 };
@@ -57,6 +57,9 @@ struct Summary {
     keep_alive: bool,
     /// When the response was sent, where it was read already.
     finished: Option<Instant>,
+    /// The response went out before the request body was read whole: the client may
+    /// still be sending it.
+    body_unread: bool,
 }
 
 impl Summary {
@@ -70,6 +73,15 @@ impl Summary {
             attempts: 0,
             keep_alive: false,
             finished: None,
+            body_unread: false,
+        }
+    }
+
+    /// [`Summary::local`] for a request whose body (if it has one) was not read.
+    fn refused(status: u16, head: &RequestHead, limits: &http1::Limits) -> Self {
+        Summary {
+            body_unread: head.framing(limits) != Ok(Framing::None),
+            ..Summary::local(status)
         }
     }
 }
@@ -174,19 +186,19 @@ pub(crate) async fn handle(
                 timer,
             )
             .await;
-            Summary::local(400)
+            Summary::refused(400, &head, limits)
         }
         None => {
             ctx.stats.unrouted.fetch_add(1, Relaxed);
             ds.send_error(404, "no route matches this request", timer)
                 .await;
-            Summary::local(404)
+            Summary::refused(404, &head, limits)
         }
         Some(idx) => match head.framing(limits) {
             Err(e) => {
                 ctx.stats.bad_requests.fetch_add(1, Relaxed);
                 ds.send_error(e.status(), e.reason(), timer).await;
-                Summary::local(e.status())
+                Summary::refused(e.status(), &head, limits)
             }
             Ok(framing) => {
                 let req = Request {
@@ -239,6 +251,9 @@ pub(crate) async fn handle(
             attempts: summary.attempts,
             request_id: String::from_utf8_lossy(request_id).into_owned(),
         });
+    }
+    if summary.body_unread && !summary.keep_alive {
+        downstream::linger(ctx, &ds.stream, timer).await;
     }
     (summary.keep_alive && head.keep_alive()).then_some(finished)
 }
@@ -386,16 +401,15 @@ async fn proxy(
                     .or_else(|| lb.pick(&cluster.lb, Some(key), now, &mut rng))
             })
         };
-        let Some(id) = picked else {
+        let Some(addr) = picked.and_then(|id| Some((id, cluster.lb.addr(id)?))) else {
             ds.send_error(503, "no healthy upstream endpoint", timer)
                 .await;
-            return Summary::local(503);
+            return Summary {
+                body_unread: body_state.unread(),
+                ..Summary::local(503)
+            };
         };
-        let Some(addr) = cluster.lb.addr(id) else {
-            ds.send_error(503, "no healthy upstream endpoint", timer)
-                .await;
-            return Summary::local(503);
-        };
+        let (id, addr) = addr;
         tried.push(id);
         if let Some(s) = &cluster_stats {
             s.attempts.add(1);
@@ -503,6 +517,7 @@ async fn proxy(
                     attempts,
                     keep_alive: r.client_keep_alive,
                     finished: Some(r.finished),
+                    body_unread: false,
                 }
             }
             Err(e) => {
@@ -532,11 +547,15 @@ async fn proxy(
                     ctx.stats.bad_requests.fetch_add(1, Relaxed);
                 }
                 ds.send_error(status, reason, timer).await;
-                let mut s = Summary::local(status);
-                s.endpoint = Some(addr);
-                s.attempts = attempts;
-                s.bytes_in = body_state.bytes();
-                s
+                Summary {
+                    endpoint: Some(addr),
+                    attempts,
+                    bytes_in: body_state.bytes(),
+                    // A client that failed mid-body is gone or silent: nothing to wait for.
+                    body_unread: matches!(e, AttemptError::Client(BodyError::Http(_)))
+                        || !matches!(e, AttemptError::Client(_)) && body_state.unread(),
+                    ..Summary::local(status)
+                }
             }
         };
     }
