@@ -32,11 +32,16 @@ pub async fn read_more_cancelable(
     (res, slice.into_inner())
 }
 
-/// The spare room of `buf` (grown by [`READ_CHUNK`] when short), for a read to fill.
-fn spare(mut buf: BytesMut) -> SliceMut<BytesMut> {
+/// Grows `buf` by [`READ_CHUNK`] when its spare room is short, for a read to fill.
+fn make_room(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
         buf.reserve(READ_CHUNK);
     }
+}
+
+/// The spare room of `buf` (see [`make_room`]), for a read to fill.
+fn spare(mut buf: BytesMut) -> SliceMut<BytesMut> {
+    make_room(&mut buf);
     let len = buf.len();
     let cap = buf.capacity();
     buf.slice_mut(len..cap)
@@ -73,9 +78,7 @@ impl Shared<'_> {
     /// [`Stream::read_more`] by value, for a future that must not borrow the view.
     pub async fn recv(self, buf: BytesMut) -> (io::Result<usize>, BytesMut) {
         let mut buf = buf;
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
+        make_room(&mut buf);
         loop {
             let spare = buf.spare_capacity_mut();
             // SAFETY: the pointer and length describe `buf`'s spare capacity, which the
