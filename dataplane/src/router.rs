@@ -1,6 +1,8 @@
 //! Route matching (sans-IO): host, path and header conditions, evaluated in the listener's
 //! route order; the first route whose conditions all hold wins.
 
+use std::borrow::Cow;
+
 /// How a route matches the Host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostMatch {
@@ -68,13 +70,30 @@ pub trait RequestView {
     fn host(&self) -> Option<&[u8]>;
     /// The path, without the query string.
     fn path(&self) -> &[u8];
-    /// The first value of a header (name lowercase).
-    fn header(&self, name: &str) -> Option<&[u8]>;
+    /// A header's value (name lowercase); the values of a repeated field joined with
+    /// `,` (see [`join_values`]).
+    fn header(&self, name: &str) -> Option<Cow<'_, [u8]>>;
+}
+
+/// The values of a field sent more than once, joined with `,` as one list (RFC 9110
+/// §5.3), so a condition sees them all: a route on `x-tenant: a` does not take a request
+/// that also says `x-tenant: b`. One value is borrowed; only repeats allocate.
+pub fn join_values<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> Option<Cow<'a, [u8]>> {
+    let first = values.next()?;
+    let Some(second) = values.next() else {
+        return Some(Cow::Borrowed(first));
+    };
+    let mut joined = first.to_vec();
+    for v in std::iter::once(second).chain(values) {
+        joined.push(b',');
+        joined.extend_from_slice(v);
+    }
+    Some(Cow::Owned(joined))
 }
 
 /// Lowercases `host`, strips a port and a trailing dot. `None` if not valid UTF-8. Borrows
 /// when the host is lowercase already (no allocation per request).
-pub fn normalize_host(host: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+pub fn normalize_host(host: &[u8]) -> Option<Cow<'_, str>> {
     let text = std::str::from_utf8(host).ok()?.trim();
     let without_port = if let Some(rest) = text.strip_prefix('[') {
         // [v6]:port
@@ -113,7 +132,7 @@ impl RouteMatcher {
                 .all(|(name, cond)| match (req.header(name), cond) {
                     (None, _) => false,
                     (Some(_), HeaderCondition::Present) => true,
-                    (Some(v), HeaderCondition::Exact(e)) => v == e.as_slice(),
+                    (Some(v), HeaderCondition::Exact(e)) => *v == **e,
                     (Some(v), HeaderCondition::Prefix(p)) => v.starts_with(p),
                 })
     }
@@ -159,11 +178,13 @@ mod tests {
         fn path(&self) -> &[u8] {
             self.path.as_bytes()
         }
-        fn header(&self, name: &str) -> Option<&[u8]> {
-            self.headers
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| v.as_bytes())
+        fn header(&self, name: &str) -> Option<Cow<'_, [u8]>> {
+            join_values(
+                self.headers
+                    .iter()
+                    .filter(|(n, _)| *n == name)
+                    .map(|(_, v)| v.as_bytes()),
+            )
         }
     }
 
@@ -270,5 +291,31 @@ mod tests {
         assert!(m.matches(&r, None));
         r.headers[0].1 = "guest";
         assert!(!m.matches(&r, None));
+    }
+
+    #[test]
+    fn a_repeated_header_is_matched_as_its_joined_values() {
+        let exact = |v: &[u8]| RouteMatcher {
+            hosts: vec![],
+            path: PathMatch::Prefix("/".into()),
+            headers: vec![("x-tenant".into(), HeaderCondition::Exact(v.to_vec()))],
+        };
+        let mut r = req(None, "/");
+        r.headers.push(("x-tenant", "a"));
+        assert!(exact(b"a").matches(&r, None));
+        // A second value: the first alone no longer matches, the list does.
+        r.headers.push(("x-other", "z"));
+        r.headers.push(("x-tenant", "b"));
+        assert!(!exact(b"a").matches(&r, None));
+        assert!(exact(b"a,b").matches(&r, None));
+        assert_eq!(
+            join_values([&b"1"[..], b"2", b"3"].into_iter()).as_deref(),
+            Some(&b"1,2,3"[..])
+        );
+        assert!(matches!(
+            join_values([&b"only"[..]].into_iter()),
+            Some(Cow::Borrowed(b"only"))
+        ));
+        assert_eq!(join_values(std::iter::empty()), None);
     }
 }

@@ -578,3 +578,34 @@ fn unmatched_requests_get_404_and_dead_upstreams_503() {
         "1 try + 2 retries expected, got {failures}"
     );
 }
+
+/// A header condition sees every value of a repeated field (joined with `,`): a request
+/// that says `x-canary: 1` and `x-canary: 2` does not take the route on `x-canary = "1"`.
+#[test]
+fn a_header_condition_sees_every_value_of_a_repeated_field() {
+    require_caps!(Capability::Program("nginx"));
+    let stack = Stack::start();
+    let v = stack.dp_version();
+    let config = common::config(&stack.ports, "one").replacen(
+        "[[routes]]",
+        "[[routes]]\nname = \"canary\"\ncluster = \"two\"\n\
+         headers = [{ name = \"x-canary\", exact = \"1\" }]\n\n[[routes]]",
+        1,
+    );
+    write_config(&stack.config_path, &config);
+    stack.wait_dp_version_above(v);
+    for (fields, want) in [
+        ("x-canary: 1\r\n", "two"),
+        ("x-canary: 1\r\nx-canary: 2\r\n", "one"),
+        ("X-Canary: 2\r\nx-canary: 1\r\n", "one"),
+        ("", "one"),
+    ] {
+        let mut conn = std::net::TcpStream::connect(stack.proxy()).unwrap();
+        let request = format!("GET /who HTTP/1.1\r\nhost: a\r\n{fields}connection: close\r\n\r\n");
+        let text = exchange(&mut conn, &request, |_| false);
+        assert!(
+            text.ends_with(&format!("\r\n\r\n{want}\n")),
+            "{fields:?}: {text}"
+        );
+    }
+}

@@ -4,6 +4,7 @@
 //! route's retry budget; outcomes feed outlier detection.
 
 use std::{
+    borrow::Cow,
     net::SocketAddr,
     rc::Rc,
     sync::{Arc, atomic::Ordering::Relaxed},
@@ -41,8 +42,8 @@ impl RequestView for View<'_> {
     fn path(&self) -> &[u8] {
         self.path.as_bytes()
     }
-    fn header(&self, name: &str) -> Option<&[u8]> {
-        self.head.headers().get(name)
+    fn header(&self, name: &str) -> Option<Cow<'_, [u8]>> {
+        router::join_values(self.head.headers().get_all(name))
     }
 }
 
