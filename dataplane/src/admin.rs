@@ -90,7 +90,8 @@ async fn metrics_handler(State(s): State<AdminState>) -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        s.metrics.render(&snapshot_metrics(&s.holder)),
+        s.metrics
+            .render(&snapshot_metrics(&s.holder), s.holder.current().as_deref()),
     )
 }
 

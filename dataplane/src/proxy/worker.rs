@@ -87,16 +87,12 @@ impl Balancers {
                     .unwrap_or_else(|| RetryBudget::new(r.retry.budget.clone(), now))
             },
         );
-        self.route_stats = cfg
-            .routes
-            .iter()
-            .map(|r| stats.route(&r.name, &cfg.clusters[r.cluster].name))
-            .collect();
-        self.cluster_stats = cfg
-            .clusters
-            .iter()
-            .map(|c| stats.cluster(&c.name))
-            .collect();
+        self.route_stats = stats.routes_for(
+            cfg.routes
+                .iter()
+                .map(|r| (&*r.name, &*cfg.clusters[r.cluster].name)),
+        );
+        self.cluster_stats = stats.clusters_for(cfg.clusters.iter().map(|c| &*c.name));
     }
 
     /// Where item `idx` of `cfg` is in caches ordered by [`Self::version`]: the same place
@@ -783,6 +779,39 @@ mod tests {
         assert_eq!(kept.outlier().stats().currently_ejected, 1);
         let current = b.lb_for(&v3, 2).unwrap();
         assert_eq!(current.outlier().stats().currently_ejected, 0);
+    }
+
+    /// A removed route's series leave the scrape at once, even while a worker that has
+    /// served nothing since still holds its cells (a sum over the other workers only would
+    /// read as a counter going back); a kept route keeps its counts.
+    #[test]
+    fn a_removed_route_leaves_the_scrape_and_a_kept_one_keeps_its_counts() {
+        let metrics = Metrics::default();
+        let (busy, idle) = (metrics.add_worker(), metrics.add_worker());
+        let now = Instant::now();
+        let v1 = config(1, &["x", "y"], 1, 1000);
+        let v2 = config(2, &["y", "z"], 1, 1000);
+        let (mut b, mut i) = (Balancers::new(), Balancers::new());
+        b.sync(&v1, &busy, now);
+        i.sync(&v1, &idle, now);
+        for (bal, cfg) in [(&b, &v1), (&i, &v1)] {
+            for route in 0..2 {
+                let cells = bal.route_stats_for(cfg, route).unwrap();
+                cells.record(200, Duration::from_millis(1));
+            }
+        }
+        b.sync(&v2, &busy, now);
+        b.route_stats_for(&v2, 0)
+            .unwrap()
+            .record(200, Duration::from_millis(1));
+        let series = |c: &str| format!("route=\"to-{c}\",cluster=\"{c}\",class=\"2xx\"}}");
+        let shown = metrics.render("", Some(&v2));
+        assert!(!shown.contains(&series("x")), "{shown}");
+        assert!(shown.contains(&format!("{} 3\n", series("y"))), "{shown}");
+        assert!(shown.contains(&format!("{} 0\n", series("z"))), "{shown}");
+        // Unfiltered, the idle worker's cells of x would still show (its count only).
+        let all = metrics.render("", None);
+        assert!(all.contains(&format!("{} 1\n", series("x"))), "{all}");
     }
 
     /// New outlier settings apply to a cluster that keeps its name (its state kept).

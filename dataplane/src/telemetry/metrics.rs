@@ -3,7 +3,7 @@
 //! snapshot arrives; per request a worker touches only its own cached cells.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     sync::{
         Arc, Mutex,
@@ -11,6 +11,8 @@ use std::{
     },
     time::Duration,
 };
+
+use crate::snapshot::RuntimeConfig;
 
 /// Histogram bucket upper bounds, in microseconds.
 pub const LATENCY_BUCKETS_US: [u64; 14] = [
@@ -126,21 +128,44 @@ pub struct WorkerStats {
 }
 
 impl WorkerStats {
-    /// The cells of `(route, cluster)`, created on first use. Called per snapshot, not per
-    /// request: workers cache the result.
-    pub fn route(&self, route: &str, cluster: &str) -> Arc<RouteStats> {
+    /// The cells of each `(route, cluster)` of a snapshot, in order: kept ones with their
+    /// counts, new ones from zero. Cells of routes the snapshot no longer has are dropped
+    /// (their series end; a request of an older snapshot still in flight counts into cells
+    /// it holds, unseen). Called once per snapshot version, not per request: workers cache
+    /// the result.
+    pub fn routes_for<'a>(
+        &self,
+        keys: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Vec<Arc<RouteStats>> {
         let mut map = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(
-            map.entry((route.to_owned(), cluster.to_owned()))
-                .or_default(),
+        keep_only(
+            &mut map,
+            keys.into_iter().map(|(r, c)| (r.to_owned(), c.to_owned())),
         )
     }
 
-    /// The cells of `cluster`.
-    pub fn cluster(&self, cluster: &str) -> Arc<ClusterStats> {
+    /// The cells of each cluster of a snapshot, as [`Self::routes_for`].
+    pub fn clusters_for<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<Arc<ClusterStats>> {
         let mut map = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(map.entry(cluster.to_owned()).or_default())
+        keep_only(&mut map, names.into_iter().map(str::to_owned))
     }
+}
+
+/// Leaves in `map` only the entries of `keys` (new ones at their default), returning them
+/// in the order of `keys`.
+fn keep_only<K: Ord + Clone, V: Default>(
+    map: &mut BTreeMap<K, Arc<V>>,
+    keys: impl Iterator<Item = K>,
+) -> Vec<Arc<V>> {
+    let mut old = std::mem::take(map);
+    keys.map(|k| {
+        let cells = old.remove(&k).unwrap_or_default();
+        Arc::clone(map.entry(k).or_insert(cells))
+    })
+    .collect()
 }
 
 /// Every worker's cells plus process-wide gauges; renders Prometheus text.
@@ -179,7 +204,18 @@ impl Metrics {
     }
 
     /// Prometheus text exposition; `extra` is appended (snapshot gauges and the like).
-    pub fn render(&self, extra: &str) -> String {
+    /// With `live`, the running snapshot, only its routes and clusters are shown: a worker
+    /// that has served nothing since a route was removed still holds that route's cells,
+    /// and a sum over some workers only would read as a counter going back.
+    pub fn render(&self, extra: &str, live: Option<&RuntimeConfig>) -> String {
+        let live_routes: Option<BTreeSet<(&str, &str)>> = live.map(|cfg| {
+            cfg.routes
+                .iter()
+                .map(|r| (&*r.name, &*cfg.clusters[r.cluster].name))
+                .collect()
+        });
+        let live_clusters: Option<BTreeSet<&str>> =
+            live.map(|cfg| cfg.clusters.iter().map(|c| &*c.name).collect());
         let workers = self
             .workers
             .lock()
@@ -226,6 +262,12 @@ impl Metrics {
             BTreeMap::new();
         for w in &workers {
             for (k, s) in w.routes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                if live_routes
+                    .as_ref()
+                    .is_some_and(|l| !l.contains(&(k.0.as_str(), k.1.as_str())))
+                {
+                    continue;
+                }
                 let e = routes.entry(k.clone()).or_default();
                 for (a, b) in e.0.iter_mut().zip(&s.status) {
                     *a += b.get();
@@ -233,6 +275,12 @@ impl Metrics {
                 s.latency.add_into(&mut e.1, &mut e.2);
             }
             for (k, s) in w.clusters.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                if live_clusters
+                    .as_ref()
+                    .is_some_and(|l| !l.contains(k.as_str()))
+                {
+                    continue;
+                }
                 let e = clusters.entry(k.clone()).or_default();
                 for (a, b) in e.0.iter_mut().zip([
                     &s.attempts,
@@ -333,20 +381,18 @@ mod tests {
     fn cells_of_all_workers_are_summed_at_scrape() {
         let m = Metrics::default();
         let (a, b) = (m.add_worker(), m.add_worker());
-        a.route("api", "backend")
-            .record(200, Duration::from_micros(300));
-        b.route("api", "backend")
-            .record(204, Duration::from_millis(2));
-        b.route("api", "backend")
-            .record(503, Duration::from_millis(20));
-        b.route("gone", "backend")
-            .record(0, Duration::from_millis(1));
-        a.cluster("backend").connect_failures.add(2);
-        b.cluster("backend").connect_failures.add(1);
+        let a_routes = a.routes_for([("api", "backend")]);
+        let b_routes = b.routes_for([("api", "backend"), ("gone", "backend")]);
+        a_routes[0].record(200, Duration::from_micros(300));
+        b_routes[0].record(204, Duration::from_millis(2));
+        b_routes[0].record(503, Duration::from_millis(20));
+        b_routes[1].record(0, Duration::from_millis(1));
+        a.clusters_for(["backend"])[0].connect_failures.add(2);
+        b.clusters_for(["backend"])[0].connect_failures.add(1);
         a.connections_active.store(3, Relaxed);
         a.unrouted.fetch_add(2, Relaxed);
         b.unrouted.fetch_add(1, Relaxed);
-        let text = m.render("");
+        let text = m.render("", None);
         assert!(
             text.contains(
                 "omnirelay_requests_total{route=\"api\",cluster=\"backend\",class=\"2xx\"} 2"
@@ -373,9 +419,22 @@ mod tests {
     }
 
     #[test]
-    fn the_same_cells_are_returned_for_the_same_names() {
+    fn cells_are_kept_by_name_and_dropped_with_their_route() {
         let w = WorkerStats::default();
-        assert!(Arc::ptr_eq(&w.route("r", "c"), &w.route("r", "c")));
-        assert!(!Arc::ptr_eq(&w.route("r", "c"), &w.route("r", "d")));
+        let first = w.routes_for([("r", "c"), ("gone", "c")]);
+        assert!(!Arc::ptr_eq(&first[0], &first[1]));
+        first[0].record(200, Duration::from_millis(1));
+        let next = w.routes_for([("new", "c"), ("r", "c")]);
+        assert!(Arc::ptr_eq(&first[0], &next[1]), "kept with its counts");
+        assert!(!Arc::ptr_eq(&first[1], &next[0]));
+        let keys: Vec<_> = w.routes.lock().unwrap().keys().cloned().collect();
+        assert_eq!(
+            keys,
+            [("new".to_owned(), "c".to_owned()), ("r".into(), "c".into())]
+        );
+        let clusters = w.clusters_for(["a", "b"]);
+        let again = w.clusters_for(["b"]);
+        assert!(Arc::ptr_eq(&clusters[1], &again[0]));
+        assert_eq!(w.clusters.lock().unwrap().len(), 1);
     }
 }
