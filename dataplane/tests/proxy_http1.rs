@@ -609,3 +609,64 @@ fn a_header_condition_sees_every_value_of_a_repeated_field() {
         );
     }
 }
+
+/// An idempotent request with a body is retried after a 5xx with its body sent again
+/// whole (kept while it fits in 64 KiB), Content-Length and chunked; a POST, or a body
+/// too large to keep, gets the 503 as the upstream sent it. up2 answers /replay with
+/// 503, up1 echoes the body; round robin sends first attempts to both.
+#[test]
+fn a_kept_request_body_goes_up_again_on_a_retry() {
+    require_caps!(Capability::Program("nginx"), Capability::Program("curl"));
+    let stack = Stack::start();
+    let ports = &stack.ports;
+    let v = stack.dp_version();
+    let config = common::config(ports, "both").replace(
+        "retry = { max_retries = 2, on = [\"connect-failure\"] }",
+        "retry = { max_retries = 1, on = [\"5xx\"], budget_percent = 100, min_retries_per_second = 100 }",
+    ) + &format!(
+        "\n[[clusters]]\nname = \"both\"\nendpoints = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n",
+        ports.up1, ports.up2
+    );
+    write_config(&stack.config_path, &config);
+    stack.wait_dp_version_above(v);
+    let dir = stack.dir.path();
+    let small: Vec<u8> = (0..40_000u32).map(|i| (i % 241) as u8).collect();
+    let large: Vec<u8> = (0..100_000u32).map(|i| (i % 239) as u8).collect();
+    std::fs::write(dir.join("small"), &small).unwrap();
+    std::fs::write(dir.join("large"), &large).unwrap();
+    let send = |method: &str, file: &str, chunked: bool| {
+        let out = dir.join("out");
+        let mut args = vec!["-s", "-X", method, "-o", out.to_str().unwrap()];
+        args.extend(["-w", "%{http_code}", "-H", "Expect:"]);
+        if chunked {
+            args.extend(["-H", "Transfer-Encoding: chunked"]);
+        }
+        let data = format!("@{}", dir.join(file).display());
+        let url = stack.url("/replay");
+        args.extend(["--data-binary", &data, &url]);
+        let res = curl(&args);
+        let code: u16 = String::from_utf8_lossy(&res.stdout).parse().unwrap();
+        (code, std::fs::read(out).unwrap())
+    };
+    // Six requests over two workers: one worker gets three in a row, so both endpoints
+    // take first attempts.
+    for chunked in [false, true] {
+        for i in 0..6 {
+            let (code, body) = send("PUT", "small", chunked);
+            assert_eq!(code, 200, "PUT {i} (chunked: {chunked})");
+            assert!(
+                body == small,
+                "PUT {i} (chunked: {chunked}): the echo differs"
+            );
+        }
+    }
+    let retries = stack
+        .dp_metric("omnirelay_upstream_retries_total{cluster=\"both\"}")
+        .unwrap_or(0.0);
+    assert!(retries >= 2.0, "retries: {retries}");
+    for (method, file) in [("POST", "small"), ("PUT", "large")] {
+        let codes: Vec<u16> = (0..6).map(|_| send(method, file, false).0).collect();
+        assert!(codes.contains(&503), "{method} {file}: {codes:?}");
+        assert!(codes.iter().all(|c| [200, 503].contains(c)), "{codes:?}");
+    }
+}

@@ -79,6 +79,10 @@ pub(crate) enum SendError {
     Client(BodyError),
 }
 
+/// The most of a request body kept for a retry (Envoy keeps up to its connection buffer
+/// limit, 1 MiB by default; a larger body is not retried after it went up).
+pub(crate) const KEEP_LIMIT: usize = 64 * 1024;
+
 /// The request body's state across attempts.
 pub(crate) struct RequestBody {
     framing: Framing,
@@ -86,22 +90,45 @@ pub(crate) struct RequestBody {
     expect_continue: bool,
     started: bool,
     bytes: u64,
+    /// The body as it went up (framed for the upstream, without a chunked body's last
+    /// chunk), while it fits in [`KEEP_LIMIT`]: a later attempt sends it again.
+    kept: Option<Vec<u8>>,
 }
 
 impl RequestBody {
-    pub fn new(framing: Framing, limits: &http1::Limits, expect_continue: bool) -> Self {
+    /// The body of a request framed as `framing`; `keep`: keep it for a retry (when it
+    /// fits).
+    pub fn new(
+        framing: Framing,
+        limits: &http1::Limits,
+        expect_continue: bool,
+        keep: bool,
+    ) -> Self {
+        let keep = keep
+            && match framing {
+                Framing::None | Framing::CloseDelimited => false,
+                Framing::ContentLength(n) => n <= KEEP_LIMIT as u64,
+                Framing::Chunked => true,
+            };
         RequestBody {
             framing,
             decoder: BodyDecoder::new(framing, limits),
             expect_continue,
             started: false,
             bytes: 0,
+            kept: keep.then(Vec::new),
         }
     }
 
-    /// Whether any body byte was taken from the client (then the request cannot be replayed).
+    /// Whether any body byte was taken from the client.
     pub fn started(&self) -> bool {
         self.started
+    }
+
+    /// Whether another attempt can send the request again: it has no body, or its body
+    /// was read whole and kept.
+    pub fn replayable(&self) -> bool {
+        !self.has_body() || (self.decoder.is_done() && self.kept.is_some())
     }
 
     /// Whether the request has a body not yet read whole.
@@ -152,7 +179,8 @@ impl RequestBody {
     }
 
     /// Writes `out` (the request head) and streams the body after it, from the client
-    /// (`client`, with `client_buf` holding what was read of it already) to `up`.
+    /// (`client`, with `client_buf` holding what was read of it already) to `up`. On a
+    /// later attempt the kept body goes up again instead.
     #[allow(clippy::too_many_arguments)]
     pub async fn pump<C: Stream, U: Stream>(
         &mut self,
@@ -165,6 +193,11 @@ impl RequestBody {
         timer: &mut Timer<'_>,
     ) -> Result<(), SendError> {
         let chunked = self.framing == Framing::Chunked;
+        if self.started
+            && let Some(kept) = &self.kept
+        {
+            out.extend_from_slice(kept);
+        }
         loop {
             while !self.decoder.is_done() && !client_buf.is_empty() {
                 let d = self
@@ -177,6 +210,7 @@ impl RequestBody {
                 self.started = true;
                 let data = &client_buf[d.data.clone()];
                 self.bytes += data.len() as u64;
+                let at = out.len();
                 if chunked {
                     if !data.is_empty() {
                         http1::encode_chunk(data, &mut out);
@@ -185,6 +219,13 @@ impl RequestBody {
                     out.extend_from_slice(data);
                 }
                 client_buf.advance(d.consumed);
+                if let Some(kept) = &mut self.kept {
+                    if kept.len() + (out.len() - at) <= KEEP_LIMIT {
+                        kept.extend_from_slice(&out[at..]);
+                    } else {
+                        self.kept = None;
+                    }
+                }
             }
             if self.decoder.is_done() {
                 if chunked {

@@ -1,7 +1,8 @@
 //! One request through the proxy: route, pick an endpoint, send the head and stream the
 //! body upstream, read the response head, stream the response back. Retries (connect
-//! failures always, 5xx and timeouts for idempotent requests without a body) within the
-//! route's retry budget; outcomes feed outlier detection.
+//! failures before the body was read, 5xx and timeouts for idempotent requests whose
+//! body, if any, was kept whole) within the route's retry budget; outcomes feed outlier
+//! detection.
 
 use std::{
     borrow::Cow,
@@ -265,8 +266,8 @@ enum AttemptError {
     ConnectTimeout,
     /// The upstream closed or reset before a complete response head.
     UpstreamClosed {
+        /// The connection came from the pool (the upstream may have closed it idle).
         reused: bool,
-        sent_body: bool,
     },
     /// The upstream did not take the request or answer it with a head in time.
     Timeout,
@@ -318,7 +319,7 @@ async fn proxy(
             .map_or_else(|| hash_ip(ds.peer.ip()), hash_key),
     };
     let deadline = started + route.request_timeout;
-    let replayable = idempotent(head.method()) && framing == Framing::None;
+    let idempotent = idempotent(head.method());
     let max_attempts = 1 + route.retry.max_retries;
     let mut tried: Vec<EndpointId> = Vec::new();
     let mut attempts = 0u32;
@@ -384,7 +385,9 @@ async fn proxy(
         http1::write_request_head(head, target.as_deref(), framing, extras, &mut up_head);
     }
 
-    let mut body_state = body::RequestBody::new(framing, limits, head.expects_continue());
+    // A body that fits is kept while retries may send it again.
+    let keep = idempotent && route.retry.max_retries > 0;
+    let mut body_state = body::RequestBody::new(framing, limits, head.expects_continue(), keep);
     loop {
         attempts += 1;
         let now = if attempts == 1 {
@@ -460,15 +463,17 @@ async fn proxy(
             }
         }
         // Decide whether to retry.
+        let replayable = idempotent && body_state.replayable();
         let retry_allowed = attempts < max_attempts
             && done < deadline
             && match &result {
                 Err(AttemptError::Connect(_) | AttemptError::ConnectTimeout) => {
-                    route.retry.on_connect_failure && !body_state.started()
+                    route.retry.on_connect_failure && (!body_state.started() || replayable)
                 }
-                Err(AttemptError::UpstreamClosed { reused, sent_body }) => {
-                    // A stale pooled connection: safe to replay if nothing unrepeatable went out.
-                    (*reused || route.retry.on_connect_failure) && !sent_body && replayable
+                Err(AttemptError::UpstreamClosed { reused }) => {
+                    // A stale pooled connection: safe to replay if nothing unrepeatable
+                    // went out (a body counts as repeatable when kept whole).
+                    (*reused || route.retry.on_connect_failure) && replayable
                 }
                 Err(AttemptError::Timeout) => route.retry.on_timeout && replayable,
                 Ok(r) => r.pending_5xx && route.retry.on_5xx && replayable,
@@ -647,10 +652,7 @@ async fn attempt(
             timer,
         )
         .await;
-        let closed = AttemptError::UpstreamClosed {
-            reused,
-            sent_body: body_state.started(),
-        };
+        let closed = AttemptError::UpstreamClosed { reused };
         match sent {
             duplex::Sent::Whole(buf) => buf,
             duplex::Sent::Answered {
@@ -687,13 +689,7 @@ async fn attempt(
             .send_head(&mut up, up_head, deadline, timer)
             .await;
         if let Err(e) = sent {
-            return Err(send_error(
-                e,
-                AttemptError::UpstreamClosed {
-                    reused,
-                    sent_body: false,
-                },
-            ));
+            return Err(send_error(e, AttemptError::UpstreamClosed { reused }));
         }
         ctx.take_buf()
     };
@@ -730,10 +726,7 @@ async fn attempt(
         let read = within(timer, head_by, io::read_more(&mut up, up_buf)).await;
         match read {
             Ok((Ok(0), _)) | Ok((Err(_), _)) => {
-                return Err(AttemptError::UpstreamClosed {
-                    reused,
-                    sent_body: body_state.started(),
-                });
+                return Err(AttemptError::UpstreamClosed { reused });
             }
             Ok((Ok(_), b)) => up_buf = b,
             Err(_) => {

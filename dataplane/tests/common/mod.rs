@@ -73,8 +73,8 @@ endpoints = ["127.0.0.1:{up2}"]
     )
 }
 
-/// nginx servers: `up1` serves files, echoes bodies at /echo, says "one" at /who;
-/// `up2` says "two" everywhere.
+/// nginx servers: `up1` serves files, echoes bodies at /echo (and /replay), says "one"
+/// at /who; `up2` says "two" everywhere but /replay, where it answers 503.
 pub fn nginx_servers(p: &Ports) -> String {
     format!(
         r#"
@@ -97,6 +97,10 @@ server {{
   }}
   location /stall {{ echo_sleep 5; echo "late"; }}
   location /flaky {{ return 503 "flaky one\n"; }}
+  location /replay {{
+    echo_read_request_body;
+    echo_request_body;
+  }}
   location /small-upload {{
     # Answers 413 at once and closes without reading the rest (a reset for a client
     # still sending), as many application servers do.
@@ -114,6 +118,7 @@ server {{
 server {{
   listen 127.0.0.1:{up2};
   location / {{ return 200 "two\n"; }}
+  location /replay {{ return 503 "flaky two\n"; }}
 }}
 "#,
         up1 = p.up1,
