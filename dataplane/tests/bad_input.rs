@@ -215,3 +215,28 @@ fn a_refused_request_body_is_read_and_dropped_before_the_close() {
         std::thread::sleep(Duration::from_millis(12));
     }
 }
+
+/// A head over the size limit gets 431 while the client is still sending it: the client
+/// reads the answer (the data plane drops the rest before it closes, instead of resetting
+/// the connection under the answer).
+#[test]
+fn an_oversized_head_is_answered_while_the_client_still_sends_it() {
+    require_caps!(Capability::Program("nginx"));
+    let stack = Stack::start();
+    let mut s = TcpStream::connect(stack.proxy()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let sending = std::thread::spawn(move || {
+        let mut head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ".to_vec();
+        head.resize(1 << 20, b'a');
+        // Whether all of it is taken does not matter here; the answer does.
+        let _ = writer.write_all(&head);
+    });
+    let mut answer = Vec::new();
+    let read = s.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(read.is_ok(), "{read:?} after {text:?}");
+    assert_eq!(status(&text), 431, "{text}");
+    drop(s);
+    sending.join().unwrap();
+}

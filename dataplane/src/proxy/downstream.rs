@@ -430,5 +430,7 @@ async fn reject(
     ctx.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(peer = %ds.peer, status = e.status(), "rejecting request: {e}");
     ds.send_error(e.status(), e.reason(), timer).await;
+    // The client may still be sending (the rest of an oversized head, a body).
+    linger(ctx, &ds.stream, timer).await;
     NextHead::Rejected
 }
