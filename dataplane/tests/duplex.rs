@@ -37,7 +37,8 @@ const UPLOAD: usize = 48 << 20;
 const HOLD: Duration = Duration::from_secs(20);
 
 /// The test upstream: `/echo` answers 200 at once and streams the body back (chunked) as
-/// it reads it; `/refuse` answers 413 at once, then holds the connection without reading.
+/// it reads it; `/refuse` answers 413 at once, then holds the connection without reading;
+/// `/refuse-and-close` answers 413 and closes at once.
 struct Upstream {
     port: u16,
     stop: Arc<AtomicBool>,
@@ -107,6 +108,13 @@ fn serve(mut conn: TcpStream, stop: &AtomicBool) {
         .lines()
         .find_map(|l| l.strip_prefix("content-length:"))
         .map_or(0, |v| v.trim().parse().unwrap());
+    if text.starts_with("post /refuse-and-close ") {
+        // Closing with the body unread resets the connection: the proxy's next write
+        // fails, with the answer already waiting to be read.
+        let _ = conn
+            .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 10\r\n\r\ntoo large\n");
+        return;
+    }
     if text.starts_with("post /refuse ") {
         let _ = conn
             .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 10\r\n\r\ntoo large\n");
@@ -236,4 +244,29 @@ fn an_upstream_refusing_an_upload_without_reading_it_answers_at_once() {
         &stack.url("/refuse"),
     ]);
     assert_eq!(String::from_utf8_lossy(&res.stdout), "too large\n\n413");
+}
+
+/// An upstream that refuses an upload and closes at once (resetting the connection, the
+/// body unread): its answer reaches the client, not a 502 for the failed write that
+/// follows the reset.
+#[test]
+fn an_upstream_refusing_an_upload_and_closing_is_heard() {
+    require_caps!(Capability::Program("nginx"), Capability::Program("curl"));
+    let up = Upstream::start();
+    let stack = stack_for(&up);
+    let (file, _) = upload_file(&stack);
+    for i in 0..5 {
+        let res = curl(&[
+            "-s",
+            "-H",
+            "Expect:",
+            "-w",
+            "\n%{http_code}",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &stack.url("/refuse-and-close"),
+        ]);
+        let text = String::from_utf8_lossy(&res.stdout);
+        assert_eq!(text, "too large\n\n413", "attempt {i}");
+    }
 }

@@ -143,7 +143,7 @@ impl RequestBody {
 
     /// Whether the request has a body to stream after its head.
     pub fn has_body(&self) -> bool {
-        self.framing != Framing::None
+        self.framing.has_body()
     }
 
     /// Writes the head of a request without a body, from its own buffer, which comes

@@ -6,7 +6,8 @@
 //! whole body before reading anything would stall either until the request's deadline.
 //! So while the body goes up, a read of the upstream is in flight. When the response head
 //! arrives first, it is relayed while the body keeps going up; the connections close
-//! afterwards (neither is at a request boundary for certain).
+//! afterwards (neither is at a request boundary for certain). An upstream that stops
+//! taking the body may still have answered: its answer is read before its close counts.
 //!
 //! Both directions of each connection are then in use at once, so the sockets are used
 //! through [`Shared`] views. A request without a body takes none of this.
@@ -14,6 +15,7 @@
 use std::{
     future::poll_fn,
     pin::pin,
+    sync::atomic::Ordering::Relaxed,
     task::Poll,
     time::{Duration, Instant},
 };
@@ -24,7 +26,7 @@ use monoio::net::TcpStream;
 use super::{
     body::{self, RequestBody, SendError, ToClient},
     deadline::{self, Timer, within},
-    downstream::{self, Downstream},
+    downstream::Downstream,
     io::Shared,
     worker::WorkerCtx,
 };
@@ -32,10 +34,14 @@ use crate::http1::{self, Http1Error, ParseStatus, RequestHead, ResponseHead};
 
 /// How sending a request with a body ended.
 pub(super) enum Sent {
-    /// The body went up whole and the response began: what arrived of it so far.
-    Whole(BytesMut),
+    /// The response began after the body went up (or after the upstream stopped taking
+    /// it): what arrived of it so far, and when its head is due.
+    Response {
+        buf: BytesMut,
+        head_by: Instant,
+    },
     /// The upstream answered before the body was all sent: the response was relayed, and
-    /// both connections close.
+    /// both connections close (the client's once what it still sends was dropped).
     Answered {
         status: u16,
         head_at: Instant,
@@ -106,19 +112,25 @@ pub(super) async fn send_body(
         })
         .await;
         let read = match first {
-            Err(Ok(())) => {
-                // The body is up: wait for the response as any request does.
+            Err(Err(SendError::Client(e))) => return Sent::Failed(SendError::Client(e)),
+            Err(pumped) => {
+                // The body is up, or the upstream stopped taking it (it may have answered
+                // and closed: its answer is read before its close counts). Either way the
+                // response is read as for any request; one after a partial body closes
+                // the client connection.
+                if pumped.is_err() {
+                    upstream.shutdown_write();
+                }
                 let head_by = per_try.map_or(deadline, |p| deadline.min(Instant::now() + p));
                 return match within(timer, head_by, watch.as_mut()).await {
-                    Ok((Ok(n), buf)) if n > 0 => Sent::Whole(buf),
+                    Ok((Ok(n), buf)) if n > 0 => Sent::Response { buf, head_by },
                     Ok((_, buf)) => {
                         ctx.give_buf(buf);
-                        Sent::Closed
+                        pumped.map_or_else(Sent::Failed, |()| Sent::Closed)
                     }
                     Err(_) => Sent::TimedOut,
                 };
             }
-            Err(Err(e)) => return Sent::Failed(e),
             Ok(read) => read,
         };
         let buf = match read {
@@ -140,9 +152,10 @@ pub(super) async fn send_body(
         }
     };
 
-    // An early answer: relayed while the body keeps going up, for as long as the upstream
-    // takes it. A client that fails mid-body ends the upstream's request stream (its end
-    // of the connection is shut), so the upstream finishes or gives up.
+    // An early answer: relayed while the body keeps going up, until the answer is done
+    // (what the client has not sent by then is read and dropped before the connection
+    // closes, see `downstream::linger`). When the pump fails, the upstream's side of the
+    // request ends (its write half is shut), so it finishes or gives up.
     let head_at = Instant::now();
     let status = resp.status();
     let reply = body::Reply {
@@ -169,7 +182,10 @@ pub(super) async fn send_body(
         poll_fn(|cx| {
             if !pumped && let Poll::Ready(sent) = pump.as_mut().poll(cx) {
                 pumped = true;
-                if sent.is_err() {
+                if let Err(e) = sent {
+                    if matches!(e, SendError::Client(body::BodyError::Http(_))) {
+                        ctx.stats.bad_requests.fetch_add(1, Relaxed);
+                    }
                     upstream.shutdown_write();
                 }
             }
@@ -182,9 +198,6 @@ pub(super) async fn send_body(
     };
     drop(resp);
     ctx.give_buf(up_buf);
-    if !pumped {
-        downstream::linger(ctx, client.0, timer).await;
-    }
     Sent::Answered {
         status,
         head_at,

@@ -82,7 +82,7 @@ impl Summary {
     /// [`Summary::local`] for a request whose body (if it has one) was not read.
     fn refused(status: u16, head: &RequestHead, limits: &http1::Limits) -> Self {
         Summary {
-            body_unread: head.framing(limits) != Ok(Framing::None),
+            body_unread: head.framing(limits).map_or(true, Framing::has_body),
             ..Summary::local(status)
         }
     }
@@ -512,7 +512,8 @@ async fn proxy(
             Ok(mut r) => {
                 if r.pending_5xx {
                     // A retryable 5xx whose retry was not allowed: forward it now.
-                    r = forward_pending(ctx, ds, r, head, deadline, timer).await;
+                    let reply = reply_for(head, ctx, &body_state);
+                    r = forward_pending(ctx, ds, r, reply, deadline, timer).await;
                 }
                 Summary {
                     status: r.status,
@@ -523,7 +524,7 @@ async fn proxy(
                     attempts,
                     keep_alive: r.client_keep_alive,
                     finished: Some(r.finished),
-                    body_unread: false,
+                    body_unread: body_state.unread(),
                 }
             }
             Err(e) => {
@@ -640,7 +641,7 @@ async fn attempt(
     };
 
     // Request head and body. A body goes up with the upstream watched for an early answer.
-    let mut up_buf = if body_state.has_body() {
+    let (mut up_buf, head_by) = if body_state.has_body() {
         let sent = duplex::send_body(
             ctx,
             req.head,
@@ -654,7 +655,7 @@ async fn attempt(
         .await;
         let closed = AttemptError::UpstreamClosed { reused };
         match sent {
-            duplex::Sent::Whole(buf) => buf,
+            duplex::Sent::Response { buf, head_by } => (buf, head_by),
             duplex::Sent::Answered {
                 status,
                 head_at,
@@ -691,11 +692,12 @@ async fn attempt(
         if let Err(e) = sent {
             return Err(send_error(e, AttemptError::UpstreamClosed { reused }));
         }
-        ctx.take_buf()
+        // The response head is due within the attempt's own timeout.
+        let head_by = per_try.map_or(deadline, |p| deadline.min(Instant::now() + p));
+        (ctx.take_buf(), head_by)
     };
 
-    // Response head (skipping interim 1xx responses), within the attempt's own timeout.
-    let head_by = per_try.map_or(deadline, |p| deadline.min(Instant::now() + p));
+    // Response head (skipping interim 1xx responses).
     let resp = loop {
         match ResponseHead::parse(&mut up_buf, &http1::Limits::default()) {
             // 100 Continue was answered by this hop (or not asked for); 101 is a switch.
@@ -755,7 +757,7 @@ async fn attempt(
             pending: Some((resp, up, up_buf)),
         });
     }
-    let reply = body::Reply::to(req.head, ctx);
+    let reply = reply_for(req.head, ctx, body_state);
     let (bytes_out, client_keep_alive, reusable, up_buf) = body::relay_response(
         &resp,
         reply,
@@ -771,7 +773,8 @@ async fn attempt(
     drop(resp);
     ctx.give_buf(up_buf);
     let finished = Instant::now();
-    if reusable {
+    // Not after a body the upstream stopped taking: the request on it never ended.
+    if reusable && !body_state.unread() {
         ctx.pool
             .borrow_mut()
             .put(addr, up, cluster.max_idle_per_endpoint, finished);
@@ -785,6 +788,16 @@ async fn attempt(
         finished,
         pending: None,
     })
+}
+
+/// What the response to `head` owes the client. A body the upstream stopped taking is
+/// still coming: the connection cannot carry another request.
+fn reply_for(head: &RequestHead, ctx: &WorkerCtx, body_state: &body::RequestBody) -> body::Reply {
+    let reply = body::Reply::to(head, ctx);
+    body::Reply {
+        keep_alive: reply.keep_alive && !body_state.unread(),
+        ..reply
+    }
 }
 
 /// The attempt's error for a failed send; `closed` when the upstream side failed.
@@ -802,12 +815,11 @@ async fn forward_pending(
     ctx: &WorkerCtx,
     ds: &mut Downstream,
     mut r: AttemptResult,
-    head: &RequestHead,
+    reply: body::Reply,
     deadline: Instant,
     timer: &mut Timer<'_>,
 ) -> AttemptResult {
     if let Some((resp, mut up, up_buf)) = r.pending.take() {
-        let reply = body::Reply::to(head, ctx);
         let (bytes, keep, _, up_buf) = body::relay_response(
             &resp,
             reply,

@@ -75,10 +75,14 @@ impl Stream for TcpStream {
 pub(crate) struct Shared<'a>(pub &'a TcpStream);
 
 impl Shared<'_> {
-    /// [`Stream::read_more`] by value, for a future that must not borrow the view.
+    /// [`Stream::read_more`] by value, for a future that must not borrow the view. A
+    /// receive that did not have to wait gives the worker's other tasks a turn before it
+    /// returns: a peer that keeps the socket full must not hold the worker (nor keep the
+    /// caller's other futures and deadlines from being polled).
     pub async fn recv(self, buf: BytesMut) -> (io::Result<usize>, BytesMut) {
         let mut buf = buf;
         make_room(&mut buf);
+        let mut waited = false;
         loop {
             let spare = buf.spare_capacity_mut();
             // SAFETY: the pointer and length describe `buf`'s spare capacity, which the
@@ -94,11 +98,15 @@ impl Shared<'_> {
             if let Ok(n) = usize::try_from(n) {
                 // SAFETY: `recv` initialized `n` bytes of the spare capacity.
                 unsafe { buf.set_len(buf.len() + n) };
+                if !waited {
+                    yield_now().await;
+                }
                 return (Ok(n), buf);
             }
             let err = io::Error::last_os_error();
             match err.kind() {
                 io::ErrorKind::WouldBlock => {
+                    waited = true;
                     if let Err(e) = self.0.readable(false).await {
                         return (Err(e), buf);
                     }
@@ -149,6 +157,20 @@ impl Shared<'_> {
         // SAFETY: a plain system call on a descriptor the view borrows.
         unsafe { libc::shutdown(self.0.as_raw_fd(), libc::SHUT_WR) };
     }
+}
+
+/// Returns after one turn of the worker's other tasks (the task is woken again at once).
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await;
 }
 
 impl Stream for Shared<'_> {

@@ -58,8 +58,8 @@ impl UpstreamPool {
     /// for [`CHECK_AFTER`] or longer is first checked to be still open and quiet (a
     /// backend's own keep-alive timeout may have closed it, or it may have sent something
     /// unasked, such as a 408): a request written into a closed connection fails, and one
-    /// with a body cannot be retried. Busy connections are reused within milliseconds and
-    /// skip the check.
+    /// that is not idempotent, or whose body was too large to keep, cannot be retried.
+    /// Busy connections are reused within milliseconds and skip the check.
     pub fn take(
         &mut self,
         addr: SocketAddr,
