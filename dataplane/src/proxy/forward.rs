@@ -313,10 +313,9 @@ async fn proxy(
     };
     let key = match &route.hash_on {
         HashKey::ClientIp => hash_ip(ds.peer.ip()),
-        HashKey::Header(h) => head
-            .headers()
-            .get(h)
-            .map_or_else(|| hash_ip(ds.peer.ip()), hash_key),
+        HashKey::Header(h) => {
+            header_hash(head.headers(), h).unwrap_or_else(|| hash_ip(ds.peer.ip()))
+        }
     };
     let deadline = started + route.request_timeout;
     let idempotent = idempotent(head.method());
@@ -790,6 +789,19 @@ async fn attempt(
     })
 }
 
+/// The hash key of field `name`: its value, or for a field sent more than once all its
+/// values, sorted (their order does not move the request; Envoy hashes them alike).
+fn header_hash(headers: &http1::Headers, name: &str) -> Option<u64> {
+    let mut values = headers.get_all(name);
+    let first = values.next()?;
+    let Some(second) = values.next() else {
+        return Some(hash_key(first));
+    };
+    let mut all: Vec<&[u8]> = [first, second].into_iter().chain(values).collect();
+    all.sort_unstable();
+    Some(hash_key(&all.join(&b","[..])))
+}
+
 /// What the response to `head` owes the client. A body the upstream stopped taking is
 /// still coming: the connection cannot carry another request.
 fn reply_for(head: &RequestHead, ctx: &WorkerCtx, body_state: &body::RequestBody) -> body::Reply {
@@ -839,4 +851,35 @@ async fn forward_pending(
     }
     r.pending_5xx = false;
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+
+    use super::header_hash;
+    use crate::{
+        http1::{Limits, ParseStatus, RequestHead},
+        lb::hash_key,
+    };
+
+    fn head(fields: &str) -> RequestHead {
+        let mut buf = BytesMut::from(format!("GET / HTTP/1.1\r\nhost: a\r\n{fields}\r\n").as_str());
+        match RequestHead::parse(&mut buf, &Limits::default()) {
+            Ok(ParseStatus::Complete { head, .. }) => head,
+            _ => panic!("test head does not parse"),
+        }
+    }
+
+    #[test]
+    fn a_repeated_hash_field_hashes_all_its_values_in_any_order() {
+        let one = head("x-user: a\r\n");
+        assert_eq!(header_hash(one.headers(), "x-user"), Some(hash_key(b"a")));
+        let ab = head("x-user: a\r\nx-user: b\r\n");
+        let ba = head("X-User: b\r\nx-other: z\r\nx-user: a\r\n");
+        let both = header_hash(ab.headers(), "x-user");
+        assert_eq!(both, header_hash(ba.headers(), "x-user"));
+        assert_eq!(both, Some(hash_key(b"a,b")));
+        assert_eq!(header_hash(one.headers(), "x-none"), None);
+    }
 }
