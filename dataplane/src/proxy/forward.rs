@@ -404,7 +404,7 @@ async fn proxy(
                     .or_else(|| lb.pick(&cluster.lb, Some(key), now, &mut rng))
             })
         };
-        let Some(addr) = picked.and_then(|id| Some((id, cluster.lb.addr(id)?))) else {
+        let Some((id, addr)) = picked.and_then(|id| Some((id, cluster.lb.addr(id)?))) else {
             ds.send_error(503, "no healthy upstream endpoint", timer)
                 .await;
             return Summary {
@@ -412,7 +412,6 @@ async fn proxy(
                 ..Summary::local(503)
             };
         };
-        let (id, addr) = addr;
         tried.push(id);
         if let Some(s) = &cluster_stats {
             s.attempts.add(1);
