@@ -670,3 +670,37 @@ fn a_kept_request_body_goes_up_again_on_a_retry() {
         assert!(codes.iter().all(|c| [200, 503].contains(c)), "{codes:?}");
     }
 }
+
+/// A listener with `preserve_request_id = false` gives every request an id of its own
+/// (clients are not trusted to name requests); the default passes a client's id on.
+#[test]
+fn a_listener_that_does_not_trust_request_ids_replaces_them() {
+    require_caps!(Capability::Program("nginx"));
+    let stack = Stack::start();
+    let port = free_port();
+    let v = stack.dp_version();
+    let config = common::config(&stack.ports, "one");
+    write_config(
+        &stack.config_path,
+        &format!(
+            "{config}\n[[listeners]]\nname = \"edge\"\naddress = \"127.0.0.1:{port}\"\npreserve_request_id = false\n"
+        ),
+    );
+    stack.wait_dp_version_above(v);
+    let edge = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(wait_for_port(edge, std::time::Duration::from_secs(5)));
+    let rid = |addr| {
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        let request = "GET /headers HTTP/1.1\r\nhost: a\r\nx-request-id: chosen-by-client\r\nconnection: close\r\n\r\n";
+        let text = exchange(&mut conn, request, |_| false);
+        let rid = text.split("|rid=").nth(1).and_then(|r| r.split('|').next());
+        rid.unwrap_or_else(|| panic!("no rid in {text}")).to_owned()
+    };
+    assert_eq!(rid(stack.proxy()), "chosen-by-client");
+    let replaced = rid(edge);
+    assert_ne!(replaced, "chosen-by-client");
+    assert!(
+        replaced.len() == 32 && replaced.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{replaced}"
+    );
+}

@@ -147,6 +147,8 @@ pub struct Listener {
     pub limits: Limits,
     /// Client connection timeouts.
     pub timeouts: ClientTimeouts,
+    /// Keep a client's `x-request-id` (default), or replace it with a generated one.
+    pub preserve_request_id: bool,
 }
 
 /// `[listeners.timeouts]`, in milliseconds; 0 means the data plane's default (idle 60 s,

@@ -147,6 +147,7 @@ fn listener(o: Obj<'_>) -> Listener {
         routes,
         limits,
         timeouts,
+        preserve_request_id: o.bool_or("preserve_request_id", true),
     };
     o.finish();
     listener

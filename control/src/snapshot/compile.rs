@@ -19,6 +19,10 @@ pub fn required_capabilities(config: &Config) -> Vec<String> {
             caps.push(cap.to_owned());
         }
     }
+    // A data plane that would keep the clients' ids must not take such a snapshot.
+    if config.listeners.iter().any(|l| !l.preserve_request_id) {
+        caps.push("listener.replace_request_id".to_owned());
+    }
     caps
 }
 
@@ -145,6 +149,7 @@ pub fn compile(
                     idle_ms: l.timeouts.idle_ms,
                     head_ms: l.timeouts.head_ms,
                 }),
+                replace_request_id: !l.preserve_request_id,
             }
         })
         .collect();
@@ -264,6 +269,30 @@ rate_per_second = 50
         assert_eq!(
             s.required_capabilities,
             vec!["http1", "lb.rendezvous", "lb.round_robin"]
+        );
+        assert!(
+            !s.listeners[0].replace_request_id,
+            "clients' ids kept by default"
+        );
+    }
+
+    /// A listener that replaces clients' request ids says so, and requires a data plane
+    /// that knows how (an older one would keep the ids it was told not to trust).
+    #[test]
+    fn replacing_request_ids_is_a_required_capability() {
+        let text = CONFIG.replace(
+            "name = \"b\"\n",
+            "name = \"b\"\npreserve_request_id = false\n",
+        );
+        let config = crate::config::parse(&text, "t.toml").unwrap();
+        let s = compile(&config, 1, 0, "t.toml", "abc");
+        assert!(!s.listeners[0].replace_request_id);
+        assert!(s.listeners[1].replace_request_id);
+        assert!(
+            s.required_capabilities
+                .contains(&"listener.replace_request_id".to_owned()),
+            "{:?}",
+            s.required_capabilities
         );
     }
 }

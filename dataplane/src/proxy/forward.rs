@@ -151,7 +151,11 @@ pub(crate) async fn handle(
     // Wall-clock time is only for the access log; the hot path skips it when logging is off.
     let wall = ctx.access_log.enabled().then(SystemTime::now);
     let mut made = [0u8; 32];
-    let request_id: &[u8] = match head.headers().get("x-request-id") {
+    // The client's id, unless the listener does not trust clients to name requests.
+    let given = (!cfg.listeners[listener].replace_request_id)
+        .then(|| head.headers().get("x-request-id"))
+        .flatten();
+    let request_id: &[u8] = match given {
         Some(v) if !v.is_empty() && v.len() <= 128 => v,
         _ => {
             let id = (u128::from(ctx.random()) << 64) | u128::from(ctx.random());

@@ -49,6 +49,8 @@ pub struct ListenerRt {
     pub idle_timeout: Duration,
     /// A request head must be complete within this once its first byte arrived.
     pub head_timeout: Duration,
+    /// A client's `x-request-id` is replaced by a generated one.
+    pub replace_request_id: bool,
 }
 
 /// What to hash for hash-based balancing.
@@ -201,6 +203,7 @@ impl RuntimeConfig {
                     routes: route_indices,
                     idle_timeout: ms(timeouts.idle_ms, DEFAULT_CLIENT_IDLE_TIMEOUT),
                     head_timeout: ms(timeouts.head_ms, DEFAULT_CLIENT_HEAD_TIMEOUT),
+                    replace_request_id: l.replace_request_id,
                 })
             })
             .collect::<Result<Vec<_>, RejectReason>>()?;

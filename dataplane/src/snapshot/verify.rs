@@ -13,6 +13,7 @@ pub const CAPABILITIES: &[&str] = &[
     "lb.least_request",
     "lb.ring_hash",
     "lb.rendezvous",
+    "listener.replace_request_id",
 ];
 
 /// Largest signed snapshot accepted (bytes).
