@@ -91,7 +91,7 @@ async fn metrics_handler(State(s): State<AdminState>) -> impl IntoResponse {
             "text/plain; version=0.0.4",
         )],
         s.metrics
-            .render(&snapshot_metrics(&s.holder), s.holder.current().as_deref()),
+            .render(&snapshot_metrics(&s.holder), || s.holder.current()),
     )
 }
 

@@ -70,25 +70,32 @@ pub trait RequestView {
     fn host(&self) -> Option<&[u8]>;
     /// The path, without the query string.
     fn path(&self) -> &[u8];
-    /// A header's value (name lowercase); the values of a repeated field joined with
-    /// `,` (see [`join_values`]).
-    fn header(&self, name: &str) -> Option<Cow<'_, [u8]>>;
+    /// The values of a header (name lowercase), one per field, in the order sent.
+    fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a;
 }
 
-/// The values of a field sent more than once, joined with `,` as one list (RFC 9110
-/// §5.3), so a condition sees them all: a route on `x-tenant: a` does not take a request
-/// that also says `x-tenant: b`. One value is borrowed; only repeats allocate.
-pub fn join_values<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> Option<Cow<'a, [u8]>> {
-    let first = values.next()?;
-    let Some(second) = values.next() else {
-        return Some(Cow::Borrowed(first));
+/// Whether a header condition holds for a field's `values`. A field sent more than once
+/// is compared as one list, its values joined with `,` (RFC 9110 §5.3), so a condition
+/// sees them all: a route on `x-tenant: a` does not take a request that also says
+/// `x-tenant: b`. The list is compared where it lies, never copied: the work is bounded by
+/// the condition's length, however many fields a request repeats.
+pub fn header_holds<'a>(
+    mut values: impl Iterator<Item = &'a [u8]>,
+    condition: &HeaderCondition,
+) -> bool {
+    let Some(first) = values.next() else {
+        return false;
     };
-    let mut joined = first.to_vec();
-    for v in std::iter::once(second).chain(values) {
-        joined.push(b',');
-        joined.extend_from_slice(v);
+    let mut joined = first
+        .iter()
+        .copied()
+        .chain(values.flat_map(|v| std::iter::once(b',').chain(v.iter().copied())));
+    let mut starts_with = |want: &[u8]| want.iter().all(|&b| joined.next() == Some(b));
+    match condition {
+        HeaderCondition::Present => true,
+        HeaderCondition::Prefix(p) => starts_with(p),
+        HeaderCondition::Exact(e) => starts_with(e) && joined.next().is_none(),
     }
-    Some(Cow::Owned(joined))
 }
 
 /// Lowercases `host`, strips a port and a trailing dot. `None` if not valid UTF-8. Borrows
@@ -129,12 +136,7 @@ impl RouteMatcher {
             && self
                 .headers
                 .iter()
-                .all(|(name, cond)| match (req.header(name), cond) {
-                    (None, _) => false,
-                    (Some(_), HeaderCondition::Present) => true,
-                    (Some(v), HeaderCondition::Exact(e)) => *v == **e,
-                    (Some(v), HeaderCondition::Prefix(p)) => v.starts_with(p),
-                })
+                .all(|(name, cond)| header_holds(req.header_values(name), cond))
     }
 }
 
@@ -178,13 +180,11 @@ mod tests {
         fn path(&self) -> &[u8] {
             self.path.as_bytes()
         }
-        fn header(&self, name: &str) -> Option<Cow<'_, [u8]>> {
-            join_values(
-                self.headers
-                    .iter()
-                    .filter(|(n, _)| *n == name)
-                    .map(|(_, v)| v.as_bytes()),
-            )
+        fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+            self.headers
+                .iter()
+                .filter(move |(n, _)| *n == name)
+                .map(|(_, v)| v.as_bytes())
         }
     }
 
@@ -308,14 +308,17 @@ mod tests {
         r.headers.push(("x-tenant", "b"));
         assert!(!exact(b"a").matches(&r, None));
         assert!(exact(b"a,b").matches(&r, None));
-        assert_eq!(
-            join_values([&b"1"[..], b"2", b"3"].into_iter()).as_deref(),
-            Some(&b"1,2,3"[..])
-        );
-        assert!(matches!(
-            join_values([&b"only"[..]].into_iter()),
-            Some(Cow::Borrowed(b"only"))
-        ));
-        assert_eq!(join_values(std::iter::empty()), None);
+        assert!(!exact(b"a,b,").matches(&r, None));
+        assert!(!exact(b"a,").matches(&r, None));
+        let holds = |values: &[&[u8]], c: HeaderCondition| header_holds(values.iter().copied(), &c);
+        let prefix = |p: &[u8]| HeaderCondition::Prefix(p.to_vec());
+        assert!(holds(&[b"ab", b"cd"], prefix(b"ab,c")));
+        assert!(holds(&[b"ab", b"cd"], prefix(b"ab")));
+        assert!(!holds(&[b"ab", b"cd"], prefix(b"abc")));
+        assert!(!holds(&[b"ab"], prefix(b"ab,")));
+        assert!(holds(&[b""], HeaderCondition::Present));
+        assert!(!holds(&[], HeaderCondition::Present));
+        assert!(!holds(&[], HeaderCondition::Exact(Vec::new())));
+        assert!(holds(&[b""], HeaderCondition::Exact(Vec::new())));
     }
 }

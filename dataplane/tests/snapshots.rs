@@ -424,3 +424,40 @@ fn sigterm_stops_the_control_daemon_with_data_planes_subscribed() {
     );
     assert_eq!(get(&stack.url("/who")), (200, b"one\n".to_vec()));
 }
+
+/// A route removed and added back starts its series again from zero, also on workers
+/// that served nothing in between: every worker takes each version as it arrives (and
+/// drops the cells of removed routes), not at its next request.
+#[test]
+fn a_route_removed_and_added_back_counts_from_zero() {
+    require_caps!(Capability::Program("nginx"));
+    let stack = Stack::start();
+    for _ in 0..20 {
+        assert_eq!(get(&stack.url("/who")).0, 200);
+    }
+    let series = "omnirelay_requests_total{route=\"default\",cluster=\"one\",class=\"2xx\"}";
+    assert_eq!(stack.dp_metric(series), Some(20.0));
+    let original = config(&stack.ports, "one");
+    let v = stack.dp_version();
+    write_config(
+        &stack.config_path,
+        &original.replace("name = \"default\"", "name = \"renamed\""),
+    );
+    let v = stack.wait_dp_version_above(v);
+    assert_eq!(
+        stack.dp_metric(series),
+        None,
+        "a removed route left the scrape"
+    );
+    // Each worker takes the version without the route before the next one arrives.
+    std::thread::sleep(Duration::from_millis(300));
+    write_config(&stack.config_path, &original);
+    stack.wait_dp_version_above(v);
+    // No request in between: only taking the versions could have dropped the old cells.
+    assert!(
+        wait_until(Duration::from_secs(5), || stack.dp_metric(series)
+            == Some(0.0)),
+        "{series} = {:?}",
+        stack.dp_metric(series)
+    );
+}

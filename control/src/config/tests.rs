@@ -323,3 +323,17 @@ fn route_hosts_need_a_name_in_every_label() {
         assert!(parse(&with_host(good), "t.toml").is_ok(), "{good}");
     }
 }
+
+#[test]
+fn preserve_request_id_is_a_boolean_that_defaults_to_true() {
+    let c = parse(GOOD, "t.toml").unwrap();
+    assert!(c.listeners[0].preserve_request_id);
+    let off = GOOD.replace(
+        "timeouts = { idle_ms = 90000, head_ms = 5000 }",
+        "timeouts = { idle_ms = 90000, head_ms = 5000 }\npreserve_request_id = false",
+    );
+    assert!(!parse(&off, "t.toml").unwrap().listeners[0].preserve_request_id);
+    let typo = off.replace("= false", "= \"no\"");
+    let msg = error_at(&typo, "listeners[0].preserve_request_id");
+    assert!(msg.contains("expected a boolean"), "{msg}");
+}

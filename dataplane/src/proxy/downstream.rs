@@ -93,17 +93,20 @@ const LINGER: Duration = Duration::from_secs(2);
 /// Half-closes a client connection after its response and drops what the client still
 /// sends, until it closes or [`LINGER`] passes, so the close that follows does not reset
 /// the connection under a response the client has not read yet.
-pub(crate) async fn linger(ctx: &WorkerCtx, stream: &TcpStream, timer: &mut Timer<'_>) {
-    let client = io::Shared(stream);
+/// The connection's write buffer goes back to the pool first, and what the client sends
+/// is read into its read buffer (whatever it held is no longer wanted).
+pub(crate) async fn linger(ctx: &WorkerCtx, ds: &mut Downstream, timer: &mut Timer<'_>) {
+    ctx.give_buf(std::mem::take(&mut ds.out));
+    let client = io::Shared(&ds.stream);
     client.shutdown_write();
     let until = Instant::now() + LINGER;
-    let mut buf = ctx.take_buf();
+    let mut buf = std::mem::take(&mut ds.buf);
     loop {
         buf.clear();
         match within(timer, until, client.recv(buf)).await {
             Ok((Ok(n), b)) if n > 0 => buf = b,
             Ok((_, b)) => {
-                ctx.give_buf(b);
+                ds.buf = b;
                 return;
             }
             Err(_) => return,
@@ -431,6 +434,6 @@ async fn reject(
     tracing::debug!(peer = %ds.peer, status = e.status(), "rejecting request: {e}");
     ds.send_error(e.status(), e.reason(), timer).await;
     // The client may still be sending (the rest of an oversized head, a body).
-    linger(ctx, &ds.stream, timer).await;
+    linger(ctx, ds, timer).await;
     NextHead::Rejected
 }

@@ -5,7 +5,6 @@
 //! detection.
 
 use std::{
-    borrow::Cow,
     net::SocketAddr,
     rc::Rc,
     sync::{Arc, atomic::Ordering::Relaxed},
@@ -43,8 +42,8 @@ impl RequestView for View<'_> {
     fn path(&self) -> &[u8] {
         self.path.as_bytes()
     }
-    fn header(&self, name: &str) -> Option<Cow<'_, [u8]>> {
-        router::join_values(self.head.headers().get_all(name))
+    fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.head.headers().get_all(name)
     }
 }
 
@@ -259,7 +258,7 @@ pub(crate) async fn handle(
         });
     }
     if summary.body_unread && !summary.keep_alive {
-        downstream::linger(ctx, &ds.stream, timer).await;
+        downstream::linger(ctx, ds, timer).await;
     }
     (summary.keep_alive && head.keep_alive()).then_some(finished)
 }

@@ -507,6 +507,15 @@ pub(crate) async fn run(
             }
             let version = ctx_listen.holder.version();
             let new_version = version != seen;
+            if new_version {
+                // The worker's caches (and metrics cells) follow at once, not at its next
+                // request: an idle worker holds no cells of removed routes, and a route
+                // added back starts from zero on every worker.
+                if let Some(cfg) = ctx_listen.holder.current() {
+                    let mut b = ctx_listen.balancers.borrow_mut();
+                    b.sync(&cfg, &ctx_listen.stats, Instant::now());
+                }
+            }
             if new_version || !settled {
                 seen = version;
                 settled = follow_listeners(&ctx_listen, &mut accepting, new_version);
@@ -790,7 +799,7 @@ mod tests {
         let (busy, idle) = (metrics.add_worker(), metrics.add_worker());
         let now = Instant::now();
         let v1 = config(1, &["x", "y"], 1, 1000);
-        let v2 = config(2, &["y", "z"], 1, 1000);
+        let v2 = Arc::new(config(2, &["y", "z"], 1, 1000));
         let (mut b, mut i) = (Balancers::new(), Balancers::new());
         b.sync(&v1, &busy, now);
         i.sync(&v1, &idle, now);
@@ -798,6 +807,7 @@ mod tests {
             for route in 0..2 {
                 let cells = bal.route_stats_for(cfg, route).unwrap();
                 cells.record(200, Duration::from_millis(1));
+                bal.cluster_stats_for(cfg, route).unwrap().attempts.add(1);
             }
         }
         b.sync(&v2, &busy, now);
@@ -805,13 +815,17 @@ mod tests {
             .unwrap()
             .record(200, Duration::from_millis(1));
         let series = |c: &str| format!("route=\"to-{c}\",cluster=\"{c}\",class=\"2xx\"}}");
-        let shown = metrics.render("", Some(&v2));
+        let shown = metrics.render("", || Some(Arc::clone(&v2)));
         assert!(!shown.contains(&series("x")), "{shown}");
         assert!(shown.contains(&format!("{} 3\n", series("y"))), "{shown}");
         assert!(shown.contains(&format!("{} 0\n", series("z"))), "{shown}");
+        let attempts = |c: &str| format!("omnirelay_upstream_attempts_total{{cluster=\"{c}\"}}");
+        assert!(!shown.contains(&attempts("x")), "{shown}");
+        assert!(shown.contains(&format!("{} 2\n", attempts("y"))), "{shown}");
         // Unfiltered, the idle worker's cells of x would still show (its count only).
-        let all = metrics.render("", None);
+        let all = metrics.render("", || None);
         assert!(all.contains(&format!("{} 1\n", series("x"))), "{all}");
+        assert!(all.contains(&format!("{} 1\n", attempts("x"))), "{all}");
     }
 
     /// New outlier settings apply to a cluster that keeps its name (its state kept).

@@ -204,18 +204,12 @@ impl Metrics {
     }
 
     /// Prometheus text exposition; `extra` is appended (snapshot gauges and the like).
-    /// With `live`, the running snapshot, only its routes and clusters are shown: a worker
-    /// that has served nothing since a route was removed still holds that route's cells,
-    /// and a sum over some workers only would read as a counter going back.
-    pub fn render(&self, extra: &str, live: Option<&RuntimeConfig>) -> String {
-        let live_routes: Option<BTreeSet<(&str, &str)>> = live.map(|cfg| {
-            cfg.routes
-                .iter()
-                .map(|r| (&*r.name, &*cfg.clusters[r.cluster].name))
-                .collect()
-        });
-        let live_clusters: Option<BTreeSet<&str>> =
-            live.map(|cfg| cfg.clusters.iter().map(|c| &*c.name).collect());
+    /// Only the routes and clusters of `live()`, the running snapshot, are shown (all when
+    /// there is none): a worker that has not taken a version yet still holds the cells of
+    /// routes it removed, and a sum over some workers only would read as a counter going
+    /// back. `live` is asked after the cells are summed: workers only take versions the
+    /// holder has published, so any cells dropped meanwhile belong to routes not shown.
+    pub fn render(&self, extra: &str, live: impl FnOnce() -> Option<Arc<RuntimeConfig>>) -> String {
         let workers = self
             .workers
             .lock()
@@ -262,12 +256,6 @@ impl Metrics {
             BTreeMap::new();
         for w in &workers {
             for (k, s) in w.routes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-                if live_routes
-                    .as_ref()
-                    .is_some_and(|l| !l.contains(&(k.0.as_str(), k.1.as_str())))
-                {
-                    continue;
-                }
                 let e = routes.entry(k.clone()).or_default();
                 for (a, b) in e.0.iter_mut().zip(&s.status) {
                     *a += b.get();
@@ -275,12 +263,6 @@ impl Metrics {
                 s.latency.add_into(&mut e.1, &mut e.2);
             }
             for (k, s) in w.clusters.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-                if live_clusters
-                    .as_ref()
-                    .is_some_and(|l| !l.contains(k.as_str()))
-                {
-                    continue;
-                }
                 let e = clusters.entry(k.clone()).or_default();
                 for (a, b) in e.0.iter_mut().zip([
                     &s.attempts,
@@ -295,6 +277,16 @@ impl Metrics {
                 }
                 s.upstream_latency.add_into(&mut e.1, &mut e.2);
             }
+        }
+        if let Some(cfg) = live() {
+            let live_routes: BTreeSet<(&str, &str)> = cfg
+                .routes
+                .iter()
+                .map(|r| (&*r.name, &*cfg.clusters[r.cluster].name))
+                .collect();
+            let live_clusters: BTreeSet<&str> = cfg.clusters.iter().map(|c| &*c.name).collect();
+            routes.retain(|(r, c), _| live_routes.contains(&(r.as_str(), c.as_str())));
+            clusters.retain(|c, _| live_clusters.contains(c.as_str()));
         }
         out.push_str("# TYPE omnirelay_requests_total counter\n");
         for ((route, cluster), (status, _, _)) in &routes {
@@ -392,7 +384,7 @@ mod tests {
         a.connections_active.store(3, Relaxed);
         a.unrouted.fetch_add(2, Relaxed);
         b.unrouted.fetch_add(1, Relaxed);
-        let text = m.render("", None);
+        let text = m.render("", || None);
         assert!(
             text.contains(
                 "omnirelay_requests_total{route=\"api\",cluster=\"backend\",class=\"2xx\"} 2"
