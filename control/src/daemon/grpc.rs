@@ -53,6 +53,19 @@ impl Drop for WatcherGuard {
     }
 }
 
+/// The capabilities of `required` a data plane that has `has` lacks; none when it did not
+/// say what it has.
+fn missing_capabilities<'a>(required: &'a [String], has: &[String]) -> Vec<&'a str> {
+    if has.is_empty() {
+        return Vec::new();
+    }
+    required
+        .iter()
+        .filter(|c| !has.contains(c))
+        .map(String::as_str)
+        .collect()
+}
+
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<v1::SignedSnapshot, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -81,12 +94,20 @@ impl ControlPlane for ControlService {
         self.metrics.watchers.fetch_add(1, Ordering::Relaxed);
         let guard = WatcherGuard(Arc::clone(&self.metrics));
         let mut last_sent = req.known_version;
+        let metrics = Arc::clone(&self.metrics);
         let snapshots = WatchStream::new(self.rx.clone()).filter_map(move |published| {
             let p = published?;
             if p.version <= last_sent {
                 return None;
             }
             last_sent = p.version;
+            // Sent anyway: the data plane refuses it with its own logged reason and metric,
+            // and keeps serving its last good snapshot; this side says so too.
+            let missing = missing_capabilities(&p.required_capabilities, &req.capabilities);
+            if !missing.is_empty() {
+                metrics.unsupported_sends.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(node = %req.node_id, version = p.version, ?missing, "a data plane lacks capabilities this snapshot requires: it will refuse the snapshot and keep its last good one (upgrade it, or change the config back)");
+            }
             Some(Event::Snapshot(p.signed.clone()))
         });
         let stop = WatchStream::new(self.stopping.clone())
@@ -114,5 +135,65 @@ impl ControlPlane for ControlService {
             Some(p) => Ok(Response::new(p.signed.clone())),
             None => Err(Status::unavailable("no snapshot has been published yet")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, atomic::Ordering};
+
+    use omnirelay_proto::v1::{self, control_plane_server::ControlPlane as _};
+    use tokio::sync::watch;
+    use tokio_stream::StreamExt as _;
+    use tonic::Request;
+
+    use super::ControlService;
+    use crate::daemon::{metrics::ControlMetrics, publish};
+
+    /// A data plane that says which capabilities it has hears (through the daemon's log
+    /// and metric) about a snapshot it will refuse; one that says nothing is not judged.
+    #[tokio::test]
+    async fn a_snapshot_a_data_plane_cannot_run_is_counted() {
+        let dir = std::env::temp_dir().join(format!("omnirelay-grpc-caps-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("omnirelay.toml"), publish::tests::CONFIG).unwrap();
+        let publisher = publish::tests::start(&dir);
+        assert!(matches!(
+            publisher.reload(),
+            publish::ReloadOutcome::Published(1)
+        ));
+        let metrics = Arc::new(ControlMetrics::default());
+        let (_stop, stopping) = watch::channel(false);
+        let service = ControlService::new(publisher.subscribe(), Arc::clone(&metrics), stopping);
+        for (caps, unsupported) in [
+            (vec!["http1", "lb.round_robin"], 0),
+            (vec![], 0),
+            (vec!["http1"], 1),
+        ] {
+            let request = v1::WatchRequest {
+                node_id: "test".into(),
+                known_version: 0,
+                capabilities: caps.iter().map(|c| (*c).to_owned()).collect(),
+            };
+            let mut stream = service
+                .watch(Request::new(request))
+                .await
+                .unwrap()
+                .into_inner();
+            let first = stream.next().await.unwrap().unwrap();
+            assert_eq!(first.version, 1);
+            assert_eq!(
+                metrics.unsupported_sends.load(Ordering::Relaxed),
+                unsupported,
+                "{caps:?}"
+            );
+        }
+        assert!(
+            metrics
+                .render()
+                .contains("omnirelay_control_unsupported_snapshots_total 1\n")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

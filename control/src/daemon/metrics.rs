@@ -21,6 +21,8 @@ pub struct ControlMetrics {
     pub watchers: AtomicU64,
     /// Snapshots served over HTTP pull.
     pub http_pulls: AtomicU64,
+    /// Snapshots streamed to a data plane that said it lacks a capability they require.
+    pub unsupported_sends: AtomicU64,
     /// Microseconds the last published snapshot took: load, validate, compile, sign, store.
     pub last_build_us: AtomicU64,
 }
@@ -73,6 +75,12 @@ impl ControlMetrics {
                 "Snapshots served over HTTP pull.",
                 "counter",
                 &self.http_pulls,
+            ),
+            (
+                "omnirelay_control_unsupported_snapshots_total",
+                "Snapshots streamed to a data plane that lacks a capability they require (it refuses them and keeps its last good snapshot).",
+                "counter",
+                &self.unsupported_sends,
             ),
         ] {
             out.push_str(&format!(

@@ -38,6 +38,8 @@ pub struct Published {
     pub source: String,
     /// SHA-256 of the config bytes, hex.
     pub config_sha256: String,
+    /// The capabilities a data plane needs to run it.
+    pub required_capabilities: Vec<String>,
 }
 
 impl Published {
@@ -47,8 +49,14 @@ impl Published {
         source: String,
         config_sha256: String,
     ) -> Self {
+        // Signed by this daemon: the payload decodes (an empty list if it ever did not,
+        // which only loses the capability warning).
+        let required_capabilities = v1::Snapshot::decode(signed.payload.as_slice())
+            .map(|s| s.required_capabilities)
+            .unwrap_or_default();
         Published {
             version: signed.version,
+            required_capabilities,
             payload_sha256: hex::encode(Sha256::digest(&signed.payload)),
             encoded: signed.encode_to_vec(),
             signed,

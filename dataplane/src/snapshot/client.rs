@@ -136,6 +136,10 @@ async fn watch_once(
     let request = WatchRequest {
         node_id: client.node_id.clone(),
         known_version: holder.version(),
+        capabilities: super::verify::CAPABILITIES
+            .iter()
+            .map(|c| (*c).to_owned())
+            .collect(),
     };
     let mut stream = grpc
         .watch(request)
