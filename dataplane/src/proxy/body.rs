@@ -208,23 +208,20 @@ impl RequestBody {
                     break;
                 }
                 self.started = true;
-                let data = &client_buf[d.data.clone()];
-                self.bytes += data.len() as u64;
+                self.bytes += d.data.len() as u64;
                 let at = out.len();
-                if chunked {
-                    if !data.is_empty() {
-                        http1::encode_chunk(data, &mut out);
-                    }
-                } else {
-                    out.extend_from_slice(data);
-                }
-                client_buf.advance(d.consumed);
+                let piece = take_piece(client_buf, &d, &mut out, chunked);
                 if let Some(kept) = &mut self.kept {
-                    if kept.len() + (out.len() - at) <= KEEP_LIMIT {
-                        kept.extend_from_slice(&out[at..]);
+                    let sent = piece.as_deref().unwrap_or(&out[at..]);
+                    if kept.len() + sent.len() <= KEEP_LIMIT {
+                        kept.extend_from_slice(sent);
                     } else {
                         self.kept = None;
                     }
+                }
+                if let Some(piece) = piece {
+                    let (res, _) = send_by(up, piece, deadline, timer).await;
+                    res.map_err(SendError::from)?;
                 }
             }
             if self.decoder.is_done() {
@@ -257,6 +254,33 @@ impl RequestBody {
             }
         }
     }
+}
+
+/// Takes the piece `d` that was decoded from the front of `buf` off it, for the peer. When
+/// nothing is staged in `out` and the piece is all data (no framing to drop or add), its
+/// bytes are handed back, to be sent from where they were read: a large body is not
+/// copied once more in user space. Otherwise they are copied into `out` (as a chunk when
+/// `chunked`). The piece shares `buf`'s allocation; once it is sent and dropped, `buf`
+/// takes the whole allocation back at its next read.
+fn take_piece(
+    buf: &mut BytesMut,
+    d: &http1::Decoded,
+    out: &mut BytesMut,
+    chunked: bool,
+) -> Option<BytesMut> {
+    if !chunked && out.is_empty() && d.data == (0..d.consumed) {
+        return Some(buf.split_to(d.consumed));
+    }
+    let data = &buf[d.data.clone()];
+    if chunked {
+        if !data.is_empty() {
+            http1::encode_chunk(data, out);
+        }
+    } else {
+        out.extend_from_slice(data);
+    }
+    buf.advance(d.consumed);
+    None
 }
 
 /// The client's side of a response: its stream and the staging buffer for writes to it.
@@ -378,16 +402,14 @@ pub(crate) async fn relay_response<U: Stream, C: Stream>(
             if d.consumed == 0 {
                 break;
             }
-            let data = &up_buf[d.data.clone()];
-            sent += data.len() as u64;
-            if chunked {
-                if !data.is_empty() {
-                    http1::encode_chunk(data, &mut out);
+            sent += d.data.len() as u64;
+            if let Some(piece) = take_piece(&mut up_buf, &d, &mut out, chunked) {
+                let (res, _) = send_by(ds_stream, piece, deadline, timer).await;
+                if res.is_err() {
+                    *ds_out = out;
+                    return (sent, false, false, up_buf);
                 }
-            } else {
-                out.extend_from_slice(data);
             }
-            up_buf.advance(d.consumed);
         }
         if decoder.is_done() {
             complete = true;
