@@ -188,12 +188,44 @@ pub fn build_baseline(rev: &str) -> anyhow::Result<(PathBuf, String)> {
         std::fs::rename(&partial, &src)?;
     }
     println!("    baseline: omnirelay at {commit}");
+    // The exported revisions share one target dir, and cargo names a workspace crate's
+    // outputs by its path inside the workspace, so they share those too. A build script
+    // whose inputs are older than the last build (of another revision) would not run
+    // again: its generated code (the protobuf types) would be the other revision's. So
+    // when the revision changes, every file of this one is marked changed.
+    let built = base.join("target/.omnirelay-baseline-commit");
+    if std::fs::read_to_string(&built).ok().as_deref() != Some(commit.as_str()) {
+        touch_tree(&src).with_context(|| format!("marking {} changed", src.display()))?;
+    }
     run::run(
         release_build()
             .current_dir(&src)
             .env("CARGO_TARGET_DIR", base.join("target")),
     )?;
+    std::fs::write(&built, &commit)?;
     Ok((base.join("target/release"), commit))
+}
+
+/// Sets the modification time of every file under `dir` to now.
+fn touch_tree(dir: &Path) -> std::io::Result<()> {
+    let now = std::time::SystemTime::now();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        if kind.is_symlink() {
+            continue;
+        }
+        if kind.is_dir() {
+            touch_tree(&path)?;
+        } else {
+            std::fs::File::options()
+                .write(true)
+                .open(&path)?
+                .set_modified(now)?;
+        }
+    }
+    Ok(())
 }
 
 /// Paths whose changes do not reach the measured binaries (the harness, tests, docs).
