@@ -624,7 +624,9 @@ fn a_kept_request_body_goes_up_again_on_a_retry() {
         "retry = { max_retries = 2, on = [\"connect-failure\"] }",
         "retry = { max_retries = 1, on = [\"5xx\"], budget_percent = 100, min_retries_per_second = 100 }",
     ) + &format!(
-        "\n[[clusters]]\nname = \"both\"\nendpoints = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n",
+        // up2's 503s must not get it ejected: every request here must meet it first on
+        // some worker.
+        "\n[[clusters]]\nname = \"both\"\nendpoints = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\noutlier = {{ consecutive_failures = 1000 }}\n",
         ports.up1, ports.up2
     );
     write_config(&stack.config_path, &config);
