@@ -169,22 +169,8 @@ fn a_refused_upload_gets_its_answer_while_the_client_still_sends() {
     // Over the test listener's 64 MiB `max_body_bytes`.
     std::fs::write(&file, vec![b'x'; 80 << 20]).unwrap();
     for expect in ["Expect: 100-continue", "Expect:"] {
-        let out = common::curl(&[
-            "-s",
-            "-H",
-            expect,
-            "-w",
-            "\n%{http_code}",
-            "--data-binary",
-            &format!("@{}", file.display()),
-            &stack.url("/echo"),
-        ]);
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            text.ends_with("\n413"),
-            "{expect}: {text:?} ({:?})",
-            out.status
-        );
+        let text = common::upload(&stack.url("/echo"), &file, expect);
+        assert!(text.ends_with("\n413"), "{expect}: {text:?}");
     }
 }
 

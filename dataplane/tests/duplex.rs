@@ -221,17 +221,7 @@ fn an_upstream_refusing_an_upload_without_reading_it_answers_at_once() {
     let stack = stack_for(&up);
     let (file, _) = upload_file(&stack);
     for expect in ["Expect: 100-continue", "Expect:"] {
-        let res = curl(&[
-            "-s",
-            "-H",
-            expect,
-            "-w",
-            "\n%{http_code}",
-            "--data-binary",
-            &format!("@{}", file.display()),
-            &stack.url("/refuse"),
-        ]);
-        let text = String::from_utf8_lossy(&res.stdout);
+        let text = common::upload(&stack.url("/refuse"), &file, expect);
         assert_eq!(text, "too large\n\n413", "{expect}");
     }
     // A small upload (all of it sent before the answer comes) is refused the same way.
@@ -256,17 +246,7 @@ fn an_upstream_refusing_an_upload_and_closing_is_heard() {
     let stack = stack_for(&up);
     let (file, _) = upload_file(&stack);
     for i in 0..5 {
-        let res = curl(&[
-            "-s",
-            "-H",
-            "Expect:",
-            "-w",
-            "\n%{http_code}",
-            "--data-binary",
-            &format!("@{}", file.display()),
-            &stack.url("/refuse-and-close"),
-        ]);
-        let text = String::from_utf8_lossy(&res.stdout);
+        let text = common::upload(&stack.url("/refuse-and-close"), &file, "Expect:");
         assert_eq!(text, "too large\n\n413", "attempt {i}");
     }
 }

@@ -303,20 +303,9 @@ fn an_early_answer_to_a_large_upload_reaches_the_client() {
     let stack = Stack::start();
     let file = stack.dir.path().join("upload");
     std::fs::write(&file, vec![b'u'; 60 << 20]).unwrap();
-    let data = format!("@{}", file.display());
     let url = stack.url("/small-upload");
     for expect in ["Expect: 100-continue", "Expect:"] {
-        let out = curl(&[
-            "-s",
-            "-H",
-            expect,
-            "-w",
-            "\n%{http_code}",
-            "--data-binary",
-            &data,
-            &url,
-        ]);
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = common::upload(&url, &file, expect);
         assert!(
             text.ends_with("\n413") && text.contains("413 Request Entity Too Large"),
             "{expect}: {text}"
@@ -342,15 +331,7 @@ fn an_http10_request_without_host_names_the_address_the_client_reached() {
     require_caps!(Capability::Program("nginx"));
     let stack = Stack::start();
     let port = free_port();
-    let v = stack.dp_version();
-    let config = common::config(&stack.ports, "one");
-    write_config(
-        &stack.config_path,
-        &format!("{config}\n[[listeners]]\nname = \"any\"\naddress = \"[::]:{port}\"\n"),
-    );
-    stack.wait_dp_version_above(v);
-    let wildcard = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    assert!(wait_for_port(wildcard, std::time::Duration::from_secs(5)));
+    let wildcard = stack.add_listener("any", &format!("[::]:{port}"), "", port);
     for addr in [stack.proxy(), wildcard] {
         let mut conn = std::net::TcpStream::connect(addr).unwrap();
         let text = exchange(&mut conn, "GET /headers HTTP/1.0\r\n\r\n", |got| {
@@ -680,17 +661,8 @@ fn a_listener_that_does_not_trust_request_ids_replaces_them() {
     require_caps!(Capability::Program("nginx"));
     let stack = Stack::start();
     let port = free_port();
-    let v = stack.dp_version();
-    let config = common::config(&stack.ports, "one");
-    write_config(
-        &stack.config_path,
-        &format!(
-            "{config}\n[[listeners]]\nname = \"edge\"\naddress = \"127.0.0.1:{port}\"\npreserve_request_id = false\n"
-        ),
-    );
-    stack.wait_dp_version_above(v);
-    let edge = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    assert!(wait_for_port(edge, std::time::Duration::from_secs(5)));
+    let address = format!("127.0.0.1:{port}");
+    let edge = stack.add_listener("edge", &address, "preserve_request_id = false\n", port);
     let rid = |addr| {
         let mut conn = std::net::TcpStream::connect(addr).unwrap();
         let request = "GET /headers HTTP/1.1\r\nhost: a\r\nx-request-id: chosen-by-client\r\nconnection: close\r\n\r\n";

@@ -347,10 +347,31 @@ impl Reply {
     }
 }
 
-/// Streams the response to the client. Returns (body bytes sent, whether the client
-/// connection may continue, whether the upstream connection may be pooled, the upstream
-/// read buffer for reuse).
+/// Streams the response `resp` (its head read into `up_buf`, which holds what came after
+/// it) to the client. Returns (body bytes sent, whether the client connection may
+/// continue, whether the upstream connection may be pooled). The head and the buffer go
+/// back to `ctx`'s pool whole (the head points into the buffer's allocation, so it is
+/// dropped first).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn relay_response<U: Stream, C: Stream>(
+    ctx: &WorkerCtx,
+    resp: ResponseHead,
+    reply: Reply,
+    up: &mut U,
+    up_buf: BytesMut,
+    client: ToClient<'_, C>,
+    deadline: Instant,
+    timer: &mut Timer<'_>,
+) -> (u64, bool, bool) {
+    let (bytes, client_ok, reusable, up_buf) =
+        relay(&resp, reply, up, up_buf, client, deadline, timer).await;
+    drop(resp);
+    ctx.give_buf(up_buf);
+    (bytes, client_ok, reusable)
+}
+
+/// [`relay_response`], giving the read buffer back to the caller.
+async fn relay<U: Stream, C: Stream>(
     resp: &ResponseHead,
     reply: Reply,
     up: &mut U,

@@ -163,7 +163,7 @@ pub(super) async fn send_body(
         ..body::Reply::to(request, ctx)
     };
     let mut pumped = false;
-    let (bytes_out, up_buf) = {
+    let bytes_out = {
         let mut relay_client = client;
         let mut relay_up = upstream;
         let to_client = ToClient {
@@ -171,7 +171,8 @@ pub(super) async fn send_body(
             out: &mut *client_out,
         };
         let mut relay = pin!(body::relay_response(
-            &resp,
+            ctx,
+            resp,
             reply,
             &mut relay_up,
             up_buf,
@@ -189,15 +190,10 @@ pub(super) async fn send_body(
                     upstream.shutdown_write();
                 }
             }
-            relay
-                .as_mut()
-                .poll(cx)
-                .map(|(bytes, _, _, buf)| (bytes, buf))
+            relay.as_mut().poll(cx).map(|(bytes, _, _)| bytes)
         })
         .await
     };
-    drop(resp);
-    ctx.give_buf(up_buf);
     Sent::Answered {
         status,
         head_at,

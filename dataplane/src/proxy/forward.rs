@@ -759,8 +759,9 @@ async fn attempt(
         });
     }
     let reply = reply_for(req.head, ctx, body_state);
-    let (bytes_out, client_keep_alive, reusable, up_buf) = body::relay_response(
-        &resp,
+    let (bytes_out, client_keep_alive, reusable) = body::relay_response(
+        ctx,
+        resp,
         reply,
         &mut up,
         up_buf,
@@ -769,10 +770,6 @@ async fn attempt(
         timer,
     )
     .await;
-    // The head points into `up_buf`'s allocation: dropped first, the buffer goes back
-    // to the pool whole instead of being freed.
-    drop(resp);
-    ctx.give_buf(up_buf);
     let finished = Instant::now();
     // Not after a body the upstream stopped taking: the request on it never ended.
     if reusable && !body_state.unread() {
@@ -834,8 +831,9 @@ async fn forward_pending(
     timer: &mut Timer<'_>,
 ) -> AttemptResult {
     if let Some((resp, mut up, up_buf)) = r.pending.take() {
-        let (bytes, keep, _, up_buf) = body::relay_response(
-            &resp,
+        let (bytes, keep, _) = body::relay_response(
+            ctx,
+            resp,
             reply,
             &mut up,
             up_buf,
@@ -844,9 +842,6 @@ async fn forward_pending(
             timer,
         )
         .await;
-        // The head points into the buffer: dropped first, the allocation goes back whole.
-        drop(resp);
-        ctx.give_buf(up_buf);
         r.bytes_out = bytes;
         r.client_keep_alive = keep;
         r.finished = Instant::now();

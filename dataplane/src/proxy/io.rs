@@ -298,35 +298,30 @@ mod tests {
         echo.await;
     }
 
-    #[test]
-    fn shared_views_of_one_socket_read_and_write_concurrently() {
+    /// Runs the future `make` builds on the io_uring driver (when the kernel has it) and
+    /// on the epoll driver.
+    fn on_both_drivers<F: Future<Output = ()>>(make: impl Fn() -> F) {
         match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .enable_timer()
             .build()
         {
-            Ok(mut rt) => rt.block_on(shared_views_read_and_write_at_once()),
+            Ok(mut rt) => rt.block_on(make()),
             Err(e) => eprintln!("io_uring unavailable ({e}): only the epoll driver is tested"),
         }
         monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .enable_timer()
             .build()
             .unwrap()
-            .block_on(shared_views_read_and_write_at_once());
+            .block_on(make());
+    }
+
+    #[test]
+    fn shared_views_of_one_socket_read_and_write_concurrently() {
+        on_both_drivers(shared_views_read_and_write_at_once);
     }
 
     #[test]
     fn a_partial_send_is_finished_and_the_buffer_returned() {
-        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .enable_timer()
-            .build()
-        {
-            Ok(mut rt) => rt.block_on(partial_send_round_trip()),
-            Err(e) => eprintln!("io_uring unavailable ({e}): only the epoll driver is tested"),
-        }
-        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap()
-            .block_on(partial_send_round_trip());
+        on_both_drivers(partial_send_round_trip);
     }
 }

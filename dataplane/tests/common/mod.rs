@@ -188,6 +188,26 @@ impl Stack {
         }
     }
 
+    /// Adds a listener to the starting config (`name`, `address` and the `extra` fields)
+    /// and waits until the data plane accepts on it, reached at loopback port `port`.
+    pub fn add_listener(&self, name: &str, address: &str, extra: &str, port: u16) -> SocketAddr {
+        let v = self.dp_version();
+        let config = config(&self.ports, "one");
+        write_config(
+            &self.config_path,
+            &format!(
+                "{config}\n[[listeners]]\nname = \"{name}\"\naddress = \"{address}\"\n{extra}"
+            ),
+        );
+        self.wait_dp_version_above(v);
+        let reach = SocketAddr::from(([127, 0, 0, 1], port));
+        assert!(
+            wait_for_port(reach, Duration::from_secs(5)),
+            "{name} not accepting"
+        );
+        reach
+    }
+
     /// Restarts the control daemon (same state dir, so same key and history).
     pub fn restart_control(&mut self) {
         self.control.kill();
@@ -288,6 +308,23 @@ pub fn start_dataplane(dir: &TempDir, ports: &Ports, extra: &[&str]) -> ChildGua
 
 pub fn curl(args: &[&str]) -> std::process::Output {
     Command::new("curl").args(args).output().expect("run curl")
+}
+
+/// POSTs `file` to `url` through curl with `header` (`"Expect:"` for none) and returns what
+/// curl printed: the response body, a newline, the status code.
+pub fn upload(url: &str, file: &std::path::Path, header: &str) -> String {
+    let data = format!("@{}", file.display());
+    let args = [
+        "-s",
+        "-H",
+        header,
+        "-w",
+        "\n%{http_code}",
+        "--data-binary",
+        &data,
+        url,
+    ];
+    String::from_utf8_lossy(&curl(&args).stdout).into_owned()
 }
 
 /// GET through curl: (status, body).
