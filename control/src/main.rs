@@ -164,6 +164,15 @@ fn validate(file: &std::path::Path) -> anyhow::Result<()> {
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     match omnirelay_control::config::parse(&text, &file.display().to_string()) {
         Ok(c) => {
+            // The files `[control.tls]` names are read too, relative to the config's folder
+            // as the daemon reads them.
+            if let Some(tls) = &c.control.tls
+                && let Err(e) =
+                    omnirelay_control::daemon::ControlTls::load(tls, file, Default::default())
+            {
+                eprintln!("{}: {e}", file.display());
+                std::process::exit(1);
+            }
             println!(
                 "{}: ok ({} listeners, {} routes, {} clusters, {} budgets)",
                 file.display(),

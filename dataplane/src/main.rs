@@ -23,7 +23,9 @@ use omnirelay_dataplane::{
     admin,
     lb::Strategies,
     proxy::{self, ProxyOptions},
-    snapshot::{ControlClient, SnapshotHolder, SnapshotVerifier, spawn_control_client},
+    snapshot::{
+        ControlClient, ControlTlsFiles, SnapshotHolder, SnapshotVerifier, spawn_control_client,
+    },
     telemetry::{AccessLog, Metrics},
 };
 use omnirelay_plugin_topology::{RendezvousStrategy, RingHashStrategy};
@@ -38,6 +40,20 @@ struct Cli {
     /// Control daemon gRPC endpoint, e.g. http://127.0.0.1:7800.
     #[arg(long)]
     control: Option<String>,
+    /// CA certificates (PEM) the control daemon's certificate must chain to; needed with an
+    /// https:// --control endpoint.
+    #[arg(long, requires = "control")]
+    control_ca: Option<PathBuf>,
+    /// This data plane's certificate (PEM), for a control daemon that requires one
+    /// (`[control.tls].client_ca`).
+    #[arg(long, requires = "control_key")]
+    control_cert: Option<PathBuf>,
+    /// The private key of --control-cert (PEM).
+    #[arg(long, requires = "control_cert")]
+    control_key: Option<PathBuf>,
+    /// The name the control daemon's certificate must hold (default: the --control host).
+    #[arg(long, requires = "control")]
+    control_server_name: Option<String>,
     /// The control plane's public key: a file (snapshot-signing.pub) or the hex itself.
     #[arg(long)]
     public_key: String,
@@ -158,11 +174,20 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if let Some(endpoint) = &cli.control {
+        let tls = ControlTlsFiles {
+            ca: cli.control_ca.clone(),
+            cert: cli.control_cert.clone(),
+            key: cli.control_key.clone(),
+            server_name: cli.control_server_name.clone(),
+        }
+        .load(endpoint)
+        .map_err(anyhow::Error::msg)?;
         spawn_control_client(
             ControlClient {
                 endpoint: endpoint.clone(),
                 node_id: cli.node_id.clone(),
                 cache: cli.snapshot_cache.clone(),
+                tls,
             },
             Arc::clone(&holder),
         )?;

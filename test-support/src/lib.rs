@@ -10,6 +10,7 @@
 //!   can list every skip at the end. A skip is never silent.
 //! - [`process`]: child processes killed by PID on drop, temp dirs, ports; [`nginx`]: a
 //!   real nginx as a test upstream.
+//! - [`pki`]: a test certificate authority issuing server and client certificates.
 //! - [`trace`]: captures `tracing` events so tests can assert what was logged.
 //!
 //! This crate is for tests and tooling only; no production crate may depend on it.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod frames;
 pub mod netns;
 pub mod nginx;
+pub mod pki;
 pub mod process;
 pub mod skip;
 pub mod trace;

@@ -61,6 +61,25 @@ impl std::error::Error for ConfigErrors {}
 
 /// Parses and validates a config document.
 pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
+    read(text, origin, |table, sink| {
+        let config = parse::document(table, sink);
+        refs::check(&config, sink);
+        config
+    })
+}
+
+/// Reads only the `[control]` section of a document (the daemon's own addresses and TLS),
+/// for a start whose config does not load as a whole.
+pub fn parse_control(text: &str, origin: &str) -> Result<ControlSection, ConfigErrors> {
+    read(text, origin, parse::control_only)
+}
+
+/// Parses `text` as TOML and reads it with `f`; every problem `f` records is an error.
+fn read<T>(
+    text: &str,
+    origin: &str,
+    f: impl FnOnce(&toml::Table, &reader::Sink) -> T,
+) -> Result<T, ConfigErrors> {
     let fail = |errors| ConfigErrors {
         origin: origin.to_owned(),
         errors,
@@ -77,11 +96,10 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
         }])
     })?;
     let sink = reader::Sink::default();
-    let config = parse::document(&table, &sink);
-    refs::check(&config, &sink);
+    let value = f(&table, &sink);
     let errors = sink.into_errors();
     if errors.is_empty() {
-        Ok(config)
+        Ok(value)
     } else {
         Err(fail(errors))
     }

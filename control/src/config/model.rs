@@ -122,6 +122,21 @@ pub struct ControlSection {
     pub grpc_listen: SocketAddr,
     /// Admin HTTP: /healthz, /metrics, /control/*, and the HTTP pull of snapshots.
     pub admin_listen: SocketAddr,
+    /// `[control.tls]`: TLS (and optionally client certificates) on the gRPC API.
+    pub tls: Option<ControlTls>,
+}
+
+/// `[control.tls]`: the gRPC control API over TLS. Paths as written in the file; the
+/// daemon resolves relative ones against the config file's folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlTls {
+    /// The server's certificate chain (PEM, leaf first).
+    pub cert: std::path::PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+    /// CA certificates (PEM) that data planes' client certificates must chain to. Set:
+    /// a data plane without such a certificate is refused at the handshake (mutual TLS).
+    pub client_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for ControlSection {
@@ -130,6 +145,7 @@ impl Default for ControlSection {
         ControlSection {
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 7800)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 7801)),
+            tls: None,
         }
     }
 }

@@ -16,18 +16,8 @@ const MAX_ENDPOINTS: usize = 1 << 20;
 
 pub(super) fn document(table: &toml::Table, sink: &Sink) -> Config {
     let root = Obj::root(table, sink);
-    let mut control = ControlSection::default();
-    if let Some(c) = root.table("control") {
-        if let Some(a) = addr(&c, "grpc_listen") {
-            control.grpc_listen = a;
-        }
-        if let Some(a) = addr(&c, "admin_listen") {
-            control.admin_listen = a;
-        }
-        c.finish();
-    }
     let config = Config {
-        control,
+        control: control(&root),
         listeners: root.tables("listeners").into_iter().map(listener).collect(),
         routes: root.tables("routes").into_iter().map(route).collect(),
         clusters: root.tables("clusters").into_iter().map(cluster).collect(),
@@ -36,6 +26,44 @@ pub(super) fn document(table: &toml::Table, sink: &Sink) -> Config {
     };
     root.finish();
     config
+}
+
+/// `[control]` alone (other sections are not looked at).
+pub(super) fn control_only(table: &toml::Table, sink: &Sink) -> ControlSection {
+    control(&Obj::root(table, sink))
+}
+
+fn control(root: &Obj<'_>) -> ControlSection {
+    let mut control = ControlSection::default();
+    if let Some(c) = root.table("control") {
+        if let Some(a) = addr(&c, "grpc_listen") {
+            control.grpc_listen = a;
+        }
+        if let Some(a) = addr(&c, "admin_listen") {
+            control.admin_listen = a;
+        }
+        control.tls = c.table("tls").and_then(control_tls);
+        c.finish();
+    }
+    control
+}
+
+fn control_tls(o: Obj<'_>) -> Option<ControlTls> {
+    let cert = o.str("cert");
+    let key = o.str("key");
+    let client_ca = o.opt_str("client_ca");
+    if client_ca.as_deref() == Some("") {
+        o.error(
+            "client_ca",
+            "empty: give a file path, or leave the field out",
+        );
+    }
+    o.finish();
+    Some(ControlTls {
+        cert: cert?.into(),
+        key: key?.into(),
+        client_ca: client_ca.filter(|p| !p.is_empty()).map(Into::into),
+    })
 }
 
 fn addr(o: &Obj<'_>, key: &str) -> Option<SocketAddr> {

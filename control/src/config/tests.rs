@@ -337,3 +337,40 @@ fn preserve_request_id_is_a_boolean_that_defaults_to_true() {
     let msg = error_at(&typo, "listeners[0].preserve_request_id");
     assert!(msg.contains("expected a boolean"), "{msg}");
 }
+
+#[test]
+fn control_tls_names_its_files_and_its_errors() {
+    let with_tls = |table: &str| {
+        GOOD.replace(
+            "admin_listen = \"127.0.0.1:7901\"\n",
+            &format!("admin_listen = \"127.0.0.1:7901\"\ntls = {table}\n"),
+        )
+    };
+    assert_eq!(parse(GOOD, "t.toml").unwrap().control.tls, None);
+    let c = parse(
+        &with_tls(r#"{ cert = "c.pem", key = "/etc/k.pem", client_ca = "ca.pem" }"#),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.control.tls,
+        Some(ControlTls {
+            cert: "c.pem".into(),
+            key: "/etc/k.pem".into(),
+            client_ca: Some("ca.pem".into()),
+        })
+    );
+    let bad = with_tls(r#"{ cert = "", client_ca = "", ca = "x" }"#);
+    assert!(error_at(&bad, "control.tls.cert").contains("empty"));
+    assert!(error_at(&bad, "control.tls.key").contains("missing"));
+    assert!(error_at(&bad, "control.tls.client_ca").contains("empty"));
+    assert!(error_at(&bad, "control.tls.ca").contains("unknown field"));
+    // The section alone reads although the rest of the document does not.
+    let broken_elsewhere = with_tls(r#"{ cert = "c.pem", key = "k.pem" }"#)
+        .replace("cluster = \"web\"", "cluster = \"nowhere\"");
+    assert!(parse(&broken_elsewhere, "t.toml").is_err());
+    let control = parse_control(&broken_elsewhere, "t.toml").unwrap();
+    assert_eq!(control.grpc_listen.port(), 7900);
+    assert_eq!(control.tls.unwrap().key, std::path::PathBuf::from("k.pem"));
+    assert!(parse_control(&bad, "t.toml").is_err());
+}

@@ -23,6 +23,10 @@ pub struct ControlMetrics {
     pub http_pulls: AtomicU64,
     /// Snapshots streamed to a data plane that said it lacks a capability they require.
     pub unsupported_sends: AtomicU64,
+    /// gRPC connections whose TLS handshake failed (`[control.tls]`).
+    pub tls_handshake_failures: AtomicU64,
+    /// Reloads whose `[control.tls]` files did not load (the running certificate stayed).
+    pub tls_reload_failures: AtomicU64,
     /// Microseconds the last published snapshot took: load, validate, compile, sign, store.
     pub last_build_us: AtomicU64,
 }
@@ -81,6 +85,18 @@ impl ControlMetrics {
                 "Snapshots streamed to a data plane that lacks a capability they require (it refuses them and keeps its last good snapshot).",
                 "counter",
                 &self.unsupported_sends,
+            ),
+            (
+                "omnirelay_control_tls_handshake_failures_total",
+                "gRPC connections refused at the TLS handshake (no or an untrusted client certificate, a plaintext client, a timeout).",
+                "counter",
+                &self.tls_handshake_failures,
+            ),
+            (
+                "omnirelay_control_tls_reload_failures_total",
+                "Reloads whose [control.tls] files did not load (the running certificate stayed).",
+                "counter",
+                &self.tls_reload_failures,
             ),
         ] {
             out.push_str(&format!(

@@ -7,6 +7,7 @@ mod grpc;
 mod kernel;
 mod metrics;
 mod publish;
+mod tls;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -20,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use kernel::KernelService;
 pub use metrics::ControlMetrics;
 pub use publish::{Published, Publisher, ReloadOutcome};
+pub use tls::ControlTls;
 
 use crate::snapshot::SnapshotSigner;
 
@@ -69,30 +71,40 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             other => anyhow::bail!("no snapshot to serve: {other:?}"),
         }
     }
-    // Addresses and the kernel section come from the config the first load parsed. An
-    // invalid config at start with a stored snapshot to serve: that snapshot is served on
-    // the default (or given) addresses, without the kernel side.
-    let (grpc_default, admin_default, kernel_section) = match publisher.config() {
-        Some(c) => (
-            c.control.grpc_listen,
-            c.control.admin_listen,
-            c.kernel.clone(),
-        ),
+    // Addresses, TLS and the kernel section come from the config the first load parsed.
+    // An invalid config at start with a stored snapshot to serve: that snapshot is served
+    // on the file's `[control]` settings when that section reads on its own (else on the
+    // loopback defaults), without the kernel side.
+    let (control, kernel_section) = match publisher.config() {
+        Some(c) => (c.control.clone(), c.kernel.clone()),
         None => {
-            let defaults = crate::config::ControlSection::default();
+            let origin = opts.config.display().to_string();
+            let control = match std::fs::read_to_string(&opts.config)
+                .map_err(|e| format!("{origin}: {e}"))
+                .and_then(|text| {
+                    crate::config::parse_control(&text, &origin).map_err(|e| e.to_string())
+                }) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("[control] does not load either, loopback defaults used: {e}");
+                    crate::config::ControlSection::default()
+                }
+            };
             tracing::warn!(
                 config = %opts.config.display(),
                 version = publisher.current().map_or(0, |p| p.version),
-                "the config does not load (see above): serving the stored snapshot on the \
-                 default addresses, without the kernel limiter, until the daemon restarts \
-                 with a valid config"
+                "the config does not load (see above): serving the stored snapshot without \
+                 the kernel limiter until the daemon restarts with a valid config"
             );
-            (
-                defaults.grpc_listen,
-                defaults.admin_listen,
-                crate::config::KernelSection::default(),
-            )
+            (control, crate::config::KernelSection::default())
         }
+    };
+    let tls = match &control.tls {
+        Some(section) => Some(Arc::new(
+            ControlTls::load(section, &opts.config, Arc::clone(&metrics))
+                .map_err(|e| anyhow::anyhow!("[control.tls] does not load: {e}"))?,
+        )),
+        None => None,
     };
     // The kernel side starts before anything listens: an attach failure stops the daemon
     // with the interface, mode and errno. Interfaces, mode and pin folder are read once;
@@ -106,8 +118,8 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     if let Some(k) = &kernel {
         tokio::spawn(Arc::clone(k).follow(publisher.subscribe()));
     }
-    let grpc_addr = opts.grpc_listen.unwrap_or(grpc_default);
-    let admin_addr = opts.admin_listen.unwrap_or(admin_default);
+    let grpc_addr = opts.grpc_listen.unwrap_or(control.grpc_listen);
+    let admin_addr = opts.admin_listen.unwrap_or(control.admin_listen);
 
     let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(16);
     let _watch = source.watch(Box::new({
@@ -117,7 +129,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             let _ = tx.try_send(done);
         }
     }))?;
-    tokio::spawn(reload_loop(Arc::clone(&publisher), reload_rx));
+    tokio::spawn(reload_loop(Arc::clone(&publisher), tls.clone(), reload_rx));
     tokio::spawn(sighup_loop(reload_tx.clone()));
 
     let admin = admin::router(admin::AdminState {
@@ -132,7 +144,16 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let grpc_listener = tokio::net::TcpListener::bind(grpc_addr)
         .await
         .with_context(|| format!("binding gRPC address {grpc_addr}"))?;
-    tracing::info!(%grpc_addr, %admin_addr, "control daemon listening");
+    tracing::info!(
+        %grpc_addr,
+        %admin_addr,
+        grpc_tls = match &control.tls {
+            None => "off",
+            Some(t) if t.client_ca.is_some() => "mutual",
+            Some(_) => "server",
+        },
+        "control daemon listening"
+    );
 
     // One signal handler; both servers and the open Watch streams follow it.
     let (stop_tx, stopping) = tokio::sync::watch::channel(false);
@@ -149,22 +170,40 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         Arc::clone(&metrics),
         stopping.clone(),
     );
-    let grpc = tonic::transport::Server::builder()
-        .add_service(ControlPlaneServer::new(service))
-        .serve_with_incoming_shutdown(
-            // Snapshots are pushed as soon as they exist: no Nagle delay on the streams
-            // (tonic's own nodelay setting does not apply to an incoming stream).
-            tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-                |conn| {
-                    if let Ok(c) = &conn {
-                        let _ = c.set_nodelay(true);
-                    }
-                    conn
-                },
-            ),
-            stopped(stopping.clone()),
-        );
+    let server = tonic::transport::Server::builder().add_service(ControlPlaneServer::new(service));
+    let grpc_stop = stopped(stopping.clone());
+    let accept_stop = stopping.clone();
+    let grpc = async move {
+        match tls {
+            Some(tls) => {
+                server
+                    .serve_with_incoming_shutdown(
+                        tls.incoming(grpc_listener, accept_stop),
+                        grpc_stop,
+                    )
+                    .await
+            }
+            None => {
+                server
+                    .serve_with_incoming_shutdown(
+                        // Snapshots are pushed as soon as they exist: no Nagle delay on the
+                        // streams (tonic's own nodelay setting does not apply to an
+                        // incoming stream).
+                        tokio_stream::StreamExt::map(
+                            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                            |conn| {
+                                if let Ok(c) = &conn {
+                                    let _ = c.set_nodelay(true);
+                                }
+                                conn
+                            },
+                        ),
+                        grpc_stop,
+                    )
+                    .await
+            }
+        }
+    };
     let admin = axum::serve(admin_listener, admin).with_graceful_shutdown(stopped(stopping));
     let (g, a) = tokio::join!(grpc, admin);
     g.context("gRPC server")?;
@@ -177,7 +216,12 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
 const RELOAD_COALESCE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Serializes reloads; coalesces bursts of triggers (an editor's write + rename) into one.
-async fn reload_loop(publisher: Arc<Publisher>, mut rx: mpsc::Receiver<ReloadRequest>) {
+/// Each reload also reads the `[control.tls]` files again (certificate renewal).
+async fn reload_loop(
+    publisher: Arc<Publisher>,
+    tls: Option<Arc<ControlTls>>,
+    mut rx: mpsc::Receiver<ReloadRequest>,
+) {
     while let Some(first) = rx.recv().await {
         // A short pause groups a burst of triggers (an editor's write, then rename).
         tokio::time::sleep(RELOAD_COALESCE).await;
@@ -185,8 +229,24 @@ async fn reload_loop(publisher: Arc<Publisher>, mut rx: mpsc::Receiver<ReloadReq
         while let Ok(more) = rx.try_recv() {
             waiters.push(more);
         }
-        let p = Arc::clone(&publisher);
-        let outcome = match tokio::task::spawn_blocking(move || p.reload()).await {
+        let (p, tls) = (Arc::clone(&publisher), tls.clone());
+        let outcome = match tokio::task::spawn_blocking(move || {
+            let outcome = p.reload();
+            // The config in force (the last valid one): none yet means nothing to follow.
+            if let Some(config) = p.config() {
+                match (&tls, &config.control.tls) {
+                    (Some(t), section) => t.reload(section.as_ref()),
+                    (None, Some(_)) => tracing::warn!(
+                        "[control.tls] was added to the config: the gRPC API stays plaintext \
+                         until the daemon restarts"
+                    ),
+                    (None, None) => {}
+                }
+            }
+            outcome
+        })
+        .await
+        {
             Ok(o) => o,
             Err(e) => ReloadOutcome::Failed(format!("reload task panicked: {e}")),
         };
@@ -245,7 +305,7 @@ mod tests {
         std::fs::write(&config, super::publish::tests::CONFIG).unwrap();
         let publisher = Arc::new(super::publish::tests::start(&dir));
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(reload_loop(Arc::clone(&publisher), rx));
+        tokio::spawn(reload_loop(Arc::clone(&publisher), None, rx));
         let burst = || async {
             // A file-change event and a POST /control/reload within one coalescing pause.
             let (a, a_rx) = oneshot::channel();

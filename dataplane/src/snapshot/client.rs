@@ -26,6 +26,107 @@ pub struct ControlClient {
     /// Where each snapshot applied is kept, for a restart while the control daemon is
     /// away (see [`save_snapshot`]).
     pub cache: Option<PathBuf>,
+    /// TLS to the control daemon (an `https://` endpoint), from [`ControlTlsFiles::load`].
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+/// The files of TLS to the control daemon, as given on the command line.
+#[derive(Clone, Debug, Default)]
+pub struct ControlTlsFiles {
+    /// CA certificates (PEM) the control daemon's certificate must chain to.
+    pub ca: Option<PathBuf>,
+    /// This data plane's certificate chain (PEM), for a control daemon that asks for one.
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<PathBuf>,
+    /// The name the control daemon's certificate must hold (default: the endpoint's host).
+    pub server_name: Option<String>,
+}
+
+impl ControlTlsFiles {
+    /// Checks the files against `endpoint` and reads them. `None`: a plaintext endpoint.
+    /// Errors name the flag and the file (`--control-key (/etc/...): ...`).
+    pub fn load(
+        &self,
+        endpoint: &str,
+    ) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+        let https = endpoint.starts_with("https://");
+        let Some(ca) = &self.ca else {
+            if https {
+                return Err(format!(
+                    "--control {endpoint}: an https endpoint needs --control-ca (the CA that \
+                     signed the control daemon's certificate)"
+                ));
+            }
+            if self.cert.is_some() || self.key.is_some() || self.server_name.is_some() {
+                return Err(
+                    "--control-cert, --control-key and --control-server-name need \
+                            --control-ca and an https:// --control endpoint"
+                        .into(),
+                );
+            }
+            return Ok(None);
+        };
+        if !https {
+            return Err(format!(
+                "--control {endpoint}: --control-ca is given, so the endpoint must be https://"
+            ));
+        }
+        let read = |flag: &str, path: &Path| {
+            std::fs::read(path).map_err(|e| format!("{flag} ({}): {e}", path.display()))
+        };
+        let certs = |flag: &str, path: &Path, bytes: &[u8]| {
+            let certs = CertificateDer::pem_slice_iter(bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{flag} ({}): not PEM: {e}", path.display()))?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "{flag} ({}): no certificate in the file (PEM \"BEGIN CERTIFICATE\" expected)",
+                    path.display()
+                ));
+            }
+            Ok(certs)
+        };
+        let ca_pem = read("--control-ca", ca)?;
+        certs("--control-ca", ca, &ca_pem)?;
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+        match (&self.cert, &self.key) {
+            (None, None) => {}
+            (Some(cert), Some(key)) => {
+                let cert_pem = read("--control-cert", cert)?;
+                let key_pem = read("--control-key", key)?;
+                let chain = certs("--control-cert", cert, &cert_pem)?;
+                let der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+                    format!(
+                        "--control-key ({}): no private key read (PEM PKCS#8, PKCS#1 or SEC1 \
+                         expected): {e}",
+                        key.display()
+                    )
+                })?;
+                rustls::sign::CertifiedKey::from_der(
+                    chain,
+                    der,
+                    &rustls::crypto::ring::default_provider(),
+                )
+                .map_err(|e| {
+                    format!(
+                        "--control-key ({}): not usable with --control-cert ({}): {e}",
+                        key.display(),
+                        cert.display()
+                    )
+                })?;
+                tls = tls.identity(Identity::from_pem(cert_pem, key_pem));
+            }
+            _ => return Err("--control-cert and --control-key go together".into()),
+        }
+        if let Some(name) = &self.server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        Ok(Some(tls))
+    }
 }
 
 const BASE_BACKOFF: Duration = Duration::from_millis(100);
@@ -125,10 +226,16 @@ async fn watch_once(
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
         .tcp_keepalive(Some(KEEPALIVE_INTERVAL));
+    let endpoint = match &client.tls {
+        Some(tls) => endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| WatchError::Unreachable(format!("TLS settings: {}", causes(&e))))?,
+        None => endpoint,
+    };
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| WatchError::Unreachable(e.to_string()))?;
+        .map_err(|e| WatchError::Unreachable(causes(&e)))?;
     // Snapshots up to the verifier's limit (tonic's default stops at 4 MiB); larger ones
     // are refused by the verifier with a logged reason, not by the transport.
     let mut grpc =
@@ -145,7 +252,9 @@ async fn watch_once(
         .watch(request)
         .await
         .map_err(|s| match s.code() {
-            tonic::Code::Unavailable | tonic::Code::Unknown => {
+            // Cancelled: the connection went away under the call (a TLS alert after the
+            // handshake, as when the control daemon wants a client certificate).
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
                 WatchError::Unreachable(format!("Watch failed: {s}"))
             }
             _ => WatchError::Refused(s),
@@ -173,6 +282,22 @@ async fn watch_once(
             }
         }
     }
+}
+
+/// `e` and its sources, outermost first: tonic's own message ("transport error") says
+/// little, the TLS or socket error under it says why.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let part = cause.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        next = cause.source();
+    }
+    text
 }
 
 /// Applies `signed` (rejections are counted and logged by the holder; the last good
@@ -211,4 +336,67 @@ pub fn save_snapshot(path: &std::path::Path, signed: &v1::SignedSnapshot) -> std
         tracing::debug!(dir = %dir.display(), error = %e, "snapshot cache directory not synced");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use omnirelay_test_support::{
+        pki::{TestCa, Usage},
+        process::TempDir,
+    };
+
+    use super::ControlTlsFiles;
+
+    #[test]
+    fn tls_flags_are_checked_against_the_endpoint_and_each_other() {
+        let dir = TempDir::new("dp-control-tls");
+        let p = |n: &str| dir.path().join(n);
+        let ca = TestCa::new("test ca").unwrap();
+        ca.write_cert(&p("ca.pem")).unwrap();
+        ca.issue(&["dp"], Usage::Client, &p("dp.pem"), &p("dp.key"))
+            .unwrap();
+        ca.issue(&["dp"], Usage::Client, &p("other.pem"), &p("other.key"))
+            .unwrap();
+        let files = |ca: Option<&str>, cert: Option<&str>, key: Option<&str>| ControlTlsFiles {
+            ca: ca.map(p),
+            cert: cert.map(p),
+            key: key.map(p),
+            server_name: None,
+        };
+        let https = "https://control:7800";
+        let plain = "http://control:7800";
+        assert!(files(None, None, None).load(plain).unwrap().is_none());
+        let e = files(None, None, None).load(https).unwrap_err();
+        assert!(e.contains("needs --control-ca"), "{e}");
+        let e = files(Some("ca.pem"), None, None).load(plain).unwrap_err();
+        assert!(e.contains("must be https://"), "{e}");
+        assert!(
+            files(Some("ca.pem"), None, None)
+                .load(https)
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            files(Some("ca.pem"), Some("dp.pem"), Some("dp.key"))
+                .load(https)
+                .unwrap()
+                .is_some()
+        );
+        let e = files(Some("ca.pem"), Some("dp.pem"), Some("other.key"))
+            .load(https)
+            .unwrap_err();
+        assert!(
+            e.contains("--control-key (") && e.contains("not usable with --control-cert"),
+            "{e}"
+        );
+        let e = files(Some("dp.key"), None, None).load(https).unwrap_err();
+        assert!(
+            e.contains("--control-ca (") && e.contains("no certificate in the file"),
+            "{e}"
+        );
+        let e = files(Some("missing.pem"), None, None)
+            .load(https)
+            .unwrap_err();
+        assert!(e.contains("missing.pem): No such file"), "{e}");
+    }
 }

@@ -21,7 +21,7 @@ use omnirelay_proto::v1;
 
 use crate::lb::Strategies;
 
-pub use client::{ControlClient, save_snapshot, spawn_control_client};
+pub use client::{ControlClient, ControlTlsFiles, save_snapshot, spawn_control_client};
 pub use runtime::*;
 pub use verify::{CAPABILITIES, MAX_SNAPSHOT_BYTES, RejectReason, SnapshotVerifier};
 

@@ -274,18 +274,26 @@ pub fn start_control(dir: &TempDir, config: &std::path::Path, ports: &Ports) -> 
     child
 }
 
-pub fn start_dataplane(dir: &TempDir, ports: &Ports, extra: &[&str]) -> ChildGuard {
+/// The data plane's command line: subscribed to `control`, trusting the key in `dir`'s
+/// control state, admin API on loopback port `admin`, then `extra`.
+pub fn dataplane_command(dir: &TempDir, control: &str, admin: u16, extra: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_omnirelay-dataplane"));
     cmd.arg("--control")
-        .arg(format!("http://127.0.0.1:{}", ports.grpc))
+        .arg(control)
         .arg("--public-key")
         .arg(dir.path().join("state/snapshot-signing.pub"))
         .arg("--admin")
-        .arg(format!("127.0.0.1:{}", ports.dp_admin))
+        .arg(format!("127.0.0.1:{admin}"))
         .arg("--access-log")
         .arg(dir.path().join("access.log"))
         .args(["--workers", "2", "--node-id", "test"])
         .args(extra);
+    cmd
+}
+
+pub fn start_dataplane(dir: &TempDir, ports: &Ports, extra: &[&str]) -> ChildGuard {
+    let control = format!("http://127.0.0.1:{}", ports.grpc);
+    let cmd = dataplane_command(dir, &control, ports.dp_admin, extra);
     let child = ChildGuard::spawn(
         "omnirelay-dataplane",
         cmd,
