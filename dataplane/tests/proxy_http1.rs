@@ -678,3 +678,42 @@ fn a_listener_that_does_not_trust_request_ids_replaces_them() {
         "{replaced}"
     );
 }
+
+/// A listener with `merge_slashes = true` routes and forwards `//two/x` as `/two/x`; one
+/// without it treats the doubled slash as a segment of its own (Envoy's default), so a
+/// route on `/two/` does not take it.
+#[test]
+fn a_listener_that_merges_slashes_routes_and_forwards_the_merged_path() {
+    require_caps!(Capability::Program("nginx"));
+    let stack = Stack::start();
+    let (merged, plain) = (free_port(), free_port());
+    let extra = format!(
+        "routes = [\"two\", \"default\"]\nmerge_slashes = true\n\n\
+         [[listeners]]\nname = \"plain\"\naddress = \"127.0.0.1:{plain}\"\n\
+         routes = [\"two\", \"default\"]\n\n\
+         [[routes]]\nname = \"two\"\npath_prefix = \"/two/\"\ncluster = \"two\"\n"
+    );
+    let merged = stack.add_listener("merged", &format!("127.0.0.1:{merged}"), &extra, merged);
+    let plain = std::net::SocketAddr::from(([127, 0, 0, 1], plain));
+    assert!(wait_for_port(plain, std::time::Duration::from_secs(5)));
+    let body = |addr, target: &str| {
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        let request = format!("GET {target} HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n");
+        let text = exchange(&mut conn, &request, |_| false);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        (
+            head.lines().next().unwrap_or("").to_owned(),
+            body.to_owned(),
+        )
+    };
+    assert_eq!(body(merged, "//two//x").1, "two\n");
+    assert_eq!(body(plain, "/two/x").1, "two\n");
+    let (status, _) = body(plain, "//two/x");
+    assert!(
+        status.contains(" 404 "),
+        "{status}: the default cluster has no such file"
+    );
+    // What the upstream is sent: the merged path, the query as it came.
+    assert_eq!(body(merged, "//uri//a/?q=1//2").1, "/uri/a/?q=1//2\n");
+    assert_eq!(body(plain, "//uri//a/?q=1//2").1, "//uri//a/?q=1//2\n");
+}

@@ -21,15 +21,18 @@ fn dots(segment: &str) -> Option<u8> {
     (n > 0).then_some(n)
 }
 
-/// `path` (origin-form, without its query) with its dot segments removed, or `None` when it
-/// has none (the usual case, found by one scan without allocating) or is not an absolute
-/// path (`*`). `..` at the root stays at the root; a path ending in a dot segment keeps its
-/// trailing slash (`/a/b/..` is `/a/`).
-pub fn normalize_path(path: &str) -> Option<String> {
+/// `path` (origin-form, without its query) with its dot segments removed, and with
+/// `merge_slashes` runs of slashes made one (`/a//b` is `/a/b`, as nginx and Envoy's
+/// `merge_slashes` do), or `None` when there is nothing to change (the usual case, found by
+/// one scan without allocating) or it is not an absolute path (`*`). `..` at the root
+/// stays at the root; a path ending in a dot segment keeps its trailing slash (`/a/b/..` is
+/// `/a/`).
+pub fn normalize_path(path: &str, merge_slashes: bool) -> Option<String> {
     if !path.starts_with('/') {
         return None;
     }
     let suspicious = path.contains("/.")
+        || (merge_slashes && path.contains("//"))
         || path
             .as_bytes()
             .windows(3)
@@ -47,6 +50,8 @@ pub fn normalize_path(path: &str) -> Option<String> {
                 kept.pop();
                 trailing_slash = true;
             }
+            // An empty segment is a doubled slash, or the trailing one.
+            None if merge_slashes && segment.is_empty() => trailing_slash = true,
             None => kept.push(segment),
         }
     }

@@ -165,6 +165,8 @@ pub struct Listener {
     pub timeouts: ClientTimeouts,
     /// Keep a client's `x-request-id` (default), or replace it with a generated one.
     pub preserve_request_id: bool,
+    /// Make runs of slashes in request paths one before routing and forwarding.
+    pub merge_slashes: bool,
 }
 
 /// `[listeners.timeouts]`, in milliseconds; 0 means the data plane's default (idle 60 s,

@@ -176,6 +176,7 @@ fn listener(o: Obj<'_>) -> Listener {
         limits,
         timeouts,
         preserve_request_id: o.bool_or("preserve_request_id", true),
+        merge_slashes: o.bool_or("merge_slashes", false),
     };
     o.finish();
     listener

@@ -328,6 +328,7 @@ fn route_hosts_need_a_name_in_every_label() {
 fn preserve_request_id_is_a_boolean_that_defaults_to_true() {
     let c = parse(GOOD, "t.toml").unwrap();
     assert!(c.listeners[0].preserve_request_id);
+    assert!(!c.listeners[0].merge_slashes, "off by default, as in Envoy");
     let off = GOOD.replace(
         "timeouts = { idle_ms = 90000, head_ms = 5000 }",
         "timeouts = { idle_ms = 90000, head_ms = 5000 }\npreserve_request_id = false",

@@ -23,6 +23,10 @@ pub fn required_capabilities(config: &Config) -> Vec<String> {
     if config.listeners.iter().any(|l| !l.preserve_request_id) {
         caps.push("listener.replace_request_id".to_owned());
     }
+    // One that would not merge them would route `//admin` apart from `/admin`.
+    if config.listeners.iter().any(|l| l.merge_slashes) {
+        caps.push("listener.merge_slashes".to_owned());
+    }
     caps
 }
 
@@ -150,6 +154,7 @@ pub fn compile(
                     head_ms: l.timeouts.head_ms,
                 }),
                 replace_request_id: !l.preserve_request_id,
+                merge_slashes: l.merge_slashes,
             }
         })
         .collect();
@@ -279,20 +284,23 @@ rate_per_second = 50
     /// A listener that replaces clients' request ids says so, and requires a data plane
     /// that knows how (an older one would keep the ids it was told not to trust).
     #[test]
-    fn replacing_request_ids_is_a_required_capability() {
+    fn replacing_request_ids_and_merging_slashes_are_required_capabilities() {
         let text = CONFIG.replace(
             "name = \"b\"\n",
-            "name = \"b\"\npreserve_request_id = false\n",
+            "name = \"b\"\npreserve_request_id = false\nmerge_slashes = true\n",
         );
         let config = crate::config::parse(&text, "t.toml").unwrap();
         let s = compile(&config, 1, 0, "t.toml", "abc");
         assert!(!s.listeners[0].replace_request_id);
         assert!(s.listeners[1].replace_request_id);
-        assert!(
-            s.required_capabilities
-                .contains(&"listener.replace_request_id".to_owned()),
-            "{:?}",
-            s.required_capabilities
-        );
+        assert!(!s.listeners[0].merge_slashes);
+        assert!(s.listeners[1].merge_slashes);
+        for cap in ["listener.replace_request_id", "listener.merge_slashes"] {
+            assert!(
+                s.required_capabilities.contains(&cap.to_owned()),
+                "{cap}: {:?}",
+                s.required_capabilities
+            );
+        }
     }
 }

@@ -164,7 +164,7 @@ pub(crate) async fn handle(
         }
     };
     // Routed by the path as the upstream will resolve it: `/public/../admin` is `/admin`.
-    let normalized = http1::normalize_path(head.path());
+    let normalized = http1::normalize_path(head.path(), cfg.listeners[listener].merge_slashes);
     let view = View {
         head: &head,
         path: normalized.as_deref().unwrap_or(head.path()),

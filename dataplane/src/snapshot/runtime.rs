@@ -51,6 +51,8 @@ pub struct ListenerRt {
     pub head_timeout: Duration,
     /// A client's `x-request-id` is replaced by a generated one.
     pub replace_request_id: bool,
+    /// Runs of slashes in request paths are made one before routing and forwarding.
+    pub merge_slashes: bool,
 }
 
 /// What to hash for hash-based balancing.
@@ -204,6 +206,7 @@ impl RuntimeConfig {
                     idle_timeout: ms(timeouts.idle_ms, DEFAULT_CLIENT_IDLE_TIMEOUT),
                     head_timeout: ms(timeouts.head_ms, DEFAULT_CLIENT_HEAD_TIMEOUT),
                     replace_request_id: l.replace_request_id,
+                    merge_slashes: l.merge_slashes,
                 })
             })
             .collect::<Result<Vec<_>, RejectReason>>()?;

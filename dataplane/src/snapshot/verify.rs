@@ -14,6 +14,7 @@ pub const CAPABILITIES: &[&str] = &[
     "lb.ring_hash",
     "lb.rendezvous",
     "listener.replace_request_id",
+    "listener.merge_slashes",
 ];
 
 /// Largest signed snapshot accepted (bytes).

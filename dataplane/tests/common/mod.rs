@@ -74,7 +74,7 @@ endpoints = ["127.0.0.1:{up2}"]
 }
 
 /// nginx servers: `up1` serves files, echoes bodies at /echo (and /replay), says "one"
-/// at /who; `up2` says "two" everywhere but /replay, where it answers 503.
+/// at /who and the request target it got at /uri; `up2` says "two" everywhere but /replay, where it answers 503.
 pub fn nginx_servers(p: &Ports) -> String {
     format!(
         r#"
@@ -111,6 +111,7 @@ server {{
   }}
   location /status {{ stub_status; }}
   location /who {{ return 200 "one\n"; }}
+  location /uri {{ return 200 "$request_uri\n"; }}
   location /headers {{
     return 200 "host=$http_host|xff=$http_x_forwarded_for|via=$http_via|rid=$http_x_request_id|fwd=$http_forwarded|conn=$http_connection|te=$http_te\n";
   }}

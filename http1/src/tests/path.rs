@@ -16,7 +16,7 @@ fn dot_segments_are_removed_as_rfc_3986_says() {
         ("/a/%2e/b", Some("/a/b")),
     ];
     for (path, want) in cases {
-        assert_eq!(normalize_path(path).as_deref(), want, "{path}");
+        assert_eq!(normalize_path(path, false).as_deref(), want, "{path}");
     }
 }
 
@@ -35,8 +35,28 @@ fn paths_without_dot_segments_are_left_alone() {
         "*",
         "",
     ] {
-        assert_eq!(normalize_path(path), None, "{path}");
+        assert_eq!(normalize_path(path, false), None, "{path}");
     }
+}
+
+#[test]
+fn merged_slashes_make_one_and_keep_a_trailing_one() {
+    let cases = [
+        ("/a//b", Some("/a/b")),
+        ("//admin/x", Some("/admin/x")),
+        ("/a///b//", Some("/a/b/")),
+        ("//", Some("/")),
+        ("/a//../b", Some("/b")),
+        ("/a/.//b", Some("/a/b")),
+        ("/a/b/", None),
+        ("/a/b", None),
+        ("/", None),
+    ];
+    for (path, want) in cases {
+        assert_eq!(normalize_path(path, true).as_deref(), want, "{path}");
+    }
+    // Without the option a doubled slash is a segment of its own.
+    assert_eq!(normalize_path("//admin/x", false), None);
 }
 
 #[test]
