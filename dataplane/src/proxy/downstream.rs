@@ -70,10 +70,20 @@ pub(crate) async fn send_error<C: Stream>(
     reason: &str,
     timer: &mut Timer<'_>,
 ) {
+    send_error_within(client, status, reason, timer, ERROR_WRITE_TIMEOUT).await;
+}
+
+async fn send_error_within<C: Stream>(
+    client: ToClient<'_, C>,
+    status: u16,
+    reason: &str,
+    timer: &mut Timer<'_>,
+    limit: Duration,
+) {
     let mut out = std::mem::take(client.out);
     out.clear();
     http1::write_error_response(status, reason, &mut out);
-    let until = Instant::now() + ERROR_WRITE_TIMEOUT;
+    let until = Instant::now() + limit;
     let written = within(timer, until, client.stream.send_all(out)).await;
     // Timed out: the buffer went with the cancelled write; the connection closes.
     *client.out = written.map_or_else(
@@ -436,4 +446,101 @@ async fn reject(
     // The client may still be sending (the rest of an oversized head, a body).
     linger(ctx, ds, timer).await;
     NextHead::Rejected
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::Read as _,
+        os::fd::AsRawFd as _,
+        pin::pin,
+        time::{Duration, Instant},
+    };
+
+    use bytes::BytesMut;
+    use monoio::net::TcpStream;
+
+    use super::{ToClient, send_error_within};
+    use crate::proxy::{deadline::timer, io::tests::on_both_drivers};
+
+    /// Writes on `fd` without blocking until the socket takes no more.
+    fn fill(fd: i32) {
+        let chunk = [0u8; 64 * 1024];
+        for _ in 0..100_000 {
+            // SAFETY: `chunk` is valid for its length; `fd` is an open socket.
+            let n = unsafe {
+                libc::send(
+                    fd,
+                    chunk.as_ptr().cast(),
+                    chunk.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n < 0 {
+                assert_eq!(
+                    std::io::Error::last_os_error().raw_os_error(),
+                    Some(libc::EAGAIN)
+                );
+                return;
+            }
+        }
+        panic!("the socket never filled");
+    }
+
+    /// An error response to a client that reads nothing (its window and our send buffer
+    /// full) gives up at the limit, and the connection's buffer is dropped with the
+    /// write; one to a client that reads is delivered and the buffer kept.
+    async fn error_write_is_bounded() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        fill(stream.as_raw_fd());
+        let mut out = BytesMut::with_capacity(4096);
+        let mut t = pin!(timer(Instant::now()));
+        let limit = Duration::from_millis(200);
+        let started = Instant::now();
+        let client = ToClient {
+            stream: &mut stream,
+            out: &mut out,
+        };
+        send_error_within(client, 400, "bad", &mut t, limit).await;
+        let took = started.elapsed();
+        assert!(took >= limit, "gave up after {took:?}");
+        assert!(took < limit * 10, "took {took:?}");
+        assert_eq!(
+            out.capacity(),
+            0,
+            "the buffer went with the cancelled write"
+        );
+
+        // A client that reads: the response arrives whole, the buffer stays.
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let (mut peer2, _) = listener.accept().unwrap();
+        let mut out = BytesMut::with_capacity(4096);
+        let client = ToClient {
+            stream: &mut stream,
+            out: &mut out,
+        };
+        send_error_within(client, 431, "head too large", &mut t, limit).await;
+        assert!(out.capacity() >= 4096 && out.is_empty());
+        // Read with a bound (a blocking read here holds up the runtime's thread).
+        peer2
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(b"head too large\n") {
+            let n = peer2.read(&mut buf).expect("the response arrives");
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 431 "));
+        drop(peer);
+    }
+
+    #[test]
+    fn an_error_response_to_a_client_that_does_not_read_gives_up_at_its_limit() {
+        on_both_drivers(error_write_is_bounded);
+    }
 }

@@ -204,7 +204,7 @@ pub async fn send_all(stream: &mut TcpStream, buf: BytesMut) -> (io::Result<()>,
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use bytes::BytesMut;
     use monoio::{
         buf::IoBuf as _,
@@ -300,7 +300,7 @@ mod tests {
 
     /// Runs the future `make` builds on the io_uring driver (when the kernel has it) and
     /// on the epoll driver.
-    fn on_both_drivers<F: Future<Output = ()>>(make: impl Fn() -> F) {
+    pub(crate) fn on_both_drivers<F: Future<Output = ()>>(make: impl Fn() -> F) {
         match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .enable_timer()
             .build()

@@ -171,15 +171,11 @@ async fn run(client: ControlClient, holder: Arc<SnapshotHolder>) {
             .finish()
     };
     let mut rng = SplitMix64::new(seed);
-    let mut attempt = 0u32;
+    let mut reconnects = Reconnects::default();
     loop {
         let started = std::time::Instant::now();
         let outcome = watch_once(&client, &holder).await;
-        // A subscription that delivered snapshots or held for a while was a working one:
-        // the next reconnect starts from the shortest delay again.
-        if matches!(outcome, Ok(true)) || started.elapsed() >= HEALTHY_SUBSCRIPTION {
-            attempt = 0;
-        }
+        let attempt = reconnects.next(matches!(outcome, Ok(true)), started.elapsed());
         match outcome {
             Ok(_) => {
                 tracing::warn!(endpoint = %client.endpoint, "control stream ended; reconnecting");
@@ -198,8 +194,29 @@ async fn run(client: ControlClient, holder: Arc<SnapshotHolder>) {
             ),
         }
         let delay = backoff(attempt, BASE_BACKOFF, MAX_BACKOFF, &mut || rng.next_u64());
-        attempt = attempt.saturating_add(1);
         tokio::time::sleep(delay.max(Duration::from_millis(20))).await;
+    }
+}
+
+/// Reconnect pacing: the attempt number the backoff grows with counts the subscriptions
+/// that failed in a row, and starts over after a working one (it delivered snapshots, or
+/// held for [`HEALTHY_SUBSCRIPTION`]), so that a control daemon restarted after a long
+/// healthy run is found again within the shortest delays.
+#[derive(Debug, Default)]
+struct Reconnects {
+    failed_in_a_row: u32,
+}
+
+impl Reconnects {
+    /// The attempt number to back off by after a subscription that `delivered` snapshots
+    /// (or not) and `lasted` this long.
+    fn next(&mut self, delivered: bool, lasted: Duration) -> u32 {
+        if delivered || lasted >= HEALTHY_SUBSCRIPTION {
+            self.failed_in_a_row = 0;
+        }
+        let attempt = self.failed_in_a_row;
+        self.failed_in_a_row = self.failed_in_a_row.saturating_add(1);
+        attempt
     }
 }
 
@@ -345,7 +362,28 @@ mod tests {
         process::TempDir,
     };
 
-    use super::ControlTlsFiles;
+    use std::time::Duration;
+
+    use super::{BASE_BACKOFF, ControlTlsFiles, HEALTHY_SUBSCRIPTION, MAX_BACKOFF, Reconnects};
+    use crate::lb::backoff_ceiling;
+
+    #[test]
+    fn the_backoff_grows_while_subscriptions_fail_and_starts_over_after_a_working_one() {
+        let mut r = Reconnects::default();
+        let ceiling = |attempt| backoff_ceiling(attempt, BASE_BACKOFF, MAX_BACKOFF);
+        let failed: Vec<u32> = (0..8).map(|_| r.next(false, Duration::ZERO)).collect();
+        assert_eq!(failed, [0, 1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(ceiling(*failed.last().unwrap()), MAX_BACKOFF);
+        // A subscription that delivered snapshots, however short.
+        assert_eq!(r.next(true, Duration::from_millis(5)), 0);
+        assert_eq!(ceiling(0), BASE_BACKOFF);
+        assert_eq!(r.next(false, Duration::ZERO), 1);
+        // One that held long enough without a snapshot (nothing new to send) counts too;
+        // a shorter one does not.
+        assert_eq!(r.next(false, HEALTHY_SUBSCRIPTION), 0);
+        assert_eq!(r.next(false, HEALTHY_SUBSCRIPTION / 2), 1);
+        assert_eq!(r.next(false, HEALTHY_SUBSCRIPTION / 2), 2);
+    }
 
     #[test]
     fn tls_flags_are_checked_against_the_endpoint_and_each_other() {
