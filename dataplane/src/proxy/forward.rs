@@ -29,10 +29,12 @@ use crate::{
     telemetry::{AccessRecord, ClusterStats},
 };
 
-/// A request as the router sees it: its path with dot segments removed.
+/// A request as the router and the hash policies see it: its path as normalized, and its
+/// `x-request-id` as it goes upstream (a client's kept, or the one generated).
 struct View<'a> {
     head: &'a RequestHead,
     path: &'a str,
+    request_id: &'a [u8],
 }
 
 impl RequestView for View<'_> {
@@ -43,7 +45,11 @@ impl RequestView for View<'_> {
         self.path.as_bytes()
     }
     fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.head.headers().get_all(name)
+        let id = name
+            .eq_ignore_ascii_case("x-request-id")
+            .then_some(self.request_id);
+        let fields = id.is_none().then(|| self.head.headers().get_all(name));
+        id.into_iter().chain(fields.into_iter().flatten())
     }
 }
 
@@ -168,6 +174,7 @@ pub(crate) async fn handle(
     let view = View {
         head: &head,
         path: normalized.as_deref().unwrap_or(head.path()),
+        request_id,
     };
     // A dot segment behind an escaped slash or a path parameter: the upstream may resolve
     // it where the router cannot see it, so no route is chosen for it.
@@ -317,7 +324,12 @@ async fn proxy(
     let key = match &route.hash_on {
         HashKey::ClientIp => hash_ip(ds.peer.ip()),
         HashKey::Header(h) => {
-            header_hash(head.headers(), h).unwrap_or_else(|| hash_ip(ds.peer.ip()))
+            let view = View {
+                head,
+                path: normalized.unwrap_or(head.path()),
+                request_id,
+            };
+            header_hash(&view, h).unwrap_or_else(|| hash_ip(ds.peer.ip()))
         }
     };
     let deadline = started + route.request_timeout;
@@ -790,8 +802,8 @@ async fn attempt(
 
 /// The hash key of field `name`: its value, or for a field sent more than once all its
 /// values, sorted (their order does not move the request; Envoy hashes them alike).
-fn header_hash(headers: &http1::Headers, name: &str) -> Option<u64> {
-    let mut values = headers.get_all(name);
+fn header_hash(view: &impl RequestView, name: &str) -> Option<u64> {
+    let mut values = view.header_values(name);
     let first = values.next()?;
     let Some(second) = values.next() else {
         return Some(hash_key(first));
@@ -854,10 +866,11 @@ async fn forward_pending(
 mod tests {
     use bytes::BytesMut;
 
-    use super::header_hash;
+    use super::{View, header_hash};
     use crate::{
         http1::{Limits, ParseStatus, RequestHead},
         lb::hash_key,
+        router::RequestView as _,
     };
 
     fn head(fields: &str) -> RequestHead {
@@ -868,15 +881,46 @@ mod tests {
         }
     }
 
+    fn view<'a>(head: &'a RequestHead, request_id: &'a [u8]) -> View<'a> {
+        View {
+            head,
+            path: head.path(),
+            request_id,
+        }
+    }
+
     #[test]
     fn a_repeated_hash_field_hashes_all_its_values_in_any_order() {
         let one = head("x-user: a\r\n");
-        assert_eq!(header_hash(one.headers(), "x-user"), Some(hash_key(b"a")));
+        assert_eq!(
+            header_hash(&view(&one, b"r"), "x-user"),
+            Some(hash_key(b"a"))
+        );
         let ab = head("x-user: a\r\nx-user: b\r\n");
         let ba = head("X-User: b\r\nx-other: z\r\nx-user: a\r\n");
-        let both = header_hash(ab.headers(), "x-user");
-        assert_eq!(both, header_hash(ba.headers(), "x-user"));
+        let both = header_hash(&view(&ab, b"r"), "x-user");
+        assert_eq!(both, header_hash(&view(&ba, b"r"), "x-user"));
         assert_eq!(both, Some(hash_key(b"a,b")));
-        assert_eq!(header_hash(one.headers(), "x-none"), None);
+        assert_eq!(header_hash(&view(&one, b"r"), "x-none"), None);
+    }
+
+    /// Routing and hashing see the `x-request-id` the request goes upstream with: a
+    /// replaced client id is gone, a generated one is there.
+    #[test]
+    fn the_request_id_seen_is_the_one_sent_upstream() {
+        let given = head("x-request-id: from-client\r\nx-request-id: again\r\n");
+        let v = view(&given, b"generated");
+        let seen: Vec<&[u8]> = v.header_values("X-Request-Id").collect();
+        assert_eq!(seen, [&b"generated"[..]]);
+        assert_eq!(
+            header_hash(&v, "x-request-id"),
+            Some(hash_key(b"generated"))
+        );
+        let none = head("x-user: a\r\n");
+        let v = view(&none, b"made");
+        let seen: Vec<&[u8]> = v.header_values("x-request-id").collect();
+        assert_eq!(seen, [&b"made"[..]]);
+        let other: Vec<&[u8]> = v.header_values("x-user").collect();
+        assert_eq!(other, [&b"a"[..]]);
     }
 }
