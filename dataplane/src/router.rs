@@ -74,22 +74,30 @@ pub trait RequestView {
     fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a;
 }
 
-/// Whether a header condition holds for a field's `values`. A field sent more than once
-/// is compared as one list, its values joined with `,` (RFC 9110 §5.3), so a condition
-/// sees them all: a route on `x-tenant: a` does not take a request that also says
-/// `x-tenant: b`. The list is compared where it lies, never copied: the work is bounded by
-/// the condition's length, however many fields a request repeats.
+/// Whether a header condition holds for the `values` of field `name`. A field sent more
+/// than once is compared as one list, its values joined with `,` (RFC 9110 §5.3), so a
+/// condition sees them all: a route on `x-tenant: a` does not take a request that also
+/// says `x-tenant: b`. `cookie` fields are joined with `; ` instead, as one Cookie field
+/// lists its pairs (RFC 6265 §5.4; HTTP/2 splits them the same way). The list is compared
+/// where it lies, never copied: the work is bounded by the condition's length, however
+/// many fields a request repeats.
 pub fn header_holds<'a>(
+    name: &str,
     mut values: impl Iterator<Item = &'a [u8]>,
     condition: &HeaderCondition,
 ) -> bool {
     let Some(first) = values.next() else {
         return false;
     };
+    let separator: &[u8] = if name.eq_ignore_ascii_case("cookie") {
+        b"; "
+    } else {
+        b","
+    };
     let mut joined = first
         .iter()
         .copied()
-        .chain(values.flat_map(|v| std::iter::once(b',').chain(v.iter().copied())));
+        .chain(values.flat_map(|v| separator.iter().copied().chain(v.iter().copied())));
     let mut starts_with = |want: &[u8]| want.iter().all(|&b| joined.next() == Some(b));
     match condition {
         HeaderCondition::Present => true,
@@ -136,7 +144,7 @@ impl RouteMatcher {
             && self
                 .headers
                 .iter()
-                .all(|(name, cond)| header_holds(req.header_values(name), cond))
+                .all(|(name, cond)| header_holds(name, req.header_values(name), cond))
     }
 }
 
@@ -310,7 +318,8 @@ mod tests {
         assert!(exact(b"a,b").matches(&r, None));
         assert!(!exact(b"a,b,").matches(&r, None));
         assert!(!exact(b"a,").matches(&r, None));
-        let holds = |values: &[&[u8]], c: HeaderCondition| header_holds(values.iter().copied(), &c);
+        let holds =
+            |values: &[&[u8]], c: HeaderCondition| header_holds("x-v", values.iter().copied(), &c);
         let prefix = |p: &[u8]| HeaderCondition::Prefix(p.to_vec());
         assert!(holds(&[b"ab", b"cd"], prefix(b"ab,c")));
         assert!(holds(&[b"ab", b"cd"], prefix(b"ab")));
@@ -320,5 +329,10 @@ mod tests {
         assert!(!holds(&[], HeaderCondition::Present));
         assert!(!holds(&[], HeaderCondition::Exact(Vec::new())));
         assert!(holds(&[b""], HeaderCondition::Exact(Vec::new())));
+        // Cookie fields join as one Cookie list does.
+        let cookies: [&[u8]; 2] = [b"a=1", b"b=2"];
+        let cookie = |c: HeaderCondition| header_holds("Cookie", cookies.iter().copied(), &c);
+        assert!(cookie(HeaderCondition::Exact(b"a=1; b=2".to_vec())));
+        assert!(!cookie(HeaderCondition::Exact(b"a=1,b=2".to_vec())));
     }
 }
