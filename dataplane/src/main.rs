@@ -46,10 +46,10 @@ struct Cli {
     control_ca: Option<PathBuf>,
     /// This data plane's certificate (PEM), for a control daemon that requires one
     /// (`[control.tls].client_ca`).
-    #[arg(long, requires = "control_key")]
+    #[arg(long, requires_all = ["control", "control_key"])]
     control_cert: Option<PathBuf>,
     /// The private key of --control-cert (PEM).
-    #[arg(long, requires = "control_cert")]
+    #[arg(long, requires_all = ["control", "control_cert"])]
     control_key: Option<PathBuf>,
     /// The name the control daemon's certificate must hold (default: the --control host).
     #[arg(long, requires = "control")]

@@ -89,11 +89,7 @@ pub fn header_holds<'a>(
     let Some(first) = values.next() else {
         return false;
     };
-    let separator: &[u8] = if name.eq_ignore_ascii_case("cookie") {
-        b"; "
-    } else {
-        b","
-    };
+    let separator = list_separator(name);
     let mut joined = first
         .iter()
         .copied()
@@ -103,6 +99,17 @@ pub fn header_holds<'a>(
         HeaderCondition::Present => true,
         HeaderCondition::Prefix(p) => starts_with(p),
         HeaderCondition::Exact(e) => starts_with(e) && joined.next().is_none(),
+    }
+}
+
+/// What joins the values of field `name` sent more than once into one list: `; ` for
+/// `cookie` (one Cookie field's pairs, RFC 6265 §5.4), `,` for every other field (RFC 9110
+/// §5.3).
+pub fn list_separator(name: &str) -> &'static [u8] {
+    if name.eq_ignore_ascii_case("cookie") {
+        b"; "
+    } else {
+        b","
     }
 }
 

@@ -116,6 +116,12 @@ impl TlsStack {
         metric(&String::from_utf8_lossy(&out.stdout), series).unwrap_or(0.0)
     }
 
+    /// `POST /control/reload` on the control daemon.
+    fn reload(&self) {
+        let out = curl(&["-s", "-X", "POST", &self.control_admin("/control/reload")]);
+        assert!(out.status.success());
+    }
+
     fn control_admin(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.ports.control_admin)
     }
@@ -224,6 +230,23 @@ fn mutual_tls_subscribes_a_data_plane_with_a_certificate_and_refuses_the_others(
     );
     assert!(log.contains("invalid peer certificate"), "{log}");
 
+    // Trusting the control daemon but presenting a certificate of another CA: the control
+    // daemon refuses it.
+    let before = stack.control_metric(HANDSHAKE_FAILURES);
+    stack.refused_dataplane(
+        "foreign-cert",
+        &https,
+        &[
+            "--control-ca",
+            &ca,
+            "--control-cert",
+            &other_cert,
+            "--control-key",
+            &other_key,
+        ],
+    );
+    assert!(stack.control_metric(HANDSHAKE_FAILURES) > before);
+
     // Plaintext against the TLS port: no snapshot, and counted by the control daemon.
     let before = stack.control_metric(HANDSHAKE_FAILURES);
     let plain = format!("http://127.0.0.1:{}", stack.ports.grpc);
@@ -245,7 +268,7 @@ fn mutual_tls_subscribes_a_data_plane_with_a_certificate_and_refuses_the_others(
 
 #[test]
 fn a_renewed_certificate_is_served_after_a_reload_and_broken_files_keep_the_old_one() {
-    let stack = TlsStack::start(false);
+    let mut stack = TlsStack::start(false);
     assert_eq!(stack.served_subject(), "CN=127.0.0.1");
     // Server-only TLS: a data plane needs the CA, no certificate of its own.
     let dp = stack.dataplane(
@@ -261,10 +284,6 @@ fn a_renewed_certificate_is_served_after_a_reload_and_broken_files_keep_the_old_
         dp.log()
     );
 
-    let reload = || {
-        let out = curl(&["-s", "-X", "POST", &stack.control_admin("/control/reload")]);
-        assert!(out.status.success());
-    };
     stack
         .ca
         .issue(
@@ -274,17 +293,30 @@ fn a_renewed_certificate_is_served_after_a_reload_and_broken_files_keep_the_old_
             stack.path("server.key").as_ref(),
         )
         .unwrap();
-    reload();
+    stack.reload();
     assert_eq!(stack.served_subject(), "CN=renewed.test");
 
-    // A half-written certificate: the reload is refused, counted, and the renewed
-    // certificate stays in service.
+    // A restart on a config that does not load (a route to an unknown cluster): the
+    // stored snapshot is served, over TLS as `[control]` says.
+    stack.control.kill();
+    let broken = TlsStack::config(&stack.ports, "nowhere", false);
+    write_config(&stack.config_path, &broken);
+    stack.control = start_control(&stack.dir, &stack.config_path, &stack.ports);
+    assert!(
+        stack.control.log().contains("grpc_tls=\"server\""),
+        "{}",
+        stack.control.log()
+    );
+    assert_eq!(stack.served_subject(), "CN=renewed.test");
+
+    // A half-written certificate: the reload (the config still invalid) is refused,
+    // counted, and the renewed certificate stays in service.
     std::fs::write(
         stack.path("server.pem"),
         "-----BEGIN CERTIFICATE-----\nAAAA\n",
     )
     .unwrap();
-    reload();
+    stack.reload();
     assert_eq!(
         stack.control_metric("omnirelay_control_tls_reload_failures_total"),
         1.0
@@ -295,6 +327,25 @@ fn a_renewed_certificate_is_served_after_a_reload_and_broken_files_keep_the_old_
         stack.control.log()
     );
     assert_eq!(stack.served_subject(), "CN=renewed.test");
+
+    // A config whose `[control]` does not read either: the daemon does not start rather
+    // than guess where and how to serve.
+    stack.control.kill();
+    write_config(&stack.config_path, "[control\ngrpc_listen = 1\n");
+    let mut cmd = std::process::Command::new(omnirelay_test_support::process::workspace_bin(
+        "omnirelay-control",
+    ));
+    cmd.args(["run", "--config"])
+        .arg(&stack.config_path)
+        .arg("--state-dir")
+        .arg(stack.dir.path().join("state"));
+    let log = stack.dir.path().join("control-unreadable.log");
+    let mut run = ChildGuard::spawn("omnirelay-control", cmd, &log).unwrap();
+    let status = run
+        .wait_exit(Duration::from_secs(15))
+        .expect("the daemon stops when [control] cannot be read");
+    assert!(!status.success());
+    assert!(run.log().contains("cannot be read either"), "{}", run.log());
 }
 
 #[test]

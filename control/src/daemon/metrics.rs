@@ -23,7 +23,7 @@ pub struct ControlMetrics {
     pub http_pulls: AtomicU64,
     /// Snapshots streamed to a data plane that said it lacks a capability they require.
     pub unsupported_sends: AtomicU64,
-    /// gRPC connections whose TLS handshake failed (`[control.tls]`).
+    /// gRPC connections refused at the TLS handshake, or over the handshake cap (`[control.tls]`).
     pub tls_handshake_failures: AtomicU64,
     /// Reloads whose `[control.tls]` files did not load (the running certificate stayed).
     pub tls_reload_failures: AtomicU64,
@@ -88,7 +88,7 @@ impl ControlMetrics {
             ),
             (
                 "omnirelay_control_tls_handshake_failures_total",
-                "gRPC connections refused at the TLS handshake (no or an untrusted client certificate, a plaintext client, a timeout).",
+                "gRPC connections refused at the TLS handshake (no or an untrusted client certificate, a plaintext client, a timeout, too many handshakes at once).",
                 "counter",
                 &self.tls_handshake_failures,
             ),

@@ -73,23 +73,24 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     }
     // Addresses, TLS and the kernel section come from the config the first load parsed.
     // An invalid config at start with a stored snapshot to serve: that snapshot is served
-    // on the file's `[control]` settings when that section reads on its own (else on the
-    // loopback defaults), without the kernel side.
+    // on the file's `[control]` settings, read on their own, without the kernel side. When
+    // `[control]` does not read either, the daemon does not start: serving on defaults
+    // could serve plaintext where the file asks for TLS.
     let (control, kernel_section) = match publisher.config() {
         Some(c) => (c.control.clone(), c.kernel.clone()),
         None => {
             let origin = opts.config.display().to_string();
-            let control = match std::fs::read_to_string(&opts.config)
+            let control = std::fs::read_to_string(&opts.config)
                 .map_err(|e| format!("{origin}: {e}"))
                 .and_then(|text| {
                     crate::config::parse_control(&text, &origin).map_err(|e| e.to_string())
-                }) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!("[control] does not load either, loopback defaults used: {e}");
-                    crate::config::ControlSection::default()
-                }
-            };
+                })
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "the config does not load, and its [control] section (addresses, TLS) \
+                         cannot be read either, so the stored snapshot is not served: {e}"
+                    )
+                })?;
             tracing::warn!(
                 config = %opts.config.display(),
                 version = publisher.current().map_or(0, |p| p.version),
@@ -232,16 +233,16 @@ async fn reload_loop(
         let (p, tls) = (Arc::clone(&publisher), tls.clone());
         let outcome = match tokio::task::spawn_blocking(move || {
             let outcome = p.reload();
-            // The config in force (the last valid one): none yet means nothing to follow.
-            if let Some(config) = p.config() {
-                match (&tls, &config.control.tls) {
-                    (Some(t), section) => t.reload(section.as_ref()),
-                    (None, Some(_)) => tracing::warn!(
-                        "[control.tls] was added to the config: the gRPC API stays plaintext \
-                         until the daemon restarts"
-                    ),
-                    (None, None) => {}
-                }
+            // The config in force (the last valid one); none yet (the daemon started on an
+            // invalid one): the TLS files it started with are read again.
+            match (&tls, p.config()) {
+                (Some(t), Some(config)) => t.reload(config.control.tls.as_ref()),
+                (Some(t), None) => t.refresh(),
+                (None, Some(config)) if config.control.tls.is_some() => tracing::warn!(
+                    "[control.tls] was added to the config: the gRPC API stays plaintext until \
+                     the daemon restarts"
+                ),
+                (None, _) => {}
             }
             outcome
         })

@@ -6,14 +6,20 @@
 //! the reason) and again at every reload (config change, SIGHUP, `POST /control/reload`):
 //! a renewed certificate takes effect for new connections by replacing the files and
 //! reloading. Files that do not load at a reload are logged and counted, and the running
-//! certificate stays. Handshakes run beside the accept loop, each bounded in time, and a
-//! refused one is logged with the peer's address and the reason.
+//! certificate stays. Whether client certificates are asked for is fixed at start, like
+//! TLS itself. Handshakes run beside the accept loop, at most [`MAX_HANDSHAKES`] at once
+//! (more connections are closed at once and counted), each bounded in time; a refused
+//! one is counted and logged with the peer's address and the reason (at most one line a
+//! second).
 
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Arc, RwLock, atomic::Ordering},
-    time::Duration,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use rustls::{
@@ -23,7 +29,7 @@ use rustls::{
 };
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{mpsc, watch},
+    sync::{Semaphore, mpsc, watch},
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
@@ -31,7 +37,11 @@ use super::ControlMetrics;
 use crate::config;
 
 /// A handshake not finished in this time is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Handshakes in progress at once; a connection beyond them is closed unanswered (data
+/// planes reconnect with backoff), so that a flood of connections cannot take every file
+/// descriptor or all the CPU.
+pub const MAX_HANDSHAKES: usize = 256;
 /// Handshaken connections waiting for the gRPC server to take them.
 const READY_QUEUE: usize = 64;
 
@@ -40,7 +50,15 @@ const READY_QUEUE: usize = 64;
 pub struct ControlTls {
     /// Relative paths in the config are taken from here (the config file's folder).
     base: PathBuf,
+    /// Client certificates are asked for (fixed at start).
+    mutual: bool,
     current: RwLock<Loaded>,
+    /// The section the running certificate was read from.
+    section: Mutex<config::ControlTls>,
+    handshakes: Arc<Semaphore>,
+    /// Seconds since `started` when a refused handshake was last logged.
+    last_logged: AtomicU64,
+    started: Instant,
     metrics: Arc<ControlMetrics>,
 }
 
@@ -65,13 +83,20 @@ impl ControlTls {
         let loaded = load(section, &base)?;
         Ok(ControlTls {
             base,
+            mutual: section.client_ca.is_some(),
             current: RwLock::new(loaded),
+            section: Mutex::new(section.clone()),
+            handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
+            last_logged: AtomicU64::new(u64::MAX),
+            started: Instant::now(),
             metrics,
         })
     }
 
-    /// Reads the files again (the section of the config in force now). Unchanged files
-    /// change nothing; files that do not load keep the running certificate.
+    /// Follows the section of the config in force now, `None` when it has none: reads its
+    /// files again. Unchanged files change nothing; files that do not load keep the running
+    /// certificate. Removing the section, or `client_ca`, or adding `client_ca`, needs a
+    /// restart (warned, and the files of the new section are not taken).
     pub fn reload(&self, section: Option<&config::ControlTls>) {
         let Some(section) = section else {
             tracing::warn!(
@@ -80,7 +105,33 @@ impl ControlTls {
             );
             return;
         };
-        match load(section, &self.base) {
+        if section.client_ca.is_some() != self.mutual {
+            tracing::warn!(
+                mutual = self.mutual,
+                "control.tls.client_ca was {} the config: client certificates stay {} until \
+                 the daemon restarts; the certificate files are not reloaded meanwhile",
+                if self.mutual {
+                    "removed from"
+                } else {
+                    "added to"
+                },
+                if self.mutual { "required" } else { "unasked" },
+            );
+            return;
+        }
+        *self.section.lock().unwrap_or_else(|e| e.into_inner()) = section.clone();
+        self.refresh();
+    }
+
+    /// Reads the files of the section in force again (a reload while the config does not
+    /// load: a renewed certificate is still taken).
+    pub fn refresh(&self) {
+        let section = self
+            .section
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match load(&section, &self.base) {
             Ok(fresh) => {
                 let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
                 if current.files != fresh.files {
@@ -118,8 +169,16 @@ impl ControlTls {
                 };
                 match accepted {
                     Ok((tcp, peer)) => {
+                        let Ok(permit) = Arc::clone(&self.handshakes).try_acquire_owned() else {
+                            self.refused(peer, "too many handshakes in progress; closed");
+                            continue;
+                        };
                         let _ = tcp.set_nodelay(true);
-                        tokio::spawn(Arc::clone(&self).handshake(tcp, peer, ready.clone()));
+                        let (this, ready) = (Arc::clone(&self), ready.clone());
+                        tokio::spawn(async move {
+                            this.handshake(tcp, peer, ready).await;
+                            drop(permit);
+                        });
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: pause instead of spinning.
@@ -133,7 +192,7 @@ impl ControlTls {
     }
 
     async fn handshake(
-        self: Arc<Self>,
+        &self,
         tcp: TcpStream,
         peer: SocketAddr,
         ready: mpsc::Sender<std::io::Result<TlsStream<TcpStream>>>,
@@ -147,10 +206,21 @@ impl ControlTls {
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => format!("not finished within {HANDSHAKE_TIMEOUT:?}"),
             };
-        self.metrics
+        self.refused(peer, &refused);
+    }
+
+    /// Counts a refused connection and logs it, at most once a second (a flood of them
+    /// must not flood the log too).
+    fn refused(&self, peer: SocketAddr, why: &str) {
+        let n = self
+            .metrics
             .tls_handshake_failures
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(%peer, "control API TLS handshake failed: {refused}");
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        let second = self.started.elapsed().as_secs();
+        if self.last_logged.swap(second, Ordering::Relaxed) != second {
+            tracing::warn!(%peer, refused_so_far = n, "control API TLS handshake failed: {why}");
+        }
     }
 }
 
@@ -373,6 +443,10 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed),
             1
         );
+        // Asking for client certificates is fixed at start: not switched by a reload.
+        ca.write_cert(&p("ca.pem")).unwrap();
+        tls.reload(Some(&section(Some("ca.pem"))));
+        assert!(Arc::ptr_eq(&first, &tls.current.read().unwrap().config));
         // Renewed files: a new config.
         ca.issue(
             &["localhost"],

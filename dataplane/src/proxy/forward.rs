@@ -810,7 +810,7 @@ fn header_hash(view: &impl RequestView, name: &str) -> Option<u64> {
     };
     let mut all: Vec<&[u8]> = [first, second].into_iter().chain(values).collect();
     all.sort_unstable();
-    Some(hash_key(&all.join(&b","[..])))
+    Some(hash_key(&all.join(router::list_separator(name))))
 }
 
 /// What the response to `head` owes the client. A body the upstream stopped taking is
@@ -902,6 +902,14 @@ mod tests {
         assert_eq!(both, header_hash(&view(&ba, b"r"), "x-user"));
         assert_eq!(both, Some(hash_key(b"a,b")));
         assert_eq!(header_hash(&view(&one, b"r"), "x-none"), None);
+        // Cookie fields join as one Cookie field lists its pairs: two fields hash as the
+        // one field that says the same.
+        let split = head("cookie: b=2\r\ncookie: a=1\r\n");
+        let whole = head("cookie: a=1; b=2\r\n");
+        assert_eq!(
+            header_hash(&view(&split, b"r"), "cookie"),
+            header_hash(&view(&whole, b"r"), "cookie")
+        );
     }
 
     /// Routing and hashing see the `x-request-id` the request goes upstream with: a

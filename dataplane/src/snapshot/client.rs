@@ -53,7 +53,9 @@ impl ControlTlsFiles {
         use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
         use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
-        let https = endpoint.starts_with("https://");
+        let https = endpoint
+            .get(..8)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
         let Some(ca) = &self.ca else {
             if https {
                 return Err(format!(
@@ -404,6 +406,10 @@ mod tests {
         let https = "https://control:7800";
         let plain = "http://control:7800";
         assert!(files(None, None, None).load(plain).unwrap().is_none());
+        let e = files(None, None, None)
+            .load("HTTPS://control:7800")
+            .unwrap_err();
+        assert!(e.contains("needs --control-ca"), "{e}");
         let e = files(None, None, None).load(https).unwrap_err();
         assert!(e.contains("needs --control-ca"), "{e}");
         let e = files(Some("ca.pem"), None, None).load(plain).unwrap_err();
