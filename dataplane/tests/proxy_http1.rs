@@ -717,3 +717,40 @@ fn a_listener_that_merges_slashes_routes_and_forwards_the_merged_path() {
     assert_eq!(body(merged, "//uri//a/?q=1//2").1, "/uri/a/?q=1//2\n");
     assert_eq!(body(plain, "//uri//a/?q=1//2").1, "//uri//a/?q=1//2\n");
 }
+
+/// A route's `rewrite`: the matched prefix replaced and the Host field set on the way
+/// upstream (the query kept; `Forwarded` still names the host the client asked for).
+#[test]
+fn a_route_rewrites_the_path_prefix_and_the_host_sent_upstream() {
+    require_caps!(Capability::Program("nginx"));
+    let stack = Stack::start();
+    let port = free_port();
+    let extra = "routes = [\"old\", \"meta\", \"default\"]\n\n\
+         [[routes]]\nname = \"old\"\npath_prefix = \"/old\"\ncluster = \"one\"\n\
+         rewrite = { prefix = \"/uri/\" }\n\n\
+         [[routes]]\nname = \"meta\"\npath_exact = \"/meta\"\ncluster = \"one\"\n\
+         rewrite = { prefix = \"/headers\", host = \"backend.internal:8080\" }\n";
+    let addr = stack.add_listener("rewriting", &format!("127.0.0.1:{port}"), extra, port);
+    let body = |target: &str| {
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        let request =
+            format!("GET {target} HTTP/1.1\r\nhost: a.example\r\nconnection: close\r\n\r\n");
+        let text = exchange(&mut conn, &request, |_| false);
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or(text)
+    };
+    // `/old` replaced by `/uri/` with no doubled slash, the query as it came.
+    assert_eq!(body("/old/x/y?q=1"), "/uri/x/y?q=1\n");
+    assert_eq!(body("/old"), "/uri/\n");
+    // Dot segments are resolved first, then the prefix replaced.
+    assert_eq!(body("/old/a/../b"), "/uri/b\n");
+    let meta = body("/meta");
+    assert!(meta.starts_with("host=backend.internal:8080|"), "{meta}");
+    assert!(
+        meta.contains("host=a.example"),
+        "Forwarded keeps the asked host: {meta}"
+    );
+    // Other routes are untouched.
+    assert_eq!(body("/uri/plain"), "/uri/plain\n");
+}

@@ -50,8 +50,8 @@ pub use forwarded::{
 };
 pub use framing::{Framing, downstream_framing, keep_alive};
 pub use headers::Headers;
-pub use path::{ambiguous_path, normalize_path};
-pub use request::RequestHead;
+pub use path::{ambiguous_path, normalize_path, replace_prefix, valid_path_rewrite};
+pub use request::{RequestHead, valid_host};
 pub use response::ResponseHead;
 pub use serialize::{
     LAST_CHUNK, encode_chunk, encode_chunk_header, upstream_target, write_request_head,

@@ -66,6 +66,32 @@ pub fn normalize_path(path: &str, merge_slashes: bool) -> Option<String> {
     (out != path).then_some(out)
 }
 
+/// `path` with its first `matched` bytes (the prefix a route matched) replaced by `with`
+/// (Envoy's `prefix_rewrite`). A slash that would be doubled where they meet is written
+/// once: `/api` replaced by `/` makes `/api/users` `/users`, not `//users`.
+pub fn replace_prefix(path: &str, matched: usize, with: &str) -> String {
+    let rest = path.get(matched..).unwrap_or("");
+    let rest = if with.ends_with('/') {
+        rest.strip_prefix('/').unwrap_or(rest)
+    } else {
+        rest
+    };
+    let mut out = String::with_capacity(with.len() + rest.len());
+    out.push_str(with);
+    out.push_str(rest);
+    out
+}
+
+/// Whether `with` can stand at the start of a request path: it starts with `/` and holds
+/// only visible ASCII, with no `?` or `#` (no space, control character or query that
+/// would change the request line).
+pub fn valid_path_rewrite(with: &str) -> bool {
+    with.starts_with('/')
+        && with
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#')
+}
+
 /// Whether `path` could reach a dot segment that [`normalize_path`] does not see: one
 /// next to an escaped slash or backslash (`/a/..%2Fb`, `/a/%2e%2e%5cb`, `/a/..\b`, which
 /// many servers decode before resolving dots), or carrying a path parameter (`/a/..;/b`,

@@ -215,7 +215,7 @@ fn check_request_line(window: &[u8], max: usize) -> Result<(), Http1Error> {
 /// port ]` where uri-host is a bracketed IP literal or a reg-name (unreserved,
 /// percent-encoded and sub-delim characters; IPv4 addresses are reg-names by their
 /// characters) and port is digits (RFC 9112 §3.2, RFC 3986 §3.2.2-3.2.3).
-pub(crate) fn valid_host(v: &[u8]) -> bool {
+pub fn valid_host(v: &[u8]) -> bool {
     let sub_delim = |b: u8| b"!$&'()*+,;=".contains(&b);
     let unreserved = |b: u8| b.is_ascii_alphanumeric() || b"-._~".contains(&b);
     let (host, port) = if v.first() == Some(&b'[') {

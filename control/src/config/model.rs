@@ -257,6 +257,17 @@ pub struct Route {
     pub retry: Retry,
     /// Hash key for ring-hash and rendezvous clusters.
     pub hash_on: HashOn,
+    /// What the request is changed into on its way upstream.
+    pub rewrite: Rewrite,
+}
+
+/// `[routes.rewrite]`: the request as the upstream gets it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rewrite {
+    /// Replaces the part of the path the route matched (Envoy's `prefix_rewrite`).
+    pub prefix: Option<String>,
+    /// Replaces the Host field (Envoy's `host_rewrite_literal`).
+    pub host: Option<String>,
 }
 
 /// Timeouts in milliseconds; 0 means inherit / default.

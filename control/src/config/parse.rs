@@ -311,6 +311,35 @@ fn hash_on(o: Option<Obj<'_>>) -> HashOn {
     h
 }
 
+fn rewrite(o: Obj<'_>) -> Rewrite {
+    let prefix = o.opt_str("prefix");
+    if let Some(p) = &prefix
+        && !omnirelay_http1::valid_path_rewrite(p)
+    {
+        o.error(
+            "prefix",
+            format!(
+                "{p:?} is not a path start: it must begin with '/' and hold only visible ASCII, \
+                 without '?' or '#'"
+            ),
+        );
+    }
+    let host = o.opt_str("host");
+    if let Some(h) = &host
+        && (h.is_empty() || !omnirelay_http1::valid_host(h.as_bytes()))
+    {
+        o.error(
+            "host",
+            format!("{h:?} is not a Host value (a name or address, with an optional :port)"),
+        );
+    }
+    if prefix.is_none() && host.is_none() {
+        o.error_at(o.path(), "set prefix, host or both (or leave rewrite out)");
+    }
+    o.finish();
+    Rewrite { prefix, host }
+}
+
 fn route(o: Obj<'_>) -> Route {
     let hosts = o
         .str_list("hosts")
@@ -347,6 +376,7 @@ fn route(o: Obj<'_>) -> Route {
         timeouts: timeouts(o.table("timeouts")),
         retry: retry(o.table("retry")),
         hash_on: hash_on(o.table("hash_on")),
+        rewrite: o.table("rewrite").map(rewrite).unwrap_or_default(),
     };
     o.finish();
     route

@@ -61,6 +61,11 @@ impl<'a> Obj<'a> {
     }
 
     /// The path of `key` inside this table.
+    /// This table's own path.
+    pub(crate) fn path(&self) -> &str {
+        &self.path
+    }
+
     pub(crate) fn path_of(&self, key: &str) -> String {
         if self.path.is_empty() {
             key.to_owned()

@@ -375,3 +375,30 @@ fn control_tls_names_its_files_and_its_errors() {
     assert_eq!(control.tls.unwrap().key, std::path::PathBuf::from("k.pem"));
     assert!(parse_control(&bad, "t.toml").is_err());
 }
+
+#[test]
+fn a_route_rewrite_names_its_bad_fields() {
+    let with = |rewrite: &str| {
+        GOOD.replace(
+            "name = \"default\"\ncluster = \"web\"",
+            &format!("name = \"default\"\ncluster = \"web\"\nrewrite = {rewrite}"),
+        )
+    };
+    let c = parse(
+        &with(r#"{ prefix = "/v2/", host = "api.internal:8080" }"#),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.routes[1].rewrite,
+        Rewrite {
+            prefix: Some("/v2/".into()),
+            host: Some("api.internal:8080".into()),
+        }
+    );
+    assert_eq!(c.routes[0].rewrite, Rewrite::default());
+    let bad = with(r#"{ prefix = "v2 x", host = "a b" }"#);
+    assert!(error_at(&bad, "routes[1].rewrite.prefix").contains("not a path start"));
+    assert!(error_at(&bad, "routes[1].rewrite.host").contains("not a Host value"));
+    assert!(error_at(&with("{}"), "routes[1].rewrite").contains("set prefix, host or both"));
+}

@@ -23,6 +23,14 @@ pub fn required_capabilities(config: &Config) -> Vec<String> {
     if config.listeners.iter().any(|l| !l.preserve_request_id) {
         caps.push("listener.replace_request_id".to_owned());
     }
+    // One that would not rewrite would send requests where they were not meant to go.
+    if config
+        .routes
+        .iter()
+        .any(|r| r.rewrite != config::Rewrite::default())
+    {
+        caps.push("route.rewrite".to_owned());
+    }
     // One that would not merge them would route `//admin` apart from `/admin`.
     if config.listeners.iter().any(|l| l.merge_slashes) {
         caps.push("listener.merge_slashes".to_owned());
@@ -82,6 +90,8 @@ fn route(r: &config::Route, config: &Config) -> v1::Route {
                 HashOn::ClientIp => v1::hash_on::Key::ClientIp(true),
             }),
         }),
+        prefix_rewrite: r.rewrite.prefix.clone().unwrap_or_default(),
+        host_rewrite: r.rewrite.host.clone().unwrap_or_default(),
     }
 }
 
@@ -284,18 +294,25 @@ rate_per_second = 50
     /// A listener that replaces clients' request ids says so, and requires a data plane
     /// that knows how (an older one would keep the ids it was told not to trust).
     #[test]
-    fn replacing_request_ids_and_merging_slashes_are_required_capabilities() {
+    fn request_id_merge_slashes_and_rewrite_are_required_capabilities() {
         let text = CONFIG.replace(
             "name = \"b\"\n",
             "name = \"b\"\npreserve_request_id = false\nmerge_slashes = true\n",
-        );
+        ) + "\n[[routes]]\nname = \"moved\"\ncluster = \"one\"\nrewrite = { host = \"x.internal\" }\n";
         let config = crate::config::parse(&text, "t.toml").unwrap();
         let s = compile(&config, 1, 0, "t.toml", "abc");
         assert!(!s.listeners[0].replace_request_id);
         assert!(s.listeners[1].replace_request_id);
         assert!(!s.listeners[0].merge_slashes);
         assert!(s.listeners[1].merge_slashes);
-        for cap in ["listener.replace_request_id", "listener.merge_slashes"] {
+        let moved = s.routes.iter().find(|r| r.name == "moved").unwrap();
+        assert_eq!(moved.host_rewrite, "x.internal");
+        assert_eq!(moved.prefix_rewrite, "");
+        for cap in [
+            "listener.replace_request_id",
+            "listener.merge_slashes",
+            "route.rewrite",
+        ] {
             assert!(
                 s.required_capabilities.contains(&cap.to_owned()),
                 "{cap}: {:?}",

@@ -5,6 +5,7 @@
 //! detection.
 
 use std::{
+    borrow::Cow,
     net::SocketAddr,
     rc::Rc,
     sync::{Arc, atomic::Ordering::Relaxed},
@@ -364,20 +365,23 @@ async fn proxy(
         // §3.3), which for a wildcard listener is not its configured address.
         // An absolute-form target's authority replaces the client's Host field (the
         // target goes upstream in origin-form).
-        let listener_host = if let Some(authority) = head.authority() {
-            authority.to_owned()
+        // A route's host rewrite replaces either.
+        let listener_host: Cow<'_, str> = if let Some(rewrite) = &route.host_rewrite {
+            Cow::Borrowed(rewrite)
+        } else if let Some(authority) = head.authority() {
+            Cow::Borrowed(authority)
         } else if host.is_none() {
             let configured = cfg.listeners[listener].address;
-            match ds.stream.local_addr() {
+            Cow::Owned(match ds.stream.local_addr() {
                 // An IPv4 client of a dual-stack listener as IPv4, and no IPv6 scope (not
                 // part of a uri-host).
                 Ok(local) if configured.ip().is_unspecified() => {
                     SocketAddr::new(local.ip().to_canonical(), local.port()).to_string()
                 }
                 _ => configured.to_string(),
-            }
+            })
         } else {
-            String::new()
+            Cow::Borrowed("")
         };
         let extras: [(&str, &[u8]); 6] = [
             ("x-forwarded-for", &scratch[..xff]),
@@ -392,9 +396,17 @@ async fn proxy(
         } else {
             &extras[..]
         };
-        let target = normalized.map(|path| match head.query() {
+        let path = match &route.prefix_rewrite {
+            Some(with) => Some(Cow::Owned(http1::replace_prefix(
+                normalized.unwrap_or(head.path()),
+                route.matched_len(),
+                with,
+            ))),
+            None => normalized.map(Cow::Borrowed),
+        };
+        let target = path.map(|path| match head.query() {
             Some(query) => format!("{path}?{query}"),
-            None => path.to_owned(),
+            None => path.into_owned(),
         });
         http1::write_request_head(head, target.as_deref(), framing, extras, &mut up_head);
     }

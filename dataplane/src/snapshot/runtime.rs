@@ -101,6 +101,20 @@ pub struct RouteRt {
     pub retry: RetryRt,
     /// Hash key source.
     pub hash_on: HashKey,
+    /// Replaces the matched part of the path upstream.
+    pub prefix_rewrite: Option<Box<str>>,
+    /// The Host field sent upstream.
+    pub host_rewrite: Option<Box<str>>,
+}
+
+impl RouteRt {
+    /// How many leading bytes of a path this route matched: its prefix, or the whole
+    /// exact path.
+    pub fn matched_len(&self) -> usize {
+        match &self.matcher.path {
+            PathMatch::Prefix(p) | PathMatch::Exact(p) => p.len(),
+        }
+    }
 }
 
 /// A cluster.
@@ -332,6 +346,28 @@ fn route(i: usize, r: &v1::Route, clusters: usize) -> Result<RouteRt, RejectReas
         Some(v1::hash_on::Key::Header(h)) => HashKey::Header(h.to_ascii_lowercase()),
         _ => HashKey::ClientIp,
     };
+    // Written into the upstream request line and head: checked here too (a line break
+    // would split the head).
+    let prefix_rewrite = match r.prefix_rewrite.as_str() {
+        "" => None,
+        p if crate::http1::valid_path_rewrite(p) => Some(p.into()),
+        p => {
+            return Err(invalid(format!(
+                "routes[{i}] ({}) prefix_rewrite {p:?} is not a path start",
+                r.name
+            )));
+        }
+    };
+    let host_rewrite = match r.host_rewrite.as_str() {
+        "" => None,
+        h if crate::http1::valid_host(h.as_bytes()) => Some(h.into()),
+        h => {
+            return Err(invalid(format!(
+                "routes[{i}] ({}) host_rewrite {h:?} is not a Host value",
+                r.name
+            )));
+        }
+    };
     Ok(RouteRt {
         name: r.name.as_str().into(),
         matcher: RouteMatcher {
@@ -357,6 +393,8 @@ fn route(i: usize, r: &v1::Route, clusters: usize) -> Result<RouteRt, RejectReas
                 .then(|| Duration::from_millis(u64::from(rp.per_try_timeout_ms))),
         },
         hash_on,
+        prefix_rewrite,
+        host_rewrite,
     })
 }
 
@@ -420,6 +458,26 @@ mod tests {
         unset.routes[0].path = None;
         unset.clusters[0].endpoints[0].weight = 0;
         assert!(RuntimeConfig::build(&unset, &strategies()).is_ok());
+    }
+
+    /// Rewrites go into the upstream request line and head: one that would split them is
+    /// refused, whatever signed it.
+    #[test]
+    fn a_rewrite_that_would_break_the_upstream_head_is_refused() {
+        let e = refused(|s| s.routes[0].host_rewrite = "a\r\nx-injected: 1".into());
+        assert!(e.contains("routes[0] (r) host_rewrite"), "{e}");
+        let e = refused(|s| s.routes[0].prefix_rewrite = "/a b".into());
+        assert!(e.contains("routes[0] (r) prefix_rewrite"), "{e}");
+        let mut s = minimal();
+        s.routes[0].prefix_rewrite = "/v2/".into();
+        s.routes[0].host_rewrite = "api.internal:8080".into();
+        let rt = RuntimeConfig::build(&s, &strategies()).unwrap();
+        assert_eq!(rt.routes[0].prefix_rewrite.as_deref(), Some("/v2/"));
+        assert_eq!(
+            rt.routes[0].host_rewrite.as_deref(),
+            Some("api.internal:8080")
+        );
+        assert_eq!(rt.routes[0].matched_len(), 1);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub const CAPABILITIES: &[&str] = &[
     "lb.rendezvous",
     "listener.replace_request_id",
     "listener.merge_slashes",
+    "route.rewrite",
 ];
 
 /// Largest signed snapshot accepted (bytes).

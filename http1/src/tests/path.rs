@@ -1,4 +1,4 @@
-use crate::normalize_path;
+use crate::{normalize_path, replace_prefix, valid_path_rewrite};
 
 #[test]
 fn dot_segments_are_removed_as_rfc_3986_says() {
@@ -82,5 +82,31 @@ fn dots_behind_escaped_separators_or_parameters_are_ambiguous() {
         "/.well-known%2Fx",
     ] {
         assert!(!ambiguous_path(path), "{path}");
+    }
+}
+
+#[test]
+fn a_matched_prefix_is_replaced_without_doubling_the_slash() {
+    let cases = [
+        ("/api/users", "/api/", "/v2/", "/v2/users"),
+        ("/api/users", "/api", "/", "/users"),
+        ("/api/users", "/api", "/v2", "/v2/users"),
+        ("/api", "/api", "/", "/"),
+        ("/apix", "/api", "/", "/x"),
+        ("/users", "/", "/v2/", "/v2/users"),
+        ("/old/page", "/old/page", "/new", "/new"),
+    ];
+    for (path, prefix, with, want) in cases {
+        assert_eq!(
+            replace_prefix(path, prefix.len(), with),
+            want,
+            "{path} {prefix} {with}"
+        );
+    }
+    for good in ["/", "/v2/", "/a-b_c~d/%20"] {
+        assert!(valid_path_rewrite(good), "{good}");
+    }
+    for bad in ["", "v2/", "/a b", "/a?b", "/a#b", "/a\r\nx: y", "/é"] {
+        assert!(!valid_path_rewrite(bad), "{bad:?}");
     }
 }
