@@ -754,3 +754,50 @@ fn a_route_rewrites_the_path_prefix_and_the_host_sent_upstream() {
     // Other routes are untouched.
     assert_eq!(body("/uri/plain"), "/uri/plain\n");
 }
+
+/// A cluster's `max_requests`: with that many requests in flight over the data plane's
+/// workers, one more is answered 503 at once and counted; the place frees when the
+/// request in flight ends.
+#[test]
+fn a_cluster_at_max_requests_answers_503_until_a_place_frees() {
+    require_caps!(Capability::Program("nginx"));
+    let stack = Stack::start();
+    let port = free_port();
+    let extra = format!(
+        "routes = [\"limited\"]\n\n\
+         [[routes]]\nname = \"limited\"\ncluster = \"limited\"\n\
+         timeouts = {{ request_ms = 1500 }}\n\n\
+         [[clusters]]\nname = \"limited\"\nendpoints = [\"127.0.0.1:{}\"]\nmax_requests = 1\n",
+        stack.ports.up1
+    );
+    let addr = stack.add_listener("limited", &format!("127.0.0.1:{port}"), &extra, port);
+    let get = move |path: &str| {
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n");
+        exchange(&mut conn, &request, |_| false)
+    };
+    // A request that holds the only place (the upstream stalls; the route gives up at
+    // 1.5 s with 504).
+    let stalled = std::thread::spawn(move || get("/stall"));
+    let attempts = "omnirelay_upstream_attempts_total{cluster=\"limited\"}";
+    assert!(
+        omnirelay_test_support::process::wait_until(std::time::Duration::from_secs(5), || {
+            stack.dp_metric(attempts) == Some(1.0)
+        }),
+        "the stalled request did not go up"
+    );
+    let refused = get("/who");
+    assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
+    assert!(refused.contains("max_requests"), "{refused}");
+    assert_eq!(
+        stack.dp_metric("omnirelay_upstream_overflows_total{cluster=\"limited\"}"),
+        Some(1.0)
+    );
+    let first = stalled.join().unwrap();
+    assert!(first.starts_with("HTTP/1.1 504 "), "{first}");
+    let freed = get("/who");
+    assert!(
+        freed.starts_with("HTTP/1.1 200 ") && freed.ends_with("one\n"),
+        "{freed}"
+    );
+}

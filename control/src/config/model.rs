@@ -398,6 +398,8 @@ pub struct Cluster {
     pub outlier: Outlier,
     /// Idle connections kept per endpoint and worker.
     pub max_idle_per_endpoint: u32,
+    /// Requests in flight to the cluster at once per data plane (0: no limit).
+    pub max_requests: u32,
 }
 
 /// `[[budgets]]`: a kernel rate-limit budget.

@@ -488,6 +488,7 @@ fn cluster(o: Obj<'_>) -> Cluster {
         timeouts: timeouts(o.table("timeouts")),
         outlier,
         max_idle_per_endpoint: o.int_or("max_idle_per_endpoint", 64, 0, 100_000) as u32,
+        max_requests: o.int_or("max_requests", 0, 1, 10_000_000) as u32,
     };
     o.finish();
     cluster

@@ -402,3 +402,19 @@ fn a_route_rewrite_names_its_bad_fields() {
     assert!(error_at(&bad, "routes[1].rewrite.host").contains("not a Host value"));
     assert!(error_at(&with("{}"), "routes[1].rewrite").contains("set prefix, host or both"));
 }
+
+#[test]
+fn a_cluster_max_requests_is_a_positive_limit_or_none() {
+    assert_eq!(parse(GOOD, "t.toml").unwrap().clusters[0].max_requests, 0);
+    let with = |v: &str| {
+        GOOD.replace(
+            "endpoints = [\"[::1]:9003\"]",
+            &format!("endpoints = [\"[::1]:9003\"]\nmax_requests = {v}"),
+        )
+    };
+    assert_eq!(
+        parse(&with("100"), "t.toml").unwrap().clusters[1].max_requests,
+        100
+    );
+    assert!(error_at(&with("0"), "clusters[1].max_requests").contains("out of range"));
+}

@@ -23,6 +23,10 @@ pub fn required_capabilities(config: &Config) -> Vec<String> {
     if config.listeners.iter().any(|l| !l.preserve_request_id) {
         caps.push("listener.replace_request_id".to_owned());
     }
+    // One that would not limit them would let a cluster be flooded.
+    if config.clusters.iter().any(|c| c.max_requests > 0) {
+        caps.push("cluster.max_requests".to_owned());
+    }
     // One that would not rewrite would send requests where they were not meant to go.
     if config
         .routes
@@ -121,6 +125,7 @@ fn cluster(c: &config::Cluster) -> v1::Cluster {
             max_ejection_percent: c.outlier.max_ejection_percent,
         }),
         max_idle_per_endpoint: c.max_idle_per_endpoint,
+        max_requests: c.max_requests,
     }
 }
 
@@ -295,10 +300,13 @@ rate_per_second = 50
     /// that knows how (an older one would keep the ids it was told not to trust).
     #[test]
     fn request_id_merge_slashes_and_rewrite_are_required_capabilities() {
-        let text = CONFIG.replace(
-            "name = \"b\"\n",
-            "name = \"b\"\npreserve_request_id = false\nmerge_slashes = true\n",
-        ) + "\n[[routes]]\nname = \"moved\"\ncluster = \"one\"\nrewrite = { host = \"x.internal\" }\n";
+        let text = CONFIG
+            .replace(
+                "name = \"b\"\n",
+                "name = \"b\"\npreserve_request_id = false\nmerge_slashes = true\n",
+            )
+            .replace("name = \"one\"\n", "name = \"one\"\nmax_requests = 50\n")
+            + "\n[[routes]]\nname = \"moved\"\ncluster = \"one\"\nrewrite = { host = \"x.internal\" }\n";
         let config = crate::config::parse(&text, "t.toml").unwrap();
         let s = compile(&config, 1, 0, "t.toml", "abc");
         assert!(!s.listeners[0].replace_request_id);
@@ -312,6 +320,7 @@ rate_per_second = 50
             "listener.replace_request_id",
             "listener.merge_slashes",
             "route.rewrite",
+            "cluster.max_requests",
         ] {
             assert!(
                 s.required_capabilities.contains(&cap.to_owned()),

@@ -333,6 +333,25 @@ async fn proxy(
             header_hash(&view, h).unwrap_or_else(|| hash_ip(ds.peer.ip()))
         }
     };
+    // The cluster's circuit breaker: a place among its `max_requests`, held to the end.
+    let _in_flight = match &cluster.max_requests {
+        None => None,
+        Some(limit) => match limit.enter() {
+            Some(place) => Some(place),
+            None => {
+                if let Some(s) = &cluster_stats {
+                    s.overflows.add(1);
+                }
+                ds.send_error(
+                    503,
+                    "upstream overloaded: the cluster's max_requests are in flight",
+                    timer,
+                )
+                .await;
+                return Summary::refused(503, head, limits);
+            }
+        },
+    };
     let deadline = started + route.request_timeout;
     let idempotent = idempotent(head.method());
     let max_attempts = 1 + route.retry.max_retries;

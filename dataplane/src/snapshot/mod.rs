@@ -119,7 +119,8 @@ impl SnapshotHolder {
     }
 
     fn swap(&self, snapshot: &v1::Snapshot) -> Result<u64, RejectReason> {
-        let compiled = RuntimeConfig::build(snapshot, &self.strategies)?;
+        let prev = self.current.load_full();
+        let compiled = RuntimeConfig::build_after(snapshot, &self.strategies, prev.as_deref())?;
         let version = compiled.version;
         self.current.store(Some(Arc::new(compiled)));
         self.notify();

@@ -2,7 +2,15 @@
 //! route matchers and load-balancer tables built. Workers read it through an `Arc` and
 //! never parse anything per request.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use omnirelay_proto::v1;
 
@@ -132,6 +140,46 @@ pub struct ClusterRt {
     pub outlier: OutlierConfig,
     /// Idle connections kept per endpoint and worker.
     pub max_idle_per_endpoint: usize,
+    /// `max_requests`: the requests in flight to this cluster over all workers, and their
+    /// limit.
+    pub max_requests: Option<InFlight>,
+}
+
+/// Requests in flight to a cluster, counted over all workers against a limit (Envoy's
+/// `max_requests` circuit breaker). The count is one atomic shared by the workers and
+/// carried from a snapshot to the next under the cluster's name, so that requests still
+/// running on the older snapshot keep counting.
+#[derive(Debug)]
+pub struct InFlight {
+    limit: u64,
+    count: Arc<AtomicU64>,
+}
+
+impl InFlight {
+    /// A place for one more request, held until the guard drops; `None` when the cluster
+    /// has `limit` requests in flight already.
+    pub fn enter(&self) -> Option<InFlightGuard<'_>> {
+        if self.count.fetch_add(1, Ordering::Relaxed) >= self.limit {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(InFlightGuard(&self.count))
+    }
+
+    /// Requests in flight now.
+    pub fn current(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// One request's place in a cluster's [`InFlight`] count.
+#[derive(Debug)]
+pub struct InFlightGuard<'a>(&'a AtomicU64);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The compiled snapshot.
@@ -171,11 +219,29 @@ impl RuntimeConfig {
     /// Compiles a verified snapshot, building hash-based clusters' tables with
     /// `strategies`; any inconsistency rejects the whole snapshot.
     pub fn build(s: &v1::Snapshot, strategies: &Strategies) -> Result<Self, RejectReason> {
+        Self::build_after(s, strategies, None)
+    }
+
+    /// [`RuntimeConfig::build`] for the snapshot that follows `prev`: a cluster that keeps
+    /// its name keeps its count of requests in flight.
+    pub fn build_after(
+        s: &v1::Snapshot,
+        strategies: &Strategies,
+        prev: Option<&RuntimeConfig>,
+    ) -> Result<Self, RejectReason> {
+        let counts: HashMap<&str, &Arc<AtomicU64>> = prev
+            .into_iter()
+            .flat_map(|p| &p.clusters)
+            .filter_map(|c| Some((&*c.name, &c.max_requests.as_ref()?.count)))
+            .collect();
         let clusters = s
             .clusters
             .iter()
             .enumerate()
-            .map(|(i, c)| cluster(i, c, strategies).map(Arc::new))
+            .map(|(i, c)| {
+                let count = counts.get(c.name.as_str()).map(|&a| Arc::clone(a));
+                cluster(i, c, strategies, count).map(Arc::new)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let routes = s
             .routes
@@ -254,7 +320,13 @@ fn nonzero(v: u32, default: usize) -> usize {
     if v == 0 { default } else { v as usize }
 }
 
-fn cluster(i: usize, c: &v1::Cluster, strategies: &Strategies) -> Result<ClusterRt, RejectReason> {
+/// `count`: the in-flight count the cluster of this name had in the previous snapshot.
+fn cluster(
+    i: usize,
+    c: &v1::Cluster,
+    strategies: &Strategies,
+    count: Option<Arc<AtomicU64>>,
+) -> Result<ClusterRt, RejectReason> {
     let endpoints = c
         .endpoints
         .iter()
@@ -305,6 +377,10 @@ fn cluster(i: usize, c: &v1::Cluster, strategies: &Strategies) -> Result<Cluster
             max_ejection_percent: o.max_ejection_percent.min(100) as u8,
         },
         max_idle_per_endpoint: c.max_idle_per_endpoint as usize,
+        max_requests: (c.max_requests > 0).then(|| InFlight {
+            limit: u64::from(c.max_requests),
+            count: count.unwrap_or_default(),
+        }),
     })
 }
 
@@ -478,6 +554,46 @@ mod tests {
             Some("api.internal:8080")
         );
         assert_eq!(rt.routes[0].matched_len(), 1);
+    }
+
+    /// `max_requests` is counted over every holder of the cluster (the workers) and the
+    /// count goes on under the cluster's name in the next snapshot; a cluster without the
+    /// limit counts nothing.
+    #[test]
+    fn the_in_flight_count_is_shared_and_carried_to_the_next_snapshot() {
+        let mut s = minimal();
+        s.clusters[0].max_requests = 2;
+        let first = RuntimeConfig::build(&s, &strategies()).unwrap();
+        let limit = first.clusters[0].max_requests.as_ref().unwrap();
+        let a = limit.enter().unwrap();
+        let b = limit.enter().unwrap();
+        assert!(limit.enter().is_none(), "a third request over a limit of 2");
+        assert_eq!(limit.current(), 2);
+        drop(a);
+        // The next version: the request still in flight counts there too.
+        let next = RuntimeConfig::build_after(&s, &strategies(), Some(&first)).unwrap();
+        let carried = next.clusters[0].max_requests.as_ref().unwrap();
+        assert_eq!(carried.current(), 1);
+        let c = carried.enter().unwrap();
+        assert!(carried.enter().is_none());
+        drop((b, c));
+        assert_eq!(carried.current(), 0);
+        // A renamed cluster starts from zero; one without a limit has none.
+        s.clusters[0].name = "other".into();
+        let renamed = RuntimeConfig::build_after(&s, &strategies(), Some(&next)).unwrap();
+        let _held = next.clusters[0]
+            .max_requests
+            .as_ref()
+            .unwrap()
+            .enter()
+            .unwrap();
+        assert_eq!(
+            renamed.clusters[0].max_requests.as_ref().unwrap().current(),
+            0
+        );
+        s.clusters[0].max_requests = 0;
+        let unlimited = RuntimeConfig::build_after(&s, &strategies(), Some(&next)).unwrap();
+        assert!(unlimited.clusters[0].max_requests.is_none());
     }
 
     #[test]

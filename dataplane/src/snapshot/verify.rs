@@ -16,6 +16,7 @@ pub const CAPABILITIES: &[&str] = &[
     "listener.replace_request_id",
     "listener.merge_slashes",
     "route.rewrite",
+    "cluster.max_requests",
 ];
 
 /// Largest signed snapshot accepted (bytes).

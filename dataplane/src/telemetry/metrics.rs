@@ -108,6 +108,8 @@ pub struct ClusterStats {
     pub connections_reused: Counter,
     /// Endpoint ejections by outlier detection.
     pub ejections: Counter,
+    /// Requests refused because the cluster had `max_requests` in flight.
+    pub overflows: Counter,
     /// Upstream response-head latency.
     pub upstream_latency: Histogram,
 }
@@ -252,7 +254,7 @@ impl Metrics {
             u64,
         );
         let mut routes: BTreeMap<(String, String), RouteSum> = BTreeMap::new();
-        let mut clusters: BTreeMap<String, ([u64; 7], [u64; LATENCY_BUCKETS_US.len() + 1], u64)> =
+        let mut clusters: BTreeMap<String, ([u64; 8], [u64; LATENCY_BUCKETS_US.len() + 1], u64)> =
             BTreeMap::new();
         for w in &workers {
             for (k, s) in w.routes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
@@ -272,6 +274,7 @@ impl Metrics {
                     &s.connections_opened,
                     &s.connections_reused,
                     &s.ejections,
+                    &s.overflows,
                 ]) {
                     *a += b.get();
                 }
@@ -319,6 +322,7 @@ impl Metrics {
             "connections_opened",
             "connections_reused",
             "ejections",
+            "overflows",
         ];
         for (i, name) in names.iter().enumerate() {
             let _ = writeln!(out, "# TYPE omnirelay_upstream_{name}_total counter");
@@ -380,6 +384,7 @@ mod tests {
         b_routes[0].record(503, Duration::from_millis(20));
         b_routes[1].record(0, Duration::from_millis(1));
         a.clusters_for(["backend"])[0].connect_failures.add(2);
+        b.clusters_for(["backend"])[0].overflows.add(4);
         b.clusters_for(["backend"])[0].connect_failures.add(1);
         a.connections_active.store(3, Relaxed);
         a.unrouted.fetch_add(2, Relaxed);
@@ -401,6 +406,7 @@ mod tests {
             "omnirelay_requests_total{route=\"gone\",cluster=\"backend\",class=\"client_closed\"} 1"
         ));
         assert!(text.contains("omnirelay_upstream_connect_failures_total{cluster=\"backend\"} 3"));
+        assert!(text.contains("omnirelay_upstream_overflows_total{cluster=\"backend\"} 4"));
         assert!(text.contains("omnirelay_worker_connections{worker=\"0\"} 3"));
         assert!(text.contains("omnirelay_requests_unrouted_total 3"));
         assert!(text.contains("omnirelay_request_duration_seconds_bucket{route=\"api\",cluster=\"backend\",le=\"0.0005\"} 1"));
