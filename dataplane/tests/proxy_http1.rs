@@ -801,3 +801,38 @@ fn a_cluster_at_max_requests_answers_503_until_a_place_frees() {
         "{freed}"
     );
 }
+
+/// A route's `request_headers` and `response_headers`: fields set (replacing the
+/// message's own) and removed on the way up and on the way back.
+#[test]
+fn a_route_sets_and_removes_fields_both_ways() {
+    require_caps!(Capability::Program("nginx"));
+    let stack = Stack::start();
+    let port = free_port();
+    let extra = "routes = [\"edited\"]\n\n\
+         [[routes]]\nname = \"edited\"\ncluster = \"one\"\n\
+         request_headers = { set = { \"X-Gateway\" = \"edge 1\" }, remove = [\"x-debug\"] }\n\
+         response_headers = { set = { \"strict-transport-security\" = \"max-age=60\" }, \
+         remove = [\"server\"] }\n";
+    let addr = stack.add_listener("edited", &format!("127.0.0.1:{port}"), extra, port);
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    let request = "GET /edits HTTP/1.1\r\nhost: a\r\nx-gateway: client\r\nx-debug: 1\r\n\
+                   x-keep: yes\r\nconnection: close\r\n\r\n";
+    let text = exchange(&mut conn, request, |_| false);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert_eq!(body, "gw=edge 1|debug=|keep=yes\n");
+    let lower = head.to_ascii_lowercase();
+    assert!(
+        lower.contains("\r\nstrict-transport-security: max-age=60"),
+        "{head}"
+    );
+    assert!(!lower.contains("\r\nserver:"), "{head}");
+    // The default listener's route is untouched: nginx names itself.
+    let mut conn = std::net::TcpStream::connect(stack.proxy()).unwrap();
+    let plain = exchange(&mut conn, request, |_| false);
+    assert!(
+        plain.to_ascii_lowercase().contains("\r\nserver: nginx"),
+        "{plain}"
+    );
+    assert!(plain.ends_with("gw=client|debug=1|keep=yes\n"), "{plain}");
+}

@@ -182,7 +182,7 @@ fn check_serialized(head: &RequestHead, framing: Framing, selector: u8) {
         extra.push(("host", b"fuzz.invalid"));
     }
     let mut out = BytesMut::new();
-    write_request_head(head, None, framing, &extra, &mut out);
+    write_request_head(head, None, framing, &extra, &[], &mut out);
     let written = out.len();
     let roomy = Limits {
         max_head_bytes: 1 << 20,

@@ -54,8 +54,8 @@ pub use path::{ambiguous_path, normalize_path, replace_prefix, valid_path_rewrit
 pub use request::{RequestHead, valid_host};
 pub use response::ResponseHead;
 pub use serialize::{
-    LAST_CHUNK, encode_chunk, encode_chunk_header, upstream_target, write_request_head,
-    write_response_head,
+    LAST_CHUNK, encode_chunk, encode_chunk_header, uneditable_field, upstream_target,
+    valid_field_value, write_request_head, write_response_head,
 };
 
 /// The HTTP version of a message; HTTP/1.0 and HTTP/1.1 are the only ones this codec parses.

@@ -36,7 +36,7 @@ pub(crate) const DROPPED: &[&[u8]] = &[
 /// its value from the old ones with [`x_forwarded_for`](super::x_forwarded_for),
 /// [`forwarded`](super::forwarded()) or [`via`](super::via) to append rather than replace.
 /// Extra fields are written as given: their names must be tokens and their values free of
-/// CR and LF (checked in debug builds).
+/// CR and LF (checked in debug builds). Fields named in `remove` are dropped too.
 ///
 /// The target goes out as `target` when given (a normalized path and the query), else in
 /// origin-form: an absolute-form one loses its scheme and authority, which the caller
@@ -50,6 +50,7 @@ pub fn write_request_head(
     target: Option<&str>,
     body: Framing,
     extra: &[(&str, &[u8])],
+    remove: &[Box<str>],
     out: &mut BytesMut,
 ) {
     out.reserve(head.raw().len() + extra_len(extra) + 64);
@@ -61,7 +62,7 @@ pub fn write_request_head(
     out.put_slice(lead.as_bytes());
     out.put_slice(rest.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
-    write_fields(head.headers(), extra, out);
+    write_fields(head.headers(), extra, remove, out);
     match body {
         Framing::ContentLength(len) => put_content_length(out, len),
         Framing::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
@@ -96,6 +97,7 @@ pub fn write_response_head(
     head: &ResponseHead,
     body: Framing,
     extra: &[(&str, &[u8])],
+    remove: &[Box<str>],
     out: &mut BytesMut,
 ) {
     out.reserve(head.raw().len() + extra_len(extra) + 64);
@@ -104,7 +106,7 @@ pub fn write_response_head(
     out.put_u8(b' ');
     out.put_slice(head.reason());
     out.put_slice(b"\r\n");
-    write_fields(head.headers(), extra, out);
+    write_fields(head.headers(), extra, remove, out);
     match body {
         Framing::ContentLength(len) => put_content_length(out, len),
         Framing::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
@@ -126,6 +128,48 @@ pub fn write_response_head(
     out.put_slice(b"\r\n");
 }
 
+/// Fields a request's route may not set or remove: the ones this proxy owns (framing,
+/// hop-by-hop, Host, which `rewrite.host` sets, and the forwarding fields it writes).
+const PROXY_OWNED_REQUEST: &[&str] = &[
+    "host",
+    "x-forwarded-for",
+    "forwarded",
+    "via",
+    "x-forwarded-proto",
+    "x-request-id",
+];
+
+/// Why a route may not set or remove field `name` (lowercase) on requests (`request`) or
+/// responses, or `None` when it may: framing and hop-by-hop fields belong to each
+/// connection, and on requests the forwarding fields and Host are the proxy's.
+pub fn uneditable_field(name: &str, request: bool) -> Option<&'static str> {
+    if !is_token(name.as_bytes()) {
+        return Some("is not a field name");
+    }
+    if DROPPED
+        .iter()
+        .any(|d| d.eq_ignore_ascii_case(name.as_bytes()))
+    {
+        return Some("is a framing or hop-by-hop field, which the proxy writes per connection");
+    }
+    if request
+        && PROXY_OWNED_REQUEST
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(name))
+    {
+        return Some("is set by the proxy itself (Host by rewrite.host)");
+    }
+    None
+}
+
+/// Whether `value` may be a field's value as given (no CR, LF or other control byte but
+/// HTAB; no leading or trailing whitespace).
+pub fn valid_field_value(value: &[u8]) -> bool {
+    value.iter().all(|&b| is_field_value_byte(b))
+        && !value.first().is_some_and(|b| *b == b' ' || *b == b'\t')
+        && !value.last().is_some_and(|b| *b == b' ' || *b == b'\t')
+}
+
 /// The [`KNOWN`](super::headers::KNOWN) bits of the [`DROPPED`] names (Connection among
 /// them). Every one of them is known (checked in the tests).
 const DROPPED_BITS: u32 = {
@@ -138,12 +182,19 @@ const DROPPED_BITS: u32 = {
     bits
 };
 
-fn write_fields(headers: &Headers, extra: &[(&str, &[u8])], out: &mut BytesMut) {
+fn write_fields(
+    headers: &Headers,
+    extra: &[(&str, &[u8])],
+    remove: &[Box<str>],
+    out: &mut BytesMut,
+) {
     // Nothing to drop and no field an extra one replaces (the usual request): every line
     // goes out as it came, in as few copies as it has runs.
-    let replaced = extra.iter().try_fold(DROPPED_BITS, |m, (n, _)| {
-        known_bit(n.as_bytes()).map(|b| m | b)
-    });
+    let replaced = extra
+        .iter()
+        .map(|(n, _)| *n)
+        .chain(remove.iter().map(|n| &**n))
+        .try_fold(DROPPED_BITS, |m, n| known_bit(n.as_bytes()).map(|b| m | b));
     if replaced.is_some_and(|bits| !headers.has_any_known(bits)) {
         headers.write_kept(|_| true, out);
         put_extra(extra, out);
@@ -156,7 +207,10 @@ fn write_fields(headers: &Headers, extra: &[(&str, &[u8])], out: &mut BytesMut) 
                 || nominated.contains(name, headers)
                 || extra
                     .iter()
-                    .any(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name)))
+                    .any(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
+                || remove
+                    .iter()
+                    .any(|n| n.as_bytes().eq_ignore_ascii_case(name)))
         },
         out,
     );

@@ -259,6 +259,26 @@ pub struct Route {
     pub hash_on: HashOn,
     /// What the request is changed into on its way upstream.
     pub rewrite: Rewrite,
+    /// Fields set and removed on the request sent upstream.
+    pub request_headers: HeaderEdits,
+    /// Fields set and removed on the response sent to the client.
+    pub response_headers: HeaderEdits,
+}
+
+/// `request_headers` / `response_headers` of a route.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderEdits {
+    /// Fields set (lowercase name, value), each replacing the message's fields of its name.
+    pub set: Vec<(String, String)>,
+    /// Fields removed (lowercase names).
+    pub remove: Vec<String>,
+}
+
+impl HeaderEdits {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
 }
 
 /// `[routes.rewrite]`: the request as the upstream gets it.

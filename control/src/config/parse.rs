@@ -311,6 +311,52 @@ fn hash_on(o: Option<Obj<'_>>) -> HashOn {
     h
 }
 
+/// Fields set or removed per message, each way.
+const MAX_HEADER_EDITS: usize = 32;
+
+fn header_edits(o: Obj<'_>, request: bool) -> HeaderEdits {
+    let name_ok = |at: String, name: &str| match omnirelay_http1::uneditable_field(name, request) {
+        Some(why) => {
+            o.error_at(at, format!("{name:?} {why}"));
+            false
+        }
+        None => true,
+    };
+    let mut set = Vec::new();
+    for (at, name, value) in o.string_map("set") {
+        let name = name.to_ascii_lowercase();
+        if !omnirelay_http1::valid_field_value(value.as_bytes()) {
+            o.error_at(
+                at,
+                "the value has a line break, a control character or leading or trailing \
+                 whitespace",
+            );
+        } else if name_ok(at, &name) {
+            set.push((name, value));
+        }
+    }
+    let mut remove = Vec::new();
+    for (i, name) in o.str_list("remove").into_iter().enumerate() {
+        let name = name.to_ascii_lowercase();
+        if name_ok(format!("{}[{i}]", o.path_of("remove")), &name) {
+            remove.push(name);
+        }
+    }
+    for (key, n) in [("set", set.len()), ("remove", remove.len())] {
+        if n > MAX_HEADER_EDITS {
+            o.error(key, format!("{n} fields; at most {MAX_HEADER_EDITS}"));
+        }
+    }
+    if let Some((name, _)) = set.iter().find(|(n, _)| remove.contains(n)) {
+        o.error(
+            "remove",
+            format!("{name:?} is also set: set replaces it already"),
+        );
+    }
+    o.finish();
+    HeaderEdits { set, remove }
+}
+
 fn rewrite(o: Obj<'_>) -> Rewrite {
     let prefix = o.opt_str("prefix");
     if let Some(p) = &prefix
@@ -377,6 +423,14 @@ fn route(o: Obj<'_>) -> Route {
         retry: retry(o.table("retry")),
         hash_on: hash_on(o.table("hash_on")),
         rewrite: o.table("rewrite").map(rewrite).unwrap_or_default(),
+        request_headers: o
+            .table("request_headers")
+            .map(|t| header_edits(t, true))
+            .unwrap_or_default(),
+        response_headers: o
+            .table("response_headers")
+            .map(|t| header_edits(t, false))
+            .unwrap_or_default(),
     };
     o.finish();
     route

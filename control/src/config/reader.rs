@@ -154,6 +154,28 @@ impl<'a> Obj<'a> {
             .collect()
     }
 
+    /// An optional table of strings (`{ "name" = "value" }`), each entry with its path
+    /// (`key."name"`), in key order.
+    pub(crate) fn string_map(&self, key: &str) -> Vec<(String, String, String)> {
+        let Some(t) = self.typed(key, "a table of strings", Value::as_table) else {
+            return Vec::new();
+        };
+        let base = self.path_of(key);
+        t.iter()
+            .filter_map(|(k, v)| {
+                let path = format!("{base}.{k:?}");
+                match v.as_str() {
+                    Some(s) => Some((path, k.clone(), s.to_owned())),
+                    None => {
+                        self.sink
+                            .push(path, format!("expected a string, found {}", type_name(v)));
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
     /// An optional sub-table.
     pub(crate) fn table(&self, key: &str) -> Option<Obj<'a>> {
         let t = self.typed(key, "a table", Value::as_table)?;

@@ -418,3 +418,46 @@ fn a_cluster_max_requests_is_a_positive_limit_or_none() {
     );
     assert!(error_at(&with("0"), "clusters[1].max_requests").contains("out of range"));
 }
+
+#[test]
+fn route_header_edits_refuse_fields_the_proxy_owns_and_bad_values() {
+    let with = |edits: &str| {
+        GOOD.replace(
+            "name = \"default\"\ncluster = \"web\"",
+            &format!("name = \"default\"\ncluster = \"web\"\n{edits}"),
+        )
+    };
+    let c = parse(
+        &with(
+            "request_headers = { set = { \"X-Gateway\" = \"edge\" }, remove = [\"X-Debug\"] }\n\
+             response_headers = { remove = [\"server\"] }",
+        ),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.routes[1].request_headers,
+        HeaderEdits {
+            set: vec![("x-gateway".into(), "edge".into())],
+            remove: vec!["x-debug".into()],
+        }
+    );
+    assert_eq!(
+        c.routes[1].response_headers.remove,
+        vec!["server".to_owned()]
+    );
+    assert!(c.routes[0].request_headers.is_empty());
+    let bad = with(
+        "request_headers = { set = { \"host\" = \"x\", \"x-a\" = \" padded\" }, \
+         remove = [\"content-length\", \"x-b\"] }\n\
+         response_headers = { set = { \"x-b\" = \"1\" }, remove = [\"x-b\"] }",
+    );
+    let msg = error_at(&bad, "routes[1].request_headers.set.\"host\"");
+    assert!(msg.contains("set by the proxy"), "{msg}");
+    let msg = error_at(&bad, "routes[1].request_headers.set.\"x-a\"");
+    assert!(msg.contains("whitespace"), "{msg}");
+    let msg = error_at(&bad, "routes[1].request_headers.remove[0]");
+    assert!(msg.contains("framing or hop-by-hop"), "{msg}");
+    let msg = error_at(&bad, "routes[1].response_headers.remove");
+    assert!(msg.contains("also set"), "{msg}");
+}

@@ -27,6 +27,14 @@ pub fn required_capabilities(config: &Config) -> Vec<String> {
     if config.clusters.iter().any(|c| c.max_requests > 0) {
         caps.push("cluster.max_requests".to_owned());
     }
+    // One that would not edit them would pass on fields meant to be removed.
+    if config
+        .routes
+        .iter()
+        .any(|r| !r.request_headers.is_empty() || !r.response_headers.is_empty())
+    {
+        caps.push("route.header_edits".to_owned());
+    }
     // One that would not rewrite would send requests where they were not meant to go.
     if config
         .routes
@@ -96,7 +104,23 @@ fn route(r: &config::Route, config: &Config) -> v1::Route {
         }),
         prefix_rewrite: r.rewrite.prefix.clone().unwrap_or_default(),
         host_rewrite: r.rewrite.host.clone().unwrap_or_default(),
+        request_headers: header_edits(&r.request_headers),
+        response_headers: header_edits(&r.response_headers),
     }
+}
+
+fn header_edits(e: &config::HeaderEdits) -> Option<v1::HeaderEdits> {
+    (!e.is_empty()).then(|| v1::HeaderEdits {
+        set: e
+            .set
+            .iter()
+            .map(|(name, value)| v1::HeaderValue {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+        remove: e.remove.clone(),
+    })
 }
 
 fn cluster(c: &config::Cluster) -> v1::Cluster {
@@ -306,7 +330,8 @@ rate_per_second = 50
                 "name = \"b\"\npreserve_request_id = false\nmerge_slashes = true\n",
             )
             .replace("name = \"one\"\n", "name = \"one\"\nmax_requests = 50\n")
-            + "\n[[routes]]\nname = \"moved\"\ncluster = \"one\"\nrewrite = { host = \"x.internal\" }\n";
+            + "\n[[routes]]\nname = \"moved\"\ncluster = \"one\"\nrewrite = { host = \"x.internal\" }\n\
+               response_headers = { remove = [\"server\"] }\n";
         let config = crate::config::parse(&text, "t.toml").unwrap();
         let s = compile(&config, 1, 0, "t.toml", "abc");
         assert!(!s.listeners[0].replace_request_id);
@@ -316,11 +341,17 @@ rate_per_second = 50
         let moved = s.routes.iter().find(|r| r.name == "moved").unwrap();
         assert_eq!(moved.host_rewrite, "x.internal");
         assert_eq!(moved.prefix_rewrite, "");
+        assert_eq!(moved.request_headers, None);
+        assert_eq!(
+            moved.response_headers.as_ref().map(|e| e.remove.clone()),
+            Some(vec!["server".to_owned()])
+        );
         for cap in [
             "listener.replace_request_id",
             "listener.merge_slashes",
             "route.rewrite",
             "cluster.max_requests",
+            "route.header_edits",
         ] {
             assert!(
                 s.required_capabilities.contains(&cap.to_owned()),

@@ -14,7 +14,10 @@ use super::{
     io::Stream,
     worker::WorkerCtx,
 };
-use crate::http1::{self, BodyDecoder, Framing, Http1Error, RequestHead, ResponseHead, Version};
+use crate::{
+    http1::{self, BodyDecoder, Framing, Http1Error, RequestHead, ResponseHead, Version},
+    snapshot::HeaderEdits,
+};
 
 /// A failure on the client side of a body transfer.
 #[derive(Debug)]
@@ -320,13 +323,13 @@ pub(crate) async fn relay_interim<C: Stream>(
     if client_version == Version::Http10 {
         return Ok(());
     }
-    let head = |out: &mut BytesMut| http1::write_response_head(resp, Framing::None, &[], out);
+    let head = |out: &mut BytesMut| http1::write_response_head(resp, Framing::None, &[], &[], out);
     write_interim(client, head, deadline, timer).await
 }
 
 /// What a response owes the client that asked for it.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Reply {
+pub(crate) struct Reply<'r> {
     /// The request was a HEAD (the response has no body, whatever its framing says).
     pub head_request: bool,
     /// The request's HTTP version.
@@ -334,15 +337,18 @@ pub(crate) struct Reply {
     /// The connection stays open after the response: the client asked for it and no drain
     /// is announced (clients then move to other instances before the listeners close).
     pub keep_alive: bool,
+    /// The route's fields set and removed on the response.
+    pub edits: Option<&'r HeaderEdits>,
 }
 
-impl Reply {
-    /// The reply to `request` on `ctx`'s worker.
-    pub fn to(request: &RequestHead, ctx: &WorkerCtx) -> Self {
+impl<'r> Reply<'r> {
+    /// The reply to `request` on `ctx`'s worker, with the route's response `edits`.
+    pub fn to(request: &RequestHead, ctx: &WorkerCtx, edits: Option<&'r HeaderEdits>) -> Self {
         Reply {
             head_request: request.is_head(),
             version: request.version(),
             keep_alive: request.keep_alive() && !ctx.drain.is_announced(),
+            edits,
         }
     }
 }
@@ -356,7 +362,7 @@ impl Reply {
 pub(crate) async fn relay_response<U: Stream, C: Stream>(
     ctx: &WorkerCtx,
     resp: ResponseHead,
-    reply: Reply,
+    reply: Reply<'_>,
     up: &mut U,
     up_buf: BytesMut,
     client: ToClient<'_, C>,
@@ -373,7 +379,7 @@ pub(crate) async fn relay_response<U: Stream, C: Stream>(
 /// [`relay_response`], giving the read buffer back to the caller.
 async fn relay<U: Stream, C: Stream>(
     resp: &ResponseHead,
-    reply: Reply,
+    reply: Reply<'_>,
     up: &mut U,
     mut up_buf: BytesMut,
     client: ToClient<'_, C>,
@@ -404,7 +410,12 @@ async fn relay<U: Stream, C: Stream>(
         (true, Version::Http10) => &[("connection", b"keep-alive")],
         _ => &[],
     };
-    http1::write_response_head(resp, ds_framing, connection, &mut out);
+    let (with_route, remove) = match reply.edits {
+        Some(e) => (Some(e.with_set(connection)), &e.remove[..]),
+        None => (None, &[][..]),
+    };
+    let extras = with_route.as_deref().unwrap_or(connection);
+    http1::write_response_head(resp, ds_framing, extras, remove, &mut out);
     let mut decoder = BodyDecoder::new(framing, &http1::Limits::default());
     let chunked = ds_framing == Framing::Chunked;
     let mut sent = 0u64;

@@ -30,7 +30,10 @@ use super::{
     io::Shared,
     worker::WorkerCtx,
 };
-use crate::http1::{self, Http1Error, ParseStatus, RequestHead, ResponseHead};
+use crate::{
+    http1::{self, Http1Error, ParseStatus, RequestHead, ResponseHead},
+    snapshot::HeaderEdits,
+};
 
 /// How sending a request with a body ended.
 pub(super) enum Sent {
@@ -74,6 +77,7 @@ pub(super) async fn send_body(
     body_state: &mut RequestBody,
     ds: &mut Downstream,
     (deadline, per_try): (Instant, Option<Duration>),
+    edits: Option<&HeaderEdits>,
     timer: &mut Timer<'_>,
 ) -> Sent {
     if let Err(e) = body_state.answer_expectation(ds, deadline, timer).await {
@@ -160,7 +164,7 @@ pub(super) async fn send_body(
     let status = resp.status();
     let reply = body::Reply {
         keep_alive: false,
-        ..body::Reply::to(request, ctx)
+        ..body::Reply::to(request, ctx, edits)
     };
     let mut pumped = false;
     let bytes_out = {

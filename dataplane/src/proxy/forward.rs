@@ -26,7 +26,7 @@ use crate::{
     http1::{self, Framing, ParseStatus, RequestHead, ResponseHead},
     lb::{EndpointId, FailureKind, Outcome, hash_ip, hash_key},
     router::{self, RequestView},
-    snapshot::{ClusterRt, HashKey, RuntimeConfig},
+    snapshot::{ClusterRt, HashKey, HeaderEdits, RuntimeConfig},
     telemetry::{AccessRecord, ClusterStats},
 };
 
@@ -115,6 +115,8 @@ struct Request<'a> {
     /// The path with its dot segments removed, when it had any: routed by, and sent
     /// upstream instead of the client's.
     normalized: Option<&'a str>,
+    /// The route's fields set and removed on the response.
+    response_headers: Option<&'a HeaderEdits>,
     /// When the head was parsed.
     started: Instant,
 }
@@ -219,6 +221,7 @@ pub(crate) async fn handle(
                     head: &head,
                     request_id,
                     normalized: normalized.as_deref(),
+                    response_headers: cfg.routes[idx].response_headers.as_ref(),
                     started,
                 };
                 proxy(&req, idx, framing, ds, timer).await
@@ -307,6 +310,7 @@ async fn proxy(
         head,
         request_id,
         normalized,
+        response_headers,
         started,
     } = req;
     let route = &cfg.routes[route_idx];
@@ -427,7 +431,20 @@ async fn proxy(
             Some(query) => format!("{path}?{query}"),
             None => path.into_owned(),
         });
-        http1::write_request_head(head, target.as_deref(), framing, extras, &mut up_head);
+        // A route's own fields: one list with the proxy's (built only for such routes).
+        let (with_route, remove) = match &route.request_headers {
+            Some(e) => (Some(e.with_set(extras)), &e.remove[..]),
+            None => (None, &[][..]),
+        };
+        let extras = with_route.as_deref().unwrap_or(extras);
+        http1::write_request_head(
+            head,
+            target.as_deref(),
+            framing,
+            extras,
+            remove,
+            &mut up_head,
+        );
     }
 
     // A body that fits is kept while retries may send it again.
@@ -556,7 +573,7 @@ async fn proxy(
             Ok(mut r) => {
                 if r.pending_5xx {
                     // A retryable 5xx whose retry was not allowed: forward it now.
-                    let reply = reply_for(head, ctx, &body_state);
+                    let reply = reply_for(head, ctx, &body_state, response_headers);
                     r = forward_pending(ctx, ds, r, reply, deadline, timer).await;
                 }
                 Summary {
@@ -694,6 +711,7 @@ async fn attempt(
             body_state,
             ds,
             (deadline, per_try),
+            req.response_headers,
             timer,
         )
         .await;
@@ -801,7 +819,7 @@ async fn attempt(
             pending: Some((resp, up, up_buf)),
         });
     }
-    let reply = reply_for(req.head, ctx, body_state);
+    let reply = reply_for(req.head, ctx, body_state, req.response_headers);
     let (bytes_out, client_keep_alive, reusable) = body::relay_response(
         ctx,
         resp,
@@ -846,8 +864,13 @@ fn header_hash(view: &impl RequestView, name: &str) -> Option<u64> {
 
 /// What the response to `head` owes the client. A body the upstream stopped taking is
 /// still coming: the connection cannot carry another request.
-fn reply_for(head: &RequestHead, ctx: &WorkerCtx, body_state: &body::RequestBody) -> body::Reply {
-    let reply = body::Reply::to(head, ctx);
+fn reply_for<'r>(
+    head: &RequestHead,
+    ctx: &WorkerCtx,
+    body_state: &body::RequestBody,
+    edits: Option<&'r HeaderEdits>,
+) -> body::Reply<'r> {
+    let reply = body::Reply::to(head, ctx, edits);
     body::Reply {
         keep_alive: reply.keep_alive && !body_state.unread(),
         ..reply
@@ -869,7 +892,7 @@ async fn forward_pending(
     ctx: &WorkerCtx,
     ds: &mut Downstream,
     mut r: AttemptResult,
-    reply: body::Reply,
+    reply: body::Reply<'_>,
     deadline: Instant,
     timer: &mut Timer<'_>,
 ) -> AttemptResult {

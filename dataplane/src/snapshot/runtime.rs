@@ -113,6 +113,29 @@ pub struct RouteRt {
     pub prefix_rewrite: Option<Box<str>>,
     /// The Host field sent upstream.
     pub host_rewrite: Option<Box<str>>,
+    /// Fields set and removed on the request sent upstream.
+    pub request_headers: Option<HeaderEdits>,
+    /// Fields set and removed on the response sent to the client.
+    pub response_headers: Option<HeaderEdits>,
+}
+
+/// Fields a route sets (each replacing the message's fields of its name) and removes.
+#[derive(Clone, Debug, Default)]
+pub struct HeaderEdits {
+    /// Lowercase name and value.
+    pub set: Vec<(Box<str>, Box<[u8]>)>,
+    /// Lowercase names.
+    pub remove: Vec<Box<str>>,
+}
+
+impl HeaderEdits {
+    /// `base` and then the fields this sets, as one list of extra fields for the head.
+    pub fn with_set<'a>(&'a self, base: &[(&'a str, &'a [u8])]) -> Vec<(&'a str, &'a [u8])> {
+        let mut all = Vec::with_capacity(base.len() + self.set.len());
+        all.extend_from_slice(base);
+        all.extend(self.set.iter().map(|(n, v)| (&**n, &**v)));
+        all
+    }
 }
 
 impl RouteRt {
@@ -434,6 +457,38 @@ fn route(i: usize, r: &v1::Route, clusters: usize) -> Result<RouteRt, RejectReas
             )));
         }
     };
+    let edits = |e: &Option<v1::HeaderEdits>, request: bool| {
+        let Some(e) = e else { return Ok(None) };
+        let side = if request { "request" } else { "response" };
+        let check = |name: &str| match crate::http1::uneditable_field(name, request) {
+            Some(why) => Err(invalid(format!(
+                "routes[{i}] ({}) {side}_headers: {name:?} {why}",
+                r.name
+            ))),
+            None => Ok(name.to_ascii_lowercase().into_boxed_str()),
+        };
+        let set = e
+            .set
+            .iter()
+            .map(|f| {
+                if !crate::http1::valid_field_value(f.value.as_bytes()) {
+                    return Err(invalid(format!(
+                        "routes[{i}] ({}) {side}_headers: the value of {:?} is not a field value",
+                        r.name, f.name
+                    )));
+                }
+                Ok((check(&f.name)?, f.value.as_bytes().into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let remove = e
+            .remove
+            .iter()
+            .map(|n| check(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((!set.is_empty() || !remove.is_empty()).then_some(HeaderEdits { set, remove }))
+    };
+    let request_headers = edits(&r.request_headers, true)?;
+    let response_headers = edits(&r.response_headers, false)?;
     let host_rewrite = match r.host_rewrite.as_str() {
         "" => None,
         h if crate::http1::valid_host(h.as_bytes()) => Some(h.into()),
@@ -471,6 +526,8 @@ fn route(i: usize, r: &v1::Route, clusters: usize) -> Result<RouteRt, RejectReas
         hash_on,
         prefix_rewrite,
         host_rewrite,
+        request_headers,
+        response_headers,
     })
 }
 
@@ -544,6 +601,24 @@ mod tests {
         assert!(e.contains("routes[0] (r) host_rewrite"), "{e}");
         let e = refused(|s| s.routes[0].prefix_rewrite = "/a b".into());
         assert!(e.contains("routes[0] (r) prefix_rewrite"), "{e}");
+        let field = |name: &str, value: &str| v1::HeaderValue {
+            name: name.into(),
+            value: value.into(),
+        };
+        let e = refused(|s| {
+            s.routes[0].request_headers = Some(v1::HeaderEdits {
+                set: vec![field("x-a", "1\r\nx-injected: 1")],
+                remove: vec![],
+            })
+        });
+        assert!(e.contains("request_headers: the value of \"x-a\""), "{e}");
+        let e = refused(|s| {
+            s.routes[0].response_headers = Some(v1::HeaderEdits {
+                set: vec![],
+                remove: vec!["transfer-encoding".into()],
+            })
+        });
+        assert!(e.contains("response_headers: \"transfer-encoding\""), "{e}");
         let mut s = minimal();
         s.routes[0].prefix_rewrite = "/v2/".into();
         s.routes[0].host_rewrite = "api.internal:8080".into();

@@ -17,6 +17,7 @@ pub const CAPABILITIES: &[&str] = &[
     "listener.merge_slashes",
     "route.rewrite",
     "cluster.max_requests",
+    "route.header_edits",
 ];
 
 /// Largest signed snapshot accepted (bytes).

@@ -112,6 +112,7 @@ server {{
   location /status {{ stub_status; }}
   location /who {{ return 200 "one\n"; }}
   location /uri {{ return 200 "$request_uri\n"; }}
+  location /edits {{ return 200 "gw=$http_x_gateway|debug=$http_x_debug|keep=$http_x_keep\n"; }}
   location /headers {{
     return 200 "host=$http_host|xff=$http_x_forwarded_for|via=$http_via|rid=$http_x_request_id|fwd=$http_forwarded|conn=$http_connection|te=$http_te\n";
   }}

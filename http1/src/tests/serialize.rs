@@ -6,14 +6,14 @@ use crate::{Framing, write_request_head, write_response_head};
 fn request_out(wire: &[u8], framing: Framing, extra: &[(&str, &[u8])]) -> String {
     let head = request(wire).unwrap();
     let mut out = BytesMut::new();
-    write_request_head(&head, None, framing, extra, &mut out);
+    write_request_head(&head, None, framing, extra, &[], &mut out);
     String::from_utf8(out.to_vec()).unwrap()
 }
 
 fn response_out(wire: &[u8], framing: Framing, extra: &[(&str, &[u8])]) -> String {
     let head = response(wire).unwrap();
     let mut out = BytesMut::new();
-    write_response_head(&head, framing, extra, &mut out);
+    write_response_head(&head, framing, extra, &[], &mut out);
     String::from_utf8(out.to_vec()).unwrap()
 }
 
@@ -292,4 +292,66 @@ fn an_absolute_form_options_without_a_path_goes_out_as_asterisk() {
         &[("host", b"a.example:8001")],
     );
     assert!(out.starts_with("OPTIONS * HTTP/1.1\r\n"), "{out}");
+}
+
+#[test]
+fn removed_fields_are_dropped_whatever_their_case() {
+    let head = request(b"GET / HTTP/1.1\r\nHost: a\r\nX-Debug: 1\r\nServer-Timing: x\r\nx-debug: 2\r\nAccept: */*\r\n\r\n").unwrap();
+    let mut out = BytesMut::new();
+    let remove: [Box<str>; 2] = ["x-debug".into(), "server-timing".into()];
+    write_request_head(
+        &head,
+        None,
+        Framing::None,
+        &[("x-gw", b"1")],
+        &remove,
+        &mut out,
+    );
+    assert_eq!(
+        String::from_utf8(out.to_vec()).unwrap(),
+        "GET / HTTP/1.1\r\nHost: a\r\nAccept: */*\r\nx-gw: 1\r\n\r\n"
+    );
+    let resp = response(b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut out = BytesMut::new();
+    write_response_head(&resp, Framing::None, &[], &["server".into()], &mut out);
+    assert_eq!(
+        String::from_utf8(out.to_vec()).unwrap(),
+        "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+    );
+}
+
+#[test]
+fn routes_may_edit_only_fields_the_proxy_does_not_own() {
+    use crate::{uneditable_field, valid_field_value};
+    assert_eq!(uneditable_field("x-gateway", true), None);
+    assert_eq!(uneditable_field("server", false), None);
+    assert_eq!(
+        uneditable_field("via", false),
+        None,
+        "responses' Via is the upstream's"
+    );
+    for owned in [
+        "host",
+        "x-request-id",
+        "via",
+        "forwarded",
+        "x-forwarded-for",
+    ] {
+        assert!(uneditable_field(owned, true).is_some(), "{owned}");
+    }
+    for framing in [
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "upgrade",
+    ] {
+        assert!(uneditable_field(framing, true).is_some(), "{framing}");
+        assert!(uneditable_field(framing, false).is_some(), "{framing}");
+    }
+    assert!(uneditable_field("bad name", true).is_some());
+    assert!(valid_field_value(b"max-age=31536000; includeSubDomains"));
+    assert!(valid_field_value(b""));
+    for bad in [&b"a\r\nx: y"[..], b"a\nb", b" lead", b"trail\t", b"nul\0"] {
+        assert!(!valid_field_value(bad), "{bad:?}");
+    }
 }
