@@ -745,6 +745,16 @@ fn a_route_rewrites_the_path_prefix_and_the_host_sent_upstream() {
     assert_eq!(body("/old"), "/uri/\n");
     // Dot segments are resolved first, then the prefix replaced.
     assert_eq!(body("/old/a/../b"), "/uri/b\n");
+    // A rewrite that would make one (`/old../x` matches `/old` and would go up as
+    // `/uri/../x`) is refused.
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    let refused = exchange(
+        &mut conn,
+        "GET /old../x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+        |_| false,
+    );
+    assert!(refused.starts_with("HTTP/1.1 400 "), "{refused}");
+    assert!(refused.contains("rewritten path"), "{refused}");
     let meta = body("/meta");
     assert!(meta.starts_with("host=backend.internal:8080|"), "{meta}");
     assert!(
@@ -811,6 +821,7 @@ fn a_route_sets_and_removes_fields_both_ways() {
     let port = free_port();
     let extra = "routes = [\"edited\"]\n\n\
          [[routes]]\nname = \"edited\"\ncluster = \"one\"\n\
+         retry = { max_retries = 1, on = [\"5xx\"] }\n\
          request_headers = { set = { \"X-Gateway\" = \"edge 1\" }, remove = [\"x-debug\"] }\n\
          response_headers = { set = { \"strict-transport-security\" = \"max-age=60\" }, \
          remove = [\"server\"] }\n";
@@ -827,6 +838,25 @@ fn a_route_sets_and_removes_fields_both_ways() {
         "{head}"
     );
     assert!(!lower.contains("\r\nserver:"), "{head}");
+    // A 5xx held back for a retry and then relayed (both attempts answered 503) gets the
+    // same edits.
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    let flaky = exchange(
+        &mut conn,
+        "GET /flaky HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+        |_| false,
+    );
+    let flaky_head = flaky.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    assert!(flaky_head.starts_with("http/1.1 503 "), "{flaky}");
+    assert!(
+        flaky_head.contains("\r\nstrict-transport-security: max-age=60"),
+        "{flaky}"
+    );
+    assert!(!flaky_head.contains("\r\nserver:"), "{flaky}");
+    assert_eq!(
+        stack.dp_metric("omnirelay_upstream_retries_total{cluster=\"one\"}"),
+        Some(1.0)
+    );
     // The default listener's route is untouched: nginx names itself.
     let mut conn = std::net::TcpStream::connect(stack.proxy()).unwrap();
     let plain = exchange(&mut conn, request, |_| false);

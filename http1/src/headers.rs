@@ -54,7 +54,7 @@ pub struct Headers {
 /// Names asked for on most messages (framing, connection handling, what a proxy drops and
 /// adds). Parsing notes which of them a head has, so a lookup of one it lacks (most of
 /// them, most of the time) is a bit test instead of a scan of every field.
-pub(crate) const KNOWN: [&[u8]; 16] = [
+pub(crate) const KNOWN: [&[u8]; 17] = [
     b"connection",
     b"content-length",
     b"transfer-encoding",
@@ -71,6 +71,9 @@ pub(crate) const KNOWN: [&[u8]; 16] = [
     b"via",
     b"x-request-id",
     b"host",
+    // Written by the proxy on every request: known, so that the head's other fields can
+    // go out as they came (see `write_fields`).
+    b"x-forwarded-proto",
 ];
 
 /// A bit per name length (lengths of 63 and more share the top bit): a name whose length

@@ -132,6 +132,8 @@ pub fn write_response_head(
 /// hop-by-hop, Host, which `rewrite.host` sets, and the forwarding fields it writes).
 const PROXY_OWNED_REQUEST: &[&str] = &[
     "host",
+    // The proxy answers 100-continue itself.
+    "expect",
     "x-forwarded-for",
     "forwarded",
     "via",
@@ -157,7 +159,7 @@ pub fn uneditable_field(name: &str, request: bool) -> Option<&'static str> {
             .iter()
             .any(|p| p.eq_ignore_ascii_case(name))
     {
-        return Some("is set by the proxy itself (Host by rewrite.host)");
+        return Some("is the proxy's own on requests (Host is set by rewrite.host)");
     }
     None
 }

@@ -353,6 +353,14 @@ fn header_edits(o: Obj<'_>, request: bool) -> HeaderEdits {
             format!("{name:?} is also set: set replaces it already"),
         );
     }
+    let mut names: Vec<&str> = set.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    if let Some(twice) = names.windows(2).find(|w| w[0] == w[1]) {
+        o.error(
+            "set",
+            format!("{:?} is set twice (names are case-insensitive)", twice[0]),
+        );
+    }
     o.finish();
     HeaderEdits { set, remove }
 }

@@ -60,12 +60,12 @@ impl<'a> Obj<'a> {
         }
     }
 
-    /// The path of `key` inside this table.
     /// This table's own path.
     pub(crate) fn path(&self) -> &str {
         &self.path
     }
 
+    /// The path of `key` inside this table.
     pub(crate) fn path_of(&self, key: &str) -> String {
         if self.path.is_empty() {
             key.to_owned()

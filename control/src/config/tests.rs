@@ -453,11 +453,13 @@ fn route_header_edits_refuse_fields_the_proxy_owns_and_bad_values() {
          response_headers = { set = { \"x-b\" = \"1\" }, remove = [\"x-b\"] }",
     );
     let msg = error_at(&bad, "routes[1].request_headers.set.\"host\"");
-    assert!(msg.contains("set by the proxy"), "{msg}");
+    assert!(msg.contains("the proxy's own"), "{msg}");
     let msg = error_at(&bad, "routes[1].request_headers.set.\"x-a\"");
     assert!(msg.contains("whitespace"), "{msg}");
     let msg = error_at(&bad, "routes[1].request_headers.remove[0]");
     assert!(msg.contains("framing or hop-by-hop"), "{msg}");
     let msg = error_at(&bad, "routes[1].response_headers.remove");
     assert!(msg.contains("also set"), "{msg}");
+    let twice = with("response_headers = { set = { \"X-A\" = \"1\", \"x-a\" = \"2\" } }");
+    assert!(error_at(&twice, "routes[1].response_headers.set").contains("set twice"));
 }

@@ -337,6 +337,28 @@ async fn proxy(
             header_hash(&view, h).unwrap_or_else(|| hash_ip(ds.peer.ip()))
         }
     };
+    // The path as the upstream gets it: on a route that rewrites it, the routed path with
+    // its matched prefix replaced. A rewrite that makes a dot segment (`/pub../x` on a
+    // route on `/pub` rewritten to `/in/` is `/in/../x`) is refused: the upstream would
+    // resolve it past the rewrite.
+    let rewritten = match &route.prefix_rewrite {
+        None => None,
+        Some(with) => {
+            let path = normalized.unwrap_or(head.path());
+            let path = http1::replace_prefix(path, route.matched_len(), with);
+            if http1::normalize_path(&path, false).is_some() || http1::ambiguous_path(&path) {
+                ctx.stats.bad_requests.fetch_add(1, Relaxed);
+                ds.send_error(
+                    400,
+                    "ambiguous path: the rewritten path has a dot segment",
+                    timer,
+                )
+                .await;
+                return Summary::refused(400, head, limits);
+            }
+            Some(path)
+        }
+    };
     // The cluster's circuit breaker: a place among its `max_requests`, held to the end.
     let _in_flight = match &cluster.max_requests {
         None => None,
@@ -419,18 +441,13 @@ async fn proxy(
         } else {
             &extras[..]
         };
-        let path = match &route.prefix_rewrite {
-            Some(with) => Some(Cow::Owned(http1::replace_prefix(
-                normalized.unwrap_or(head.path()),
-                route.matched_len(),
-                with,
-            ))),
-            None => normalized.map(Cow::Borrowed),
-        };
-        let target = path.map(|path| match head.query() {
-            Some(query) => format!("{path}?{query}"),
-            None => path.into_owned(),
-        });
+        let target = rewritten
+            .as_deref()
+            .or(normalized)
+            .map(|path| match head.query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path.to_owned(),
+            });
         // A route's own fields: one list with the proxy's (built only for such routes).
         let (with_route, remove) = match &route.request_headers {
             Some(e) => (Some(e.with_set(extras)), &e.remove[..]),

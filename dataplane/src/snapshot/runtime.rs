@@ -182,10 +182,13 @@ impl InFlight {
     /// A place for one more request, held until the guard drops; `None` when the cluster
     /// has `limit` requests in flight already.
     pub fn enter(&self) -> Option<InFlightGuard<'_>> {
-        if self.count.fetch_add(1, Ordering::Relaxed) >= self.limit {
-            self.count.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
+        // Counted only when there is room: a refused request never shows in the count
+        // (an add-then-undo would make a concurrent one see the cluster full).
+        self.count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .ok()?;
         Some(InFlightGuard(&self.count))
     }
 
@@ -485,6 +488,16 @@ fn route(i: usize, r: &v1::Route, clusters: usize) -> Result<RouteRt, RejectReas
             .iter()
             .map(|n| check(n))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some((name, _)) = set
+            .iter()
+            .enumerate()
+            .find_map(|(j, f)| set[..j].iter().any(|(m, _)| *m == f.0).then_some(f))
+        {
+            return Err(invalid(format!(
+                "routes[{i}] ({}) {side}_headers: {name:?} is set twice",
+                r.name
+            )));
+        }
         Ok((!set.is_empty() || !remove.is_empty()).then_some(HeaderEdits { set, remove }))
     };
     let request_headers = edits(&r.request_headers, true)?;
@@ -619,6 +632,13 @@ mod tests {
             })
         });
         assert!(e.contains("response_headers: \"transfer-encoding\""), "{e}");
+        let e = refused(|s| {
+            s.routes[0].response_headers = Some(v1::HeaderEdits {
+                set: vec![field("x-a", "1"), field("X-A", "2")],
+                remove: vec![],
+            })
+        });
+        assert!(e.contains("\"x-a\" is set twice"), "{e}");
         let mut s = minimal();
         s.routes[0].prefix_rewrite = "/v2/".into();
         s.routes[0].host_rewrite = "api.internal:8080".into();

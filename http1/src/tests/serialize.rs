@@ -355,3 +355,25 @@ fn routes_may_edit_only_fields_the_proxy_does_not_own() {
         assert!(!valid_field_value(bad), "{bad:?}");
     }
 }
+
+/// `via` is one of the names the parser notes: removing it works on the path that copies
+/// the head's fields as they came (Via absent) and on the one that filters them (present).
+#[test]
+fn a_removed_known_field_is_dropped_on_either_path() {
+    let remove: [Box<str>; 1] = ["via".into()];
+    for (wire, want) in [
+        (
+            &b"HTTP/1.1 200 OK\r\nVia: 1.1 cache\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n"[..],
+            "HTTP/1.1 200 OK\r\nX-A: 1\r\ncontent-length: 0\r\n\r\n",
+        ),
+        (
+            &b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n"[..],
+            "HTTP/1.1 200 OK\r\nX-A: 1\r\ncontent-length: 0\r\n\r\n",
+        ),
+    ] {
+        let resp = response(wire).unwrap();
+        let mut out = BytesMut::new();
+        write_response_head(&resp, Framing::None, &[], &remove, &mut out);
+        assert_eq!(String::from_utf8(out.to_vec()).unwrap(), want);
+    }
+}
