@@ -10,7 +10,7 @@ mod common;
 
 use std::io::{Read as _, Write as _};
 
-use common::{Stack, curl, exchange, get, write_config};
+use common::{Stack, curl, exchange, get, get_once, write_config};
 use omnirelay_test_support::{
     Capability,
     process::{ChildGuard, free_port, wait_for_port},
@@ -664,9 +664,11 @@ fn a_listener_that_does_not_trust_request_ids_replaces_them() {
     let address = format!("127.0.0.1:{port}");
     let edge = stack.add_listener("edge", &address, "preserve_request_id = false\n", port);
     let rid = |addr| {
-        let mut conn = std::net::TcpStream::connect(addr).unwrap();
-        let request = "GET /headers HTTP/1.1\r\nhost: a\r\nx-request-id: chosen-by-client\r\nconnection: close\r\n\r\n";
-        let text = exchange(&mut conn, request, |_| false);
+        let text = get_once(
+            addr,
+            "/headers",
+            "host: a\r\nx-request-id: chosen-by-client\r\n",
+        );
         let rid = text.split("|rid=").nth(1).and_then(|r| r.split('|').next());
         rid.unwrap_or_else(|| panic!("no rid in {text}")).to_owned()
     };
@@ -697,9 +699,7 @@ fn a_listener_that_merges_slashes_routes_and_forwards_the_merged_path() {
     let plain = std::net::SocketAddr::from(([127, 0, 0, 1], plain));
     assert!(wait_for_port(plain, std::time::Duration::from_secs(5)));
     let body = |addr, target: &str| {
-        let mut conn = std::net::TcpStream::connect(addr).unwrap();
-        let request = format!("GET {target} HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n");
-        let text = exchange(&mut conn, &request, |_| false);
+        let text = get_once(addr, target, "host: a\r\n");
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
         (
             head.lines().next().unwrap_or("").to_owned(),
@@ -732,10 +732,7 @@ fn a_route_rewrites_the_path_prefix_and_the_host_sent_upstream() {
          rewrite = { prefix = \"/headers\", host = \"backend.internal:8080\" }\n";
     let addr = stack.add_listener("rewriting", &format!("127.0.0.1:{port}"), extra, port);
     let body = |target: &str| {
-        let mut conn = std::net::TcpStream::connect(addr).unwrap();
-        let request =
-            format!("GET {target} HTTP/1.1\r\nhost: a.example\r\nconnection: close\r\n\r\n");
-        let text = exchange(&mut conn, &request, |_| false);
+        let text = get_once(addr, target, "host: a.example\r\n");
         text.split_once("\r\n\r\n")
             .map(|(_, b)| b.to_owned())
             .unwrap_or(text)
@@ -747,12 +744,7 @@ fn a_route_rewrites_the_path_prefix_and_the_host_sent_upstream() {
     assert_eq!(body("/old/a/../b"), "/uri/b\n");
     // A rewrite that would make one (`/old../x` matches `/old` and would go up as
     // `/uri/../x`) is refused.
-    let mut conn = std::net::TcpStream::connect(addr).unwrap();
-    let refused = exchange(
-        &mut conn,
-        "GET /old../x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
-        |_| false,
-    );
+    let refused = get_once(addr, "/old../x", "host: a\r\n");
     assert!(refused.starts_with("HTTP/1.1 400 "), "{refused}");
     assert!(refused.contains("rewritten path"), "{refused}");
     let meta = body("/meta");
@@ -781,11 +773,7 @@ fn a_cluster_at_max_requests_answers_503_until_a_place_frees() {
         stack.ports.up1
     );
     let addr = stack.add_listener("limited", &format!("127.0.0.1:{port}"), &extra, port);
-    let get = move |path: &str| {
-        let mut conn = std::net::TcpStream::connect(addr).unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n");
-        exchange(&mut conn, &request, |_| false)
-    };
+    let get = move |path: &str| get_once(addr, path, "host: a\r\n");
     // A request that holds the only place (the upstream stalls; the route gives up at
     // 1.5 s with 504).
     let stalled = std::thread::spawn(move || get("/stall"));
@@ -826,10 +814,8 @@ fn a_route_sets_and_removes_fields_both_ways() {
          response_headers = { set = { \"strict-transport-security\" = \"max-age=60\" }, \
          remove = [\"server\"] }\n";
     let addr = stack.add_listener("edited", &format!("127.0.0.1:{port}"), extra, port);
-    let mut conn = std::net::TcpStream::connect(addr).unwrap();
-    let request = "GET /edits HTTP/1.1\r\nhost: a\r\nx-gateway: client\r\nx-debug: 1\r\n\
-                   x-keep: yes\r\nconnection: close\r\n\r\n";
-    let text = exchange(&mut conn, request, |_| false);
+    let fields = "host: a\r\nx-gateway: client\r\nx-debug: 1\r\nx-keep: yes\r\n";
+    let text = get_once(addr, "/edits", fields);
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     assert_eq!(body, "gw=edge 1|debug=|keep=yes\n");
     let lower = head.to_ascii_lowercase();
@@ -840,12 +826,7 @@ fn a_route_sets_and_removes_fields_both_ways() {
     assert!(!lower.contains("\r\nserver:"), "{head}");
     // A 5xx held back for a retry and then relayed (both attempts answered 503) gets the
     // same edits.
-    let mut conn = std::net::TcpStream::connect(addr).unwrap();
-    let flaky = exchange(
-        &mut conn,
-        "GET /flaky HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
-        |_| false,
-    );
+    let flaky = get_once(addr, "/flaky", "host: a\r\n");
     let flaky_head = flaky.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
     assert!(flaky_head.starts_with("http/1.1 503 "), "{flaky}");
     assert!(
@@ -858,8 +839,7 @@ fn a_route_sets_and_removes_fields_both_ways() {
         Some(1.0)
     );
     // The default listener's route is untouched: nginx names itself.
-    let mut conn = std::net::TcpStream::connect(stack.proxy()).unwrap();
-    let plain = exchange(&mut conn, request, |_| false);
+    let plain = get_once(stack.proxy(), "/edits", fields);
     assert!(
         plain.to_ascii_lowercase().contains("\r\nserver: nginx"),
         "{plain}"

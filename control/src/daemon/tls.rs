@@ -50,10 +50,9 @@ const READY_QUEUE: usize = 64;
 pub struct ControlTls {
     /// Relative paths in the config are taken from here (the config file's folder).
     base: PathBuf,
-    /// Client certificates are asked for (fixed at start).
-    mutual: bool,
     current: RwLock<Loaded>,
-    /// The section the running certificate was read from.
+    /// The section the running certificate was read from (whether it has `client_ca` is
+    /// fixed at start).
     section: Mutex<config::ControlTls>,
     handshakes: Arc<Semaphore>,
     /// Seconds since `started` when a refused handshake was last logged.
@@ -83,7 +82,6 @@ impl ControlTls {
         let loaded = load(section, &base)?;
         Ok(ControlTls {
             base,
-            mutual: section.client_ca.is_some(),
             current: RwLock::new(loaded),
             section: Mutex::new(section.clone()),
             handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
@@ -105,21 +103,20 @@ impl ControlTls {
             );
             return;
         };
-        if section.client_ca.is_some() != self.mutual {
+        let mut running = self.section.lock().unwrap_or_else(|e| e.into_inner());
+        let mutual = running.client_ca.is_some();
+        if section.client_ca.is_some() != mutual {
             tracing::warn!(
-                mutual = self.mutual,
+                mutual,
                 "control.tls.client_ca was {} the config: client certificates stay {} until \
                  the daemon restarts; the certificate files are not reloaded meanwhile",
-                if self.mutual {
-                    "removed from"
-                } else {
-                    "added to"
-                },
-                if self.mutual { "required" } else { "unasked" },
+                if mutual { "removed from" } else { "added to" },
+                if mutual { "required" } else { "unasked" },
             );
             return;
         }
-        *self.section.lock().unwrap_or_else(|e| e.into_inner()) = section.clone();
+        *running = section.clone();
+        drop(running);
         self.refresh();
     }
 
@@ -339,6 +336,11 @@ mod tests {
     use super::{ControlMetrics, ControlTls, load};
     use crate::config;
 
+    /// `ca` issues a server certificate for `localhost` into `cert` and `key`.
+    fn server_cert(ca: &TestCa, cert: &std::path::Path, key: &std::path::Path) {
+        ca.issue(&["localhost"], Usage::Server, cert, key).unwrap();
+    }
+
     fn section(client_ca: Option<&str>) -> config::ControlTls {
         config::ControlTls {
             cert: "server.pem".into(),
@@ -351,13 +353,11 @@ mod tests {
     fn relative_paths_are_taken_from_the_config_folder() {
         let dir = TempDir::new("control-tls");
         let ca = TestCa::new("test ca").unwrap();
-        ca.issue(
-            &["localhost"],
-            Usage::Server,
+        server_cert(
+            &ca,
             &dir.path().join("server.pem"),
             &dir.path().join("server.key"),
-        )
-        .unwrap();
+        );
         ca.write_cert(&dir.path().join("ca.pem")).unwrap();
         let plain = load(&section(None), dir.path()).unwrap();
         assert_eq!(plain.config.alpn_protocols, vec![b"h2".to_vec()]);
@@ -394,15 +394,8 @@ mod tests {
         let dir = TempDir::new("control-tls");
         let ca = TestCa::new("test ca").unwrap();
         let p = |n: &str| dir.path().join(n);
-        ca.issue(&["localhost"], Usage::Server, &p("server.pem"), &p("a.key"))
-            .unwrap();
-        ca.issue(
-            &["localhost"],
-            Usage::Server,
-            &p("other.pem"),
-            &p("server.key"),
-        )
-        .unwrap();
+        server_cert(&ca, &p("server.pem"), &p("a.key"));
+        server_cert(&ca, &p("other.pem"), &p("server.key"));
         let e = load(&section(None), dir.path()).unwrap_err();
         assert!(
             e.contains("control.tls.key (") && e.contains("not usable with control.tls.cert"),
@@ -415,13 +408,7 @@ mod tests {
         let dir = TempDir::new("control-tls");
         let ca = TestCa::new("test ca").unwrap();
         let p = |n: &str| dir.path().join(n);
-        ca.issue(
-            &["localhost"],
-            Usage::Server,
-            &p("server.pem"),
-            &p("server.key"),
-        )
-        .unwrap();
+        server_cert(&ca, &p("server.pem"), &p("server.key"));
         let metrics = Arc::new(ControlMetrics::default());
         let tls = ControlTls::load(
             &section(None),
@@ -448,13 +435,7 @@ mod tests {
         tls.reload(Some(&section(Some("ca.pem"))));
         assert!(Arc::ptr_eq(&first, &tls.current.read().unwrap().config));
         // Renewed files: a new config.
-        ca.issue(
-            &["localhost"],
-            Usage::Server,
-            &p("server.pem"),
-            &p("server.key"),
-        )
-        .unwrap();
+        server_cert(&ca, &p("server.pem"), &p("server.key"));
         tls.reload(Some(&section(None)));
         assert!(!Arc::ptr_eq(&first, &tls.current.read().unwrap().config));
     }

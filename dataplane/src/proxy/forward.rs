@@ -195,25 +195,25 @@ pub(crate) async fn handle(
     let summary = match route_idx {
         None if ambiguous => {
             ctx.stats.bad_requests.fetch_add(1, Relaxed);
-            ds.send_error(
-                400,
-                "ambiguous path: a dot segment behind an escaped slash or a path parameter",
-                timer,
-            )
-            .await;
-            Summary::refused(400, &head, limits)
+            let why = "ambiguous path: a dot segment behind an escaped slash or a path parameter";
+            refuse(ds, 400, why, &head, limits, timer).await
         }
         None => {
             ctx.stats.unrouted.fetch_add(1, Relaxed);
-            ds.send_error(404, "no route matches this request", timer)
-                .await;
-            Summary::refused(404, &head, limits)
+            refuse(
+                ds,
+                404,
+                "no route matches this request",
+                &head,
+                limits,
+                timer,
+            )
+            .await
         }
         Some(idx) => match head.framing(limits) {
             Err(e) => {
                 ctx.stats.bad_requests.fetch_add(1, Relaxed);
-                ds.send_error(e.status(), e.reason(), timer).await;
-                Summary::refused(e.status(), &head, limits)
+                refuse(ds, e.status(), e.reason(), &head, limits, timer).await
             }
             Ok(framing) => {
                 let req = Request {
@@ -272,6 +272,20 @@ pub(crate) async fn handle(
         downstream::linger(ctx, ds, timer).await;
     }
     (summary.keep_alive && head.keep_alive()).then_some(finished)
+}
+
+/// Answers `status` with `reason` for a request that never went upstream (its body, if
+/// any, unread).
+async fn refuse(
+    ds: &mut Downstream,
+    status: u16,
+    reason: &str,
+    head: &RequestHead,
+    limits: &http1::Limits,
+    timer: &mut Timer<'_>,
+) -> Summary {
+    ds.send_error(status, reason, timer).await;
+    Summary::refused(status, head, limits)
 }
 
 /// Why an attempt failed.
@@ -348,13 +362,8 @@ async fn proxy(
             let path = http1::replace_prefix(path, route.matched_len(), with);
             if http1::normalize_path(&path, false).is_some() || http1::ambiguous_path(&path) {
                 ctx.stats.bad_requests.fetch_add(1, Relaxed);
-                ds.send_error(
-                    400,
-                    "ambiguous path: the rewritten path has a dot segment",
-                    timer,
-                )
-                .await;
-                return Summary::refused(400, head, limits);
+                let why = "ambiguous path: the rewritten path has a dot segment";
+                return refuse(ds, 400, why, head, limits, timer).await;
             }
             Some(path)
         }
@@ -368,13 +377,8 @@ async fn proxy(
                 if let Some(s) = &cluster_stats {
                     s.overflows.add(1);
                 }
-                ds.send_error(
-                    503,
-                    "upstream overloaded: the cluster's max_requests are in flight",
-                    timer,
-                )
-                .await;
-                return Summary::refused(503, head, limits);
+                let why = "upstream overloaded: the cluster's max_requests are in flight";
+                return refuse(ds, 503, why, head, limits, timer).await;
             }
         },
     };

@@ -372,6 +372,14 @@ pub fn exchange(
     String::from_utf8_lossy(&got).into_owned()
 }
 
+/// `GET target` on a new connection to `addr` with the `fields` (each line ending in
+/// CRLF) and `connection: close`; the whole response as text.
+pub fn get_once(addr: SocketAddr, target: &str, fields: &str) -> String {
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    let request = format!("GET {target} HTTP/1.1\r\n{fields}connection: close\r\n\r\n");
+    exchange(&mut conn, &request, |_| false)
+}
+
 /// Rewrites the config file the way an editor does (write elsewhere, rename over).
 pub fn write_config(path: &std::path::Path, text: &str) {
     let tmp = path.with_extension("tmp");
