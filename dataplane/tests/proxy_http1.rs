@@ -846,3 +846,98 @@ fn a_route_sets_and_removes_fields_both_ways() {
     );
     assert!(plain.ends_with("gw=client|debug=1|keep=yes\n"), "{plain}");
 }
+
+/// The proxy's own answers to a request read whole keep the client connection, as
+/// nginx's and Envoy's do: a 404 (no route), 503 (connect failed), 504 (upstream timed
+/// out), also to a HEAD (its head says the length, no body follows) and to an HTTP/1.0
+/// client that asked to keep the connection. After one whose request body went unread, a
+/// 400 about the request, or a client's `connection: close`, it closes.
+#[test]
+fn the_proxys_own_answers_keep_the_connection_when_the_request_was_read_whole() {
+    require_caps!(Capability::Program("nginx"));
+    let stack = Stack::start();
+    let port = free_port();
+    let dead = free_port();
+    let extra = format!(
+        "routes = [\"who\", \"dead\", \"slow\"]\n\n\
+         [[routes]]\nname = \"who\"\ncluster = \"one\"\npath_exact = \"/who\"\n\n\
+         [[routes]]\nname = \"dead\"\ncluster = \"dead\"\npath_prefix = \"/dead/\"\n\n\
+         [[routes]]\nname = \"slow\"\ncluster = \"one\"\npath_prefix = \"/stall\"\n\
+         timeouts = {{ request_ms = 300 }}\n\n\
+         [[clusters]]\nname = \"dead\"\nendpoints = [\"127.0.0.1:{dead}\"]\n"
+    );
+    let addr = stack.add_listener("local", &format!("127.0.0.1:{port}"), &extra, port);
+    let ends = |tail: &'static str| move |got: &[u8]| got.ends_with(tail.as_bytes());
+    let closed = |conn: &mut std::net::TcpStream| {
+        let mut rest = Vec::new();
+        conn.read_to_end(&mut rest).is_ok_and(|_| rest.is_empty())
+    };
+
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    let mut ask = |request: &str, tail: &'static str| {
+        let got = exchange(&mut conn, request, ends(tail));
+        assert!(got.ends_with(tail), "{request:?} got {got:?}");
+        got.to_ascii_lowercase()
+    };
+    let unrouted = ask(
+        "GET /nowhere HTTP/1.1\r\nhost: a\r\n\r\n",
+        "no route matches this request\n",
+    );
+    assert!(unrouted.starts_with("http/1.1 404 "), "{unrouted}");
+    assert!(!unrouted.contains("connection:"), "{unrouted}");
+    let head = ask("HEAD /nowhere HTTP/1.1\r\nhost: a\r\n\r\n", "\r\n\r\n");
+    assert!(
+        head.starts_with("http/1.1 404 ") && head.contains("content-length: 30\r\n"),
+        "{head}"
+    );
+    let refused = ask(
+        "GET /dead/x HTTP/1.1\r\nhost: a\r\n\r\n",
+        "upstream connect failed\n",
+    );
+    assert!(refused.starts_with("http/1.1 503 "), "{refused}");
+    let late = ask(
+        "GET /stall HTTP/1.1\r\nhost: a\r\n\r\n",
+        "upstream timed out\n",
+    );
+    assert!(late.starts_with("http/1.1 504 "), "{late}");
+    // Nothing extra was sent after any of them (the HEAD's body least of all): the next
+    // response on the connection is read from its first byte.
+    let served = ask("GET /who HTTP/1.1\r\nhost: a\r\n\r\n", "one\n");
+    assert!(served.starts_with("http/1.1 200 "), "{served}");
+    let old = ask(
+        "GET /nowhere HTTP/1.0\r\nconnection: keep-alive\r\n\r\n",
+        "no route matches this request\n",
+    );
+    assert!(old.contains("\r\nconnection: keep-alive\r\n"), "{old}");
+    let served = ask("GET /who HTTP/1.1\r\nhost: a\r\n\r\n", "one\n");
+    assert!(served.starts_with("http/1.1 200 "), "{served}");
+    let last = ask(
+        "GET /nowhere HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+        "no route matches this request\n",
+    );
+    assert!(last.contains("\r\nconnection: close\r\n"), "{last}");
+    assert!(closed(&mut conn), "open after the client's close");
+
+    // A body the proxy did not read, and a 400 about the request itself, close.
+    for (request, status, tail) in [
+        (
+            "POST /nowhere HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhello",
+            "404",
+            "no route matches this request\n",
+        ),
+        (
+            "GET /a/..%2Fwho HTTP/1.1\r\nhost: a\r\n\r\n",
+            "400",
+            "path parameter\n",
+        ),
+    ] {
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        let got = exchange(&mut conn, request, ends(tail));
+        assert!(
+            got.starts_with(&format!("HTTP/1.1 {status} ")) && got.ends_with(tail),
+            "{request:?} got {got}"
+        );
+        assert!(got.contains("\r\nconnection: close\r\n"), "{got}");
+        assert!(closed(&mut conn), "{request:?}: open after {got}");
+    }
+}

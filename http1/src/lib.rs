@@ -43,7 +43,7 @@ mod tests;
 
 pub use body::{BodyDecoder, Decoded, LengthDecoder};
 pub use chunked::ChunkedDecoder;
-pub use error::{Http1Error, write_error_response};
+pub use error::{Http1Error, LocalReply, write_error_response, write_local_response};
 pub use forwarded::{
     PROXY_PSEUDONYM, forwarded, forwarded_into, via, via_into, x_forwarded_for,
     x_forwarded_for_into,

@@ -28,7 +28,7 @@ use super::{
     slot::FutureSlot,
     worker::WorkerCtx,
 };
-use crate::http1::{self, Http1Error, ParseStatus, RequestHead};
+use crate::http1::{self, Http1Error, LocalReply, ParseStatus, RequestHead};
 
 /// How long an error response may take to write (its connection closes after it).
 const ERROR_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,6 +52,18 @@ impl Downstream {
         send_error(self.client_side(), status, reason, timer).await;
     }
 
+    /// Sends the proxy's own response `to` a request (see [`send_local`]); true when it
+    /// went out whole.
+    pub async fn send_local(
+        &mut self,
+        status: u16,
+        reason: &str,
+        to: LocalReply,
+        timer: &mut Timer<'_>,
+    ) -> bool {
+        send_local(self.client_side(), status, reason, to, timer).await
+    }
+
     /// The client's side of a response.
     pub fn client_side(&mut self) -> ToClient<'_, TcpStream> {
         ToClient {
@@ -61,38 +73,56 @@ impl Downstream {
     }
 }
 
-/// Sends a minimal error response with `connection: close` to `client`, giving up after
-/// [`ERROR_WRITE_TIMEOUT`] on the request's `timer` (a client that does not read cannot
-/// hold the connection).
+/// Sends a minimal error response with `connection: close` to `client` (see
+/// [`send_local`]).
 pub(crate) async fn send_error<C: Stream>(
     client: ToClient<'_, C>,
     status: u16,
     reason: &str,
     timer: &mut Timer<'_>,
 ) {
-    send_error_within(client, status, reason, timer, ERROR_WRITE_TIMEOUT).await;
+    send_local(client, status, reason, LocalReply::CLOSE, timer).await;
 }
 
-async fn send_error_within<C: Stream>(
+/// Sends the proxy's own minimal response `to` a request, giving up after
+/// [`ERROR_WRITE_TIMEOUT`] on the request's `timer` (a client that does not read cannot
+/// hold the connection). Returns whether it went out whole; when not, the connection
+/// must close.
+pub(crate) async fn send_local<C: Stream>(
     client: ToClient<'_, C>,
     status: u16,
     reason: &str,
+    to: LocalReply,
+    timer: &mut Timer<'_>,
+) -> bool {
+    send_local_within(client, status, reason, to, timer, ERROR_WRITE_TIMEOUT).await
+}
+
+async fn send_local_within<C: Stream>(
+    client: ToClient<'_, C>,
+    status: u16,
+    reason: &str,
+    to: LocalReply,
     timer: &mut Timer<'_>,
     limit: Duration,
-) {
+) -> bool {
     let mut out = std::mem::take(client.out);
     out.clear();
-    http1::write_error_response(status, reason, &mut out);
+    http1::write_local_response(status, reason, to, &mut out);
     let until = Instant::now() + limit;
     let written = within(timer, until, client.stream.send_all(out)).await;
     // Timed out: the buffer went with the cancelled write; the connection closes.
-    *client.out = written.map_or_else(
-        |_| BytesMut::new(),
-        |(_, mut out)| {
+    match written {
+        Ok((sent, mut out)) => {
             out.clear();
-            out
-        },
-    );
+            *client.out = out;
+            sent.is_ok()
+        }
+        Err(_) => {
+            *client.out = BytesMut::new();
+            false
+        }
+    }
 }
 
 /// How long a client still sending a request body after its (final) response is read,
@@ -460,7 +490,8 @@ mod tests {
     use bytes::BytesMut;
     use monoio::net::TcpStream;
 
-    use super::{ToClient, send_error_within};
+    use super::{ToClient, send_local_within};
+    use crate::http1::LocalReply;
     use crate::proxy::{deadline::timer, io::tests::on_both_drivers};
 
     /// Writes on `fd` without blocking until the socket takes no more.
@@ -504,7 +535,8 @@ mod tests {
             stream: &mut stream,
             out: &mut out,
         };
-        send_error_within(client, 400, "bad", &mut t, limit).await;
+        let sent = send_local_within(client, 400, "bad", LocalReply::CLOSE, &mut t, limit).await;
+        assert!(!sent);
         let took = started.elapsed();
         assert!(took >= limit, "gave up after {took:?}");
         assert!(took < limit * 10, "took {took:?}");
@@ -522,7 +554,8 @@ mod tests {
             stream: &mut stream,
             out: &mut out,
         };
-        send_error_within(client, 431, "head too large", &mut t, limit).await;
+        let to = LocalReply::CLOSE;
+        assert!(send_local_within(client, 431, "head too large", to, &mut t, limit).await);
         assert!(out.capacity() >= 4096 && out.is_empty());
         // Read with a bound (a blocking read here holds up the runtime's thread).
         peer2

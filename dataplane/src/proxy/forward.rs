@@ -23,7 +23,7 @@ use super::{
     worker::{PooledBuf, WorkerCtx},
 };
 use crate::{
-    http1::{self, Framing, ParseStatus, RequestHead, ResponseHead},
+    http1::{self, Framing, LocalReply, ParseStatus, RequestHead, ResponseHead},
     lb::{EndpointId, FailureKind, Outcome, hash_ip, hash_key},
     router::{self, RequestView},
     snapshot::{ClusterRt, HashKey, HeaderEdits, RuntimeConfig},
@@ -82,14 +82,6 @@ impl Summary {
             keep_alive: false,
             finished: None,
             body_unread: false,
-        }
-    }
-
-    /// [`Summary::local`] for a request whose body (if it has one) was not read.
-    fn refused(status: u16, head: &RequestHead, limits: &http1::Limits) -> Self {
-        Summary {
-            body_unread: head.framing(limits).map_or(true, Framing::has_body),
-            ..Summary::local(status)
         }
     }
 }
@@ -196,24 +188,17 @@ pub(crate) async fn handle(
         None if ambiguous => {
             ctx.stats.bad_requests.fetch_add(1, Relaxed);
             let why = "ambiguous path: a dot segment behind an escaped slash or a path parameter";
-            refuse(ds, 400, why, &head, limits, timer).await
+            refuse(scope, ds, 400, why, &head, timer).await
         }
         None => {
             ctx.stats.unrouted.fetch_add(1, Relaxed);
-            refuse(
-                ds,
-                404,
-                "no route matches this request",
-                &head,
-                limits,
-                timer,
-            )
-            .await
+            let why = "no route matches this request";
+            refuse(scope, ds, 404, why, &head, timer).await
         }
         Some(idx) => match head.framing(limits) {
             Err(e) => {
                 ctx.stats.bad_requests.fetch_add(1, Relaxed);
-                refuse(ds, e.status(), e.reason(), &head, limits, timer).await
+                refuse(scope, ds, e.status(), e.reason(), &head, timer).await
             }
             Ok(framing) => {
                 let req = Request {
@@ -277,15 +262,50 @@ pub(crate) async fn handle(
 /// Answers `status` with `reason` for a request that never went upstream (its body, if
 /// any, unread).
 async fn refuse(
+    scope: &Scope<'_>,
     ds: &mut Downstream,
     status: u16,
     reason: &str,
     head: &RequestHead,
-    limits: &http1::Limits,
     timer: &mut Timer<'_>,
 ) -> Summary {
-    ds.send_error(status, reason, timer).await;
-    Summary::refused(status, head, limits)
+    let unread = head.framing(scope.limits).map_or(true, Framing::has_body);
+    answer(scope.ctx, ds, status, reason, head, unread, timer).await
+}
+
+/// Answers `head` with the proxy's own `status` and `reason`, keeping the client
+/// connection when it may carry on (see [`local_reply`]); `unread` when the request has
+/// a body not read whole.
+async fn answer(
+    ctx: &WorkerCtx,
+    ds: &mut Downstream,
+    status: u16,
+    reason: &str,
+    head: &RequestHead,
+    unread: bool,
+    timer: &mut Timer<'_>,
+) -> Summary {
+    let to = local_reply(head, ctx, status, unread);
+    let sent = ds.send_local(status, reason, to, timer).await;
+    Summary {
+        keep_alive: sent && to.keep_alive,
+        body_unread: unread,
+        ..Summary::local(status)
+    }
+}
+
+/// How the proxy's own `status` answers `head`. The connection stays open, as for a
+/// relayed response, when the client keeps it, no drain is announced, and the request was
+/// read whole (not `unread`); and only after statuses that say nothing against the
+/// connection: a route not found (404) or an upstream that failed (502, 503, 504). After
+/// any other (a 400, 408 or 413 about the request itself) it closes, as nginx's do.
+fn local_reply(head: &RequestHead, ctx: &WorkerCtx, status: u16, unread: bool) -> LocalReply {
+    let reply = body::Reply::to(head, ctx, None);
+    LocalReply {
+        version: reply.version,
+        keep_alive: reply.keep_alive && !unread && matches!(status, 404 | 502 | 503 | 504),
+        head_request: reply.head_request,
+    }
 }
 
 /// Why an attempt failed.
@@ -363,7 +383,7 @@ async fn proxy(
             if http1::normalize_path(&path, false).is_some() || http1::ambiguous_path(&path) {
                 ctx.stats.bad_requests.fetch_add(1, Relaxed);
                 let why = "ambiguous path: the rewritten path has a dot segment";
-                return refuse(ds, 400, why, head, limits, timer).await;
+                return refuse(req.scope, ds, 400, why, head, timer).await;
             }
             Some(path)
         }
@@ -378,7 +398,7 @@ async fn proxy(
                     s.overflows.add(1);
                 }
                 let why = "upstream overloaded: the cluster's max_requests are in flight";
-                return refuse(ds, 503, why, head, limits, timer).await;
+                return refuse(req.scope, ds, 503, why, head, timer).await;
             }
         },
     };
@@ -489,12 +509,8 @@ async fn proxy(
             })
         };
         let Some((id, addr)) = picked.and_then(|id| Some((id, cluster.lb.addr(id)?))) else {
-            ds.send_error(503, "no healthy upstream endpoint", timer)
-                .await;
-            return Summary {
-                body_unread: body_state.unread(),
-                ..Summary::local(503)
-            };
+            let why = "no healthy upstream endpoint";
+            return answer(ctx, ds, 503, why, head, body_state.unread(), timer).await;
         };
         tried.push(id);
         if let Some(s) = &cluster_stats {
@@ -635,15 +651,14 @@ async fn proxy(
                 if matches!(e, AttemptError::Client(BodyError::Http(_))) {
                     ctx.stats.bad_requests.fetch_add(1, Relaxed);
                 }
-                ds.send_error(status, reason, timer).await;
+                // A client that failed mid-body is gone or silent: nothing to wait for.
+                let unread = matches!(e, AttemptError::Client(BodyError::Http(_)))
+                    || !matches!(e, AttemptError::Client(_)) && body_state.unread();
                 Summary {
                     endpoint: Some(addr),
                     attempts,
                     bytes_in: body_state.bytes(),
-                    // A client that failed mid-body is gone or silent: nothing to wait for.
-                    body_unread: matches!(e, AttemptError::Client(BodyError::Http(_)))
-                        || !matches!(e, AttemptError::Client(_)) && body_state.unread(),
-                    ..Summary::local(status)
+                    ..answer(ctx, ds, status, reason, head, unread, timer).await
                 }
             }
         };

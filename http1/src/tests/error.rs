@@ -1,6 +1,6 @@
 use bytes::BytesMut;
 
-use crate::{Http1Error, write_error_response};
+use crate::{Http1Error, LocalReply, Version, write_error_response, write_local_response};
 
 const ALL: &[Http1Error] = &[
     Http1Error::MalformedHead(httparse::Error::Token),
@@ -85,4 +85,34 @@ fn renders_the_minimal_error_response() {
         out.starts_with(b"HTTP/1.1 418 Error\r\n")
             && out.ends_with(b"length: 1\r\nconnection: close\r\n\r\n\n")
     );
+}
+
+/// A local response on a connection that stays open says so as a relayed one would, and
+/// a HEAD's carries the length of the body it leaves out.
+#[test]
+fn a_local_response_says_what_becomes_of_the_connection() {
+    let render = |version, keep_alive, head_request| {
+        let mut out = BytesMut::new();
+        let to = LocalReply {
+            version,
+            keep_alive,
+            head_request,
+        };
+        write_local_response(404, "no route", to, &mut out);
+        String::from_utf8(out.to_vec()).unwrap()
+    };
+    let head = "HTTP/1.1 404 Not Found\r\ncontent-type: text/plain\r\ncontent-length: 9\r\n";
+    assert_eq!(
+        render(Version::Http11, true, false),
+        format!("{head}\r\nno route\n")
+    );
+    assert_eq!(
+        render(Version::Http10, true, false),
+        format!("{head}connection: keep-alive\r\n\r\nno route\n")
+    );
+    assert_eq!(
+        render(Version::Http10, false, false),
+        format!("{head}connection: close\r\n\r\nno route\n")
+    );
+    assert_eq!(render(Version::Http11, true, true), format!("{head}\r\n"));
 }
