@@ -941,3 +941,93 @@ fn the_proxys_own_answers_keep_the_connection_when_the_request_was_read_whole() 
         assert!(closed(&mut conn), "{request:?}: open after {got}");
     }
 }
+
+/// Routes that answer themselves: a fixed response (with the route's response fields)
+/// and redirects built from the request's host, port, path and query, read by curl; on
+/// one keep-alive connection beside proxied requests; counted per route with no cluster.
+#[test]
+fn routes_answer_with_a_fixed_response_or_a_redirect() {
+    require_caps!(Capability::Program("nginx"), Capability::Program("curl"));
+    let stack = Stack::start();
+    let port = free_port();
+    let extra = "routes = [\"robots\", \"gone\", \"v1\", \"secure\", \"who\"]\n\n\
+         [[routes]]\nname = \"robots\"\npath_exact = \"/robots.txt\"\n\
+         direct_response = { status = 200, body = \"User-agent: *\\nDisallow: /\\n\" }\n\
+         response_headers = { set = { \"cache-control\" = \"max-age=60\" } }\n\n\
+         [[routes]]\nname = \"gone\"\npath_prefix = \"/old/\"\n\
+         direct_response = { status = 410, body = \"<p>gone</p>\", content_type = \"text/html\" }\n\n\
+         [[routes]]\nname = \"v1\"\npath_prefix = \"/v1/\"\n\
+         redirect = { prefix = \"/v2/\", code = 308 }\n\n\
+         [[routes]]\nname = \"secure\"\npath_prefix = \"/login\"\n\
+         redirect = { scheme = \"https\", host = \"auth.example\", strip_query = true }\n\n\
+         [[routes]]\nname = \"who\"\ncluster = \"one\"\npath_exact = \"/who\"\n";
+    let addr = stack.add_listener("own", &format!("127.0.0.1:{port}"), extra, port);
+    let url = |path: &str| format!("http://{addr}{path}");
+
+    let out = curl(&["-s", "-i", &url("/robots.txt")]);
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200 ok\r\n"), "{text}");
+    assert!(text.contains("\r\ncontent-type: text/plain\r\n"), "{text}");
+    assert!(text.contains("\r\ncache-control: max-age=60\r\n"), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\nuser-agent: *\ndisallow: /\n"),
+        "{text}"
+    );
+    let out = curl(&["-s", "-i", &url("/old/page")]);
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 410 gone\r\n"), "{text}");
+    assert!(text.contains("\r\ncontent-type: text/html\r\n"), "{text}");
+    assert!(text.ends_with("<p>gone</p>"), "{text}");
+
+    let redirect = |path: &str, host: &str| {
+        let out = curl(&[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-H",
+            &format!("host: {host}"),
+            "-w",
+            "%{http_code} %{redirect_url}",
+            &url(path),
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        redirect("/v1/users?id=3", "api.example:8080"),
+        "308 http://api.example:8080/v2/users?id=3"
+    );
+    assert_eq!(
+        redirect("/login?next=/home", "www.example"),
+        "301 https://auth.example/login"
+    );
+
+    // One connection: answers, a proxied request and a HEAD (no body follows its head).
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    let mut ask = |request: &str, tail: &'static str| {
+        let got = exchange(&mut conn, request, |got| got.ends_with(tail.as_bytes()));
+        assert!(got.ends_with(tail), "{request:?} got {got:?}");
+        got
+    };
+    ask(
+        "GET /robots.txt HTTP/1.1\r\nhost: a\r\n\r\n",
+        "Disallow: /\n",
+    );
+    let head = ask("HEAD /old/x HTTP/1.1\r\nhost: a\r\n\r\n", "\r\n\r\n");
+    assert!(head.contains("content-length: 11\r\n"), "{head}");
+    let moved = ask("GET /v1/ HTTP/1.1\r\nhost: a\r\n\r\n", "\r\n\r\n");
+    assert!(
+        moved.starts_with("HTTP/1.1 308 Permanent Redirect\r\n")
+            && moved.contains("\r\nlocation: http://a/v2/\r\ncontent-length: 0\r\n"),
+        "{moved}"
+    );
+    ask("GET /who HTTP/1.1\r\nhost: a\r\n\r\n", "one\n");
+
+    assert_eq!(
+        stack.dp_metric("omnirelay_requests_total{route=\"robots\",cluster=\"\",class=\"2xx\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        stack.dp_metric("omnirelay_requests_total{route=\"v1\",cluster=\"\",class=\"3xx\"}"),
+        Some(2.0)
+    );
+}

@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use crate::Version;
+use crate::local::{LocalReply, write_local_response};
 
 /// Everything that can go wrong while parsing or decoding an HTTP/1.x message.
 ///
@@ -181,69 +181,6 @@ impl Http1Error {
 /// content-length: 12\r\nconnection: close\r\n\r\nbad request\n`.
 pub fn write_error_response(status: u16, reason: &str, out: &mut BytesMut) {
     write_local_response(status, reason, LocalReply::CLOSE, out);
-}
-
-/// Whom a response the proxy makes itself goes to, and what becomes of the connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LocalReply {
-    /// The request's HTTP version.
-    pub version: Version,
-    /// The connection stays open after the response.
-    pub keep_alive: bool,
-    /// The request was a HEAD: the head says the body's length, the body is not sent.
-    pub head_request: bool,
-}
-
-impl LocalReply {
-    /// A reply after which the connection closes (the request could not be read).
-    pub const CLOSE: LocalReply = LocalReply {
-        version: Version::Http11,
-        keep_alive: false,
-        head_request: false,
-    };
-}
-
-/// Appends a minimal plain-text response with `status` and the body `reason` plus a
-/// newline, saying what becomes of the connection as a relayed response would:
-/// `connection: close` when it closes, `connection: keep-alive` to an HTTP/1.0 client it
-/// stays open for, nothing to an HTTP/1.1 one.
-pub fn write_local_response(status: u16, reason: &str, to: LocalReply, out: &mut BytesMut) {
-    let body_len = reason.len() + 1;
-    out.reserve(128 + body_len);
-    out.put_slice(b"HTTP/1.1 ");
-    put_decimal(out, u64::from(status));
-    out.put_u8(b' ');
-    out.put_slice(canonical_reason(status).as_bytes());
-    out.put_slice(b"\r\ncontent-type: text/plain\r\ncontent-length: ");
-    put_decimal(out, body_len as u64);
-    out.put_slice(match (to.keep_alive, to.version) {
-        (false, _) => &b"\r\nconnection: close\r\n\r\n"[..],
-        (true, Version::Http10) => b"\r\nconnection: keep-alive\r\n\r\n",
-        (true, Version::Http11) => b"\r\n\r\n",
-    });
-    if !to.head_request {
-        out.put_slice(reason.as_bytes());
-        out.put_u8(b'\n');
-    }
-}
-
-/// The RFC 9110 reason phrase of the statuses this codec and the proxy answer with.
-pub(crate) fn canonical_reason(status: u16) -> &'static str {
-    match status {
-        400 => "Bad Request",
-        404 => "Not Found",
-        413 => "Content Too Large",
-        414 => "URI Too Long",
-        417 => "Expectation Failed",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        505 => "HTTP Version Not Supported",
-        _ => "Error",
-    }
 }
 
 /// Appends `n` in decimal without going through `fmt`.

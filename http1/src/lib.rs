@@ -34,6 +34,7 @@ mod framing;
 #[doc(hidden)]
 pub mod fuzz;
 mod headers;
+mod local;
 mod path;
 mod request;
 mod response;
@@ -43,15 +44,16 @@ mod tests;
 
 pub use body::{BodyDecoder, Decoded, LengthDecoder};
 pub use chunked::ChunkedDecoder;
-pub use error::{Http1Error, LocalReply, write_error_response, write_local_response};
+pub use error::{Http1Error, write_error_response};
 pub use forwarded::{
     PROXY_PSEUDONYM, forwarded, forwarded_into, via, via_into, x_forwarded_for,
     x_forwarded_for_into,
 };
 pub use framing::{Framing, downstream_framing, keep_alive};
 pub use headers::Headers;
+pub use local::{LocalReply, write_local_response, write_own_response};
 pub use path::{ambiguous_path, normalize_path, replace_prefix, valid_path_rewrite};
-pub use request::{RequestHead, valid_host};
+pub use request::{RequestHead, split_port, valid_host};
 pub use response::ResponseHead;
 pub use serialize::{
     LAST_CHUNK, encode_chunk, encode_chunk_header, uneditable_field, upstream_target,

@@ -211,6 +211,23 @@ fn check_request_line(window: &[u8], max: usize) -> Result<(), Http1Error> {
     Ok(())
 }
 
+/// Splits an authority (`host[:port]`, the host maybe a bracketed IP literal) into its
+/// host, brackets kept, and its port when it names one: `example.com:8080` is
+/// (`example.com`, `8080`), `[::1]` is (`[::1]`, none).
+pub fn split_port(authority: &str) -> (&str, Option<&str>) {
+    let host_end = if authority.starts_with('[') {
+        authority.find(']').map_or(authority.len(), |i| i + 1)
+    } else {
+        authority.rfind(':').unwrap_or(authority.len())
+    };
+    match authority[host_end..].strip_prefix(':') {
+        Some(port) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            (&authority[..host_end], Some(port))
+        }
+        _ => (authority, None),
+    }
+}
+
 /// Whether `v` is a Host value: empty (a target without authority), or `uri-host [ ":"
 /// port ]` where uri-host is a bracketed IP literal or a reg-name (unreserved,
 /// percent-encoded and sub-delim characters; IPv4 addresses are reg-names by their

@@ -249,8 +249,10 @@ pub struct Route {
     pub path: PathMatch,
     /// Header conditions, all of which must hold.
     pub headers: Vec<HeaderMatch>,
-    /// Target cluster name.
+    /// Target cluster name; empty on a route that answers itself (`answer`).
     pub cluster: String,
+    /// What the route answers itself with instead of going to a cluster.
+    pub answer: Option<Answer>,
     /// Overrides of the cluster's timeouts.
     pub timeouts: Timeouts,
     /// Retry policy.
@@ -263,6 +265,46 @@ pub struct Route {
     pub request_headers: HeaderEdits,
     /// Fields set and removed on the response sent to the client.
     pub response_headers: HeaderEdits,
+}
+
+/// A route's own answer (Envoy's `direct_response` and `redirect` route actions).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// `direct_response`: a fixed response.
+    Direct(DirectResponse),
+    /// `redirect`: a response sending the client elsewhere.
+    Redirect(Redirect),
+}
+
+/// `direct_response = { status, body, content_type }`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectResponse {
+    /// 200-599.
+    pub status: u16,
+    /// The body (none for 204 and 304).
+    pub body: String,
+    /// The `content-type` field; empty: none.
+    pub content_type: String,
+}
+
+/// `redirect = { scheme, host, port, path | prefix, code, strip_query }`: each part set
+/// replaces the request's in the `location`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Redirect {
+    /// `http` or `https`.
+    pub scheme: Option<String>,
+    /// A host name or address, without a port.
+    pub host: Option<String>,
+    /// 1-65535.
+    pub port: Option<u16>,
+    /// Replaces the whole path.
+    pub path: Option<String>,
+    /// Replaces the part of the path the route matched.
+    pub prefix: Option<String>,
+    /// 301, 302, 303, 307 or 308.
+    pub code: u16,
+    /// Drops the request's query.
+    pub strip_query: bool,
 }
 
 /// `request_headers` / `response_headers` of a route.

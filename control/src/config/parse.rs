@@ -394,6 +394,120 @@ fn rewrite(o: Obj<'_>) -> Rewrite {
     Rewrite { prefix, host }
 }
 
+/// The largest `direct_response` body.
+const MAX_DIRECT_BODY: usize = 64 * 1024;
+
+fn direct_response(o: Obj<'_>) -> DirectResponse {
+    let status = o.opt_int("status", 200, 599);
+    if !o.table_has("status") {
+        o.error_at(o.path_of("status"), "missing (required)");
+    }
+    let status = status.unwrap_or(200) as u16;
+    let body = o.opt_str("body").unwrap_or_default();
+    if body.len() > MAX_DIRECT_BODY {
+        o.error(
+            "body",
+            format!("{} bytes; at most {MAX_DIRECT_BODY}", body.len()),
+        );
+    }
+    if matches!(status, 204 | 304) && !body.is_empty() {
+        o.error("body", format!("a {status} response has no body"));
+    }
+    let content_type = match o.opt_str("content_type") {
+        Some(t) if !omnirelay_http1::valid_field_value(t.as_bytes()) => {
+            o.error(
+                "content_type",
+                "the value has a line break, a control character or leading or trailing \
+                 whitespace",
+            );
+            String::new()
+        }
+        Some(t) => t,
+        None if body.is_empty() => String::new(),
+        None => "text/plain".to_owned(),
+    };
+    o.finish();
+    DirectResponse {
+        status,
+        body,
+        content_type,
+    }
+}
+
+fn redirect(o: Obj<'_>) -> Redirect {
+    let scheme = o.opt_str("scheme").map(|s| s.to_ascii_lowercase());
+    if let Some(s) = &scheme
+        && s != "http"
+        && s != "https"
+    {
+        o.error("scheme", format!("{s:?}: \"http\" or \"https\""));
+    }
+    let host = o.opt_str("host");
+    if let Some(h) = &host
+        && (h.is_empty()
+            || !omnirelay_http1::valid_host(h.as_bytes())
+            || omnirelay_http1::split_port(h).1.is_some())
+    {
+        o.error(
+            "host",
+            format!("{h:?} is not a host name or address (give a port in `port`)"),
+        );
+    }
+    let port = o.opt_int("port", 1, 65535).map(|p| p as u16);
+    let path_start = |key: &str| {
+        let p = o.opt_str(key)?;
+        if !omnirelay_http1::valid_path_rewrite(&p) {
+            o.error(
+                key,
+                format!(
+                    "{p:?} is not a path start: it must begin with '/' and hold only visible \
+                     ASCII, without '?' or '#'"
+                ),
+            );
+        }
+        Some(p)
+    };
+    let path = path_start("path");
+    let prefix = path_start("prefix");
+    if path.is_some() && prefix.is_some() {
+        o.error("prefix", "set path or prefix, not both");
+    }
+    let code = o.int_or("code", 301, 0, 999) as u16;
+    if !matches!(code, 301 | 302 | 303 | 307 | 308) {
+        o.error("code", format!("{code}: 301, 302, 303, 307 or 308"));
+    }
+    let strip_query = o.bool_or("strip_query", false);
+    if [
+        scheme.is_none(),
+        host.is_none(),
+        port.is_none(),
+        path.is_none(),
+        prefix.is_none(),
+    ]
+    .iter()
+    .all(|&unset| unset)
+    {
+        o.error_at(
+            o.path(),
+            "set at least one of scheme, host, port, path or prefix (a redirect to the same \
+             URL would loop)",
+        );
+    }
+    o.finish();
+    Redirect {
+        scheme,
+        host,
+        port,
+        path,
+        prefix,
+        code,
+        strip_query,
+    }
+}
+
+/// The keys of a route that only a route to a cluster uses.
+const CLUSTER_ONLY: [&str; 5] = ["timeouts", "retry", "hash_on", "rewrite", "request_headers"];
+
 fn route(o: Obj<'_>) -> Route {
     let hosts = o
         .str_list("hosts")
@@ -426,7 +540,13 @@ fn route(o: Obj<'_>) -> Route {
         hosts,
         path: path_match(&o),
         headers,
-        cluster: o.str("cluster").unwrap_or_default(),
+        // Required unless the route answers itself (checked below), and then not empty.
+        cluster: if o.table_has("cluster") {
+            o.str("cluster").unwrap_or_default()
+        } else {
+            String::new()
+        },
+        answer: None,
         timeouts: timeouts(o.table("timeouts")),
         retry: retry(o.table("retry")),
         hash_on: hash_on(o.table("hash_on")),
@@ -440,8 +560,30 @@ fn route(o: Obj<'_>) -> Route {
             .map(|t| header_edits(t, false))
             .unwrap_or_default(),
     };
+    let direct = o.table("direct_response").map(direct_response);
+    let redirect = o.table("redirect").map(redirect);
+    let actions = [o.table_has("cluster"), direct.is_some(), redirect.is_some()];
+    match actions.iter().filter(|&&set| set).count() {
+        0 => o.error_at(
+            o.path_of("cluster"),
+            "missing: set cluster, direct_response or redirect",
+        ),
+        1 => {}
+        _ => o.error_at(
+            o.path_of("cluster"),
+            "set one of cluster, direct_response or redirect, not several",
+        ),
+    }
+    let answer = direct
+        .map(Answer::Direct)
+        .or(redirect.map(Answer::Redirect));
+    if answer.is_some() {
+        for key in CLUSTER_ONLY.into_iter().filter(|k| o.table_has(k)) {
+            o.error(key, "only a route to a cluster uses this");
+        }
+    }
     o.finish();
-    route
+    Route { answer, ..route }
 }
 
 fn endpoint(o: &Obj<'_>, path: String, v: &Value) -> Option<Endpoint> {

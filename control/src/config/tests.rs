@@ -463,3 +463,105 @@ fn route_header_edits_refuse_fields_the_proxy_owns_and_bad_values() {
     let twice = with("response_headers = { set = { \"X-A\" = \"1\", \"x-a\" = \"2\" } }");
     assert!(error_at(&twice, "routes[1].response_headers.set").contains("set twice"));
 }
+
+/// A route answers itself with `direct_response` or `redirect` instead of a cluster:
+/// exactly one of the three, each field checked, and the fields only a route to a
+/// cluster uses refused beside them.
+#[test]
+fn a_route_answers_itself_with_a_direct_response_or_a_redirect() {
+    let with = |action: &str| {
+        GOOD.replace(
+            "name = \"default\"\ncluster = \"web\"",
+            &format!("name = \"default\"\n{action}"),
+        )
+    };
+    let c = parse(
+        &with(r#"direct_response = { status = 403, body = "no\n" }"#),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.routes[1].answer,
+        Some(Answer::Direct(DirectResponse {
+            status: 403,
+            body: "no\n".into(),
+            content_type: "text/plain".into(),
+        }))
+    );
+    assert_eq!(c.routes[1].cluster, "");
+    assert_eq!(c.routes[0].answer, None);
+    let c = parse(
+        &with(
+            r#"redirect = { scheme = "HTTPS", port = 8443, prefix = "/v2/", strip_query = true }"#,
+        ),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.routes[1].answer,
+        Some(Answer::Redirect(Redirect {
+            scheme: Some("https".into()),
+            port: Some(8443),
+            prefix: Some("/v2/".into()),
+            code: 301,
+            strip_query: true,
+            ..Redirect::default()
+        }))
+    );
+
+    let at = |action: &str, path: &str| error_at(&with(action), path);
+    assert!(at("", "routes[1].cluster").contains("set cluster, direct_response or redirect"));
+    assert!(
+        at(
+            "cluster = \"web\"\nredirect = { path = \"/\" }",
+            "routes[1].cluster"
+        )
+        .contains("not several")
+    );
+    assert!(
+        at(
+            "redirect = { path = \"/\" }\nretry = { max_retries = 1 }",
+            "routes[1].retry"
+        )
+        .contains("only a route to a cluster")
+    );
+    let d = |fields: &str| with(&format!("direct_response = {{ {fields} }}"));
+    assert!(error_at(&d("body = \"x\""), "routes[1].direct_response.status").contains("missing"));
+    assert!(
+        error_at(&d("status = 199"), "routes[1].direct_response.status").contains("out of range")
+    );
+    assert!(
+        error_at(
+            &d("status = 204, body = \"x\""),
+            "routes[1].direct_response.body"
+        )
+        .contains("no body")
+    );
+    assert!(
+        error_at(
+            &d("status = 200, content_type = \"a\\nb\""),
+            "routes[1].direct_response.content_type"
+        )
+        .contains("line break")
+    );
+    let big = format!("status = 200, body = \"{}\"", "x".repeat(64 * 1024 + 1));
+    assert!(error_at(&d(&big), "routes[1].direct_response.body").contains("at most 65536"));
+    let r = |fields: &str| with(&format!("redirect = {{ {fields} }}"));
+    assert!(error_at(&r("code = 300"), "routes[1].redirect").contains("would loop"));
+    assert!(
+        error_at(&r("path = \"/\", code = 300"), "routes[1].redirect.code").contains("301, 302")
+    );
+    assert!(error_at(&r("scheme = \"ftp\""), "routes[1].redirect.scheme").contains("\"https\""));
+    assert!(
+        error_at(&r("host = \"a.example:80\""), "routes[1].redirect.host").contains("give a port")
+    );
+    assert!(error_at(&r("port = 0"), "routes[1].redirect.port").contains("out of range"));
+    assert!(error_at(&r("path = \"x\""), "routes[1].redirect.path").contains("not a path start"));
+    assert!(
+        error_at(
+            &r("path = \"/a\", prefix = \"/b\""),
+            "routes[1].redirect.prefix"
+        )
+        .contains("not both")
+    );
+}

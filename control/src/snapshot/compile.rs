@@ -43,11 +43,61 @@ pub fn required_capabilities(config: &Config) -> Vec<String> {
     {
         caps.push("route.rewrite".to_owned());
     }
+    // One that does not know them would send the route to cluster 0.
+    for (cap, kind) in [
+        ("route.direct_response", AnswerKind::Direct),
+        ("route.redirect", AnswerKind::Redirect),
+    ] {
+        if config
+            .routes
+            .iter()
+            .any(|r| r.answer.as_ref().map(AnswerKind::of) == Some(kind))
+        {
+            caps.push(cap.to_owned());
+        }
+    }
     // One that would not merge them would route `//admin` apart from `/admin`.
     if config.listeners.iter().any(|l| l.merge_slashes) {
         caps.push("listener.merge_slashes".to_owned());
     }
     caps
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AnswerKind {
+    Direct,
+    Redirect,
+}
+
+impl AnswerKind {
+    fn of(a: &config::Answer) -> Self {
+        match a {
+            config::Answer::Direct(_) => AnswerKind::Direct,
+            config::Answer::Redirect(_) => AnswerKind::Redirect,
+        }
+    }
+}
+
+fn answer(a: &config::Answer) -> v1::route::Answer {
+    match a {
+        config::Answer::Direct(d) => v1::route::Answer::DirectResponse(v1::DirectResponse {
+            status: u32::from(d.status),
+            body: d.body.clone().into_bytes(),
+            content_type: d.content_type.clone(),
+        }),
+        config::Answer::Redirect(r) => v1::route::Answer::Redirect(v1::Redirect {
+            scheme: r.scheme.clone().unwrap_or_default(),
+            host: r.host.clone().unwrap_or_default(),
+            port: r.port.map_or(0, u32::from),
+            path: r
+                .path
+                .clone()
+                .map(v1::redirect::Path::PathRedirect)
+                .or_else(|| r.prefix.clone().map(v1::redirect::Path::PrefixRewrite)),
+            code: u32::from(r.code),
+            strip_query: r.strip_query,
+        }),
+    }
 }
 
 fn timeouts(t: &config::Timeouts) -> v1::Timeouts {
@@ -106,6 +156,7 @@ fn route(r: &config::Route, config: &Config) -> v1::Route {
         host_rewrite: r.rewrite.host.clone().unwrap_or_default(),
         request_headers: header_edits(&r.request_headers),
         response_headers: header_edits(&r.response_headers),
+        answer: r.answer.as_ref().map(answer),
     }
 }
 
@@ -359,5 +410,61 @@ rate_per_second = 50
                 s.required_capabilities
             );
         }
+    }
+
+    /// A route's own answer goes into the snapshot with its parts, and each kind is a
+    /// capability (a data plane without it would send the route to cluster 0); without
+    /// such routes neither is required.
+    #[test]
+    fn direct_responses_and_redirects_compile_and_are_required_capabilities() {
+        let plain = compile(
+            &crate::config::parse(CONFIG, "t.toml").unwrap(),
+            1,
+            0,
+            "t.toml",
+            "abc",
+        );
+        let caps = |s: &v1::Snapshot| {
+            ["route.direct_response", "route.redirect"]
+                .map(|c| s.required_capabilities.contains(&c.to_owned()))
+        };
+        assert_eq!(caps(&plain), [false, false]);
+        let text = CONFIG.to_owned()
+            + "\n[[routes]]\nname = \"gone\"\ndirect_response = { status = 410, body = \"gone\" }\n\
+               \n[[routes]]\nname = \"moved\"\nredirect = { scheme = \"https\", prefix = \"/v2/\", code = 308 }\n";
+        let s = compile(
+            &crate::config::parse(&text, "t.toml").unwrap(),
+            1,
+            0,
+            "t.toml",
+            "abc",
+        );
+        assert_eq!(caps(&s), [true, true]);
+        let answer = |name: &str| {
+            s.routes
+                .iter()
+                .find(|r| r.name == name)
+                .and_then(|r| r.answer.clone())
+                .unwrap()
+        };
+        assert_eq!(
+            answer("gone"),
+            v1::route::Answer::DirectResponse(v1::DirectResponse {
+                status: 410,
+                body: b"gone".to_vec(),
+                content_type: "text/plain".into(),
+            })
+        );
+        assert_eq!(
+            answer("moved"),
+            v1::route::Answer::Redirect(v1::Redirect {
+                scheme: "https".into(),
+                host: String::new(),
+                port: 0,
+                path: Some(v1::redirect::Path::PrefixRewrite("/v2/".into())),
+                code: 308,
+                strip_query: false,
+            })
+        );
     }
 }

@@ -64,6 +64,21 @@ impl Downstream {
         send_local(self.client_side(), status, reason, to, timer).await
     }
 
+    /// Sends a response of the proxy's own making `to` a request: `status`, the
+    /// `fields` and the `body` (see [`http1::write_own_response`]); true when it went out
+    /// whole, within [`ERROR_WRITE_TIMEOUT`].
+    pub async fn send_own(
+        &mut self,
+        status: u16,
+        fields: &[(&str, &[u8])],
+        body: &[u8],
+        to: LocalReply,
+        timer: &mut Timer<'_>,
+    ) -> bool {
+        let write = |out: &mut BytesMut| http1::write_own_response(status, fields, body, to, out);
+        send_within(self.client_side(), write, timer, ERROR_WRITE_TIMEOUT).await
+    }
+
     /// The client's side of a response.
     pub fn client_side(&mut self) -> ToClient<'_, TcpStream> {
         ToClient {
@@ -95,20 +110,20 @@ pub(crate) async fn send_local<C: Stream>(
     to: LocalReply,
     timer: &mut Timer<'_>,
 ) -> bool {
-    send_local_within(client, status, reason, to, timer, ERROR_WRITE_TIMEOUT).await
+    let write = |out: &mut BytesMut| http1::write_local_response(status, reason, to, out);
+    send_within(client, write, timer, ERROR_WRITE_TIMEOUT).await
 }
 
-async fn send_local_within<C: Stream>(
+/// Sends what `write` puts in `client`'s buffer within `limit`; whether it went out whole.
+async fn send_within<C: Stream>(
     client: ToClient<'_, C>,
-    status: u16,
-    reason: &str,
-    to: LocalReply,
+    write: impl FnOnce(&mut BytesMut),
     timer: &mut Timer<'_>,
     limit: Duration,
 ) -> bool {
     let mut out = std::mem::take(client.out);
     out.clear();
-    http1::write_local_response(status, reason, to, &mut out);
+    write(&mut out);
     let until = Instant::now() + limit;
     let written = within(timer, until, client.stream.send_all(out)).await;
     // Timed out: the buffer went with the cancelled write; the connection closes.
@@ -490,8 +505,8 @@ mod tests {
     use bytes::BytesMut;
     use monoio::net::TcpStream;
 
-    use super::{ToClient, send_local_within};
-    use crate::http1::LocalReply;
+    use super::{ToClient, send_within};
+    use crate::http1::{self, LocalReply};
     use crate::proxy::{deadline::timer, io::tests::on_both_drivers};
 
     /// Writes on `fd` without blocking until the socket takes no more.
@@ -535,7 +550,9 @@ mod tests {
             stream: &mut stream,
             out: &mut out,
         };
-        let sent = send_local_within(client, 400, "bad", LocalReply::CLOSE, &mut t, limit).await;
+        let bad =
+            |out: &mut BytesMut| http1::write_local_response(400, "bad", LocalReply::CLOSE, out);
+        let sent = send_within(client, bad, &mut t, limit).await;
         assert!(!sent);
         let took = started.elapsed();
         assert!(took >= limit, "gave up after {took:?}");
@@ -554,8 +571,10 @@ mod tests {
             stream: &mut stream,
             out: &mut out,
         };
-        let to = LocalReply::CLOSE;
-        assert!(send_local_within(client, 431, "head too large", to, &mut t, limit).await);
+        let large = |out: &mut BytesMut| {
+            http1::write_local_response(431, "head too large", LocalReply::CLOSE, out);
+        };
+        assert!(send_within(client, large, &mut t, limit).await);
         assert!(out.capacity() >= 4096 && out.is_empty());
         // Read with a bound (a blocking read here holds up the runtime's thread).
         peer2

@@ -16,6 +16,7 @@ use bytes::BytesMut;
 use monoio::net::TcpStream;
 
 use super::{
+    answer,
     body::{self, BodyError},
     deadline::{self, Timer, within},
     downstream::{self, Downstream},
@@ -26,7 +27,7 @@ use crate::{
     http1::{self, Framing, LocalReply, ParseStatus, RequestHead, ResponseHead},
     lb::{EndpointId, FailureKind, Outcome, hash_ip, hash_key},
     router::{self, RequestView},
-    snapshot::{ClusterRt, HashKey, HeaderEdits, RuntimeConfig},
+    snapshot::{Answer, ClusterRt, HashKey, HeaderEdits, RouteAction, RouteRt, RuntimeConfig},
     telemetry::{AccessRecord, ClusterStats},
 };
 
@@ -200,17 +201,28 @@ pub(crate) async fn handle(
                 ctx.stats.bad_requests.fetch_add(1, Relaxed);
                 refuse(scope, ds, e.status(), e.reason(), &head, timer).await
             }
-            Ok(framing) => {
-                let req = Request {
-                    scope,
-                    head: &head,
-                    request_id,
-                    normalized: normalized.as_deref(),
-                    response_headers: cfg.routes[idx].response_headers.as_ref(),
-                    started,
-                };
-                proxy(&req, idx, framing, ds, timer).await
-            }
+            Ok(framing) => match &cfg.routes[idx].action {
+                RouteAction::Cluster(cluster) => {
+                    let req = Request {
+                        scope,
+                        head: &head,
+                        request_id,
+                        normalized: normalized.as_deref(),
+                        response_headers: cfg.routes[idx].response_headers.as_ref(),
+                        started,
+                    };
+                    proxy(&req, idx, *cluster, framing, ds, timer).await
+                }
+                RouteAction::Answer(answer) => {
+                    let own = Own {
+                        route: &cfg.routes[idx],
+                        answer,
+                        path: view.path,
+                        unread: framing.has_body(),
+                    };
+                    answer_itself(scope, ds, &head, &own, timer).await
+                }
+            },
         },
     };
     let finished = summary.finished.unwrap_or_else(Instant::now);
@@ -228,10 +240,11 @@ pub(crate) async fn handle(
         let (route, cluster): (Arc<str>, Arc<str>) = match route_idx {
             Some(i) => {
                 let r = &cfg.routes[i];
-                (
-                    Arc::clone(&r.name),
-                    Arc::clone(&cfg.clusters[r.cluster].name),
-                )
+                let cluster = match r.cluster() {
+                    Some(c) => Arc::clone(&cfg.clusters[c].name),
+                    None => "".into(),
+                };
+                (Arc::clone(&r.name), cluster)
             }
             None => ("".into(), "".into()),
         };
@@ -270,13 +283,15 @@ async fn refuse(
     timer: &mut Timer<'_>,
 ) -> Summary {
     let unread = head.framing(scope.limits).map_or(true, Framing::has_body);
-    answer(scope.ctx, ds, status, reason, head, unread, timer).await
+    local_error(scope.ctx, ds, status, reason, head, unread, timer).await
 }
 
-/// Answers `head` with the proxy's own `status` and `reason`, keeping the client
+/// Answers `head` with the proxy's own error `status` and `reason`, keeping the client
 /// connection when it may carry on (see [`local_reply`]); `unread` when the request has
-/// a body not read whole.
-async fn answer(
+/// a body not read whole. The connection is kept only after statuses that say nothing
+/// against it: a route not found (404) or an upstream that failed (502, 503, 504). After
+/// any other (a 400, 408 or 413 about the request itself) it closes, as nginx's do.
+async fn local_error(
     ctx: &WorkerCtx,
     ds: &mut Downstream,
     status: u16,
@@ -285,7 +300,8 @@ async fn answer(
     unread: bool,
     timer: &mut Timer<'_>,
 ) -> Summary {
-    let to = local_reply(head, ctx, status, unread);
+    let keeps = matches!(status, 404 | 502 | 503 | 504);
+    let to = local_reply(head, ctx, keeps && !unread);
     let sent = ds.send_local(status, reason, to, timer).await;
     Summary {
         keep_alive: sent && to.keep_alive,
@@ -294,17 +310,84 @@ async fn answer(
     }
 }
 
-/// How the proxy's own `status` answers `head`. The connection stays open, as for a
-/// relayed response, when the client keeps it, no drain is announced, and the request was
-/// read whole (not `unread`); and only after statuses that say nothing against the
-/// connection: a route not found (404) or an upstream that failed (502, 503, 504). After
-/// any other (a 400, 408 or 413 about the request itself) it closes, as nginx's do.
-fn local_reply(head: &RequestHead, ctx: &WorkerCtx, status: u16, unread: bool) -> LocalReply {
+/// How a response of the proxy's own answers `head`: the connection stays open, as for a
+/// relayed response, when the client keeps it and no drain is announced, and when
+/// `may_keep` (the request was read whole and the response says nothing against it).
+fn local_reply(head: &RequestHead, ctx: &WorkerCtx, may_keep: bool) -> LocalReply {
     let reply = body::Reply::to(head, ctx, None);
     LocalReply {
         version: reply.version,
-        keep_alive: reply.keep_alive && !unread && matches!(status, 404 | 502 | 503 | 504),
+        keep_alive: reply.keep_alive && may_keep,
         head_request: reply.head_request,
+    }
+}
+
+/// A route that answers a request itself.
+struct Own<'a> {
+    route: &'a RouteRt,
+    answer: &'a Answer,
+    /// The request's path as routed.
+    path: &'a str,
+    /// The request has a body (left unread).
+    unread: bool,
+}
+
+/// Answers `head` with a route's own answer `own`: its fixed response, or a redirect made
+/// from the request's authority, path and query. The route's response fields are applied.
+async fn answer_itself(
+    scope: &Scope<'_>,
+    ds: &mut Downstream,
+    head: &RequestHead,
+    own: &Own<'_>,
+    timer: &mut Timer<'_>,
+) -> Summary {
+    let location;
+    let (status, body, ours) = match own.answer {
+        Answer::Direct(d) => {
+            let typed = d
+                .content_type
+                .as_deref()
+                .map(|t| ("content-type", t.as_bytes()));
+            (d.status, &*d.body, typed)
+        }
+        Answer::Redirect(r) => {
+            let authority = match head.host().and_then(|h| std::str::from_utf8(h).ok()) {
+                Some(h) if !h.is_empty() => Cow::Borrowed(h),
+                _ => Cow::Owned(reached_authority(
+                    ds,
+                    scope.cfg.listeners[scope.listener].address,
+                )),
+            };
+            let query = head.query();
+            location = answer::location(r, &authority, own.path, own.route.matched_len(), query);
+            (r.code, &b""[..], Some(("location", location.as_bytes())))
+        }
+    };
+    let fields = answer::fields(ours, own.route.response_headers.as_ref());
+    let to = local_reply(head, scope.ctx, !own.unread);
+    let sent = ds.send_own(status, &fields, body, to, timer).await;
+    Summary {
+        keep_alive: sent && to.keep_alive,
+        body_unread: own.unread,
+        bytes_out: if to.head_request {
+            0
+        } else {
+            body.len() as u64
+        },
+        ..Summary::local(status)
+    }
+}
+
+/// The authority a client without a Host field reached: the connection's local address,
+/// which for a wildcard listener is not its `configured` address (RFC 9112 §3.3).
+fn reached_authority(ds: &Downstream, configured: SocketAddr) -> String {
+    match ds.stream.local_addr() {
+        // An IPv4 client of a dual-stack listener as IPv4, and no IPv6 scope (not part of
+        // a uri-host).
+        Ok(local) if configured.ip().is_unspecified() => {
+            SocketAddr::new(local.ip().to_canonical(), local.port()).to_string()
+        }
+        _ => configured.to_string(),
     }
 }
 
@@ -329,6 +412,7 @@ enum AttemptError {
 async fn proxy(
     req: &Request<'_>,
     route_idx: usize,
+    cluster_idx: usize,
     framing: Framing,
     ds: &mut Downstream,
     timer: &mut Timer<'_>,
@@ -348,7 +432,7 @@ async fn proxy(
         started,
     } = req;
     let route = &cfg.routes[route_idx];
-    let cluster = &cfg.clusters[route.cluster];
+    let cluster = &cfg.clusters[cluster_idx];
     // The head was parsed a moment ago: its time serves the balancer bookkeeping and the
     // first pick (each clock read costs about as much as a few hundred instructions).
     let now = started;
@@ -358,7 +442,7 @@ async fn proxy(
         if let Some(budget) = b.budget_for(cfg, route_idx) {
             budget.record_request(now);
         }
-        b.cluster_stats_for(cfg, route.cluster)
+        b.cluster_stats_for(cfg, cluster_idx)
     };
     let key = match &route.hash_on {
         HashKey::ClientIp => hash_ip(ds.peer.ip()),
@@ -440,15 +524,7 @@ async fn proxy(
         } else if let Some(authority) = head.authority() {
             Cow::Borrowed(authority)
         } else if host.is_none() {
-            let configured = cfg.listeners[listener].address;
-            Cow::Owned(match ds.stream.local_addr() {
-                // An IPv4 client of a dual-stack listener as IPv4, and no IPv6 scope (not
-                // part of a uri-host).
-                Ok(local) if configured.ip().is_unspecified() => {
-                    SocketAddr::new(local.ip().to_canonical(), local.port()).to_string()
-                }
-                _ => configured.to_string(),
-            })
+            Cow::Owned(reached_authority(ds, cfg.listeners[listener].address))
         } else {
             Cow::Borrowed("")
         };
@@ -502,7 +578,7 @@ async fn proxy(
             let mut b = ctx.balancers.borrow_mut();
             // A request of an older snapshot whose cluster now balances other endpoints
             // picks from state kept for that version, leaving the current state alone.
-            b.lb_or_detached(cfg, route.cluster).and_then(|lb| {
+            b.lb_or_detached(cfg, cluster_idx).and_then(|lb| {
                 let mut rng = || ctx.random();
                 lb.pick_excluding(&cluster.lb, Some(key), now, &mut rng, &tried)
                     .or_else(|| lb.pick(&cluster.lb, Some(key), now, &mut rng))
@@ -510,7 +586,7 @@ async fn proxy(
         };
         let Some((id, addr)) = picked.and_then(|id| Some((id, cluster.lb.addr(id)?))) else {
             let why = "no healthy upstream endpoint";
-            return answer(ctx, ds, 503, why, head, body_state.unread(), timer).await;
+            return local_error(ctx, ds, 503, why, head, body_state.unread(), timer).await;
         };
         tried.push(id);
         if let Some(s) = &cluster_stats {
@@ -521,7 +597,7 @@ async fn proxy(
         }
         let in_flight = {
             let mut b = ctx.balancers.borrow_mut();
-            b.lb_or_detached(cfg, route.cluster)
+            b.lb_or_detached(cfg, cluster_idx)
                 .map(|lb| lb.start_request(id))
         };
         let target = Target {
@@ -552,7 +628,7 @@ async fn proxy(
         };
         {
             let mut b = ctx.balancers.borrow_mut();
-            if let Some(lb) = b.lb_or_detached(cfg, route.cluster)
+            if let Some(lb) = b.lb_or_detached(cfg, cluster_idx)
                 && lb.report(id, outcome, done)
                 && let Some(s) = &cluster_stats
             {
@@ -658,7 +734,7 @@ async fn proxy(
                     endpoint: Some(addr),
                     attempts,
                     bytes_in: body_state.bytes(),
-                    ..answer(ctx, ds, status, reason, head, unread, timer).await
+                    ..local_error(ctx, ds, status, reason, head, unread, timer).await
                 }
             }
         };

@@ -3,6 +3,7 @@
 //! listener socket per listener. Workers share nothing mutable on the request path; they
 //! read the current snapshot through the [`SnapshotHolder`].
 
+mod answer;
 mod body;
 mod deadline;
 mod downstream;

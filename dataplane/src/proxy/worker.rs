@@ -90,7 +90,7 @@ impl Balancers {
         self.route_stats = stats.routes_for(
             cfg.routes
                 .iter()
-                .map(|r| (&*r.name, &*cfg.clusters[r.cluster].name)),
+                .map(|r| (&*r.name, cfg.cluster_name_of(r))),
         );
         self.cluster_stats = stats.clusters_for(cfg.clusters.iter().map(|c| &*c.name));
     }

@@ -101,8 +101,8 @@ pub struct RouteRt {
     pub name: Arc<str>,
     /// Conditions.
     pub matcher: RouteMatcher,
-    /// Cluster index.
-    pub cluster: usize,
+    /// Where its requests go.
+    pub action: RouteAction,
     /// Whole-request timeout.
     pub request_timeout: Duration,
     /// Retry policy.
@@ -117,6 +117,61 @@ pub struct RouteRt {
     pub request_headers: Option<HeaderEdits>,
     /// Fields set and removed on the response sent to the client.
     pub response_headers: Option<HeaderEdits>,
+}
+
+/// Where a route's requests go.
+#[derive(Clone, Debug)]
+pub enum RouteAction {
+    /// Upstream, to the cluster at this index.
+    Cluster(usize),
+    /// Nowhere: the route answers them itself.
+    Answer(Box<Answer>),
+}
+
+/// A route's own answer.
+#[derive(Clone, Debug)]
+pub enum Answer {
+    /// A fixed response.
+    Direct(DirectRt),
+    /// A redirect.
+    Redirect(RedirectRt),
+}
+
+/// A fixed response (`direct_response`).
+#[derive(Clone, Debug)]
+pub struct DirectRt {
+    /// 200-599.
+    pub status: u16,
+    /// The `content-type` field, if any.
+    pub content_type: Option<Box<str>>,
+    /// The body (empty for 204 and 304).
+    pub body: Box<[u8]>,
+}
+
+/// A redirect: each part set replaces the request's in the `location`.
+#[derive(Clone, Debug)]
+pub struct RedirectRt {
+    /// `https` (else `http`, the scheme the listener serves).
+    pub https: bool,
+    /// A host without a port.
+    pub host: Option<Box<str>>,
+    /// The port.
+    pub port: Option<u16>,
+    /// The path, or what replaces the matched part of it.
+    pub path: Option<RedirectPath>,
+    /// 301, 302, 303, 307 or 308.
+    pub code: u16,
+    /// The request's query is dropped.
+    pub strip_query: bool,
+}
+
+/// What a redirect does to the path.
+#[derive(Clone, Debug)]
+pub enum RedirectPath {
+    /// Replaces it whole.
+    Whole(Box<str>),
+    /// Replaces the part the route matched.
+    Prefix(Box<str>),
 }
 
 /// Fields a route sets (each replacing the message's fields of its name) and removes.
@@ -139,6 +194,14 @@ impl HeaderEdits {
 }
 
 impl RouteRt {
+    /// The cluster its requests go to, if it does not answer them itself.
+    pub fn cluster(&self) -> Option<usize> {
+        match self.action {
+            RouteAction::Cluster(c) => Some(c),
+            RouteAction::Answer(_) => None,
+        }
+    }
+
     /// How many leading bytes of a path this route matched: its prefix, or the whole
     /// exact path.
     pub fn matched_len(&self) -> usize {
@@ -242,6 +305,12 @@ fn addr(text: &str, what: &str) -> Result<SocketAddr, RejectReason> {
 }
 
 impl RuntimeConfig {
+    /// The name of the cluster route `route` sends to; empty for a route that answers
+    /// itself (metrics and the access log name no cluster then).
+    pub fn cluster_name_of(&self, route: &RouteRt) -> &str {
+        route.cluster().map_or("", |c| &self.clusters[c].name)
+    }
+
     /// Compiles a verified snapshot, building hash-based clusters' tables with
     /// `strategies`; any inconsistency rejects the whole snapshot.
     pub fn build(s: &v1::Snapshot, strategies: &Strategies) -> Result<Self, RejectReason> {
@@ -410,14 +479,102 @@ fn cluster(
     })
 }
 
-fn route(i: usize, r: &v1::Route, clusters: usize) -> Result<RouteRt, RejectReason> {
-    let cluster = r.cluster_index as usize;
-    if cluster >= clusters {
-        return Err(invalid(format!(
-            "routes[{i}] ({}) names cluster {cluster}, out of range",
-            r.name
-        )));
+/// A route's own answer, checked as the control daemon checks its config (its values
+/// are written into response heads).
+fn answer(i: usize, r: &v1::Route, a: &v1::route::Answer) -> Result<Answer, RejectReason> {
+    let bad = |what: String| Err(invalid(format!("routes[{i}] ({}) {what}", r.name)));
+    match a {
+        v1::route::Answer::DirectResponse(d) => {
+            let status = match u16::try_from(d.status) {
+                Ok(s @ 200..=599) => s,
+                _ => {
+                    return bad(format!(
+                        "direct_response status {} is not 200-599",
+                        d.status
+                    ));
+                }
+            };
+            if matches!(status, 204 | 304) && !d.body.is_empty() {
+                return bad(format!("direct_response {status} has a body"));
+            }
+            if !crate::http1::valid_field_value(d.content_type.as_bytes()) {
+                return bad("direct_response content_type is not a field value".into());
+            }
+            Ok(Answer::Direct(DirectRt {
+                status,
+                content_type: (!d.content_type.is_empty()).then(|| d.content_type.as_str().into()),
+                body: d.body.as_slice().into(),
+            }))
+        }
+        v1::route::Answer::Redirect(to) => {
+            let https = match to.scheme.as_str() {
+                "" | "http" => false,
+                "https" => true,
+                s => return bad(format!("redirect scheme {s:?} is not http or https")),
+            };
+            let host = match to.host.as_str() {
+                "" => None,
+                h if crate::http1::valid_host(h.as_bytes())
+                    && crate::http1::split_port(h).1.is_none() =>
+                {
+                    Some(h.into())
+                }
+                h => return bad(format!("redirect host {h:?} is not a host without a port")),
+            };
+            let port = match u16::try_from(to.port) {
+                Ok(0) => None,
+                Ok(p) => Some(p),
+                Err(_) => return bad(format!("redirect port {} is out of range", to.port)),
+            };
+            let path = match &to.path {
+                None => None,
+                Some(
+                    v1::redirect::Path::PathRedirect(p) | v1::redirect::Path::PrefixRewrite(p),
+                ) if !crate::http1::valid_path_rewrite(p) => {
+                    return bad(format!("redirect path {p:?} is not a path start"));
+                }
+                Some(v1::redirect::Path::PathRedirect(p)) => {
+                    Some(RedirectPath::Whole(p.as_str().into()))
+                }
+                Some(v1::redirect::Path::PrefixRewrite(p)) => {
+                    Some(RedirectPath::Prefix(p.as_str().into()))
+                }
+            };
+            let code = match u16::try_from(to.code) {
+                Ok(c @ (301 | 302 | 303 | 307 | 308)) => c,
+                _ => {
+                    return bad(format!(
+                        "redirect code {} is not 301, 302, 303, 307 or 308",
+                        to.code
+                    ));
+                }
+            };
+            Ok(Answer::Redirect(RedirectRt {
+                https,
+                host,
+                port,
+                path,
+                code,
+                strip_query: to.strip_query,
+            }))
+        }
     }
+}
+
+fn route(i: usize, r: &v1::Route, clusters: usize) -> Result<RouteRt, RejectReason> {
+    let action = match &r.answer {
+        Some(a) => RouteAction::Answer(Box::new(answer(i, r, a)?)),
+        None => {
+            let cluster = r.cluster_index as usize;
+            if cluster >= clusters {
+                return Err(invalid(format!(
+                    "routes[{i}] ({}) names cluster {cluster}, out of range",
+                    r.name
+                )));
+            }
+            RouteAction::Cluster(cluster)
+        }
+    };
     // Unset fields keep their proto3 meaning (no path: every path; no header condition:
     // present; no hash key: the client's address). A control plane that adds a match kind
     // announces it in `required_capabilities`, which data planes without it refuse.
@@ -519,7 +676,7 @@ fn route(i: usize, r: &v1::Route, clusters: usize) -> Result<RouteRt, RejectReas
             path,
             headers,
         },
-        cluster,
+        action,
         request_timeout: ms(t.request_ms, DEFAULT_REQUEST_TIMEOUT),
         retry: RetryRt {
             max_retries: rp.max_retries.min(MAX_RETRIES),
@@ -604,6 +761,56 @@ mod tests {
         unset.routes[0].path = None;
         unset.clusters[0].endpoints[0].weight = 0;
         assert!(RuntimeConfig::build(&unset, &strategies()).is_ok());
+    }
+
+    /// A route's own answer goes into response heads: one with a status, code, scheme,
+    /// host, path or content type the data plane could not send as given is refused; a
+    /// good one needs no cluster, even one out of range.
+    #[test]
+    fn a_routes_own_answer_is_checked_like_the_config() {
+        use v1::route::Answer as A;
+        let direct = |status, body: &[u8], content_type: &str| {
+            A::DirectResponse(v1::DirectResponse {
+                status,
+                body: body.to_vec(),
+                content_type: content_type.into(),
+            })
+        };
+        let redirect = |edit: &dyn Fn(&mut v1::Redirect)| {
+            let mut r = v1::Redirect {
+                scheme: "https".into(),
+                code: 301,
+                ..Default::default()
+            };
+            edit(&mut r);
+            A::Redirect(r)
+        };
+        let mut good = minimal();
+        good.routes[0].cluster_index = 7;
+        good.routes[0].answer = Some(direct(200, b"ok", "text/plain"));
+        let built = RuntimeConfig::build(&good, &strategies()).unwrap();
+        assert!(built.routes[0].cluster().is_none());
+        assert_eq!(built.cluster_name_of(&built.routes[0]), "");
+        good.routes[0].answer = Some(redirect(&|_| {}));
+        assert!(RuntimeConfig::build(&good, &strategies()).is_ok());
+
+        let bad: [(A, &str); 8] = [
+            (direct(99, b"", ""), "status 99"),
+            (direct(204, b"x", ""), "204 has a body"),
+            (direct(200, b"", "a\r\nx: y"), "content_type"),
+            (redirect(&|r| r.code = 200), "code 200"),
+            (redirect(&|r| r.scheme = "ftp".into()), "scheme \"ftp\""),
+            (redirect(&|r| r.host = "a:80".into()), "host \"a:80\""),
+            (redirect(&|r| r.port = 70_000), "port 70000"),
+            (
+                redirect(&|r| r.path = Some(v1::redirect::Path::PathRedirect("/a\r\n".into()))),
+                "path",
+            ),
+        ];
+        for (answer, why) in bad {
+            let e = refused(|s| s.routes[0].answer = Some(answer.clone()));
+            assert!(e.contains("routes[0] (r)") && e.contains(why), "{why}: {e}");
+        }
     }
 
     /// Rewrites go into the upstream request line and head: one that would split them is

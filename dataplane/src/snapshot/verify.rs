@@ -18,6 +18,8 @@ pub const CAPABILITIES: &[&str] = &[
     "route.rewrite",
     "cluster.max_requests",
     "route.header_edits",
+    "route.direct_response",
+    "route.redirect",
 ];
 
 /// Largest signed snapshot accepted (bytes).

@@ -285,7 +285,7 @@ impl Metrics {
             let live_routes: BTreeSet<(&str, &str)> = cfg
                 .routes
                 .iter()
-                .map(|r| (&*r.name, &*cfg.clusters[r.cluster].name))
+                .map(|r| (&*r.name, cfg.cluster_name_of(r)))
                 .collect();
             let live_clusters: BTreeSet<&str> = cfg.clusters.iter().map(|c| &*c.name).collect();
             routes.retain(|(r, c), _| live_routes.contains(&(r.as_str(), c.as_str())));

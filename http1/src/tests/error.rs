@@ -1,6 +1,8 @@
 use bytes::BytesMut;
 
-use crate::{Http1Error, LocalReply, Version, write_error_response, write_local_response};
+use crate::{
+    Http1Error, LocalReply, Version, write_error_response, write_local_response, write_own_response,
+};
 
 const ALL: &[Http1Error] = &[
     Http1Error::MalformedHead(httparse::Error::Token),
@@ -115,4 +117,42 @@ fn a_local_response_says_what_becomes_of_the_connection() {
         format!("{head}connection: close\r\n\r\nno route\n")
     );
     assert_eq!(render(Version::Http11, true, true), format!("{head}\r\n"));
+}
+
+/// A route's own response: its fields as given, the body's length (none on a 204), the
+/// body unless the request was a HEAD; a status without a known phrase gets an empty one.
+#[test]
+fn an_own_response_carries_its_fields_length_and_body() {
+    let render = |status, fields: &[(&str, &[u8])], body: &[u8], head_request| {
+        let mut out = BytesMut::new();
+        let to = LocalReply {
+            version: Version::Http11,
+            keep_alive: true,
+            head_request,
+        };
+        write_own_response(status, fields, body, to, &mut out);
+        String::from_utf8(out.to_vec()).unwrap()
+    };
+    assert_eq!(
+        render(308, &[("location", b"https://a.example/x")], b"", false),
+        "HTTP/1.1 308 Permanent Redirect\r\nlocation: https://a.example/x\r\n\
+         content-length: 0\r\n\r\n"
+    );
+    let typed: [(&str, &[u8]); 1] = [("content-type", b"text/html")];
+    assert_eq!(
+        render(200, &typed, b"<p>hi</p>", false),
+        "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 9\r\n\r\n<p>hi</p>"
+    );
+    assert_eq!(
+        render(200, &typed, b"<p>hi</p>", true),
+        "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 9\r\n\r\n"
+    );
+    assert_eq!(
+        render(204, &[], b"", false),
+        "HTTP/1.1 204 No Content\r\n\r\n"
+    );
+    assert_eq!(
+        render(299, &[], b"", false),
+        "HTTP/1.1 299 \r\ncontent-length: 0\r\n\r\n"
+    );
 }

@@ -302,3 +302,18 @@ fn absolute_form_targets_give_their_path_and_authority() {
         );
     }
 }
+
+#[test]
+fn an_authority_splits_into_host_and_port() {
+    use crate::split_port;
+    assert_eq!(
+        split_port("example.com:8080"),
+        ("example.com", Some("8080"))
+    );
+    assert_eq!(split_port("example.com"), ("example.com", None));
+    assert_eq!(split_port("10.0.0.1:80"), ("10.0.0.1", Some("80")));
+    assert_eq!(split_port("[::1]:443"), ("[::1]", Some("443")));
+    assert_eq!(split_port("[::1]"), ("[::1]", None));
+    // No digits after the colon: no port named.
+    assert_eq!(split_port("example.com:"), ("example.com:", None));
+}
