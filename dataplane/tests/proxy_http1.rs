@@ -1031,3 +1031,45 @@ fn routes_answer_with_a_fixed_response_or_a_redirect() {
         Some(2.0)
     );
 }
+
+/// `weighted_clusters` shares a route's requests by weight (up1 says "one", up2 "two"):
+/// 1:1 sends many to each, and the route's requests are counted per cluster; a cluster
+/// of weight 0 gets none.
+#[test]
+fn a_route_splits_its_requests_over_weighted_clusters() {
+    require_caps!(Capability::Program("nginx"));
+    let stack = Stack::start();
+    let port = free_port();
+    let extra = "routes = [\"even\", \"dark\"]\n\n\
+         [[routes]]\nname = \"even\"\npath_exact = \"/who\"\n\
+         weighted_clusters = [{ name = \"one\", weight = 5 }, { name = \"two\", weight = 5 }]\n\n\
+         [[routes]]\nname = \"dark\"\npath_prefix = \"/\"\n\
+         weighted_clusters = [{ name = \"one\", weight = 0 }, { name = \"two\", weight = 1 }]\n";
+    let addr = stack.add_listener("split", &format!("127.0.0.1:{port}"), extra, port);
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    let mut who = |target: &str| {
+        let request = format!("GET {target} HTTP/1.1\r\nhost: a\r\n\r\n");
+        let got = exchange(&mut conn, &request, |got| {
+            got.ends_with(b"one\n") || got.ends_with(b"two\n")
+        });
+        assert!(got.starts_with("HTTP/1.1 200 "), "{got}");
+        got.ends_with("one\n")
+    };
+    let n = 200;
+    let ones = (0..n).filter(|_| who("/who")).count();
+    // Binomial(200, 1/2): outside 60..=140 with probability below 1e-8.
+    assert!((60..=140).contains(&ones), "{ones} of {n} went to one");
+    assert!(
+        !(0..20).any(|_| who("/who/else")),
+        "a weight 0 cluster was picked"
+    );
+
+    let count = |cluster: &str| {
+        stack
+            .dp_metric(&format!(
+                "omnirelay_requests_total{{route=\"even\",cluster=\"{cluster}\",class=\"2xx\"}}"
+            ))
+            .unwrap_or(0.0) as usize
+    };
+    assert_eq!((count("one"), count("two")), (ones, n - ones));
+}

@@ -249,8 +249,11 @@ pub struct Route {
     pub path: PathMatch,
     /// Header conditions, all of which must hold.
     pub headers: Vec<HeaderMatch>,
-    /// Target cluster name; empty on a route that answers itself (`answer`).
+    /// Target cluster name; empty on a route that splits its requests
+    /// (`weighted_clusters`) or answers them itself (`answer`).
     pub cluster: String,
+    /// Clusters sharing the route's requests by weight (Envoy's `weighted_clusters`).
+    pub weighted_clusters: Vec<WeightedCluster>,
     /// What the route answers itself with instead of going to a cluster.
     pub answer: Option<Answer>,
     /// Overrides of the cluster's timeouts.
@@ -265,6 +268,15 @@ pub struct Route {
     pub request_headers: HeaderEdits,
     /// Fields set and removed on the response sent to the client.
     pub response_headers: HeaderEdits,
+}
+
+/// One cluster of a route's `weighted_clusters`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WeightedCluster {
+    /// The cluster's name.
+    pub name: String,
+    /// Its share of the route's requests, out of the sum of the weights.
+    pub weight: u32,
 }
 
 /// A route's own answer (Envoy's `direct_response` and `redirect` route actions).

@@ -505,6 +505,42 @@ fn redirect(o: Obj<'_>) -> Redirect {
     }
 }
 
+/// Clusters one route may split its requests over.
+const MAX_WEIGHTED_CLUSTERS: usize = 64;
+
+fn weighted_clusters(o: &Obj<'_>) -> Vec<WeightedCluster> {
+    let items = o.tables("weighted_clusters");
+    if o.table_has("weighted_clusters") && items.is_empty() {
+        o.error("weighted_clusters", "empty: name at least one cluster");
+    }
+    if items.len() > MAX_WEIGHTED_CLUSTERS {
+        o.error(
+            "weighted_clusters",
+            format!("{} clusters; at most {MAX_WEIGHTED_CLUSTERS}", items.len()),
+        );
+    }
+    let mut split: Vec<WeightedCluster> = Vec::new();
+    for w in items {
+        let name = w.str("name").unwrap_or_default();
+        let weight = w.int_or("weight", 1, 0, 10_000) as u32;
+        if let Some(j) = split
+            .iter()
+            .position(|c| !name.is_empty() && c.name == name)
+        {
+            w.error("name", format!("{name:?} is also weighted_clusters[{j}]"));
+        }
+        w.finish();
+        split.push(WeightedCluster { name, weight });
+    }
+    if !split.is_empty() && split.iter().all(|c| c.weight == 0) {
+        o.error(
+            "weighted_clusters",
+            "every weight is 0: at least one cluster must take requests",
+        );
+    }
+    split
+}
+
 /// The keys of a route that only a route to a cluster uses.
 const CLUSTER_ONLY: [&str; 5] = ["timeouts", "retry", "hash_on", "rewrite", "request_headers"];
 
@@ -546,6 +582,7 @@ fn route(o: Obj<'_>) -> Route {
         } else {
             String::new()
         },
+        weighted_clusters: weighted_clusters(&o),
         answer: None,
         timeouts: timeouts(o.table("timeouts")),
         retry: retry(o.table("retry")),
@@ -562,16 +599,21 @@ fn route(o: Obj<'_>) -> Route {
     };
     let direct = o.table("direct_response").map(direct_response);
     let redirect = o.table("redirect").map(redirect);
-    let actions = [o.table_has("cluster"), direct.is_some(), redirect.is_some()];
+    let actions = [
+        o.table_has("cluster"),
+        o.table_has("weighted_clusters"),
+        direct.is_some(),
+        redirect.is_some(),
+    ];
     match actions.iter().filter(|&&set| set).count() {
         0 => o.error_at(
             o.path_of("cluster"),
-            "missing: set cluster, direct_response or redirect",
+            "missing: set cluster, weighted_clusters, direct_response or redirect",
         ),
         1 => {}
         _ => o.error_at(
             o.path_of("cluster"),
-            "set one of cluster, direct_response or redirect, not several",
+            "set one of cluster, weighted_clusters, direct_response or redirect, not several",
         ),
     }
     let answer = direct
@@ -579,7 +621,7 @@ fn route(o: Obj<'_>) -> Route {
         .or(redirect.map(Answer::Redirect));
     if answer.is_some() {
         for key in CLUSTER_ONLY.into_iter().filter(|k| o.table_has(k)) {
-            o.error(key, "only a route to a cluster uses this");
+            o.error(key, "only a route to clusters uses this");
         }
     }
     o.finish();

@@ -45,6 +45,14 @@ pub(super) fn check(c: &Config, sink: &Sink) {
                 format!("unknown cluster {:?}", r.cluster),
             );
         }
+        for (j, w) in r.weighted_clusters.iter().enumerate() {
+            if !w.name.is_empty() && !clusters.contains(w.name.as_str()) {
+                sink.push(
+                    format!("routes[{i}].weighted_clusters[{j}].name"),
+                    format!("unknown cluster {:?}", w.name),
+                );
+            }
+        }
     }
     let mut addresses = HashMap::new();
     for (i, l) in c.listeners.iter().enumerate() {

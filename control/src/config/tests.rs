@@ -510,7 +510,9 @@ fn a_route_answers_itself_with_a_direct_response_or_a_redirect() {
     );
 
     let at = |action: &str, path: &str| error_at(&with(action), path);
-    assert!(at("", "routes[1].cluster").contains("set cluster, direct_response or redirect"));
+    assert!(
+        at("", "routes[1].cluster").contains("set cluster, weighted_clusters, direct_response")
+    );
     assert!(
         at(
             "cluster = \"web\"\nredirect = { path = \"/\" }",
@@ -523,7 +525,7 @@ fn a_route_answers_itself_with_a_direct_response_or_a_redirect() {
             "redirect = { path = \"/\" }\nretry = { max_retries = 1 }",
             "routes[1].retry"
         )
-        .contains("only a route to a cluster")
+        .contains("only a route to clusters")
     );
     let d = |fields: &str| with(&format!("direct_response = {{ {fields} }}"));
     assert!(error_at(&d("body = \"x\""), "routes[1].direct_response.status").contains("missing"));
@@ -564,4 +566,70 @@ fn a_route_answers_itself_with_a_direct_response_or_a_redirect() {
         )
         .contains("not both")
     );
+}
+
+/// `weighted_clusters` splits a route's requests: each name must be a cluster, once,
+/// weights 0-10000 (1 by default) with at least one above 0, and not beside `cluster`.
+#[test]
+fn weighted_clusters_name_known_clusters_with_weights() {
+    let with = |split: &str| {
+        GOOD.replace(
+            "name = \"default\"\ncluster = \"web\"",
+            &format!("name = \"default\"\nweighted_clusters = {split}"),
+        )
+    };
+    let c = parse(
+        &with(r#"[{ name = "web", weight = 90 }, { name = "api" }]"#),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.routes[1].weighted_clusters,
+        [
+            WeightedCluster {
+                name: "web".into(),
+                weight: 90
+            },
+            WeightedCluster {
+                name: "api".into(),
+                weight: 1
+            }
+        ]
+    );
+    assert_eq!(c.routes[1].cluster, "");
+    let at = |split: &str, path: &str| error_at(&with(split), path);
+    assert!(at("[]", "routes[1].weighted_clusters").contains("empty"));
+    assert!(
+        at(
+            r#"[{ name = "nope" }]"#,
+            "routes[1].weighted_clusters[0].name"
+        )
+        .contains("unknown cluster \"nope\"")
+    );
+    assert!(
+        at(
+            r#"[{ name = "web" }, { name = "web" }]"#,
+            "routes[1].weighted_clusters[1].name"
+        )
+        .contains("also weighted_clusters[0]")
+    );
+    assert!(
+        at(
+            r#"[{ name = "web", weight = 0 }]"#,
+            "routes[1].weighted_clusters"
+        )
+        .contains("every weight is 0")
+    );
+    assert!(
+        at(
+            r#"[{ name = "web", weight = 10001 }]"#,
+            "routes[1].weighted_clusters[0].weight"
+        )
+        .contains("out of range")
+    );
+    let both = GOOD.replace(
+        "name = \"default\"\ncluster = \"web\"",
+        "name = \"default\"\ncluster = \"web\"\nweighted_clusters = [{ name = \"api\" }]",
+    );
+    assert!(error_at(&both, "routes[1].cluster").contains("not several"));
 }

@@ -44,6 +44,13 @@ pub fn required_capabilities(config: &Config) -> Vec<String> {
         caps.push("route.rewrite".to_owned());
     }
     // One that does not know them would send the route to cluster 0.
+    if config
+        .routes
+        .iter()
+        .any(|r| !r.weighted_clusters.is_empty())
+    {
+        caps.push("route.weighted_clusters".to_owned());
+    }
     for (cap, kind) in [
         ("route.direct_response", AnswerKind::Direct),
         ("route.redirect", AnswerKind::Redirect),
@@ -109,11 +116,7 @@ fn timeouts(t: &config::Timeouts) -> v1::Timeouts {
 }
 
 fn route(r: &config::Route, config: &Config) -> v1::Route {
-    let cluster_index = config
-        .clusters
-        .iter()
-        .position(|c| c.name == r.cluster)
-        .unwrap_or_default() as u32;
+    let cluster_index = index_of(config, &r.cluster);
     v1::Route {
         name: r.name.clone(),
         hosts: r.hosts.clone(),
@@ -157,7 +160,24 @@ fn route(r: &config::Route, config: &Config) -> v1::Route {
         request_headers: header_edits(&r.request_headers),
         response_headers: header_edits(&r.response_headers),
         answer: r.answer.as_ref().map(answer),
+        weighted_clusters: r
+            .weighted_clusters
+            .iter()
+            .map(|w| v1::WeightedCluster {
+                cluster_index: index_of(config, &w.name),
+                weight: w.weight,
+            })
+            .collect(),
     }
+}
+
+/// The index of cluster `name` in the snapshot (checked to exist by validation).
+fn index_of(config: &Config, name: &str) -> u32 {
+    config
+        .clusters
+        .iter()
+        .position(|c| c.name == name)
+        .unwrap_or_default() as u32
 }
 
 fn header_edits(e: &config::HeaderEdits) -> Option<v1::HeaderEdits> {
@@ -412,11 +432,11 @@ rate_per_second = 50
         }
     }
 
-    /// A route's own answer goes into the snapshot with its parts, and each kind is a
-    /// capability (a data plane without it would send the route to cluster 0); without
-    /// such routes neither is required.
+    /// A route's own answer and a split go into the snapshot with their parts, and each
+    /// kind is a capability (a data plane without it would send the route to cluster 0);
+    /// without such routes none is required.
     #[test]
-    fn direct_responses_and_redirects_compile_and_are_required_capabilities() {
+    fn answers_and_weighted_clusters_compile_and_are_required_capabilities() {
         let plain = compile(
             &crate::config::parse(CONFIG, "t.toml").unwrap(),
             1,
@@ -425,13 +445,18 @@ rate_per_second = 50
             "abc",
         );
         let caps = |s: &v1::Snapshot| {
-            ["route.direct_response", "route.redirect"]
-                .map(|c| s.required_capabilities.contains(&c.to_owned()))
+            [
+                "route.direct_response",
+                "route.redirect",
+                "route.weighted_clusters",
+            ]
+            .map(|c| s.required_capabilities.contains(&c.to_owned()))
         };
-        assert_eq!(caps(&plain), [false, false]);
+        assert_eq!(caps(&plain), [false, false, false]);
         let text = CONFIG.to_owned()
             + "\n[[routes]]\nname = \"gone\"\ndirect_response = { status = 410, body = \"gone\" }\n\
-               \n[[routes]]\nname = \"moved\"\nredirect = { scheme = \"https\", prefix = \"/v2/\", code = 308 }\n";
+               \n[[routes]]\nname = \"moved\"\nredirect = { scheme = \"https\", prefix = \"/v2/\", code = 308 }\n\
+               \n[[routes]]\nname = \"split\"\nweighted_clusters = [{ name = \"two\", weight = 9 }, { name = \"one\" }]\n";
         let s = compile(
             &crate::config::parse(&text, "t.toml").unwrap(),
             1,
@@ -439,7 +464,21 @@ rate_per_second = 50
             "t.toml",
             "abc",
         );
-        assert_eq!(caps(&s), [true, true]);
+        assert_eq!(caps(&s), [true, true, true]);
+        let split = s.routes.iter().find(|r| r.name == "split").unwrap();
+        assert_eq!(
+            split.weighted_clusters,
+            [
+                v1::WeightedCluster {
+                    cluster_index: 1,
+                    weight: 9
+                },
+                v1::WeightedCluster {
+                    cluster_index: 0,
+                    weight: 1
+                }
+            ]
+        );
         let answer = |name: &str| {
             s.routes
                 .iter()

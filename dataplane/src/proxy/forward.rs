@@ -27,7 +27,7 @@ use crate::{
     http1::{self, Framing, LocalReply, ParseStatus, RequestHead, ResponseHead},
     lb::{EndpointId, FailureKind, Outcome, hash_ip, hash_key},
     router::{self, RequestView},
-    snapshot::{Answer, ClusterRt, HashKey, HeaderEdits, RouteAction, RouteRt, RuntimeConfig},
+    snapshot::{Answer, ClusterRt, Dispatch, HashKey, HeaderEdits, RouteRt, RuntimeConfig},
     telemetry::{AccessRecord, ClusterStats},
 };
 
@@ -185,7 +185,13 @@ pub(crate) async fn handle(
             )
         })
         .flatten();
-    let summary = match route_idx {
+    // Where the request goes (a split's cluster is drawn once, for every attempt).
+    let dispatch = route_idx.map(|i| (i, cfg.routes[i].dispatch(|| ctx.random())));
+    let upstream = match dispatch {
+        Some((_, Dispatch::Upstream { choice, cluster })) => Some((choice, cluster)),
+        _ => None,
+    };
+    let summary = match dispatch {
         None if ambiguous => {
             ctx.stats.bad_requests.fetch_add(1, Relaxed);
             let why = "ambiguous path: a dot segment behind an escaped slash or a path parameter";
@@ -196,13 +202,13 @@ pub(crate) async fn handle(
             let why = "no route matches this request";
             refuse(scope, ds, 404, why, &head, timer).await
         }
-        Some(idx) => match head.framing(limits) {
+        Some((idx, to)) => match head.framing(limits) {
             Err(e) => {
                 ctx.stats.bad_requests.fetch_add(1, Relaxed);
                 refuse(scope, ds, e.status(), e.reason(), &head, timer).await
             }
-            Ok(framing) => match &cfg.routes[idx].action {
-                RouteAction::Cluster(cluster) => {
+            Ok(framing) => match to {
+                Dispatch::Upstream { cluster, .. } => {
                     let req = Request {
                         scope,
                         head: &head,
@@ -211,9 +217,9 @@ pub(crate) async fn handle(
                         response_headers: cfg.routes[idx].response_headers.as_ref(),
                         started,
                     };
-                    proxy(&req, idx, *cluster, framing, ds, timer).await
+                    proxy(&req, idx, cluster, framing, ds, timer).await
                 }
-                RouteAction::Answer(answer) => {
+                Dispatch::Answer(answer) => {
                     let own = Own {
                         route: &cfg.routes[idx],
                         answer,
@@ -232,19 +238,18 @@ pub(crate) async fn handle(
         // may be the first of this version on this worker.
         let mut b = ctx.balancers.borrow_mut();
         b.sync(cfg, &ctx.stats, finished);
-        if let Some(stats) = b.route_stats_for(cfg, i) {
+        if let Some(stats) = b.route_stats_for(cfg, i, upstream) {
             stats.record(summary.status, duration);
         }
     }
     if let Some(start) = wall {
         let (route, cluster): (Arc<str>, Arc<str>) = match route_idx {
             Some(i) => {
-                let r = &cfg.routes[i];
-                let cluster = match r.cluster() {
-                    Some(c) => Arc::clone(&cfg.clusters[c].name),
+                let cluster = match upstream {
+                    Some((_, c)) => Arc::clone(&cfg.clusters[c].name),
                     None => "".into(),
                 };
-                (Arc::clone(&r.name), cluster)
+                (Arc::clone(&cfg.routes[i].name), cluster)
             }
             None => ("".into(), "".into()),
         };

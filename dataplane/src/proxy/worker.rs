@@ -41,7 +41,9 @@ pub(crate) struct Balancers {
     lbs: Vec<(Arc<str>, LbState)>,
     /// Per route of the snapshot: its name and retry budget.
     budgets: Vec<(Arc<str>, RetryBudget)>,
-    route_stats: Vec<Arc<RouteStats>>,
+    /// Per route of the snapshot: the cells of each cluster it sends to, with that
+    /// cluster's name (one cell named "" for a route that answers itself).
+    route_stats: Vec<Vec<(Arc<str>, Arc<RouteStats>)>>,
     cluster_stats: Vec<Arc<ClusterStats>>,
     /// Balancer state for requests of an older snapshot whose cluster now balances other
     /// endpoints, by (version, cluster index): shared by those requests, apart from the
@@ -87,11 +89,19 @@ impl Balancers {
                     .unwrap_or_else(|| RetryBudget::new(r.retry.budget.clone(), now))
             },
         );
-        self.route_stats = stats.routes_for(
-            cfg.routes
-                .iter()
-                .map(|r| (&*r.name, cfg.cluster_name_of(r))),
-        );
+        let mut cells = stats.routes_for(cfg.route_keys()).into_iter();
+        self.route_stats = cfg
+            .routes
+            .iter()
+            .map(|r| {
+                let names = cfg.cluster_names_of(r);
+                names
+                    .into_iter()
+                    .map(Arc::from)
+                    .zip(cells.by_ref())
+                    .collect()
+            })
+            .collect();
         self.cluster_stats = stats.clusters_for(cfg.clusters.iter().map(|c| &*c.name));
     }
 
@@ -144,13 +154,26 @@ impl Balancers {
         Some(&mut self.budgets[at].1)
     }
 
-    /// Metric cells of route `idx` of `cfg` (those of the route of that name when `cfg` is
-    /// older than the caches).
-    pub fn route_stats_for(&self, cfg: &RuntimeConfig, idx: usize) -> Option<&Arc<RouteStats>> {
+    /// Metric cells of route `idx` of `cfg` for its requests to `cluster` (its
+    /// `choice`-th; `None` for the route's own answers). When `cfg` is older than the
+    /// caches, those of the route and cluster of those names.
+    pub fn route_stats_for(
+        &self,
+        cfg: &RuntimeConfig,
+        idx: usize,
+        cluster: Option<(usize, usize)>,
+    ) -> Option<&Arc<RouteStats>> {
         let route = cfg.routes.get(idx)?;
         // Routes are in the same order in `budgets` and `route_stats`.
         let at = self.place(cfg, idx, &self.budgets, &route.name)?;
-        self.route_stats.get(at)
+        let cells = self.route_stats.get(at)?;
+        if cfg.version == self.version {
+            return cells
+                .get(cluster.map_or(0, |(choice, _)| choice))
+                .map(|(_, c)| c);
+        }
+        let name = cluster.map_or("", |(_, c)| &*cfg.clusters[c].name);
+        cells.iter().find(|(n, _)| **n == *name).map(|(_, c)| c)
     }
 
     /// Metric cells of cluster `idx` of `cfg`.
@@ -687,6 +710,12 @@ mod tests {
         assert_eq!(got, [("c", 30), ("b", 102), ("a", 101)]);
     }
 
+    /// The one cluster route `route` of `cfg` sends to, as [`Balancers::route_stats_for`]
+    /// names it.
+    fn single(cfg: &RuntimeConfig, route: usize) -> Option<(usize, usize)> {
+        cfg.routes[route].clusters().next().map(|c| (0, c))
+    }
+
     /// A snapshot with clusters `names` (one endpoint each, 127.0.0.1:`port`+i, outlier
     /// ejection after `failures` consecutive failures) and a route to each, in that order.
     fn config(version: u64, names: &[&str], failures: u32, port: usize) -> RuntimeConfig {
@@ -768,8 +797,9 @@ mod tests {
             0
         );
         // Route and cluster cells by name too.
-        let route = b.route_stats_for(&v1, 0).unwrap();
-        assert!(Arc::ptr_eq(route, b.route_stats_for(&v2, 1).unwrap()));
+        let route = b.route_stats_for(&v1, 0, single(&v1, 0)).unwrap();
+        let same = b.route_stats_for(&v2, 1, single(&v2, 1)).unwrap();
+        assert!(Arc::ptr_eq(route, same));
         let cluster = b.cluster_stats_for(&v1, 1).unwrap();
         assert!(Arc::ptr_eq(&cluster, &b.cluster_stats_for(&v2, 2).unwrap()));
 
@@ -805,13 +835,13 @@ mod tests {
         i.sync(&v1, &idle, now);
         for (bal, cfg) in [(&b, &v1), (&i, &v1)] {
             for route in 0..2 {
-                let cells = bal.route_stats_for(cfg, route).unwrap();
+                let cells = bal.route_stats_for(cfg, route, single(cfg, route)).unwrap();
                 cells.record(200, Duration::from_millis(1));
                 bal.cluster_stats_for(cfg, route).unwrap().attempts.add(1);
             }
         }
         b.sync(&v2, &busy, now);
-        b.route_stats_for(&v2, 0)
+        b.route_stats_for(&v2, 0, single(&v2, 0))
             .unwrap()
             .record(200, Duration::from_millis(1));
         let series = |c: &str| format!("route=\"to-{c}\",cluster=\"{c}\",class=\"2xx\"}}");

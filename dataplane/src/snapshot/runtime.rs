@@ -124,8 +124,56 @@ pub struct RouteRt {
 pub enum RouteAction {
     /// Upstream, to the cluster at this index.
     Cluster(usize),
+    /// Upstream, to clusters picked by weight.
+    Split(Box<Split>),
     /// Nowhere: the route answers them itself.
     Answer(Box<Answer>),
+}
+
+/// Clusters sharing a route's requests by weight.
+#[derive(Clone, Debug)]
+pub struct Split {
+    /// Each cluster's index and the sum of the weights up to and including its own.
+    clusters: Box<[(usize, u64)]>,
+}
+
+impl Split {
+    /// A split over `(cluster index, weight)`s, `None` when no weight is above 0.
+    pub fn new(weighted: impl IntoIterator<Item = (usize, u32)>) -> Option<Split> {
+        let mut sum = 0u64;
+        let clusters: Box<[(usize, u64)]> = weighted
+            .into_iter()
+            .map(|(c, w)| {
+                sum += u64::from(w);
+                (c, sum)
+            })
+            .collect();
+        (sum > 0).then_some(Split { clusters })
+    }
+
+    /// The position in the split and the cluster index that `random` picks: each
+    /// cluster with its weight's share of random values.
+    pub fn pick(&self, random: u64) -> (usize, usize) {
+        let total = self.clusters.last().map_or(1, |&(_, sum)| sum);
+        let x = random % total;
+        // The first cluster whose running sum passes `x` (one of weight 0 never does).
+        let at = self.clusters.partition_point(|&(_, upto)| upto <= x);
+        (at, self.clusters[at].0)
+    }
+}
+
+/// Where one request of a route goes.
+#[derive(Clone, Copy, Debug)]
+pub enum Dispatch<'a> {
+    /// Upstream: to cluster `cluster`, the route's `choice`-th (0 for a single cluster).
+    Upstream {
+        /// Position among the route's clusters.
+        choice: usize,
+        /// Index in the snapshot's clusters.
+        cluster: usize,
+    },
+    /// The route's own answer.
+    Answer(&'a Answer),
 }
 
 /// A route's own answer.
@@ -194,12 +242,30 @@ impl HeaderEdits {
 }
 
 impl RouteRt {
-    /// The cluster its requests go to, if it does not answer them itself.
-    pub fn cluster(&self) -> Option<usize> {
-        match self.action {
-            RouteAction::Cluster(c) => Some(c),
-            RouteAction::Answer(_) => None,
+    /// Where a request goes: `random` is drawn only for a split.
+    pub fn dispatch(&self, random: impl FnOnce() -> u64) -> Dispatch<'_> {
+        match &self.action {
+            RouteAction::Cluster(c) => Dispatch::Upstream {
+                choice: 0,
+                cluster: *c,
+            },
+            RouteAction::Split(s) => {
+                let (choice, cluster) = s.pick(random());
+                Dispatch::Upstream { choice, cluster }
+            }
+            RouteAction::Answer(a) => Dispatch::Answer(a),
         }
+    }
+
+    /// The clusters its requests may go to, in their order (none for a route that
+    /// answers them itself).
+    pub fn clusters(&self) -> impl Iterator<Item = usize> + '_ {
+        let (one, split) = match &self.action {
+            RouteAction::Cluster(c) => (Some(*c), &[][..]),
+            RouteAction::Split(s) => (None, &s.clusters[..]),
+            RouteAction::Answer(_) => (None, &[][..]),
+        };
+        one.into_iter().chain(split.iter().map(|&(c, _)| c))
     }
 
     /// How many leading bytes of a path this route matched: its prefix, or the whole
@@ -305,10 +371,21 @@ fn addr(text: &str, what: &str) -> Result<SocketAddr, RejectReason> {
 }
 
 impl RuntimeConfig {
-    /// The name of the cluster route `route` sends to; empty for a route that answers
-    /// itself (metrics and the access log name no cluster then).
-    pub fn cluster_name_of(&self, route: &RouteRt) -> &str {
-        route.cluster().map_or("", |c| &self.clusters[c].name)
+    /// The names of the clusters `route` sends to, in its order; one empty name for a
+    /// route that answers itself (metrics name no cluster then).
+    pub fn cluster_names_of<'a>(&'a self, route: &'a RouteRt) -> Vec<&'a str> {
+        let names: Vec<&str> = route.clusters().map(|c| &*self.clusters[c].name).collect();
+        if names.is_empty() { vec![""] } else { names }
+    }
+
+    /// Each (route, cluster) pair its requests are counted by, route by route in order
+    /// (see [`Self::cluster_names_of`]).
+    pub fn route_keys(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.routes.iter().flat_map(|r| {
+            self.cluster_names_of(r)
+                .into_iter()
+                .map(move |c| (&*r.name, c))
+        })
     }
 
     /// Compiles a verified snapshot, building hash-based clusters' tables with
@@ -562,18 +639,40 @@ fn answer(i: usize, r: &v1::Route, a: &v1::route::Answer) -> Result<Answer, Reje
 }
 
 fn route(i: usize, r: &v1::Route, clusters: usize) -> Result<RouteRt, RejectReason> {
-    let action = match &r.answer {
-        Some(a) => RouteAction::Answer(Box::new(answer(i, r, a)?)),
-        None => {
-            let cluster = r.cluster_index as usize;
-            if cluster >= clusters {
-                return Err(invalid(format!(
-                    "routes[{i}] ({}) names cluster {cluster}, out of range",
-                    r.name
-                )));
-            }
-            RouteAction::Cluster(cluster)
+    let in_range = |c: u32| {
+        let c = c as usize;
+        if c < clusters {
+            Ok(c)
+        } else {
+            Err(invalid(format!(
+                "routes[{i}] ({}) names cluster {c}, out of range",
+                r.name
+            )))
         }
+    };
+    let action = match &r.answer {
+        Some(_) if !r.weighted_clusters.is_empty() => {
+            return Err(invalid(format!(
+                "routes[{i}] ({}) has both an answer and weighted clusters",
+                r.name
+            )));
+        }
+        Some(a) => RouteAction::Answer(Box::new(answer(i, r, a)?)),
+        None if !r.weighted_clusters.is_empty() => {
+            let weighted = r
+                .weighted_clusters
+                .iter()
+                .map(|w| Ok((in_range(w.cluster_index)?, w.weight)))
+                .collect::<Result<Vec<_>, RejectReason>>()?;
+            let split = Split::new(weighted).ok_or_else(|| {
+                invalid(format!(
+                    "routes[{i}] ({}) weighted clusters all weigh 0",
+                    r.name
+                ))
+            })?;
+            RouteAction::Split(Box::new(split))
+        }
+        None => RouteAction::Cluster(in_range(r.cluster_index)?),
     };
     // Unset fields keep their proto3 meaning (no path: every path; no header condition:
     // present; no hash key: the client's address). A control plane that adds a match kind
@@ -707,7 +806,7 @@ mod tests {
 
     use omnirelay_proto::v1;
 
-    use super::{DEFAULT_CLIENT_HEAD_TIMEOUT, DEFAULT_CLIENT_IDLE_TIMEOUT, RuntimeConfig};
+    use super::{DEFAULT_CLIENT_HEAD_TIMEOUT, DEFAULT_CLIENT_IDLE_TIMEOUT, RuntimeConfig, Split};
     use crate::lb::test_util::strategies;
 
     /// One listener, one route (prefix `/`) to one cluster of one endpoint.
@@ -763,6 +862,53 @@ mod tests {
         assert!(RuntimeConfig::build(&unset, &strategies()).is_ok());
     }
 
+    /// A split picks each cluster with its weight's share of random values, never one of
+    /// weight 0; an index out of range, no weight above 0, or a split beside an answer is
+    /// refused.
+    #[test]
+    fn a_split_picks_by_weight_and_is_checked() {
+        let split = Split::new([(4, 1), (5, 0), (6, 3)]).unwrap();
+        let mut counts = [0usize; 3];
+        for r in 0..4000u64 {
+            let (choice, cluster) = split.pick(r.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            assert_eq!(cluster, 4 + choice);
+            counts[choice] += 1;
+        }
+        assert_eq!(counts[1], 0, "weight 0 picked: {counts:?}");
+        assert!((900..1100).contains(&counts[0]), "{counts:?}");
+        assert_eq!(counts[0] + counts[2], 4000);
+        // Every value in the first cluster's share (0) and the last's (1..=3).
+        assert_eq!(split.pick(0), (0, 4));
+        assert_eq!(split.pick(1), (2, 6));
+        assert_eq!(split.pick(3), (2, 6));
+        assert!(Split::new([(0, 0)]).is_none());
+
+        let weighted = |c, w| v1::WeightedCluster {
+            cluster_index: c,
+            weight: w,
+        };
+        let mut good = minimal();
+        good.routes[0].weighted_clusters = vec![weighted(0, 2), weighted(0, 0)];
+        let built = RuntimeConfig::build(&good, &strategies()).unwrap();
+        assert_eq!(built.routes[0].clusters().collect::<Vec<_>>(), [0, 0]);
+        assert_eq!(built.route_keys().count(), 2);
+        let e = refused(|s| s.routes[0].weighted_clusters = vec![weighted(3, 1)]);
+        assert!(
+            e.contains("routes[0] (r) names cluster 3, out of range"),
+            "{e}"
+        );
+        let e = refused(|s| s.routes[0].weighted_clusters = vec![weighted(0, 0)]);
+        assert!(e.contains("all weigh 0"), "{e}");
+        let e = refused(|s| {
+            s.routes[0].weighted_clusters = vec![weighted(0, 1)];
+            s.routes[0].answer = Some(v1::route::Answer::DirectResponse(v1::DirectResponse {
+                status: 200,
+                ..Default::default()
+            }));
+        });
+        assert!(e.contains("both an answer and weighted clusters"), "{e}");
+    }
+
     /// A route's own answer goes into response heads: one with a status, code, scheme,
     /// host, path or content type the data plane could not send as given is refused; a
     /// good one needs no cluster, even one out of range.
@@ -789,8 +935,8 @@ mod tests {
         good.routes[0].cluster_index = 7;
         good.routes[0].answer = Some(direct(200, b"ok", "text/plain"));
         let built = RuntimeConfig::build(&good, &strategies()).unwrap();
-        assert!(built.routes[0].cluster().is_none());
-        assert_eq!(built.cluster_name_of(&built.routes[0]), "");
+        assert_eq!(built.routes[0].clusters().count(), 0);
+        assert_eq!(built.cluster_names_of(&built.routes[0]), [""]);
         good.routes[0].answer = Some(redirect(&|_| {}));
         assert!(RuntimeConfig::build(&good, &strategies()).is_ok());
 

@@ -20,6 +20,7 @@ pub const CAPABILITIES: &[&str] = &[
     "route.header_edits",
     "route.direct_response",
     "route.redirect",
+    "route.weighted_clusters",
 ];
 
 /// Largest signed snapshot accepted (bytes).

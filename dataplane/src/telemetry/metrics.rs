@@ -282,11 +282,7 @@ impl Metrics {
             }
         }
         if let Some(cfg) = live() {
-            let live_routes: BTreeSet<(&str, &str)> = cfg
-                .routes
-                .iter()
-                .map(|r| (&*r.name, cfg.cluster_name_of(r)))
-                .collect();
+            let live_routes: BTreeSet<(&str, &str)> = cfg.route_keys().collect();
             let live_clusters: BTreeSet<&str> = cfg.clusters.iter().map(|c| &*c.name).collect();
             routes.retain(|(r, c), _| live_routes.contains(&(r.as_str(), c.as_str())));
             clusters.retain(|c, _| live_clusters.contains(c.as_str()));
