@@ -13,6 +13,7 @@
 //! that library code never uses them.
 
 pub mod admin;
+pub mod health;
 /// The HTTP/1.1 codec (its own crate, so the fuzzer builds it alone).
 pub use omnirelay_http1 as http1;
 pub mod lb;

@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
 use omnirelay_dataplane::{
-    admin,
+    admin, health,
     lb::Strategies,
     proxy::{self, ProxyOptions},
     snapshot::{
@@ -230,6 +230,8 @@ fn main() -> anyhow::Result<()> {
     opts.ring_entries = cli.ring_entries;
     opts.settings.client_hot_read = Duration::from_millis(cli.client_hot_read_ms);
     let proxy = proxy::start(Arc::clone(&holder), Arc::clone(&metrics), access_log, opts)?;
+    health::spawn(Arc::clone(&holder), Arc::clone(&metrics))
+        .context("starting the health checker")?;
     let admin_addr = admin::spawn(
         cli.admin,
         Arc::clone(&holder),

@@ -1073,3 +1073,86 @@ fn a_route_splits_its_requests_over_weighted_clusters() {
     };
     assert_eq!((count("one"), count("two")), (ones, n - ones));
 }
+
+/// A cluster's `health_check` takes out the endpoints that fail it, and requests go to
+/// the others: up1 answers the check's path `/flaky` with 503 (out at once), a dead
+/// address refuses connections (out after two checks), up2 passes. With the path changed
+/// to one up1 passes, up1 comes back (the dead one stays out, never tried by a request).
+#[test]
+fn endpoints_failing_their_health_checks_get_no_requests() {
+    require_caps!(Capability::Program("nginx"));
+    let stack = Stack::start();
+    let port = free_port();
+    let dead = free_port();
+    let (up1, up2) = (stack.ports.up1, stack.ports.up2);
+    let listener = |check_path: &str| {
+        format!(
+            "routes = [\"checked\"]\n\n\
+             [[routes]]\nname = \"checked\"\ncluster = \"both\"\n\n\
+             [[clusters]]\nname = \"both\"\n\
+             endpoints = [\"127.0.0.1:{up1}\", \"127.0.0.1:{up2}\", \"127.0.0.1:{dead}\"]\n\
+             health_check = {{ path = \"{check_path}\", interval_ms = 100, timeout_ms = 100, \
+             unhealthy_threshold = 2, healthy_threshold = 1 }}\n"
+        )
+    };
+    let addr = stack.add_listener(
+        "checked",
+        &format!("127.0.0.1:{port}"),
+        &listener("/flaky"),
+        port,
+    );
+    let unhealthy = || stack.dp_metric("omnirelay_upstream_endpoints_unhealthy{cluster=\"both\"}");
+    let wait_unhealthy = |n: f64| {
+        assert!(
+            omnirelay_test_support::process::wait_until(std::time::Duration::from_secs(10), || {
+                unhealthy() == Some(n)
+            }),
+            "{:?} endpoints out, expected {n}",
+            unhealthy()
+        );
+    };
+    wait_unhealthy(2.0);
+    let answers = |n: usize| {
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        (0..n)
+            .map(|_| {
+                let got = exchange(&mut conn, "GET /who HTTP/1.1\r\nhost: a\r\n\r\n", |got| {
+                    got.ends_with(b"one\n") || got.ends_with(b"two\n")
+                });
+                assert!(got.starts_with("HTTP/1.1 200 "), "{got}");
+                got.ends_with("one\n")
+            })
+            .collect::<Vec<bool>>()
+    };
+    assert!(
+        answers(20).iter().all(|&one| !one),
+        "a request went to an endpoint out"
+    );
+    let failed = stack
+        .dp_metric("omnirelay_health_checks_total{cluster=\"both\",result=\"failed\"}")
+        .unwrap();
+    assert!(failed >= 3.0, "{failed} failed checks");
+
+    // The check changes: up1 passes it and comes back; the dead address stays out.
+    let v = stack.dp_version();
+    write_config(
+        &stack.config_path,
+        &format!(
+            "{}\n[[listeners]]\nname = \"checked\"\naddress = \"127.0.0.1:{port}\"\n{}",
+            common::config(&stack.ports, "one"),
+            listener("/who")
+        ),
+    );
+    stack.wait_dp_version_above(v);
+    wait_unhealthy(1.0);
+    let seen = answers(40);
+    assert!(
+        seen.iter().any(|&one| one) && seen.iter().any(|&one| !one),
+        "{seen:?}"
+    );
+    assert_eq!(
+        stack.dp_metric("omnirelay_upstream_connect_failures_total{cluster=\"both\"}"),
+        Some(0.0),
+        "a request was sent to the dead endpoint"
+    );
+}

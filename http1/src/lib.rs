@@ -52,7 +52,9 @@ pub use forwarded::{
 pub use framing::{Framing, downstream_framing, keep_alive};
 pub use headers::Headers;
 pub use local::{LocalReply, write_local_response, write_own_response};
-pub use path::{ambiguous_path, normalize_path, replace_prefix, valid_path_rewrite};
+pub use path::{
+    ambiguous_path, normalize_path, replace_prefix, valid_origin_form, valid_path_rewrite,
+};
 pub use request::{RequestHead, split_port, valid_host};
 pub use response::ResponseHead;
 pub use serialize::{

@@ -92,6 +92,12 @@ pub fn valid_path_rewrite(with: &str) -> bool {
             .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#')
 }
 
+/// Whether `target` may be sent as a request's origin-form target as it is: a path
+/// starting with `/` and an optional query, visible ASCII only, without a fragment.
+pub fn valid_origin_form(target: &str) -> bool {
+    target.starts_with('/') && target.bytes().all(|b| b.is_ascii_graphic() && b != b'#')
+}
+
 /// Whether `path` could reach a dot segment that [`normalize_path`] does not see: one
 /// next to an escaped slash or backslash (`/a/..%2Fb`, `/a/%2e%2e%5cb`, `/a/..\b`, which
 /// many servers decode before resolving dots), or carrying a path parameter (`/a/..;/b`,

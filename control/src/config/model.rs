@@ -474,6 +474,25 @@ pub struct Cluster {
     pub max_idle_per_endpoint: u32,
     /// Requests in flight to the cluster at once per data plane (0: no limit).
     pub max_requests: u32,
+    /// Active health checking of each endpoint.
+    pub health_check: Option<HealthCheck>,
+}
+
+/// `health_check`: an HTTP GET to each endpoint every `interval_ms`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The request target (path and query).
+    pub path: String,
+    /// The Host field; empty: the cluster's name.
+    pub host: String,
+    /// Between checks of one endpoint.
+    pub interval_ms: u32,
+    /// For one check, connect to response head.
+    pub timeout_ms: u32,
+    /// Failed checks in a row that take an endpoint out.
+    pub unhealthy_threshold: u32,
+    /// Passed checks in a row that bring it back.
+    pub healthy_threshold: u32,
 }
 
 /// `[[budgets]]`: a kernel rate-limit budget.

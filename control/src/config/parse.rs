@@ -735,9 +735,48 @@ fn cluster(o: Obj<'_>) -> Cluster {
         outlier,
         max_idle_per_endpoint: o.int_or("max_idle_per_endpoint", 64, 0, 100_000) as u32,
         max_requests: o.int_or("max_requests", 0, 1, 10_000_000) as u32,
+        health_check: o.table("health_check").map(health_check),
     };
     o.finish();
     cluster
+}
+
+fn health_check(o: Obj<'_>) -> HealthCheck {
+    let path = o.str("path").unwrap_or_default();
+    if !path.is_empty() && !omnirelay_http1::valid_origin_form(&path) {
+        o.error(
+            "path",
+            format!(
+                "{path:?} is not a request target: it must begin with '/' and hold only visible \
+                 ASCII, without '#'"
+            ),
+        );
+    }
+    let host = o.opt_str("host").unwrap_or_default();
+    if o.table_has("host") && (host.is_empty() || !omnirelay_http1::valid_host(host.as_bytes())) {
+        o.error(
+            "host",
+            format!("{host:?} is not a Host value (a name or address, with an optional :port)"),
+        );
+    }
+    let interval_ms = o.int_or("interval_ms", 5000, 100, MAX_MS) as u32;
+    let timeout_ms = o.int_or("timeout_ms", 1000, 10, MAX_MS) as u32;
+    if timeout_ms > interval_ms {
+        o.error(
+            "timeout_ms",
+            format!("{timeout_ms} ms is longer than interval_ms ({interval_ms} ms)"),
+        );
+    }
+    let check = HealthCheck {
+        path,
+        host,
+        interval_ms,
+        timeout_ms,
+        unhealthy_threshold: o.int_or("unhealthy_threshold", 3, 1, 100) as u32,
+        healthy_threshold: o.int_or("healthy_threshold", 2, 1, 100) as u32,
+    };
+    o.finish();
+    check
 }
 
 /// Highest rate per source the XDP limiter keeps precisely (whole-nanosecond intervals).

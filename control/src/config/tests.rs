@@ -633,3 +633,55 @@ fn weighted_clusters_name_known_clusters_with_weights() {
     );
     assert!(error_at(&both, "routes[1].cluster").contains("not several"));
 }
+
+/// A cluster's `health_check`: a request target, defaults Envoy-like, a timeout within
+/// the interval, and each bad field named.
+#[test]
+fn a_health_check_names_its_bad_fields() {
+    let with = |check: &str| {
+        GOOD.replace(
+            "endpoints = [\"[::1]:9003\"]",
+            &format!("endpoints = [\"[::1]:9003\"]\nhealth_check = {check}"),
+        )
+    };
+    let c = parse(&with(r#"{ path = "/healthz?full=1" }"#), "t.toml").unwrap();
+    assert_eq!(
+        c.clusters[1].health_check,
+        Some(HealthCheck {
+            path: "/healthz?full=1".into(),
+            host: String::new(),
+            interval_ms: 5000,
+            timeout_ms: 1000,
+            unhealthy_threshold: 3,
+            healthy_threshold: 2,
+        })
+    );
+    assert_eq!(c.clusters[0].health_check, None);
+    let at = |check: &str, path: &str| error_at(&with(check), path);
+    assert!(at("{}", "clusters[1].health_check.path").contains("missing"));
+    assert!(
+        at(r#"{ path = "healthz" }"#, "clusters[1].health_check.path")
+            .contains("not a request target")
+    );
+    assert!(
+        at(
+            r#"{ path = "/h", host = "a b" }"#,
+            "clusters[1].health_check.host"
+        )
+        .contains("not a Host value")
+    );
+    assert!(
+        at(
+            r#"{ path = "/h", interval_ms = 500, timeout_ms = 600 }"#,
+            "clusters[1].health_check.timeout_ms"
+        )
+        .contains("longer than interval_ms")
+    );
+    assert!(
+        at(
+            r#"{ path = "/h", unhealthy_threshold = 0 }"#,
+            "clusters[1].health_check.unhealthy_threshold"
+        )
+        .contains("out of range")
+    );
+}

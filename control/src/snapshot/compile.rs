@@ -43,6 +43,10 @@ pub fn required_capabilities(config: &Config) -> Vec<String> {
     {
         caps.push("route.rewrite".to_owned());
     }
+    // One that does not know them would never take an endpoint out.
+    if config.clusters.iter().any(|c| c.health_check.is_some()) {
+        caps.push("cluster.health_check".to_owned());
+    }
     // One that does not know them would send the route to cluster 0.
     if config
         .routes
@@ -221,6 +225,14 @@ fn cluster(c: &config::Cluster) -> v1::Cluster {
         }),
         max_idle_per_endpoint: c.max_idle_per_endpoint,
         max_requests: c.max_requests,
+        health_check: c.health_check.as_ref().map(|h| v1::HealthCheck {
+            path: h.path.clone(),
+            host: h.host.clone(),
+            interval_ms: h.interval_ms,
+            timeout_ms: h.timeout_ms,
+            unhealthy_threshold: h.unhealthy_threshold,
+            healthy_threshold: h.healthy_threshold,
+        }),
     }
 }
 
@@ -432,11 +444,11 @@ rate_per_second = 50
         }
     }
 
-    /// A route's own answer and a split go into the snapshot with their parts, and each
-    /// kind is a capability (a data plane without it would send the route to cluster 0);
-    /// without such routes none is required.
+    /// A route's own answer, a split and a health check go into the snapshot with their
+    /// parts, and each kind is a capability (a data plane without it would send the route
+    /// to cluster 0, or never take an endpoint out); without them none is required.
     #[test]
-    fn answers_and_weighted_clusters_compile_and_are_required_capabilities() {
+    fn answers_splits_and_health_checks_compile_and_are_required_capabilities() {
         let plain = compile(
             &crate::config::parse(CONFIG, "t.toml").unwrap(),
             1,
@@ -449,14 +461,19 @@ rate_per_second = 50
                 "route.direct_response",
                 "route.redirect",
                 "route.weighted_clusters",
+                "cluster.health_check",
             ]
             .map(|c| s.required_capabilities.contains(&c.to_owned()))
         };
-        assert_eq!(caps(&plain), [false, false, false]);
+        assert_eq!(caps(&plain), [false; 4]);
         let text = CONFIG.to_owned()
             + "\n[[routes]]\nname = \"gone\"\ndirect_response = { status = 410, body = \"gone\" }\n\
                \n[[routes]]\nname = \"moved\"\nredirect = { scheme = \"https\", prefix = \"/v2/\", code = 308 }\n\
                \n[[routes]]\nname = \"split\"\nweighted_clusters = [{ name = \"two\", weight = 9 }, { name = \"one\" }]\n";
+        let text = text.replace(
+            "name = \"one\"\n",
+            "name = \"one\"\nhealth_check = { path = \"/healthz\", interval_ms = 2000 }\n",
+        );
         let s = compile(
             &crate::config::parse(&text, "t.toml").unwrap(),
             1,
@@ -464,7 +481,14 @@ rate_per_second = 50
             "t.toml",
             "abc",
         );
-        assert_eq!(caps(&s), [true, true, true]);
+        assert_eq!(caps(&s), [true; 4]);
+        let check = s
+            .clusters
+            .iter()
+            .find_map(|c| c.health_check.clone())
+            .unwrap();
+        assert_eq!((check.path.as_str(), check.interval_ms), ("/healthz", 2000));
+        assert_eq!((check.timeout_ms, check.unhealthy_threshold), (1000, 3));
         let split = s.routes.iter().find(|r| r.name == "split").unwrap();
         assert_eq!(
             split.weighted_clusters,

@@ -9,7 +9,7 @@ use omnirelay_abstractions::topology::{
     hash::{hash_socket_addr, mix64},
 };
 
-use super::{EndpointId, Strategies};
+use super::{EndpointId, Health, Strategies};
 
 /// The most endpoints one cluster may have.
 pub const MAX_ENDPOINTS: usize = 1 << 20;
@@ -92,6 +92,8 @@ pub struct ClusterLb {
     policy: Policy,
     algorithm: Algorithm,
     fingerprint: u64,
+    /// The endpoints active health checks took out, when the cluster is checked.
+    health: Option<Arc<Health>>,
 }
 
 impl ClusterLb {
@@ -141,7 +143,30 @@ impl ClusterLb {
             policy,
             algorithm,
             fingerprint,
+            health: None,
         })
+    }
+
+    /// The cluster with its endpoints' active health kept in `health` (one flag per
+    /// endpoint, in list order; a `health` of another length is not taken).
+    pub fn with_health(mut self, health: Arc<Health>) -> Self {
+        if health.len() == self.endpoints.len() {
+            self.health = Some(health);
+        }
+        self
+    }
+
+    /// The endpoints active health checks took out, when the cluster is checked.
+    pub fn health(&self) -> Option<&Arc<Health>> {
+        self.health.as_ref()
+    }
+
+    /// The id of the endpoint at `addr` (a linear search: for the health checker, not
+    /// for requests).
+    pub fn id_of(&self, addr: SocketAddr) -> Option<EndpointId> {
+        let i = self.endpoints.iter().position(|e| e.addr == addr)?;
+        // len ≤ MAX_ENDPOINTS, so every index fits in u32.
+        Some(EndpointId::new(i as u32))
     }
 
     /// The number of endpoints.

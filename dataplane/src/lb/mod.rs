@@ -14,7 +14,10 @@
 //! * [`LbState`] is the mutable per-worker half: smooth weighted round-robin counters,
 //!   in-flight request counts, the passive [`OutlierDetector`]. Each worker thread owns its
 //!   own (it is `!Send`/`!Sync`: in-flight counts are shared with [`RequestGuard`]s through
-//!   an `Rc`), so nothing here locks or uses atomics. A [`RetryBudget`] is per worker too.
+//!   an `Rc`), so nothing in it locks or uses atomics. A [`RetryBudget`] is per worker too.
+//! * [`Health`] is the one shared, written half: the endpoints a cluster's active health
+//!   checks took out, set by the data plane's checker and read by every worker's picks
+//!   (a `ClusterLb` carries it when its cluster is health-checked).
 //!
 //! Nothing in this module reads a clock, opens a socket or draws from a global random
 //! source:
@@ -75,6 +78,7 @@
 
 mod backoff;
 mod cluster;
+mod health;
 mod least_request;
 mod outlier;
 mod retry_budget;
@@ -87,6 +91,7 @@ use std::fmt;
 
 pub use backoff::{backoff, backoff_ceiling};
 pub use cluster::{ClusterLb, LbError, MAX_ENDPOINTS, Policy};
+pub use health::Health;
 pub use omnirelay_abstractions::topology::hash::{
     hash_ip, hash_key, hash_key_seeded, hash_socket_addr, mix64,
 };

@@ -23,10 +23,12 @@ use super::{EndpointId, least_request};
 /// endpoint stays out across endpoint updates, as in Envoy).
 ///
 /// **Eligibility and panic mode.** A pick considers the endpoints not in the caller's
-/// exclusion list and not ejected by the outlier detector. The detector itself never ejects
+/// exclusion list, not ejected by the outlier detector and not taken out by the
+/// cluster's active health checks ([`ClusterLb::health`]). The detector itself never ejects
 /// more than `max_ejection_percent` of the cluster. If every non-excluded endpoint is
-/// ejected (possible with `max_ejection_percent` 100, or when a retry excludes the healthy
-/// ones), ejection is ignored for that pick, as in Envoy's panic mode, and
+/// ejected or out (possible with `max_ejection_percent` 100, when every endpoint fails its
+/// health checks, or when a retry excludes the healthy ones), ejection and health are
+/// ignored for that pick, as in Envoy's panic mode, and
 /// [`LbState::panic_picks`] counts it: a possibly unhealthy endpoint beats none. Exclusions
 /// are never ignored: if every endpoint is excluded the pick returns `None`.
 #[derive(Debug)]
@@ -132,7 +134,10 @@ impl LbState {
         let n = cluster.len();
         let excluded = |i: usize| exclude.iter().any(|e| e.index() == i);
         let outlier = &self.outlier;
-        let healthy = |i: usize| !outlier.is_ejected(EndpointId::new(i as u32));
+        let checked = cluster.health();
+        let healthy = |i: usize| {
+            !outlier.is_ejected(EndpointId::new(i as u32)) && checked.is_none_or(|h| !h.is_down(i))
+        };
         let honour_ejection = (0..n).any(|i| !excluded(i) && healthy(i));
         if !honour_ejection {
             if (0..n).all(excluded) {
@@ -146,7 +151,9 @@ impl LbState {
             Algorithm::RoundRobin => self.wrr.pick(endpoints, eligible),
             Algorithm::LeastRequest => {
                 let all = exclude.is_empty()
-                    && (!honour_ejection || outlier.stats().currently_ejected == 0);
+                    && (!honour_ejection
+                        || outlier.stats().currently_ejected == 0
+                            && checked.is_none_or(|h| h.down_count() == 0));
                 let scratch = &mut self.scratch;
                 least_request::pick(endpoints, &self.in_flight, eligible, all, scratch, rng)
             }

@@ -16,7 +16,7 @@ use omnirelay_proto::v1;
 
 use super::RejectReason;
 use crate::{
-    lb::{ClusterLb, OutlierConfig, Policy, RetryBudgetConfig, Strategies},
+    lb::{ClusterLb, Health, OutlierConfig, Policy, RetryBudgetConfig, Strategies},
     router::{HeaderCondition, HostMatch, PathMatch, RouteMatcher},
 };
 
@@ -295,6 +295,26 @@ pub struct ClusterRt {
     /// `max_requests`: the requests in flight to this cluster over all workers, and their
     /// limit.
     pub max_requests: Option<InFlight>,
+    /// Active health checking of its endpoints (their state is in `lb`'s health).
+    pub health_check: Option<HealthCheckRt>,
+}
+
+/// How a cluster's endpoints are checked: an HTTP/1.1 GET of `path` with `host`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HealthCheckRt {
+    /// The request target.
+    pub path: Box<str>,
+    /// The Host field (the cluster's name unless configured).
+    pub host: Box<str>,
+    /// Between checks of one endpoint.
+    pub interval: Duration,
+    /// For one check, connect to response head.
+    pub timeout: Duration,
+    /// Failed checks in a row (connect failures, timeouts) that take an endpoint out; a
+    /// response with a status other than 2xx takes it out at once.
+    pub unhealthy_threshold: u32,
+    /// Passed checks in a row that bring it back.
+    pub healthy_threshold: u32,
 }
 
 /// Requests in flight to a cluster, counted over all workers against a limit (Envoy's
@@ -406,13 +426,23 @@ impl RuntimeConfig {
             .flat_map(|p| &p.clusters)
             .filter_map(|c| Some((&*c.name, &c.max_requests.as_ref()?.count)))
             .collect();
+        let checked: HashMap<&str, &ClusterLb> = prev
+            .into_iter()
+            .flat_map(|p| &p.clusters)
+            .filter(|c| c.lb.health().is_some())
+            .map(|c| (&*c.name, &c.lb))
+            .collect();
         let clusters = s
             .clusters
             .iter()
             .enumerate()
             .map(|(i, c)| {
                 let count = counts.get(c.name.as_str()).map(|&a| Arc::clone(a));
-                cluster(i, c, strategies, count).map(Arc::new)
+                let carried = Carried {
+                    count,
+                    health: checked.get(c.name.as_str()).copied(),
+                };
+                cluster(i, c, strategies, carried).map(Arc::new)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let routes = s
@@ -493,11 +523,72 @@ fn nonzero(v: u32, default: usize) -> usize {
 }
 
 /// `count`: the in-flight count the cluster of this name had in the previous snapshot.
+/// What a cluster carries over from the snapshot before under its name.
+struct Carried<'a> {
+    /// Its requests in flight (`max_requests`).
+    count: Option<Arc<AtomicU64>>,
+    /// Its endpoints and their active health, when it was health-checked.
+    health: Option<&'a ClusterLb>,
+}
+
+/// A cluster's active health, each endpoint's taken from `before` (the same cluster in the
+/// snapshot before, when it was checked) by address: an endpoint out stays out until its
+/// checks bring it back, one new starts in.
+fn carried_health(lb: &ClusterLb, before: Option<&ClusterLb>) -> Health {
+    let health = Health::new(lb.len());
+    if let Some((old, old_health)) = before.and_then(|b| Some((b, b.health()?))) {
+        let down: HashMap<SocketAddr, bool> = old
+            .ids()
+            .filter_map(|id| Some((old.addr(id)?, old_health.is_down(id.index()))))
+            .collect();
+        for id in lb.ids() {
+            if lb.addr(id).is_some_and(|a| down.get(&a) == Some(&true)) {
+                health.set(id.index(), true);
+            }
+        }
+    }
+    health
+}
+
+/// A cluster's health check, checked as the control daemon checks its config (its path
+/// and host go into requests).
+fn health_check(
+    i: usize,
+    c: &v1::Cluster,
+    h: &v1::HealthCheck,
+) -> Result<HealthCheckRt, RejectReason> {
+    let bad = |what: String| {
+        Err(invalid(format!(
+            "clusters[{i}] ({}) health_check {what}",
+            c.name
+        )))
+    };
+    if !crate::http1::valid_origin_form(&h.path) {
+        return bad(format!("path {:?} is not a request target", h.path));
+    }
+    if !h.host.is_empty() && !crate::http1::valid_host(h.host.as_bytes()) {
+        return bad(format!("host {:?} is not a Host value", h.host));
+    }
+    if h.interval_ms == 0 || h.timeout_ms == 0 {
+        return bad("interval_ms and timeout_ms must be above 0".into());
+    }
+    Ok(HealthCheckRt {
+        path: h.path.as_str().into(),
+        host: if h.host.is_empty() { &c.name } else { &h.host }
+            .as_str()
+            .into(),
+        interval: Duration::from_millis(u64::from(h.interval_ms)),
+        timeout: Duration::from_millis(u64::from(h.timeout_ms)),
+        unhealthy_threshold: h.unhealthy_threshold.max(1),
+        healthy_threshold: h.healthy_threshold.max(1),
+    })
+}
+
 fn cluster(
     i: usize,
     c: &v1::Cluster,
     strategies: &Strategies,
-    count: Option<Arc<AtomicU64>>,
+    carried: Carried<'_>,
 ) -> Result<ClusterRt, RejectReason> {
     let endpoints = c
         .endpoints
@@ -530,6 +621,17 @@ fn cluster(
     };
     let lb = ClusterLb::new(&endpoints, policy, strategies)
         .map_err(|e| invalid(format!("clusters[{i}] ({}): {e}", c.name)))?;
+    let health_check = match &c.health_check {
+        Some(h) => Some(health_check(i, c, h)?),
+        None => None,
+    };
+    let lb = match health_check {
+        Some(_) => {
+            let health = carried_health(&lb, carried.health);
+            lb.with_health(Arc::new(health))
+        }
+        None => lb,
+    };
     let t = c.timeouts.unwrap_or_default();
     let o = c.outlier.unwrap_or_default();
     let d = OutlierConfig::default();
@@ -551,8 +653,9 @@ fn cluster(
         max_idle_per_endpoint: c.max_idle_per_endpoint as usize,
         max_requests: (c.max_requests > 0).then(|| InFlight {
             limit: u64::from(c.max_requests),
-            count: count.unwrap_or_default(),
+            count: carried.count.unwrap_or_default(),
         }),
+        health_check,
     })
 }
 
@@ -907,6 +1010,67 @@ mod tests {
             }));
         });
         assert!(e.contains("both an answer and weighted clusters"), "{e}");
+    }
+
+    /// A health-checked cluster carries each endpoint's state to the next snapshot by
+    /// address (one out stays out, one new starts in); the check's host defaults to the
+    /// cluster's name; a path or host that would break the request is refused.
+    #[test]
+    fn health_is_carried_by_address_and_a_bad_check_is_refused() {
+        let check = v1::HealthCheck {
+            path: "/healthz".into(),
+            interval_ms: 1000,
+            timeout_ms: 100,
+            unhealthy_threshold: 2,
+            healthy_threshold: 1,
+            ..Default::default()
+        };
+        let endpoint = |port: u16| v1::Endpoint {
+            address: format!("127.0.0.1:{port}"),
+            weight: 1,
+        };
+        let mut s = minimal();
+        s.clusters[0].endpoints = vec![endpoint(2), endpoint(3)];
+        s.clusters[0].health_check = Some(check.clone());
+        let v1 = RuntimeConfig::build(&s, &strategies()).unwrap();
+        let c = &v1.clusters[0];
+        assert_eq!(c.health_check.as_ref().unwrap().host.as_ref(), "c");
+        let health = c.lb.health().unwrap();
+        assert!(health.set(1, true));
+
+        s.version = 2;
+        s.clusters[0].endpoints = vec![endpoint(4), endpoint(3), endpoint(2)];
+        let v2 = RuntimeConfig::build_after(&s, &strategies(), Some(&v1)).unwrap();
+        let health = v2.clusters[0].lb.health().unwrap();
+        assert_eq!(
+            (0..3).map(|i| health.is_down(i)).collect::<Vec<_>>(),
+            [false, true, false]
+        );
+        assert_eq!(health.down_count(), 1);
+        // Without a check, no health is kept.
+        assert!(
+            RuntimeConfig::build(&minimal(), &strategies())
+                .unwrap()
+                .clusters[0]
+                .lb
+                .health()
+                .is_none()
+        );
+
+        let e = refused(|s| {
+            s.clusters[0].health_check = Some(v1::HealthCheck {
+                path: "/a b".into(),
+                ..check.clone()
+            });
+        });
+        assert!(e.contains("clusters[0] (c) health_check path"), "{e}");
+        let e = refused(|s| {
+            s.clusters[0].health_check = Some(v1::HealthCheck {
+                host: "a\r\nx: y".into(),
+                ..check.clone()
+            });
+        });
+        assert!(e.contains("health_check host"), "{e}");
     }
 
     /// A route's own answer goes into response heads: one with a status, code, scheme,

@@ -21,6 +21,7 @@ pub const CAPABILITIES: &[&str] = &[
     "route.direct_response",
     "route.redirect",
     "route.weighted_clusters",
+    "cluster.health_check",
 ];
 
 /// Largest signed snapshot accepted (bytes).

@@ -176,6 +176,8 @@ pub struct Metrics {
     workers: Mutex<Vec<Arc<WorkerStats>>>,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: AtomicU64,
+    /// Active health checks by cluster: (passed, failed).
+    health_checks: Mutex<BTreeMap<String, (u64, u64)>>,
 }
 
 fn esc(s: &str) -> String {
@@ -193,6 +195,20 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner())
             .push(Arc::clone(&w));
         w
+    }
+
+    /// Counts one active health check of an endpoint of `cluster`.
+    pub fn health_checked(&self, cluster: &str, passed: bool) {
+        let mut map = self.health_checks.lock().unwrap_or_else(|p| p.into_inner());
+        let counts = match map.get_mut(cluster) {
+            Some(c) => c,
+            None => map.entry(cluster.to_owned()).or_default(),
+        };
+        if passed {
+            counts.0 += 1;
+        } else {
+            counts.1 += 1;
+        }
     }
 
     /// Client connections open now, over every worker.
@@ -281,11 +297,18 @@ impl Metrics {
                 s.upstream_latency.add_into(&mut e.1, &mut e.2);
             }
         }
-        if let Some(cfg) = live() {
+        let mut checks = self
+            .health_checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let live = live();
+        if let Some(cfg) = &live {
             let live_routes: BTreeSet<(&str, &str)> = cfg.route_keys().collect();
             let live_clusters: BTreeSet<&str> = cfg.clusters.iter().map(|c| &*c.name).collect();
             routes.retain(|(r, c), _| live_routes.contains(&(r.as_str(), c.as_str())));
             clusters.retain(|c, _| live_clusters.contains(c.as_str()));
+            checks.retain(|c, _| live_clusters.contains(c.as_str()));
         }
         out.push_str("# TYPE omnirelay_requests_total counter\n");
         for ((route, cluster), (status, _, _)) in &routes {
@@ -341,6 +364,27 @@ impl Metrics {
                 buckets,
                 *sum,
             );
+        }
+        out.push_str("# TYPE omnirelay_health_checks_total counter\n");
+        for (cluster, (passed, failed)) in &checks {
+            for (result, n) in [("passed", passed), ("failed", failed)] {
+                let _ = writeln!(
+                    out,
+                    "omnirelay_health_checks_total{{cluster=\"{}\",result=\"{result}\"}} {n}",
+                    esc(cluster)
+                );
+            }
+        }
+        out.push_str("# TYPE omnirelay_upstream_endpoints_unhealthy gauge\n");
+        for c in live.iter().flat_map(|cfg| &cfg.clusters) {
+            if let Some(h) = c.lb.health() {
+                let _ = writeln!(
+                    out,
+                    "omnirelay_upstream_endpoints_unhealthy{{cluster=\"{}\"}} {}",
+                    esc(&c.name),
+                    h.down_count()
+                );
+            }
         }
         let _ = writeln!(
             out,

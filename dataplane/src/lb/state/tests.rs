@@ -226,3 +226,33 @@ fn a_table_answer_out_of_range_picks_nothing() {
     h.cluster = ClusterLb::new(&endpoints(&[1, 1]), Policy::Rendezvous, &s).unwrap();
     assert_eq!(h.pick(Some(1), &[]), None);
 }
+
+/// An endpoint its health checks took out is skipped by every policy (a hash key that
+/// maps to it moves on), comes back when it is brought back, and when every endpoint is
+/// out the pick is made anyway (panic mode) and counted.
+#[test]
+fn endpoints_out_by_health_checks_are_skipped_until_back() {
+    for policy in ALL_POLICIES {
+        let mut h = Harness::new(&[1, 1, 1], policy, OutlierConfig::default());
+        let health = std::sync::Arc::new(crate::lb::Health::new(3));
+        h.cluster = h
+            .cluster
+            .clone()
+            .with_health(std::sync::Arc::clone(&health));
+        health.set(1, true);
+        let seen: HashSet<_> = (0..300)
+            .map(|k| h.pick(Some(k * 7919), &[]).unwrap())
+            .collect();
+        assert_eq!(seen, HashSet::from([id(0), id(2)]), "{policy:?}");
+        health.set(1, false);
+        let seen: HashSet<_> = (0..300)
+            .map(|k| h.pick(Some(k * 7919), &[]).unwrap())
+            .collect();
+        assert_eq!(seen.len(), 3, "{policy:?}: {seen:?}");
+        for i in 0..3 {
+            health.set(i, true);
+        }
+        assert!(h.pick(None, &[]).is_some(), "{policy:?}");
+        assert_eq!(h.state.panic_picks(), 1, "{policy:?}");
+    }
+}

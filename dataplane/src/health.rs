@@ -1,0 +1,206 @@
+//! Active health checks (Envoy's HTTP health checker): every endpoint of a cluster that
+//! sets `health_check` gets an HTTP/1.1 GET each interval from one thread of the data
+//! plane, and its verdict goes into the running snapshot's [`Health`] of that cluster,
+//! which every worker's picks read.
+//!
+//! An endpoint is in until checks take it out: a response with a status other than 2xx
+//! takes it out at once, as in Envoy; connect failures and timeouts count toward
+//! `unhealthy_threshold` in a row; `healthy_threshold` passes in a row bring it back. The
+//! checker follows the snapshot: a new version starts checks for new endpoints and stops
+//! those of endpoints gone; one whose check changed starts over from the state the
+//! snapshot carried over.
+
+use std::{
+    collections::{HashMap, HashSet},
+    hash::{BuildHasher as _, RandomState},
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
+
+use bytes::BytesMut;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+    task::JoinHandle,
+};
+
+use crate::{
+    http1::{self, ParseStatus, ResponseHead},
+    lb::{Health, SplitMix64},
+    snapshot::{HealthCheckRt, RuntimeConfig, SnapshotHolder},
+    telemetry::Metrics,
+};
+
+/// How often the checker looks for a new snapshot version.
+const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+
+/// One endpoint's checks: its cluster, its address and how it is checked.
+type Key = (Arc<str>, SocketAddr, HealthCheckRt);
+
+/// Starts the checker's thread, which runs for the life of the process.
+pub fn spawn(holder: Arc<SnapshotHolder>, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("health-checks".into())
+        .spawn(move || runtime.block_on(follow(holder, metrics)))?;
+    Ok(())
+}
+
+/// Keeps one task per checked endpoint of the running snapshot.
+async fn follow(holder: Arc<SnapshotHolder>, metrics: Arc<Metrics>) {
+    let mut tasks: HashMap<Key, JoinHandle<()>> = HashMap::new();
+    let mut seen = 0;
+    loop {
+        let version = holder.version();
+        if version != seen {
+            seen = version;
+            let wanted: HashSet<Key> = holder.peek(|cfg| cfg.map(checked).unwrap_or_default());
+            tasks.retain(|key, task| {
+                let keep = wanted.contains(key);
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            for key in wanted {
+                if let std::collections::hash_map::Entry::Vacant(place) = tasks.entry(key) {
+                    let key = place.key().clone();
+                    place.insert(tokio::spawn(check(
+                        key,
+                        Arc::clone(&holder),
+                        Arc::clone(&metrics),
+                    )));
+                }
+            }
+        }
+        tokio::time::sleep(FOLLOW_EVERY).await;
+    }
+}
+
+/// Every checked endpoint of `cfg`.
+fn checked(cfg: &RuntimeConfig) -> HashSet<Key> {
+    cfg.clusters
+        .iter()
+        .filter_map(|c| Some((c, c.health_check.as_ref()?)))
+        .flat_map(|(c, check)| {
+            c.lb.ids()
+                .filter_map(|id| c.lb.addr(id))
+                .map(move |addr| (Arc::clone(&c.name), addr, check.clone()))
+        })
+        .collect()
+}
+
+/// `f` of the health of `addr` in cluster `name` of the running snapshot, if it is there
+/// and checked.
+fn with_health<R>(
+    holder: &SnapshotHolder,
+    name: &str,
+    addr: SocketAddr,
+    f: impl FnOnce(&Health, usize) -> R,
+) -> Option<R> {
+    holder.peek(|cfg| {
+        let c = cfg?.clusters.iter().find(|c| &*c.name == name)?;
+        let id = c.lb.id_of(addr)?;
+        Some(f(c.lb.health()?, id.index()))
+    })
+}
+
+/// What one check found.
+enum Verdict {
+    /// A 2xx response.
+    Passed,
+    /// A response with another status: out at once.
+    Refused(u16),
+    /// No response (connect failure, timeout, a broken response): counted.
+    Failed(String),
+}
+
+/// Checks one endpoint every interval for as long as the task runs, writing its state into
+/// each snapshot that holds it.
+async fn check(key: Key, holder: Arc<SnapshotHolder>, metrics: Arc<Metrics>) {
+    let (cluster, addr, how) = key;
+    let mut down = with_health(&holder, &cluster, addr, |h, i| h.is_down(i)).unwrap_or(false);
+    // In a row: failures while in, passes while out.
+    let mut streak = 0u32;
+    // The first check at a random point of the first interval, so a cluster's endpoints
+    // (and data planes) are not all checked at once.
+    let mut rng = SplitMix64::new(RandomState::new().hash_one(addr));
+    let first = how
+        .interval
+        .mul_f64((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64);
+    tokio::time::sleep(first).await;
+    loop {
+        let verdict = probe(addr, &how).await;
+        metrics.health_checked(&cluster, matches!(verdict, Verdict::Passed));
+        match verdict {
+            Verdict::Passed if down => {
+                streak += 1;
+                if streak >= how.healthy_threshold {
+                    down = false;
+                    streak = 0;
+                    tracing::info!(%cluster, endpoint = %addr, "endpoint passed its health checks: back in");
+                }
+            }
+            Verdict::Passed => streak = 0,
+            Verdict::Refused(_) | Verdict::Failed(_) if down => streak = 0,
+            Verdict::Refused(status) => {
+                down = true;
+                streak = 0;
+                tracing::warn!(%cluster, endpoint = %addr, status, "endpoint failed its health check: taken out");
+            }
+            Verdict::Failed(why) => {
+                streak += 1;
+                if streak >= how.unhealthy_threshold {
+                    down = true;
+                    streak = 0;
+                    tracing::warn!(%cluster, endpoint = %addr, reason = %why, checks = how.unhealthy_threshold, "endpoint failed its health checks: taken out");
+                }
+            }
+        }
+        // Written each time, not only on a change: a snapshot swapped in meanwhile holds it
+        // from the next check on.
+        with_health(&holder, &cluster, addr, |h, i| h.set(i, down));
+        tokio::time::sleep(how.interval).await;
+    }
+}
+
+/// One check of `addr`.
+async fn probe(addr: SocketAddr, how: &HealthCheckRt) -> Verdict {
+    match tokio::time::timeout(how.timeout, status_of(addr, how)).await {
+        Err(_) => Verdict::Failed(format!("no response within {:?}", how.timeout)),
+        Ok(Err(e)) => Verdict::Failed(e.to_string()),
+        Ok(Ok(status)) if (200..300).contains(&status) => Verdict::Passed,
+        Ok(Ok(status)) => Verdict::Refused(status),
+    }
+}
+
+/// The status of `addr`'s response to the check's GET (interim responses skipped).
+async fn status_of(addr: SocketAddr, how: &HealthCheckRt) -> std::io::Result<u16> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let request = format!(
+        "GET {} HTTP/1.1\r\nhost: {}\r\nuser-agent: omnirelay-health-check\r\nconnection: close\r\n\r\n",
+        how.path, how.host
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut buf = BytesMut::with_capacity(1024);
+    let limits = http1::Limits::default();
+    loop {
+        match ResponseHead::parse(&mut buf, &limits) {
+            Ok(ParseStatus::Complete { head, .. }) if head.is_informational() => continue,
+            Ok(ParseStatus::Complete { head, .. }) => return Ok(head.status()),
+            Ok(ParseStatus::Partial) => {}
+            Err(e) => {
+                let why = format!("invalid response: {e}");
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
+            }
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            let why = "closed before a response head";
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, why));
+        }
+    }
+}
