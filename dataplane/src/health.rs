@@ -93,22 +93,46 @@ fn checked(cfg: &RuntimeConfig) -> HashSet<Key> {
         .collect()
 }
 
+/// Where one endpoint's health is in a snapshot version: found by name and address once
+/// per version, by index after that.
+#[derive(Clone, Copy, Debug)]
+struct Place {
+    version: u64,
+    cluster: usize,
+    endpoint: usize,
+}
+
 /// `f` of the health of `addr` in cluster `name` of the running snapshot, if it is there
-/// and checked.
+/// and checked; `place` remembers where it was.
 fn with_health<R>(
     holder: &SnapshotHolder,
     name: &str,
     addr: SocketAddr,
+    place: &mut Option<Place>,
     f: impl FnOnce(&Health, usize) -> R,
 ) -> Option<R> {
     holder.peek(|cfg| {
-        let c = cfg?.clusters.iter().find(|c| &*c.name == name)?;
-        let id = c.lb.id_of(addr)?;
-        Some(f(c.lb.health()?, id.index()))
+        let cfg = cfg?;
+        let at = match *place {
+            Some(p) if p.version == cfg.version => p,
+            _ => {
+                let cluster = cfg.clusters.iter().position(|c| &*c.name == name)?;
+                let endpoint = cfg.clusters[cluster].lb.id_of(addr)?.index();
+                let p = Place {
+                    version: cfg.version,
+                    cluster,
+                    endpoint,
+                };
+                *place = Some(p);
+                p
+            }
+        };
+        Some(f(cfg.clusters[at.cluster].lb.health()?, at.endpoint))
     })
 }
 
 /// What one check found.
+#[derive(Debug)]
 enum Verdict {
     /// A 2xx response.
     Passed,
@@ -118,13 +142,51 @@ enum Verdict {
     Failed(String),
 }
 
+/// An endpoint's health as its checks go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct State {
+    down: bool,
+    /// In a row: failures while in, passes while out.
+    streak: u32,
+}
+
+impl State {
+    /// Takes one check's `verdict` by `how`'s thresholds; true when the endpoint went
+    /// out or came back.
+    fn step(&mut self, verdict: &Verdict, how: &HealthCheckRt) -> bool {
+        let (goes, threshold) = match verdict {
+            Verdict::Passed => (self.down, how.healthy_threshold),
+            Verdict::Refused(_) => (!self.down, 1),
+            Verdict::Failed(_) => (!self.down, how.unhealthy_threshold),
+        };
+        if !goes {
+            self.streak = 0;
+            return false;
+        }
+        self.streak += 1;
+        if self.streak < threshold {
+            return false;
+        }
+        *self = State {
+            down: !self.down,
+            streak: 0,
+        };
+        true
+    }
+}
+
 /// Checks one endpoint every interval for as long as the task runs, writing its state into
-/// each snapshot that holds it.
+/// each snapshot that holds it. A task starts from the state the snapshot carries: when a
+/// cluster's check changes, a change the previous task made after that snapshot was built
+/// is found again by the next check.
 async fn check(key: Key, holder: Arc<SnapshotHolder>, metrics: Arc<Metrics>) {
     let (cluster, addr, how) = key;
-    let mut down = with_health(&holder, &cluster, addr, |h, i| h.is_down(i)).unwrap_or(false);
-    // In a row: failures while in, passes while out.
-    let mut streak = 0u32;
+    let mut place = None;
+    let down = with_health(&holder, &cluster, addr, &mut place, |h, i| h.is_down(i));
+    let mut state = State {
+        down: down.unwrap_or(false),
+        streak: 0,
+    };
     // The first check at a random point of the first interval, so a cluster's endpoints
     // (and data planes) are not all checked at once.
     let mut rng = SplitMix64::new(RandomState::new().hash_one(addr));
@@ -135,34 +197,24 @@ async fn check(key: Key, holder: Arc<SnapshotHolder>, metrics: Arc<Metrics>) {
     loop {
         let verdict = probe(addr, &how).await;
         metrics.health_checked(&cluster, matches!(verdict, Verdict::Passed));
-        match verdict {
-            Verdict::Passed if down => {
-                streak += 1;
-                if streak >= how.healthy_threshold {
-                    down = false;
-                    streak = 0;
+        if state.step(&verdict, &how) {
+            match &verdict {
+                Verdict::Passed => {
                     tracing::info!(%cluster, endpoint = %addr, "endpoint passed its health checks: back in");
                 }
-            }
-            Verdict::Passed => streak = 0,
-            Verdict::Refused(_) | Verdict::Failed(_) if down => streak = 0,
-            Verdict::Refused(status) => {
-                down = true;
-                streak = 0;
-                tracing::warn!(%cluster, endpoint = %addr, status, "endpoint failed its health check: taken out");
-            }
-            Verdict::Failed(why) => {
-                streak += 1;
-                if streak >= how.unhealthy_threshold {
-                    down = true;
-                    streak = 0;
+                Verdict::Refused(status) => {
+                    tracing::warn!(%cluster, endpoint = %addr, status, "endpoint failed its health check: taken out");
+                }
+                Verdict::Failed(why) => {
                     tracing::warn!(%cluster, endpoint = %addr, reason = %why, checks = how.unhealthy_threshold, "endpoint failed its health checks: taken out");
                 }
             }
         }
         // Written each time, not only on a change: a snapshot swapped in meanwhile holds it
         // from the next check on.
-        with_health(&holder, &cluster, addr, |h, i| h.set(i, down));
+        with_health(&holder, &cluster, addr, &mut place, |h, i| {
+            h.set(i, state.down)
+        });
         tokio::time::sleep(how.interval).await;
     }
 }
@@ -202,5 +254,71 @@ async fn status_of(addr: SocketAddr, how: &HealthCheckRt) -> std::io::Result<u16
             let why = "closed before a response head";
             return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, why));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{State, Verdict};
+    use crate::snapshot::HealthCheckRt;
+
+    fn how(unhealthy_threshold: u32, healthy_threshold: u32) -> HealthCheckRt {
+        HealthCheckRt {
+            path: "/".into(),
+            host: "c".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(100),
+            unhealthy_threshold,
+            healthy_threshold,
+        }
+    }
+
+    /// Runs `verdicts` from `start`; the states after each.
+    fn run(start: State, how: &HealthCheckRt, verdicts: &[Verdict]) -> Vec<bool> {
+        let mut s = start;
+        verdicts
+            .iter()
+            .map(|v| {
+                s.step(v, how);
+                s.down
+            })
+            .collect()
+    }
+
+    #[test]
+    fn failures_in_a_row_take_an_endpoint_out_and_passes_in_a_row_bring_it_back() {
+        let how = how(3, 2);
+        let fail = || Verdict::Failed("refused".into());
+        // Two failures, a pass (the count starts over), three failures: out.
+        let seen = run(
+            State::default(),
+            &how,
+            &[fail(), fail(), Verdict::Passed, fail(), fail(), fail()],
+        );
+        assert_eq!(seen, [false, false, false, false, false, true]);
+        // Out: a pass, a failure (starts over), two passes: back.
+        let out = State {
+            down: true,
+            streak: 0,
+        };
+        let seen = run(
+            out,
+            &how,
+            &[Verdict::Passed, fail(), Verdict::Passed, Verdict::Passed],
+        );
+        assert_eq!(seen, [true, true, true, false]);
+    }
+
+    #[test]
+    fn a_response_other_than_2xx_takes_an_endpoint_out_at_once() {
+        let how = how(3, 1);
+        let mut s = State::default();
+        assert!(s.step(&Verdict::Refused(503), &how));
+        assert!(s.down);
+        assert!(!s.step(&Verdict::Refused(503), &how), "already out");
+        assert!(s.step(&Verdict::Passed, &how));
+        assert!(!s.down);
     }
 }

@@ -850,8 +850,9 @@ fn a_route_sets_and_removes_fields_both_ways() {
 /// The proxy's own answers to a request read whole keep the client connection, as
 /// nginx's and Envoy's do: a 404 (no route), 503 (connect failed), 504 (upstream timed
 /// out), also to a HEAD (its head says the length, no body follows) and to an HTTP/1.0
-/// client that asked to keep the connection. After one whose request body went unread, a
-/// 400 about the request, or a client's `connection: close`, it closes.
+/// client that asked to keep the connection, and after a body that went up whole. After
+/// one whose request body went unread, a 400 about the request, or a client's
+/// `connection: close`, it closes.
 #[test]
 fn the_proxys_own_answers_keep_the_connection_when_the_request_was_read_whole() {
     require_caps!(Capability::Program("nginx"));
@@ -900,6 +901,12 @@ fn the_proxys_own_answers_keep_the_connection_when_the_request_was_read_whole() 
         "upstream timed out\n",
     );
     assert!(late.starts_with("http/1.1 504 "), "{late}");
+    // A body that went up whole before the upstream failed leaves the connection open.
+    let late = ask(
+        "POST /stall HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhello",
+        "upstream timed out\n",
+    );
+    assert!(late.starts_with("http/1.1 504 "), "{late}");
     // Nothing extra was sent after any of them (the HEAD's body least of all): the next
     // response on the connection is read from its first byte.
     let served = ask("GET /who HTTP/1.1\r\nhost: a\r\n\r\n", "one\n");
@@ -929,6 +936,12 @@ fn the_proxys_own_answers_keep_the_connection_when_the_request_was_read_whole() 
             "GET /a/..%2Fwho HTTP/1.1\r\nhost: a\r\n\r\n",
             "400",
             "path parameter\n",
+        ),
+        // The connect failed before any of the body was read.
+        (
+            "POST /dead/x HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhello",
+            "503",
+            "upstream connect failed\n",
         ),
     ] {
         let mut conn = std::net::TcpStream::connect(addr).unwrap();
@@ -1154,5 +1167,38 @@ fn endpoints_failing_their_health_checks_get_no_requests() {
         stack.dp_metric("omnirelay_upstream_connect_failures_total{cluster=\"both\"}"),
         Some(0.0),
         "a request was sent to the dead endpoint"
+    );
+
+    // Without the check, the checks stop and no endpoint is out.
+    let v = stack.dp_version();
+    let unchecked = listener("/who").replace("health_check", "# health_check");
+    write_config(
+        &stack.config_path,
+        &format!(
+            "{}\n[[listeners]]\nname = \"checked\"\naddress = \"127.0.0.1:{port}\"\n{unchecked}",
+            common::config(&stack.ports, "one"),
+        ),
+    );
+    stack.wait_dp_version_above(v);
+    assert_eq!(
+        unhealthy(),
+        None,
+        "no health is kept for an unchecked cluster"
+    );
+    let checks = || {
+        ["passed", "failed"].map(|r| {
+            stack.dp_metric(&format!(
+                "omnirelay_health_checks_total{{cluster=\"both\",result=\"{r}\"}}"
+            ))
+        })
+    };
+    // The checker looks for a new version every 200 ms: a check may still be under way.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let before = checks();
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert_eq!(
+        checks(),
+        before,
+        "checks went on after the check was removed"
     );
 }

@@ -51,11 +51,11 @@ pub use forwarded::{
 };
 pub use framing::{Framing, downstream_framing, keep_alive};
 pub use headers::Headers;
-pub use local::{LocalReply, write_local_response, write_own_response};
+pub use local::{LocalReply, forbids_body, write_local_response, write_own_response};
 pub use path::{
     ambiguous_path, normalize_path, replace_prefix, valid_origin_form, valid_path_rewrite,
 };
-pub use request::{RequestHead, split_port, valid_host};
+pub use request::{RequestHead, split_port, valid_host, valid_host_without_port};
 pub use response::ResponseHead;
 pub use serialize::{
     LAST_CHUNK, encode_chunk, encode_chunk_header, uneditable_field, upstream_target,

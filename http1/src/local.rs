@@ -60,6 +60,12 @@ fn no_content(status: u16) -> bool {
     matches!(status, 204 | 304)
 }
 
+/// Whether a response with `status` may not carry a body: 204, 205 (RFC 9110 §15.3.6)
+/// and 304.
+pub fn forbids_body(status: u16) -> bool {
+    matches!(status, 204 | 205 | 304)
+}
+
 fn write_head(
     status: u16,
     fields: &[(&str, &[u8])],

@@ -213,7 +213,7 @@ fn check_request_line(window: &[u8], max: usize) -> Result<(), Http1Error> {
 
 /// Splits an authority (`host[:port]`, the host maybe a bracketed IP literal) into its
 /// host, brackets kept, and its port when it names one: `example.com:8080` is
-/// (`example.com`, `8080`), `[::1]` is (`[::1]`, none).
+/// (`example.com`, `8080`), `[::1]` and `[::1]:` are (`[::1]`, none).
 pub fn split_port(authority: &str) -> (&str, Option<&str>) {
     let host_end = if authority.starts_with('[') {
         authority.find(']').map_or(authority.len(), |i| i + 1)
@@ -221,11 +221,19 @@ pub fn split_port(authority: &str) -> (&str, Option<&str>) {
         authority.rfind(':').unwrap_or(authority.len())
     };
     match authority[host_end..].strip_prefix(':') {
-        Some(port) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+        // An empty port (`example.com:`) names none (RFC 3986 §3.2.3).
+        Some("") => (&authority[..host_end], None),
+        Some(port) if port.bytes().all(|b| b.is_ascii_digit()) => {
             (&authority[..host_end], Some(port))
         }
         _ => (authority, None),
     }
+}
+
+/// Whether `v` is a host alone, without a port (not even an empty one): a name or an
+/// address, an IPv6 one in brackets.
+pub fn valid_host_without_port(v: &str) -> bool {
+    !v.is_empty() && !v.ends_with(':') && valid_host(v.as_bytes()) && split_port(v).1.is_none()
 }
 
 /// Whether `v` is a Host value: empty (a target without authority), or `uri-host [ ":"

@@ -12,6 +12,25 @@ pub mod v1 {
     tonic::include_proto!("omnirelay.v1");
 }
 
+/// Bounds of snapshot values that the control daemon checks when it reads the config and
+/// each data plane checks again when it takes a snapshot (whatever signed it).
+pub mod limits {
+    /// The largest body of a route's `direct_response`.
+    pub const MAX_DIRECT_RESPONSE_BODY: usize = 64 * 1024;
+    /// The status codes a redirect may have.
+    pub const REDIRECT_CODES: [u16; 5] = [301, 302, 303, 307, 308];
+    /// Clusters one route may split its requests over.
+    pub const MAX_WEIGHTED_CLUSTERS: usize = 64;
+    /// The largest weight of a cluster in a split.
+    pub const MAX_SPLIT_WEIGHT: u32 = 10_000;
+    /// The shortest interval between health checks of one endpoint.
+    pub const MIN_HEALTH_CHECK_INTERVAL_MS: u32 = 100;
+    /// The shortest health check timeout.
+    pub const MIN_HEALTH_CHECK_TIMEOUT_MS: u32 = 10;
+    /// The largest health check threshold.
+    pub const MAX_HEALTH_CHECK_THRESHOLD: u32 = 100;
+}
+
 /// Prefix of the signed message: the signature covers `SIGNING_CONTEXT || payload`, so a
 /// signature made for another purpose with the same key never verifies as a snapshot.
 pub const SIGNING_CONTEXT: &[u8] = b"omnirelay.snapshot.v1\0";

@@ -3,6 +3,7 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
+use omnirelay_proto::limits;
 use toml::Value;
 
 use super::{
@@ -394,9 +395,6 @@ fn rewrite(o: Obj<'_>) -> Rewrite {
     Rewrite { prefix, host }
 }
 
-/// The largest `direct_response` body.
-const MAX_DIRECT_BODY: usize = 64 * 1024;
-
 fn direct_response(o: Obj<'_>) -> DirectResponse {
     let status = o.opt_int("status", 200, 599);
     if !o.table_has("status") {
@@ -404,13 +402,11 @@ fn direct_response(o: Obj<'_>) -> DirectResponse {
     }
     let status = status.unwrap_or(200) as u16;
     let body = o.opt_str("body").unwrap_or_default();
-    if body.len() > MAX_DIRECT_BODY {
-        o.error(
-            "body",
-            format!("{} bytes; at most {MAX_DIRECT_BODY}", body.len()),
-        );
+    let max = limits::MAX_DIRECT_RESPONSE_BODY;
+    if body.len() > max {
+        o.error("body", format!("{} bytes; at most {max}", body.len()));
     }
-    if matches!(status, 204 | 304) && !body.is_empty() {
+    if omnirelay_http1::forbids_body(status) && !body.is_empty() {
         o.error("body", format!("a {status} response has no body"));
     }
     let content_type = match o.opt_str("content_type") {
@@ -444,9 +440,7 @@ fn redirect(o: Obj<'_>) -> Redirect {
     }
     let host = o.opt_str("host");
     if let Some(h) = &host
-        && (h.is_empty()
-            || !omnirelay_http1::valid_host(h.as_bytes())
-            || omnirelay_http1::split_port(h).1.is_some())
+        && !omnirelay_http1::valid_host_without_port(h)
     {
         o.error(
             "host",
@@ -473,24 +467,17 @@ fn redirect(o: Obj<'_>) -> Redirect {
         o.error("prefix", "set path or prefix, not both");
     }
     let code = o.int_or("code", 301, 0, 999) as u16;
-    if !matches!(code, 301 | 302 | 303 | 307 | 308) {
+    if !limits::REDIRECT_CODES.contains(&code) {
         o.error("code", format!("{code}: 301, 302, 303, 307 or 308"));
     }
     let strip_query = o.bool_or("strip_query", false);
-    if [
-        scheme.is_none(),
-        host.is_none(),
-        port.is_none(),
-        path.is_none(),
-        prefix.is_none(),
-    ]
-    .iter()
-    .all(|&unset| unset)
-    {
+    // `http` is the scheme the listeners serve: naming it changes nothing.
+    let https = scheme.as_deref() == Some("https");
+    if !https && host.is_none() && port.is_none() && path.is_none() && prefix.is_none() {
         o.error_at(
             o.path(),
-            "set at least one of scheme, host, port, path or prefix (a redirect to the same \
-             URL would loop)",
+            "set scheme = \"https\", host, port, path or prefix (a redirect to the same URL \
+             would loop)",
         );
     }
     o.finish();
@@ -505,24 +492,25 @@ fn redirect(o: Obj<'_>) -> Redirect {
     }
 }
 
-/// Clusters one route may split its requests over.
-const MAX_WEIGHTED_CLUSTERS: usize = 64;
-
 fn weighted_clusters(o: &Obj<'_>) -> Vec<WeightedCluster> {
     let items = o.tables("weighted_clusters");
     if o.table_has("weighted_clusters") && items.is_empty() {
         o.error("weighted_clusters", "empty: name at least one cluster");
     }
-    if items.len() > MAX_WEIGHTED_CLUSTERS {
+    if items.len() > limits::MAX_WEIGHTED_CLUSTERS {
         o.error(
             "weighted_clusters",
-            format!("{} clusters; at most {MAX_WEIGHTED_CLUSTERS}", items.len()),
+            format!(
+                "{} clusters; at most {}",
+                items.len(),
+                limits::MAX_WEIGHTED_CLUSTERS
+            ),
         );
     }
     let mut split: Vec<WeightedCluster> = Vec::new();
     for w in items {
         let name = w.str("name").unwrap_or_default();
-        let weight = w.int_or("weight", 1, 0, 10_000) as u32;
+        let weight = w.int_or("weight", 1, 0, limits::MAX_SPLIT_WEIGHT.into()) as u32;
         if let Some(j) = split
             .iter()
             .position(|c| !name.is_empty() && c.name == name)
@@ -741,6 +729,10 @@ fn cluster(o: Obj<'_>) -> Cluster {
     cluster
 }
 
+const MIN_INTERVAL: i64 = limits::MIN_HEALTH_CHECK_INTERVAL_MS as i64;
+const MIN_TIMEOUT: i64 = limits::MIN_HEALTH_CHECK_TIMEOUT_MS as i64;
+const THRESHOLD: i64 = limits::MAX_HEALTH_CHECK_THRESHOLD as i64;
+
 fn health_check(o: Obj<'_>) -> HealthCheck {
     let path = o.str("path").unwrap_or_default();
     if !path.is_empty() && !omnirelay_http1::valid_origin_form(&path) {
@@ -759,8 +751,8 @@ fn health_check(o: Obj<'_>) -> HealthCheck {
             format!("{host:?} is not a Host value (a name or address, with an optional :port)"),
         );
     }
-    let interval_ms = o.int_or("interval_ms", 5000, 100, MAX_MS) as u32;
-    let timeout_ms = o.int_or("timeout_ms", 1000, 10, MAX_MS) as u32;
+    let interval_ms = o.int_or("interval_ms", 5000, MIN_INTERVAL, MAX_MS) as u32;
+    let timeout_ms = o.int_or("timeout_ms", 1000, MIN_TIMEOUT, MAX_MS) as u32;
     if timeout_ms > interval_ms {
         o.error(
             "timeout_ms",
@@ -772,8 +764,8 @@ fn health_check(o: Obj<'_>) -> HealthCheck {
         host,
         interval_ms,
         timeout_ms,
-        unhealthy_threshold: o.int_or("unhealthy_threshold", 3, 1, 100) as u32,
-        healthy_threshold: o.int_or("healthy_threshold", 2, 1, 100) as u32,
+        unhealthy_threshold: o.int_or("unhealthy_threshold", 3, 1, THRESHOLD) as u32,
+        healthy_threshold: o.int_or("healthy_threshold", 2, 1, THRESHOLD) as u32,
     };
     o.finish();
     check

@@ -550,6 +550,17 @@ fn a_route_answers_itself_with_a_direct_response_or_a_redirect() {
     assert!(error_at(&d(&big), "routes[1].direct_response.body").contains("at most 65536"));
     let r = |fields: &str| with(&format!("redirect = {{ {fields} }}"));
     assert!(error_at(&r("code = 300"), "routes[1].redirect").contains("would loop"));
+    assert!(error_at(&r("scheme = \"http\""), "routes[1].redirect").contains("would loop"));
+    assert!(
+        error_at(&r("host = \"a.example:\""), "routes[1].redirect.host").contains("give a port")
+    );
+    assert!(
+        error_at(
+            &d("status = 205, body = \"x\""),
+            "routes[1].direct_response.body"
+        )
+        .contains("no body")
+    );
     assert!(
         error_at(&r("path = \"/\", code = 300"), "routes[1].redirect.code").contains("301, 302")
     );

@@ -55,38 +55,25 @@ pub fn required_capabilities(config: &Config) -> Vec<String> {
     {
         caps.push("route.weighted_clusters".to_owned());
     }
-    for (cap, kind) in [
-        ("route.direct_response", AnswerKind::Direct),
-        ("route.redirect", AnswerKind::Redirect),
-    ] {
-        if config
-            .routes
-            .iter()
-            .any(|r| r.answer.as_ref().map(AnswerKind::of) == Some(kind))
-        {
-            caps.push(cap.to_owned());
-        }
+    if config
+        .routes
+        .iter()
+        .any(|r| matches!(r.answer, Some(config::Answer::Direct(_))))
+    {
+        caps.push("route.direct_response".to_owned());
+    }
+    if config
+        .routes
+        .iter()
+        .any(|r| matches!(r.answer, Some(config::Answer::Redirect(_))))
+    {
+        caps.push("route.redirect".to_owned());
     }
     // One that would not merge them would route `//admin` apart from `/admin`.
     if config.listeners.iter().any(|l| l.merge_slashes) {
         caps.push("listener.merge_slashes".to_owned());
     }
     caps
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum AnswerKind {
-    Direct,
-    Redirect,
-}
-
-impl AnswerKind {
-    fn of(a: &config::Answer) -> Self {
-        match a {
-            config::Answer::Direct(_) => AnswerKind::Direct,
-            config::Answer::Redirect(_) => AnswerKind::Redirect,
-        }
-    }
 }
 
 fn answer(a: &config::Answer) -> v1::route::Answer {

@@ -139,26 +139,37 @@ impl LbState {
             !outlier.is_ejected(EndpointId::new(i as u32)) && checked.is_none_or(|h| !h.is_down(i))
         };
         let honour_ejection = (0..n).any(|i| !excluded(i) && healthy(i));
-        if !honour_ejection {
-            if (0..n).all(excluded) {
-                return None;
+        if !honour_ejection && (0..n).all(excluded) {
+            return None;
+        }
+        let endpoints = cluster.endpoints();
+        let (wrr, scratch, in_flight) = (&mut self.wrr, &mut self.scratch, &self.in_flight);
+        let mut choose = |honour: bool| {
+            let eligible = |i: usize| !excluded(i) && (!honour || healthy(i));
+            match cluster.algorithm() {
+                Algorithm::RoundRobin => wrr.pick(endpoints, eligible),
+                Algorithm::LeastRequest => {
+                    let all = exclude.is_empty()
+                        && (!honour
+                            || outlier.stats().currently_ejected == 0
+                                && checked.is_none_or(|h| h.down_count() == 0));
+                    least_request::pick(endpoints, in_flight, eligible, all, scratch, rng)
+                }
+                Algorithm::Table(table) => {
+                    table.lookup(key.unwrap_or_else(&mut *rng), &|i| !eligible(i))
+                }
             }
+        };
+        let mut chosen = choose(honour_ejection);
+        // Health flags are written by another thread: the last eligible endpoint may have
+        // gone out since it was counted. Then the pick is made as in panic mode.
+        let panic = !honour_ejection || chosen.is_none();
+        if honour_ejection && chosen.is_none() {
+            chosen = choose(false);
+        }
+        if panic {
             self.panic_picks += 1;
         }
-        let eligible = |i: usize| !excluded(i) && (!honour_ejection || healthy(i));
-        let endpoints = cluster.endpoints();
-        let chosen = match cluster.algorithm() {
-            Algorithm::RoundRobin => self.wrr.pick(endpoints, eligible),
-            Algorithm::LeastRequest => {
-                let all = exclude.is_empty()
-                    && (!honour_ejection
-                        || outlier.stats().currently_ejected == 0
-                            && checked.is_none_or(|h| h.down_count() == 0));
-                let scratch = &mut self.scratch;
-                least_request::pick(endpoints, &self.in_flight, eligible, all, scratch, rng)
-            }
-            Algorithm::Table(table) => table.lookup(key.unwrap_or_else(rng), &|i| !eligible(i)),
-        };
         // A table's answer comes from a provider: out of range means none. In range, the
         // index fits in u32 (the cluster has at most MAX_ENDPOINTS endpoints).
         chosen.filter(|&i| i < n).map(|i| EndpointId::new(i as u32))

@@ -19,12 +19,14 @@ pub(super) fn location(
     let (host, port) = http1::split_port(authority);
     let host = to.host.as_deref().unwrap_or(host);
     let scheme = if to.https { "https" } else { "http" };
-    let default_port = if to.https { 443 } else { 80 };
-    let port = match to.port {
+    let default_port = if to.https { "443" } else { "80" };
+    let given = to.port.map(|p| p.to_string());
+    let port = match given.as_deref() {
         Some(p) => Some(p),
-        // A changed scheme drops the old one's default port (`:80` does not go to https).
+        // A changed scheme drops the old one's default port (`:80` does not go to https);
+        // another port is kept as the client wrote it.
         None if to.https && port == Some("80") => None,
-        None => port.and_then(|p| p.parse().ok()),
+        None => port,
     }
     .filter(|&p| p != default_port);
     let path = match &to.path {
@@ -36,7 +38,7 @@ pub(super) fn location(
     let mut url = format!("{scheme}://{host}");
     if let Some(p) = port {
         url.push(':');
-        url.push_str(&p.to_string());
+        url.push_str(p);
     }
     url.push_str(&path);
     if let Some(q) = query {
@@ -97,6 +99,15 @@ mod tests {
         assert_eq!(
             location(&https, "a.example:8080", "/x", 1, None),
             "https://a.example:8080/x"
+        );
+        // An empty port names none; one too large for a port is kept as written.
+        assert_eq!(
+            location(&https, "a.example:", "/x", 1, None),
+            "https://a.example/x"
+        );
+        assert_eq!(
+            location(&https, "a.example:99999", "/x", 1, None),
+            "https://a.example:99999/x"
         );
         let port = to(|r| {
             r.https = true;

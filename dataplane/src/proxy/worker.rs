@@ -89,18 +89,13 @@ impl Balancers {
                     .unwrap_or_else(|| RetryBudget::new(r.retry.budget.clone(), now))
             },
         );
-        let mut cells = stats.routes_for(cfg.route_keys()).into_iter();
-        self.route_stats = cfg
-            .routes
-            .iter()
-            .map(|r| {
-                let names = cfg.cluster_names_of(r);
-                names
-                    .into_iter()
-                    .map(Arc::from)
-                    .zip(cells.by_ref())
-                    .collect()
-            })
+        let names: Vec<Vec<&str>> = cfg.routes.iter().map(|r| cfg.cluster_names_of(r)).collect();
+        let keys = cfg.routes.iter().zip(&names);
+        let keys = keys.flat_map(|(r, cs)| cs.iter().map(|c| (&*r.name, *c)));
+        let mut cells = stats.routes_for(keys).into_iter();
+        self.route_stats = names
+            .into_iter()
+            .map(|cs| cs.into_iter().map(Arc::from).zip(cells.by_ref()).collect())
             .collect();
         self.cluster_stats = stats.clusters_for(cfg.clusters.iter().map(|c| &*c.name));
     }
@@ -818,6 +813,80 @@ mod tests {
         assert_eq!(kept.outlier().stats().currently_ejected, 1);
         let current = b.lb_for(&v3, 2).unwrap();
         assert_eq!(current.outlier().stats().currently_ejected, 0);
+    }
+
+    /// A split route counts per cluster; a request of an older snapshot finds the cells of
+    /// its cluster by name after the split changed order, and a route's own answers count
+    /// under no cluster.
+    #[test]
+    fn a_split_routes_cells_are_per_cluster_and_found_by_name_for_older_requests() {
+        use omnirelay_proto::v1;
+        let split = |version: u64, order: [u32; 2]| {
+            let mut s = v1::Snapshot {
+                version,
+                ..Default::default()
+            };
+            for (i, name) in ["x", "y"].into_iter().enumerate() {
+                s.clusters.push(v1::Cluster {
+                    name: name.into(),
+                    endpoints: vec![v1::Endpoint {
+                        address: format!("127.0.0.1:{}", 1000 + i),
+                        weight: 1,
+                    }],
+                    ..Default::default()
+                });
+            }
+            s.routes = vec![
+                v1::Route {
+                    name: "split".into(),
+                    weighted_clusters: order
+                        .map(|c| v1::WeightedCluster {
+                            cluster_index: c,
+                            weight: 1,
+                        })
+                        .to_vec(),
+                    ..Default::default()
+                },
+                v1::Route {
+                    name: "own".into(),
+                    answer: Some(v1::route::Answer::DirectResponse(v1::DirectResponse {
+                        status: 200,
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                },
+            ];
+            s.listeners = vec![v1::Listener {
+                name: "l".into(),
+                address: "127.0.0.1:1".into(),
+                ..Default::default()
+            }];
+            RuntimeConfig::build(&s, &strategies()).unwrap()
+        };
+        let stats = WorkerStats::default();
+        let now = Instant::now();
+        let (v1, v2) = (split(1, [0, 1]), split(2, [1, 0]));
+        let mut b = Balancers::new();
+        b.sync(&v1, &stats, now);
+        let x = b.route_stats_for(&v1, 0, Some((0, 0))).unwrap();
+        let y = b.route_stats_for(&v1, 0, Some((1, 1))).unwrap();
+        assert!(!Arc::ptr_eq(x, y));
+        let (x, y) = (Arc::clone(x), Arc::clone(y));
+        assert!(b.route_stats_for(&v1, 1, None).is_some());
+        b.sync(&v2, &stats, now);
+        // v2 lists y first: its choice 0 is y, and a v1 request to x still finds x's.
+        assert!(Arc::ptr_eq(
+            &y,
+            b.route_stats_for(&v2, 0, Some((0, 1))).unwrap()
+        ));
+        assert!(Arc::ptr_eq(
+            &x,
+            b.route_stats_for(&v1, 0, Some((0, 0))).unwrap()
+        ));
+        assert!(Arc::ptr_eq(
+            &y,
+            b.route_stats_for(&v1, 0, Some((1, 1))).unwrap()
+        ));
     }
 
     /// A removed route's series leave the scrape at once, even while a worker that has

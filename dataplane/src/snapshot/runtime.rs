@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use omnirelay_proto::v1;
+use omnirelay_proto::{limits, v1};
 
 use super::RejectReason;
 use crate::{
@@ -421,26 +421,22 @@ impl RuntimeConfig {
         strategies: &Strategies,
         prev: Option<&RuntimeConfig>,
     ) -> Result<Self, RejectReason> {
-        let counts: HashMap<&str, &Arc<AtomicU64>> = prev
+        let before: HashMap<&str, &ClusterRt> = prev
             .into_iter()
             .flat_map(|p| &p.clusters)
-            .filter_map(|c| Some((&*c.name, &c.max_requests.as_ref()?.count)))
-            .collect();
-        let checked: HashMap<&str, &ClusterLb> = prev
-            .into_iter()
-            .flat_map(|p| &p.clusters)
-            .filter(|c| c.lb.health().is_some())
-            .map(|c| (&*c.name, &c.lb))
+            .map(|c| (&*c.name, &**c))
             .collect();
         let clusters = s
             .clusters
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let count = counts.get(c.name.as_str()).map(|&a| Arc::clone(a));
+                let was = before.get(c.name.as_str());
                 let carried = Carried {
-                    count,
-                    health: checked.get(c.name.as_str()).copied(),
+                    count: was
+                        .and_then(|w| w.max_requests.as_ref())
+                        .map(|m| Arc::clone(&m.count)),
+                    health: was.map(|w| &w.lb).filter(|lb| lb.health().is_some()),
                 };
                 cluster(i, c, strategies, carried).map(Arc::new)
             })
@@ -522,7 +518,6 @@ fn nonzero(v: u32, default: usize) -> usize {
     if v == 0 { default } else { v as usize }
 }
 
-/// `count`: the in-flight count the cluster of this name had in the previous snapshot.
 /// What a cluster carries over from the snapshot before under its name.
 struct Carried<'a> {
     /// Its requests in flight (`max_requests`).
@@ -566,21 +561,36 @@ fn health_check(
     if !crate::http1::valid_origin_form(&h.path) {
         return bad(format!("path {:?} is not a request target", h.path));
     }
-    if !h.host.is_empty() && !crate::http1::valid_host(h.host.as_bytes()) {
-        return bad(format!("host {:?} is not a Host value", h.host));
+    // Without a host of its own, the check names the cluster (a name no control daemon
+    // would let through otherwise is refused, not sent).
+    let host = if h.host.is_empty() { &c.name } else { &h.host };
+    if !crate::http1::valid_host(host.as_bytes()) {
+        return bad(format!("host {host:?} is not a Host value"));
     }
-    if h.interval_ms == 0 || h.timeout_ms == 0 {
-        return bad("interval_ms and timeout_ms must be above 0".into());
+    if h.interval_ms < limits::MIN_HEALTH_CHECK_INTERVAL_MS
+        || h.timeout_ms < limits::MIN_HEALTH_CHECK_TIMEOUT_MS
+        || h.timeout_ms > h.interval_ms
+    {
+        return bad(format!(
+            "interval_ms {} and timeout_ms {}: at least {} and {} ms, the timeout within the \
+             interval",
+            h.interval_ms,
+            h.timeout_ms,
+            limits::MIN_HEALTH_CHECK_INTERVAL_MS,
+            limits::MIN_HEALTH_CHECK_TIMEOUT_MS
+        ));
+    }
+    let max = limits::MAX_HEALTH_CHECK_THRESHOLD;
+    if !(1..=max).contains(&h.unhealthy_threshold) || !(1..=max).contains(&h.healthy_threshold) {
+        return bad(format!("thresholds must be 1-{max}"));
     }
     Ok(HealthCheckRt {
         path: h.path.as_str().into(),
-        host: if h.host.is_empty() { &c.name } else { &h.host }
-            .as_str()
-            .into(),
+        host: host.as_str().into(),
         interval: Duration::from_millis(u64::from(h.interval_ms)),
         timeout: Duration::from_millis(u64::from(h.timeout_ms)),
-        unhealthy_threshold: h.unhealthy_threshold.max(1),
-        healthy_threshold: h.healthy_threshold.max(1),
+        unhealthy_threshold: h.unhealthy_threshold,
+        healthy_threshold: h.healthy_threshold,
     })
 }
 
@@ -674,8 +684,15 @@ fn answer(i: usize, r: &v1::Route, a: &v1::route::Answer) -> Result<Answer, Reje
                     ));
                 }
             };
-            if matches!(status, 204 | 304) && !d.body.is_empty() {
+            if crate::http1::forbids_body(status) && !d.body.is_empty() {
                 return bad(format!("direct_response {status} has a body"));
+            }
+            if d.body.len() > limits::MAX_DIRECT_RESPONSE_BODY {
+                return bad(format!(
+                    "direct_response body of {} bytes is over {}",
+                    d.body.len(),
+                    limits::MAX_DIRECT_RESPONSE_BODY
+                ));
             }
             if !crate::http1::valid_field_value(d.content_type.as_bytes()) {
                 return bad("direct_response content_type is not a field value".into());
@@ -694,11 +711,7 @@ fn answer(i: usize, r: &v1::Route, a: &v1::route::Answer) -> Result<Answer, Reje
             };
             let host = match to.host.as_str() {
                 "" => None,
-                h if crate::http1::valid_host(h.as_bytes())
-                    && crate::http1::split_port(h).1.is_none() =>
-                {
-                    Some(h.into())
-                }
+                h if crate::http1::valid_host_without_port(h) => Some(h.into()),
                 h => return bad(format!("redirect host {h:?} is not a host without a port")),
             };
             let port = match u16::try_from(to.port) {
@@ -721,7 +734,7 @@ fn answer(i: usize, r: &v1::Route, a: &v1::route::Answer) -> Result<Answer, Reje
                 }
             };
             let code = match u16::try_from(to.code) {
-                Ok(c @ (301 | 302 | 303 | 307 | 308)) => c,
+                Ok(c) if limits::REDIRECT_CODES.contains(&c) => c,
                 _ => {
                     return bad(format!(
                         "redirect code {} is not 301, 302, 303, 307 or 308",
@@ -729,6 +742,9 @@ fn answer(i: usize, r: &v1::Route, a: &v1::route::Answer) -> Result<Answer, Reje
                     ));
                 }
             };
+            if !https && host.is_none() && port.is_none() && path.is_none() {
+                return bad("redirect changes nothing: it would loop".into());
+            }
             Ok(Answer::Redirect(RedirectRt {
                 https,
                 host,
@@ -762,6 +778,37 @@ fn route(i: usize, r: &v1::Route, clusters: usize) -> Result<RouteRt, RejectReas
         }
         Some(a) => RouteAction::Answer(Box::new(answer(i, r, a)?)),
         None if !r.weighted_clusters.is_empty() => {
+            let n = r.weighted_clusters.len();
+            if n > limits::MAX_WEIGHTED_CLUSTERS {
+                return Err(invalid(format!(
+                    "routes[{i}] ({}) splits over {n} clusters, over {}",
+                    r.name,
+                    limits::MAX_WEIGHTED_CLUSTERS
+                )));
+            }
+            let twice = r.weighted_clusters.iter().enumerate().find(|(j, w)| {
+                r.weighted_clusters[..*j]
+                    .iter()
+                    .any(|v| v.cluster_index == w.cluster_index)
+            });
+            if let Some((_, w)) = twice {
+                return Err(invalid(format!(
+                    "routes[{i}] ({}) splits over cluster {} twice",
+                    r.name, w.cluster_index
+                )));
+            }
+            let heavy = r
+                .weighted_clusters
+                .iter()
+                .find(|w| w.weight > limits::MAX_SPLIT_WEIGHT);
+            if let Some(w) = heavy {
+                return Err(invalid(format!(
+                    "routes[{i}] ({}) weight {} is over {}",
+                    r.name,
+                    w.weight,
+                    limits::MAX_SPLIT_WEIGHT
+                )));
+            }
             let weighted = r
                 .weighted_clusters
                 .iter()
@@ -991,9 +1038,12 @@ mod tests {
             weight: w,
         };
         let mut good = minimal();
-        good.routes[0].weighted_clusters = vec![weighted(0, 2), weighted(0, 0)];
+        let mut other = good.clusters[0].clone();
+        other.name = "d".into();
+        good.clusters.push(other);
+        good.routes[0].weighted_clusters = vec![weighted(1, 2), weighted(0, 0)];
         let built = RuntimeConfig::build(&good, &strategies()).unwrap();
-        assert_eq!(built.routes[0].clusters().collect::<Vec<_>>(), [0, 0]);
+        assert_eq!(built.routes[0].clusters().collect::<Vec<_>>(), [1, 0]);
         assert_eq!(built.route_keys().count(), 2);
         let e = refused(|s| s.routes[0].weighted_clusters = vec![weighted(3, 1)]);
         assert!(
@@ -1010,6 +1060,10 @@ mod tests {
             }));
         });
         assert!(e.contains("both an answer and weighted clusters"), "{e}");
+        let e = refused(|s| s.routes[0].weighted_clusters = vec![weighted(0, 1), weighted(0, 2)]);
+        assert!(e.contains("cluster 0 twice"), "{e}");
+        let e = refused(|s| s.routes[0].weighted_clusters = vec![weighted(0, 10_001)]);
+        assert!(e.contains("weight 10001 is over 10000"), "{e}");
     }
 
     /// A health-checked cluster carries each endpoint's state to the next snapshot by
@@ -1071,6 +1125,29 @@ mod tests {
             });
         });
         assert!(e.contains("health_check host"), "{e}");
+        // The default host is the cluster's name: one that is not a Host value is refused.
+        let e = refused(|s| {
+            s.clusters[0].name = "c\r\nx: y".into();
+            s.clusters[0].health_check = Some(check.clone());
+        });
+        assert!(e.contains("health_check host"), "{e}");
+        for (interval_ms, timeout_ms) in [(1, 1), (1000, 2000), (1000, 0)] {
+            let e = refused(|s| {
+                s.clusters[0].health_check = Some(v1::HealthCheck {
+                    interval_ms,
+                    timeout_ms,
+                    ..check.clone()
+                });
+            });
+            assert!(e.contains("health_check interval_ms"), "{e}");
+        }
+        let e = refused(|s| {
+            s.clusters[0].health_check = Some(v1::HealthCheck {
+                unhealthy_threshold: 0,
+                ..check.clone()
+            });
+        });
+        assert!(e.contains("thresholds must be 1-100"), "{e}");
     }
 
     /// A route's own answer goes into response heads: one with a status, code, scheme,
@@ -1104,7 +1181,12 @@ mod tests {
         good.routes[0].answer = Some(redirect(&|_| {}));
         assert!(RuntimeConfig::build(&good, &strategies()).is_ok());
 
-        let bad: [(A, &str); 8] = [
+        let big = vec![b'x'; omnirelay_proto::limits::MAX_DIRECT_RESPONSE_BODY + 1];
+        let bad: [(A, &str); 12] = [
+            (direct(205, b"x", ""), "205 has a body"),
+            (direct(200, &big, ""), "is over"),
+            (redirect(&|r| r.scheme = "http".into()), "changes nothing"),
+            (redirect(&|r| r.host = "a:".into()), "host \"a:\""),
             (direct(99, b"", ""), "status 99"),
             (direct(204, b"x", ""), "204 has a body"),
             (direct(200, b"", "a\r\nx: y"), "content_type"),

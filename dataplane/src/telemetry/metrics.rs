@@ -297,19 +297,19 @@ impl Metrics {
                 s.upstream_latency.add_into(&mut e.1, &mut e.2);
             }
         }
-        let mut checks = self
-            .health_checks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
         let live = live();
+        let mut counted = self.health_checks.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(cfg) = &live {
             let live_routes: BTreeSet<(&str, &str)> = cfg.route_keys().collect();
             let live_clusters: BTreeSet<&str> = cfg.clusters.iter().map(|c| &*c.name).collect();
             routes.retain(|(r, c), _| live_routes.contains(&(r.as_str(), c.as_str())));
             clusters.retain(|c, _| live_clusters.contains(c.as_str()));
-            checks.retain(|c, _| live_clusters.contains(c.as_str()));
+            // The counts of a cluster gone are dropped (a cluster of that name later
+            // starts from zero, as a route's cells do).
+            counted.retain(|c, _| live_clusters.contains(c.as_str()));
         }
+        let checks = counted.clone();
+        drop(counted);
         out.push_str("# TYPE omnirelay_requests_total counter\n");
         for ((route, cluster), (status, _, _)) in &routes {
             for (i, n) in status.iter().enumerate() {

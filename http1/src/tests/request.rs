@@ -314,6 +314,10 @@ fn an_authority_splits_into_host_and_port() {
     assert_eq!(split_port("10.0.0.1:80"), ("10.0.0.1", Some("80")));
     assert_eq!(split_port("[::1]:443"), ("[::1]", Some("443")));
     assert_eq!(split_port("[::1]"), ("[::1]", None));
-    // No digits after the colon: no port named.
-    assert_eq!(split_port("example.com:"), ("example.com:", None));
+    // No digits after the colon: no port named, and the colon is not the host's.
+    assert_eq!(split_port("example.com:"), ("example.com", None));
+    assert_eq!(split_port("[::1]:"), ("[::1]", None));
+    use crate::valid_host_without_port as bare;
+    assert!(bare("a.example") && bare("[::1]") && bare("10.0.0.1"));
+    assert!(!bare("a.example:80") && !bare("a.example:") && !bare("") && !bare("a b"));
 }
