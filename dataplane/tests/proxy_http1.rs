@@ -850,9 +850,9 @@ fn a_route_sets_and_removes_fields_both_ways() {
 /// The proxy's own answers to a request read whole keep the client connection, as
 /// nginx's and Envoy's do: a 404 (no route), 503 (connect failed), 504 (upstream timed
 /// out), also to a HEAD (its head says the length, no body follows) and to an HTTP/1.0
-/// client that asked to keep the connection, and after a body that went up whole. After
-/// one whose request body went unread, a 400 about the request, or a client's
-/// `connection: close`, it closes.
+/// client that asked to keep the connection, after a body that went up whole, and after
+/// a small one that went nowhere (read and dropped). After one whose body is not dropped,
+/// a 400 about the request, or a client's `connection: close`, it closes.
 #[test]
 fn the_proxys_own_answers_keep_the_connection_when_the_request_was_read_whole() {
     require_caps!(Capability::Program("nginx"));
@@ -907,6 +907,15 @@ fn the_proxys_own_answers_keep_the_connection_when_the_request_was_read_whole() 
         "upstream timed out\n",
     );
     assert!(late.starts_with("http/1.1 504 "), "{late}");
+    // A small body of a request answered without going upstream is read and dropped
+    // (coming in two pieces here, the second after the answer).
+    let dropped = ask(
+        "POST /nowhere HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n\r\nhello",
+        "no route matches this request\n",
+    );
+    assert!(!dropped.contains("connection:"), "{dropped}");
+    let moved = ask("worldGET /who HTTP/1.1\r\nhost: a\r\n\r\n", "one\n");
+    assert!(moved.starts_with("http/1.1 200 "), "{moved}");
     // Nothing extra was sent after any of them (the HEAD's body least of all): the next
     // response on the connection is read from its first byte.
     let served = ask("GET /who HTTP/1.1\r\nhost: a\r\n\r\n", "one\n");
@@ -925,10 +934,21 @@ fn the_proxys_own_answers_keep_the_connection_when_the_request_was_read_whole() 
     assert!(last.contains("\r\nconnection: close\r\n"), "{last}");
     assert!(closed(&mut conn), "open after the client's close");
 
-    // A body the proxy did not read, and a 400 about the request itself, close.
+    // A body the proxy does not drop (chunked, over 64 KiB, or awaiting 100 Continue),
+    // and a 400 about the request itself, close.
     for (request, status, tail) in [
         (
-            "POST /nowhere HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhello",
+            "POST /nowhere HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+            "404",
+            "no route matches this request\n",
+        ),
+        (
+            "POST /nowhere HTTP/1.1\r\nhost: a\r\ncontent-length: 70000\r\n\r\nhello",
+            "404",
+            "no route matches this request\n",
+        ),
+        (
+            "POST /nowhere HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n",
             "404",
             "no route matches this request\n",
         ),

@@ -140,6 +140,41 @@ async fn send_within<C: Stream>(
     }
 }
 
+/// The largest request body the proxy reads and drops after answering the request itself,
+/// so the connection can carry the next request (nginx discards any size; this bounds
+/// what a refused request can cost).
+pub(crate) const DISCARD_MAX: u64 = 64 * 1024;
+
+/// How long the rest of such a body may take to arrive.
+const DISCARD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Reads and drops the `n` body bytes of the request just answered (those in `ds.buf`
+/// first), leaving what follows them (a pipelined request) in `ds.buf`. False when they
+/// did not all arrive within [`DISCARD_TIMEOUT`] or the client closed: the connection
+/// then closes.
+pub(crate) async fn discard_body(ds: &mut Downstream, mut n: u64, timer: &mut Timer<'_>) -> bool {
+    let until = Instant::now() + DISCARD_TIMEOUT;
+    loop {
+        let here = n.min(ds.buf.len() as u64);
+        // `here` is at most the buffer's length: the cast is exact.
+        bytes::Buf::advance(&mut ds.buf, here as usize);
+        n -= here;
+        if n == 0 {
+            return true;
+        }
+        let buf = std::mem::take(&mut ds.buf);
+        match within(timer, until, io::read_more(&mut ds.stream, buf)).await {
+            Ok((Ok(read), b)) if read > 0 => ds.buf = b,
+            Ok((_, b)) => {
+                ds.buf = b;
+                return false;
+            }
+            // The buffer went with the cancelled read; the connection closes.
+            Err(_) => return false,
+        }
+    }
+}
+
 /// How long a client still sending a request body after its (final) response is read,
 /// the bytes dropped: closing a socket with unread bytes resets the connection, and the
 /// reset can overtake the response at the client.

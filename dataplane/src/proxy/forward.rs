@@ -224,7 +224,7 @@ pub(crate) async fn handle(
                         route: &cfg.routes[idx],
                         answer,
                         path: view.path,
-                        unread: framing.has_body(),
+                        left: Left::of(&head, framing),
                     };
                     answer_itself(scope, ds, &head, &own, timer).await
                 }
@@ -287,30 +287,87 @@ async fn refuse(
     head: &RequestHead,
     timer: &mut Timer<'_>,
 ) -> Summary {
-    let unread = head.framing(scope.limits).map_or(true, Framing::has_body);
-    local_error(scope.ctx, ds, status, reason, head, unread, timer).await
+    let left = head
+        .framing(scope.limits)
+        .map_or(Left::Unread, |f| Left::of(head, f));
+    local_error(scope.ctx, ds, status, reason, head, left, timer).await
+}
+
+/// What is left of a request's body when the proxy answers it itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Left {
+    /// Nothing: it had none, or it was read whole.
+    Nothing,
+    /// A body of this many bytes, none of it read, small enough to read and drop after
+    /// the answer, so the connection can carry the next request (as nginx does).
+    Discardable(u64),
+    /// A body not read whole: the connection closes after the answer.
+    Unread,
+}
+
+impl Left {
+    /// What is left of `head`'s body framed as `framing`, none of it read yet. Not
+    /// discardable: a chunked body, one larger than [`downstream::DISCARD_MAX`], or one
+    /// the client waits for a `100 Continue` to send (it may never come).
+    fn of(head: &RequestHead, framing: Framing) -> Left {
+        match framing {
+            f if !f.has_body() => Left::Nothing,
+            Framing::ContentLength(n)
+                if n <= downstream::DISCARD_MAX && !head.expects_continue() =>
+            {
+                Left::Discardable(n)
+            }
+            _ => Left::Unread,
+        }
+    }
+
+    /// [`Left::Unread`] when `unread`, else [`Left::Nothing`].
+    fn unread_if(unread: bool) -> Left {
+        if unread { Left::Unread } else { Left::Nothing }
+    }
 }
 
 /// Answers `head` with the proxy's own error `status` and `reason`, keeping the client
-/// connection when it may carry on (see [`local_reply`]); `unread` when the request has
-/// a body not read whole. The connection is kept only after statuses that say nothing
-/// against it: a route not found (404) or an upstream that failed (502, 503, 504). After
-/// any other (a 400, 408 or 413 about the request itself) it closes, as nginx's do.
+/// connection when it may carry on (see [`local_reply`]) with what is `left` of the body
+/// dropped. The connection is kept only after statuses that say nothing against it: a
+/// route not found (404) or an upstream that failed (502, 503, 504). After any other (a
+/// 400, 408 or 413 about the request itself) it closes, as nginx's do.
 async fn local_error(
     ctx: &WorkerCtx,
     ds: &mut Downstream,
     status: u16,
     reason: &str,
     head: &RequestHead,
-    unread: bool,
+    left: Left,
     timer: &mut Timer<'_>,
 ) -> Summary {
     let keeps = matches!(status, 404 | 502 | 503 | 504);
-    let to = local_reply(head, ctx, keeps && !unread);
+    let to = local_reply(head, ctx, keeps && left != Left::Unread);
     let sent = ds.send_local(status, reason, to, timer).await;
+    settle(ds, status, sent && to.keep_alive, left, timer).await
+}
+
+/// The summary of the proxy's own answer with `status`, after which the connection was
+/// to be `kept`: a discardable body is read and dropped first (not all of it in time:
+/// the connection closes after all).
+async fn settle(
+    ds: &mut Downstream,
+    status: u16,
+    kept: bool,
+    left: Left,
+    timer: &mut Timer<'_>,
+) -> Summary {
+    let (keep_alive, body_unread) = match left {
+        Left::Nothing => (kept, false),
+        Left::Discardable(n) if kept => {
+            let dropped = downstream::discard_body(ds, n, timer).await;
+            (dropped, !dropped)
+        }
+        Left::Discardable(_) | Left::Unread => (false, true),
+    };
     Summary {
-        keep_alive: sent && to.keep_alive,
-        body_unread: unread,
+        keep_alive,
+        body_unread,
         ..Summary::local(status)
     }
 }
@@ -333,8 +390,8 @@ struct Own<'a> {
     answer: &'a Answer,
     /// The request's path as routed.
     path: &'a str,
-    /// The request has a body (left unread).
-    unread: bool,
+    /// What is left of the request's body (none of it is read).
+    left: Left,
 }
 
 /// Answers `head` with a route's own answer `own`: its fixed response, or a redirect made
@@ -369,17 +426,15 @@ async fn answer_itself(
         }
     };
     let fields = answer::fields(ours, own.route.response_headers.as_ref());
-    let to = local_reply(head, scope.ctx, !own.unread);
+    let to = local_reply(head, scope.ctx, own.left != Left::Unread);
     let sent = ds.send_own(status, &fields, body, to, timer).await;
     Summary {
-        keep_alive: sent && to.keep_alive,
-        body_unread: own.unread,
         bytes_out: if to.head_request {
             0
         } else {
             body.len() as u64
         },
-        ..Summary::local(status)
+        ..settle(ds, status, sent && to.keep_alive, own.left, timer).await
     }
 }
 
@@ -591,7 +646,8 @@ async fn proxy(
         };
         let Some((id, addr)) = picked.and_then(|id| Some((id, cluster.lb.addr(id)?))) else {
             let why = "no healthy upstream endpoint";
-            return local_error(ctx, ds, 503, why, head, body_state.unread(), timer).await;
+            let left = Left::unread_if(body_state.unread());
+            return local_error(ctx, ds, 503, why, head, left, timer).await;
         };
         tried.push(id);
         if let Some(s) = &cluster_stats {
@@ -739,7 +795,16 @@ async fn proxy(
                     endpoint: Some(addr),
                     attempts,
                     bytes_in: body_state.bytes(),
-                    ..local_error(ctx, ds, status, reason, head, unread, timer).await
+                    ..local_error(
+                        ctx,
+                        ds,
+                        status,
+                        reason,
+                        head,
+                        Left::unread_if(unread),
+                        timer,
+                    )
+                    .await
                 }
             }
         };
