@@ -1,12 +1,13 @@
 //! The data plane's admin HTTP server (off the hot path, on its own thread): `/metrics`,
-//! `/healthz` (503 before the first snapshot and while draining) and `/snapshot`.
+//! `/healthz` (503 before the first snapshot and while draining), `/snapshot` and
+//! `/clusters` (each cluster's endpoints and what active health checks found).
 
 use std::{fmt::Write as _, net::SocketAddr, sync::Arc};
 
 use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use serde_json::json;
 
-use crate::{proxy::Drain, snapshot::SnapshotHolder, telemetry::Metrics};
+use crate::{lb::Policy, proxy::Drain, snapshot::SnapshotHolder, telemetry::Metrics};
 
 #[derive(Clone)]
 struct AdminState {
@@ -75,6 +76,7 @@ pub fn spawn(
                     .route("/metrics", get(metrics_handler))
                     .route("/healthz", get(healthz))
                     .route("/snapshot", get(snapshot))
+                    .route("/clusters", get(clusters))
                     .with_state(state);
                 if let Err(e) = axum::serve(listener, app).await {
                     tracing::error!("admin server: {e}");
@@ -119,4 +121,51 @@ async fn snapshot(State(s): State<AdminState>) -> impl IntoResponse {
         "draining": s.drain.is_draining(),
         "io_drivers": *s.drivers,
     }))
+}
+
+/// The running snapshot's clusters: policy and endpoints (address, weight and, for a
+/// health-checked cluster, `health`: `in`, or `out` when its checks took it out).
+/// Outlier ejections are each worker's own and not shown (see the metrics).
+async fn clusters(State(s): State<AdminState>) -> impl IntoResponse {
+    let body = s.holder.peek(|cfg| {
+        let clusters: Vec<serde_json::Value> = cfg
+            .into_iter()
+            .flat_map(|cfg| &cfg.clusters)
+            .map(|c| {
+                let health = c.lb.health();
+                let endpoints: Vec<serde_json::Value> =
+                    c.lb.ids()
+                        .map(|id| {
+                            let out = health.map(|h| h.is_down(id.index()));
+                            json!({
+                                "address": c.lb.addr(id).map(|a| a.to_string()),
+                                "weight": c.lb.weight(id),
+                                "health": out.map(|out| if out { "out" } else { "in" }),
+                            })
+                        })
+                        .collect();
+                json!({
+                    "name": &*c.name,
+                    "policy": policy_name(c.lb.policy()),
+                    "health_checked": c.health_check.is_some(),
+                    "endpoints": endpoints,
+                })
+            })
+            .collect();
+        json!({
+            "version": cfg.map_or(0, |c| c.version),
+            "clusters": clusters,
+        })
+    });
+    Json(body)
+}
+
+/// A policy as the config names it.
+fn policy_name(p: Policy) -> &'static str {
+    match p {
+        Policy::RoundRobin => "round_robin",
+        Policy::LeastRequest => "least_request",
+        Policy::RingHash => "ring_hash",
+        Policy::Rendezvous => "rendezvous",
+    }
 }

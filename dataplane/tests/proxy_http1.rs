@@ -1161,6 +1161,33 @@ fn endpoints_failing_their_health_checks_get_no_requests() {
         answers(20).iter().all(|&one| !one),
         "a request went to an endpoint out"
     );
+    // The admin API names the endpoints out.
+    let listed = curl(&["-s", &stack.dp_admin("/clusters")]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let both = listed["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "both")
+        .unwrap();
+    assert_eq!(both["health_checked"], true);
+    let health: Vec<(String, String)> = both["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let port = e["address"].as_str().unwrap().rsplit(':').next().unwrap();
+            (port.to_owned(), e["health"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(
+        health,
+        [
+            (up1.to_string(), "out".to_owned()),
+            (up2.to_string(), "in".to_owned()),
+            (dead.to_string(), "out".to_owned())
+        ]
+    );
     let failed = stack
         .dp_metric("omnirelay_health_checks_total{cluster=\"both\",result=\"failed\"}")
         .unwrap();
