@@ -17,6 +17,7 @@ pub mod health;
 /// The HTTP/1.1 codec (its own crate, so the fuzzer builds it alone).
 pub use omnirelay_http1 as http1;
 pub mod lb;
+pub mod limit;
 pub mod proxy;
 pub mod router;
 pub mod snapshot;

@@ -1249,3 +1249,35 @@ fn endpoints_failing_their_health_checks_get_no_requests() {
         "checks went on after the check was removed"
     );
 }
+
+/// A route's `rate_limit` is one budget over all workers and clients: a burst of 3 at 1
+/// a second lets 3 quick requests through and answers the rest 429 on the same
+/// connection, counted per route.
+#[test]
+fn a_route_over_its_rate_limit_answers_429() {
+    require_caps!(Capability::Program("nginx"));
+    let stack = Stack::start();
+    let port = free_port();
+    let extra = "routes = [\"limited\"]\n\n\
+         [[routes]]\nname = \"limited\"\ncluster = \"one\"\n\
+         rate_limit = { requests_per_second = 1, burst = 3 }\n";
+    let addr = stack.add_listener("limited", &format!("127.0.0.1:{port}"), extra, port);
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    let statuses: Vec<String> = (0..8)
+        .map(|_| {
+            let got = exchange(&mut conn, "GET /who HTTP/1.1\r\nhost: a\r\n\r\n", |got| {
+                got.ends_with(b"one\n") || got.ends_with(b"taken\n")
+            });
+            got.split(' ').nth(1).unwrap_or("none").to_owned()
+        })
+        .collect();
+    let ok = statuses.iter().filter(|s| *s == "200").count();
+    let limited = statuses.iter().filter(|s| *s == "429").count();
+    // 3 at once, and one more if a second passed meanwhile.
+    assert!((3..=4).contains(&ok) && ok + limited == 8, "{statuses:?}");
+    assert_eq!(&statuses[..3], ["200", "200", "200"], "{statuses:?}");
+    assert_eq!(
+        stack.dp_metric("omnirelay_route_rate_limited_total{route=\"limited\"}"),
+        Some(limited as f64)
+    );
+}

@@ -29,6 +29,8 @@ pub mod limits {
     pub const MIN_HEALTH_CHECK_TIMEOUT_MS: u32 = 10;
     /// The largest health check threshold.
     pub const MAX_HEALTH_CHECK_THRESHOLD: u32 = 100;
+    /// The highest rate (and burst) of a route's rate limit, requests per second.
+    pub const MAX_ROUTE_RATE: u32 = 10_000_000;
 }
 
 /// Prefix of the signed message: the signature covers `SIGNING_CONTEXT || payload`, so a

@@ -268,6 +268,17 @@ pub struct Route {
     pub request_headers: HeaderEdits,
     /// Fields set and removed on the response sent to the client.
     pub response_headers: HeaderEdits,
+    /// Requests per second the route takes from all clients together, per data plane.
+    pub rate_limit: Option<RouteRateLimit>,
+}
+
+/// `rate_limit = { requests_per_second, burst }` of a route (Envoy's local rate limit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteRateLimit {
+    /// Sustained rate.
+    pub requests_per_second: u32,
+    /// Requests that may come at once above the rate.
+    pub burst: u32,
 }
 
 /// One cluster of a route's `weighted_clusters`.

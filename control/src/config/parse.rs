@@ -584,7 +584,9 @@ fn route(o: Obj<'_>) -> Route {
             .table("response_headers")
             .map(|t| header_edits(t, false))
             .unwrap_or_default(),
+        rate_limit: None,
     };
+    let rate_limit = o.table("rate_limit").map(route_rate_limit);
     let direct = o.table("direct_response").map(direct_response);
     let redirect = o.table("redirect").map(redirect);
     let actions = [
@@ -613,7 +615,26 @@ fn route(o: Obj<'_>) -> Route {
         }
     }
     o.finish();
-    Route { answer, ..route }
+    Route {
+        answer,
+        rate_limit,
+        ..route
+    }
+}
+
+fn route_rate_limit(o: Obj<'_>) -> RouteRateLimit {
+    let max = i64::from(limits::MAX_ROUTE_RATE);
+    let rate = o.opt_int("requests_per_second", 1, max);
+    if !o.table_has("requests_per_second") {
+        o.error("requests_per_second", "missing (required)");
+    }
+    let rate = rate.unwrap_or(1) as u32;
+    let burst = o.int_or("burst", rate.into(), 1, max) as u32;
+    o.finish();
+    RouteRateLimit {
+        requests_per_second: rate,
+        burst,
+    }
 }
 
 fn endpoint(o: &Obj<'_>, path: String, v: &Value) -> Option<Endpoint> {

@@ -696,3 +696,39 @@ fn a_health_check_names_its_bad_fields() {
         .contains("out of range")
     );
 }
+
+/// A route's `rate_limit`: a rate, and a burst that defaults to it.
+#[test]
+fn a_route_rate_limit_has_a_rate_and_a_burst() {
+    let with = |limit: &str| {
+        GOOD.replace(
+            "name = \"default\"\ncluster = \"web\"",
+            &format!("name = \"default\"\ncluster = \"web\"\nrate_limit = {limit}"),
+        )
+    };
+    let c = parse(&with("{ requests_per_second = 50 }"), "t.toml").unwrap();
+    assert_eq!(
+        c.routes[1].rate_limit,
+        Some(RouteRateLimit {
+            requests_per_second: 50,
+            burst: 50
+        })
+    );
+    assert_eq!(c.routes[0].rate_limit, None);
+    let c = parse(&with("{ requests_per_second = 5, burst = 20 }"), "t.toml").unwrap();
+    assert_eq!(c.routes[1].rate_limit.map(|l| l.burst), Some(20));
+    assert!(
+        error_at(
+            &with("{ burst = 2 }"),
+            "routes[1].rate_limit.requests_per_second"
+        )
+        .contains("missing")
+    );
+    assert!(
+        error_at(
+            &with("{ requests_per_second = 0 }"),
+            "routes[1].rate_limit.requests_per_second"
+        )
+        .contains("out of range")
+    );
+}

@@ -43,6 +43,10 @@ pub fn required_capabilities(config: &Config) -> Vec<String> {
     {
         caps.push("route.rewrite".to_owned());
     }
+    // One that does not know it would not limit the route.
+    if config.routes.iter().any(|r| r.rate_limit.is_some()) {
+        caps.push("route.rate_limit".to_owned());
+    }
     // One that does not know them would never take an endpoint out.
     if config.clusters.iter().any(|c| c.health_check.is_some()) {
         caps.push("cluster.health_check".to_owned());
@@ -151,6 +155,10 @@ fn route(r: &config::Route, config: &Config) -> v1::Route {
         request_headers: header_edits(&r.request_headers),
         response_headers: header_edits(&r.response_headers),
         answer: r.answer.as_ref().map(answer),
+        rate_limit: r.rate_limit.map(|l| v1::RouteRateLimit {
+            requests_per_second: l.requests_per_second,
+            burst: l.burst,
+        }),
         weighted_clusters: r
             .weighted_clusters
             .iter()
@@ -449,14 +457,16 @@ rate_per_second = 50
                 "route.redirect",
                 "route.weighted_clusters",
                 "cluster.health_check",
+                "route.rate_limit",
             ]
             .map(|c| s.required_capabilities.contains(&c.to_owned()))
         };
-        assert_eq!(caps(&plain), [false; 4]);
+        assert_eq!(caps(&plain), [false; 5]);
         let text = CONFIG.to_owned()
             + "\n[[routes]]\nname = \"gone\"\ndirect_response = { status = 410, body = \"gone\" }\n\
                \n[[routes]]\nname = \"moved\"\nredirect = { scheme = \"https\", prefix = \"/v2/\", code = 308 }\n\
-               \n[[routes]]\nname = \"split\"\nweighted_clusters = [{ name = \"two\", weight = 9 }, { name = \"one\" }]\n";
+               \n[[routes]]\nname = \"split\"\nweighted_clusters = [{ name = \"two\", weight = 9 }, { name = \"one\" }]\n\
+               rate_limit = { requests_per_second = 10 }\n";
         let text = text.replace(
             "name = \"one\"\n",
             "name = \"one\"\nhealth_check = { path = \"/healthz\", interval_ms = 2000 }\n",
@@ -468,7 +478,9 @@ rate_per_second = 50
             "t.toml",
             "abc",
         );
-        assert_eq!(caps(&s), [true; 4]);
+        assert_eq!(caps(&s), [true; 5]);
+        let limited = s.routes.iter().find_map(|r| r.rate_limit).unwrap();
+        assert_eq!((limited.requests_per_second, limited.burst), (10, 10));
         let check = s
             .clusters
             .iter()

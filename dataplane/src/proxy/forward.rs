@@ -207,6 +207,10 @@ pub(crate) async fn handle(
                 ctx.stats.bad_requests.fetch_add(1, Relaxed);
                 refuse(scope, ds, e.status(), e.reason(), &head, timer).await
             }
+            Ok(_) if !admitted(&cfg.routes[idx], started) => {
+                let why = "rate limited: the route's requests per second are taken";
+                refuse(scope, ds, 429, why, &head, timer).await
+            }
             Ok(framing) => match to {
                 Dispatch::Upstream { cluster, .. } => {
                     let req = Request {
@@ -293,6 +297,11 @@ async fn refuse(
     local_error(scope.ctx, ds, status, reason, head, left, timer).await
 }
 
+/// Whether route `route`'s rate limit, if it has one, admits a request at `now`.
+fn admitted(route: &RouteRt, now: Instant) -> bool {
+    route.rate_limit.as_ref().is_none_or(|l| l.admit(now))
+}
+
 /// What is left of a request's body when the proxy answers it itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Left {
@@ -330,8 +339,9 @@ impl Left {
 /// Answers `head` with the proxy's own error `status` and `reason`, keeping the client
 /// connection when it may carry on (see [`local_reply`]) with what is `left` of the body
 /// dropped. The connection is kept only after statuses that say nothing against it: a
-/// route not found (404) or an upstream that failed (502, 503, 504). After any other (a
-/// 400, 408 or 413 about the request itself) it closes, as nginx's do.
+/// route not found (404), a route's rate limit (429) or an upstream that failed (502,
+/// 503, 504). After any other (a 400, 408 or 413 about the request itself) it closes, as
+/// nginx's do.
 async fn local_error(
     ctx: &WorkerCtx,
     ds: &mut Downstream,
@@ -341,7 +351,7 @@ async fn local_error(
     left: Left,
     timer: &mut Timer<'_>,
 ) -> Summary {
-    let keeps = matches!(status, 404 | 502 | 503 | 504);
+    let keeps = matches!(status, 404 | 429 | 502 | 503 | 504);
     let to = local_reply(head, ctx, keeps && left != Left::Unread);
     let sent = ds.send_local(status, reason, to, timer).await;
     settle(ds, status, sent && to.keep_alive, left, timer).await

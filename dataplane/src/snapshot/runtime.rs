@@ -9,7 +9,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use omnirelay_proto::{limits, v1};
@@ -17,6 +17,7 @@ use omnirelay_proto::{limits, v1};
 use super::RejectReason;
 use crate::{
     lb::{ClusterLb, Health, OutlierConfig, Policy, RetryBudgetConfig, Strategies},
+    limit::RateLimiter,
     router::{HeaderCondition, HostMatch, PathMatch, RouteMatcher},
 };
 
@@ -117,6 +118,9 @@ pub struct RouteRt {
     pub request_headers: Option<HeaderEdits>,
     /// Fields set and removed on the response sent to the client.
     pub response_headers: Option<HeaderEdits>,
+    /// Its request rate limit, shared by the workers (and carried to the next snapshot
+    /// while the route keeps its name and limit).
+    pub rate_limit: Option<Arc<RateLimiter>>,
 }
 
 /// Where a route's requests go.
@@ -441,12 +445,28 @@ impl RuntimeConfig {
                 cluster(i, c, strategies, carried).map(Arc::new)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let limiters: HashMap<&str, &Arc<RateLimiter>> = prev
+            .into_iter()
+            .flat_map(|p| &p.routes)
+            .filter_map(|r| Some((&*r.name, r.rate_limit.as_ref()?)))
+            .collect();
         let routes = s
             .routes
             .iter()
             .enumerate()
-            .map(|(i, r)| route(i, r, clusters.len()))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|(i, r)| {
+                let mut route = route(i, r, clusters.len())?;
+                // A route that keeps its name and limit keeps its bucket (and count).
+                route.rate_limit = r.rate_limit.map(|l| {
+                    let limit = (l.requests_per_second, l.burst);
+                    match limiters.get(r.name.as_str()) {
+                        Some(&kept) if kept.config() == limit => Arc::clone(kept),
+                        _ => Arc::new(RateLimiter::new(limit.0, limit.1, Instant::now())),
+                    }
+                });
+                Ok(route)
+            })
+            .collect::<Result<Vec<_>, RejectReason>>()?;
         let listeners = s
             .listeners
             .iter()
@@ -757,7 +777,18 @@ fn answer(i: usize, r: &v1::Route, a: &v1::route::Answer) -> Result<Answer, Reje
     }
 }
 
+/// Route `i` of a snapshot with `clusters` clusters (its rate limiter is set by the
+/// caller, which knows the snapshot before).
 fn route(i: usize, r: &v1::Route, clusters: usize) -> Result<RouteRt, RejectReason> {
+    if let Some(l) = &r.rate_limit {
+        let max = limits::MAX_ROUTE_RATE;
+        if !(1..=max).contains(&l.requests_per_second) || !(1..=max).contains(&l.burst) {
+            return Err(invalid(format!(
+                "routes[{i}] ({}) rate_limit {} per second, burst {}: each must be 1-{max}",
+                r.name, l.requests_per_second, l.burst
+            )));
+        }
+    }
     let in_range = |c: u32| {
         let c = c as usize;
         if c < clusters {
@@ -947,12 +978,13 @@ fn route(i: usize, r: &v1::Route, clusters: usize) -> Result<RouteRt, RejectReas
         host_rewrite,
         request_headers,
         response_headers,
+        rate_limit: None,
     })
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::{sync::Arc, time::Duration};
 
     use omnirelay_proto::v1;
 
@@ -1064,6 +1096,40 @@ mod tests {
         assert!(e.contains("cluster 0 twice"), "{e}");
         let e = refused(|s| s.routes[0].weighted_clusters = vec![weighted(0, 10_001)]);
         assert!(e.contains("weight 10001 is over 10000"), "{e}");
+    }
+
+    /// A route's rate limiter is carried to the next snapshot while the route keeps its
+    /// name and limit (a config change elsewhere does not refill it); a changed limit
+    /// starts a new one; a limit of 0 is refused.
+    #[test]
+    fn a_rate_limiter_is_kept_while_its_route_and_limit_are() {
+        let limit = |requests_per_second, burst| {
+            Some(v1::RouteRateLimit {
+                requests_per_second,
+                burst,
+            })
+        };
+        let mut s = minimal();
+        s.routes[0].rate_limit = limit(10, 5);
+        let v1 = RuntimeConfig::build(&s, &strategies()).unwrap();
+        let first = v1.routes[0].rate_limit.clone().unwrap();
+        assert_eq!(first.config(), (10, 5));
+        s.version = 2;
+        s.clusters[0].max_idle_per_endpoint = 3;
+        let v2 = RuntimeConfig::build_after(&s, &strategies(), Some(&v1)).unwrap();
+        assert!(Arc::ptr_eq(
+            &first,
+            v2.routes[0].rate_limit.as_ref().unwrap()
+        ));
+        s.version = 3;
+        s.routes[0].rate_limit = limit(20, 5);
+        let v3 = RuntimeConfig::build_after(&s, &strategies(), Some(&v2)).unwrap();
+        assert!(!Arc::ptr_eq(
+            &first,
+            v3.routes[0].rate_limit.as_ref().unwrap()
+        ));
+        let e = refused(|s| s.routes[0].rate_limit = limit(0, 1));
+        assert!(e.contains("routes[0] (r) rate_limit"), "{e}");
     }
 
     /// A health-checked cluster carries each endpoint's state to the next snapshot by

@@ -22,6 +22,7 @@ pub const CAPABILITIES: &[&str] = &[
     "route.redirect",
     "route.weighted_clusters",
     "cluster.health_check",
+    "route.rate_limit",
 ];
 
 /// Largest signed snapshot accepted (bytes).

@@ -375,6 +375,17 @@ impl Metrics {
                 );
             }
         }
+        out.push_str("# TYPE omnirelay_route_rate_limited_total counter\n");
+        for r in live.iter().flat_map(|cfg| &cfg.routes) {
+            if let Some(l) = &r.rate_limit {
+                let _ = writeln!(
+                    out,
+                    "omnirelay_route_rate_limited_total{{route=\"{}\"}} {}",
+                    esc(&r.name),
+                    l.limited()
+                );
+            }
+        }
         out.push_str("# TYPE omnirelay_upstream_endpoints_unhealthy gauge\n");
         for c in live.iter().flat_map(|cfg| &cfg.clusters) {
             if let Some(h) = c.lb.health() {
