@@ -171,6 +171,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     println!("    proxy                 http://{PROXY}/");
     println!("    data plane metrics    http://{DATAPLANE_ADMIN}/metrics");
     println!("    data plane snapshot   http://{DATAPLANE_ADMIN}/snapshot");
+    println!("    data plane clusters   http://{DATAPLANE_ADMIN}/clusters");
     println!("    control snapshot      http://{CONTROL_ADMIN}/control/snapshot");
     println!("    control history       http://{CONTROL_ADMIN}/control/history");
     println!("    control metrics       http://{CONTROL_ADMIN}/metrics");
