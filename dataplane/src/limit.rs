@@ -28,7 +28,8 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// `rate` requests a second with `burst` at once (both at least 1), counting from
-    /// `base`.
+    /// `base`. The time between requests is kept in whole nanoseconds (rounded down: a
+    /// rate of millions a second runs up to 1% over).
     pub fn new(rate: u32, burst: u32, base: Instant) -> Self {
         let (rate, burst) = (rate.max(1), burst.max(1));
         let interval = 1_000_000_000 / u64::from(rate);
@@ -41,6 +42,16 @@ impl RateLimiter {
             next: AtomicU64::new(0),
             limited: AtomicU64::new(0),
         }
+    }
+
+    /// A limiter of `rate` and `burst` that goes on from `before` (the same route's under
+    /// its old limit): what that one admitted lately still counts, so a new limit does not
+    /// start with a full burst, and its count of refusals carries on.
+    pub fn following(rate: u32, burst: u32, before: &RateLimiter) -> Self {
+        let next = RateLimiter::new(rate, burst, before.base);
+        next.next.store(before.next.load(Relaxed), Relaxed);
+        next.limited.store(before.limited(), Relaxed);
+        next
     }
 
     /// Whether a request at `now` is within the limit (it takes its place) or over it
@@ -117,5 +128,22 @@ mod tests {
         let total: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
         assert_eq!(total, 100);
         assert_eq!(l.limited(), 300);
+    }
+
+    #[test]
+    fn a_new_limit_goes_on_from_the_old_one() {
+        let t0 = Instant::now();
+        let old = RateLimiter::new(10, 10, t0);
+        assert_eq!((0..12).filter(|_| old.admit(t0)).count(), 10);
+        // Lowered to 1 a second, 2 at once: the second of requests just admitted
+        // still counts, so one more goes through where a fresh bucket would let two.
+        let new = RateLimiter::following(1, 2, &old);
+        assert!(new.admit(t0));
+        assert!(!new.admit(t0));
+        assert_eq!(new.limited(), 3, "the old refusals carry on");
+        assert_eq!(new.config(), (1, 2));
+        // A fresh one would have let 2 through.
+        let fresh = RateLimiter::new(1, 2, t0);
+        assert_eq!((0..3).filter(|_| fresh.admit(t0)).count(), 2);
     }
 }

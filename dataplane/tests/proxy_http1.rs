@@ -916,6 +916,18 @@ fn the_proxys_own_answers_keep_the_connection_when_the_request_was_read_whole() 
     assert!(!dropped.contains("connection:"), "{dropped}");
     let moved = ask("worldGET /who HTTP/1.1\r\nhost: a\r\n\r\n", "one\n");
     assert!(moved.starts_with("http/1.1 200 "), "{moved}");
+    // Also a body of exactly 64 KiB, and one whose upstream could not be reached (none of
+    // it was read).
+    let full = format!(
+        "POST /nowhere HTTP/1.1\r\nhost: a\r\ncontent-length: 65536\r\n\r\n{}",
+        "x".repeat(65536)
+    );
+    ask(&full, "no route matches this request\n");
+    let refused = ask(
+        "POST /dead/x HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhello",
+        "upstream connect failed\n",
+    );
+    assert!(!refused.contains("connection:"), "{refused}");
     // Nothing extra was sent after any of them (the HEAD's body least of all): the next
     // response on the connection is read from its first byte.
     let served = ask("GET /who HTTP/1.1\r\nhost: a\r\n\r\n", "one\n");
@@ -943,7 +955,7 @@ fn the_proxys_own_answers_keep_the_connection_when_the_request_was_read_whole() 
             "no route matches this request\n",
         ),
         (
-            "POST /nowhere HTTP/1.1\r\nhost: a\r\ncontent-length: 70000\r\n\r\nhello",
+            "POST /nowhere HTTP/1.1\r\nhost: a\r\ncontent-length: 65537\r\n\r\nhello",
             "404",
             "no route matches this request\n",
         ),
@@ -957,12 +969,6 @@ fn the_proxys_own_answers_keep_the_connection_when_the_request_was_read_whole() 
             "400",
             "path parameter\n",
         ),
-        // The connect failed before any of the body was read.
-        (
-            "POST /dead/x HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhello",
-            "503",
-            "upstream connect failed\n",
-        ),
     ] {
         let mut conn = std::net::TcpStream::connect(addr).unwrap();
         let got = exchange(&mut conn, request, ends(tail));
@@ -973,6 +979,18 @@ fn the_proxys_own_answers_keep_the_connection_when_the_request_was_read_whole() 
         assert!(got.contains("\r\nconnection: close\r\n"), "{got}");
         assert!(closed(&mut conn), "{request:?}: open after {got}");
     }
+    // A body that does not come whole within 2 s: the connection closes after all.
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    let short = "POST /nowhere HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n\r\nhello";
+    let got = exchange(&mut conn, short, ends("no route matches this request\n"));
+    assert!(got.starts_with("HTTP/1.1 404 "), "{got}");
+    let waited = std::time::Instant::now();
+    assert!(closed(&mut conn), "open with the body short");
+    let took = waited.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(1500),
+        "closed after {took:?}"
+    );
 }
 
 /// Routes that answer themselves: a fixed response (with the route's response fields)
@@ -1053,11 +1071,16 @@ fn routes_answer_with_a_fixed_response_or_a_redirect() {
             && moved.contains("\r\nlocation: http://a/v2/\r\ncontent-length: 0\r\n"),
         "{moved}"
     );
+    // A small body sent to a route that answers itself is dropped.
+    ask(
+        "POST /robots.txt HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\n\r\nabc",
+        "Disallow: /\n",
+    );
     ask("GET /who HTTP/1.1\r\nhost: a\r\n\r\n", "one\n");
 
     assert_eq!(
         stack.dp_metric("omnirelay_requests_total{route=\"robots\",cluster=\"\",class=\"2xx\"}"),
-        Some(2.0)
+        Some(3.0)
     );
     assert_eq!(
         stack.dp_metric("omnirelay_requests_total{route=\"v1\",cluster=\"\",class=\"3xx\"}"),
@@ -1251,8 +1274,8 @@ fn endpoints_failing_their_health_checks_get_no_requests() {
 }
 
 /// A route's `rate_limit` is one budget over all workers and clients: a burst of 3 at 1
-/// a second lets 3 quick requests through and answers the rest 429 on the same
-/// connection, counted per route.
+/// a second lets 3 quick requests on 8 connections through (not 3 per worker) and
+/// answers the rest 429, counted per route.
 #[test]
 fn a_route_over_its_rate_limit_answers_429() {
     require_caps!(Capability::Program("nginx"));
@@ -1262,9 +1285,10 @@ fn a_route_over_its_rate_limit_answers_429() {
          [[routes]]\nname = \"limited\"\ncluster = \"one\"\n\
          rate_limit = { requests_per_second = 1, burst = 3 }\n";
     let addr = stack.add_listener("limited", &format!("127.0.0.1:{port}"), extra, port);
-    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    // One request on each of 8 connections (the kernel spreads them over the workers).
     let statuses: Vec<String> = (0..8)
         .map(|_| {
+            let mut conn = std::net::TcpStream::connect(addr).unwrap();
             let got = exchange(&mut conn, "GET /who HTTP/1.1\r\nhost: a\r\n\r\n", |got| {
                 got.ends_with(b"one\n") || got.ends_with(b"taken\n")
             });

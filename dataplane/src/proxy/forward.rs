@@ -185,13 +185,9 @@ pub(crate) async fn handle(
             )
         })
         .flatten();
-    // Where the request goes (a split's cluster is drawn once, for every attempt).
-    let dispatch = route_idx.map(|i| (i, cfg.routes[i].dispatch(|| ctx.random())));
-    let upstream = match dispatch {
-        Some((_, Dispatch::Upstream { choice, cluster })) => Some((choice, cluster)),
-        _ => None,
-    };
-    let summary = match dispatch {
+    // The cluster it went to (a split's drawn once, for every attempt), if it went on.
+    let mut upstream = None;
+    let summary = match route_idx {
         None if ambiguous => {
             ctx.stats.bad_requests.fetch_add(1, Relaxed);
             let why = "ambiguous path: a dot segment behind an escaped slash or a path parameter";
@@ -202,7 +198,7 @@ pub(crate) async fn handle(
             let why = "no route matches this request";
             refuse(scope, ds, 404, why, &head, timer).await
         }
-        Some((idx, to)) => match head.framing(limits) {
+        Some(idx) => match head.framing(limits) {
             Err(e) => {
                 ctx.stats.bad_requests.fetch_add(1, Relaxed);
                 refuse(scope, ds, e.status(), e.reason(), &head, timer).await
@@ -211,8 +207,9 @@ pub(crate) async fn handle(
                 let why = "rate limited: the route's requests per second are taken";
                 refuse(scope, ds, 429, why, &head, timer).await
             }
-            Ok(framing) => match to {
-                Dispatch::Upstream { cluster, .. } => {
+            Ok(framing) => match cfg.routes[idx].dispatch(|| ctx.random()) {
+                Dispatch::Upstream { choice, cluster } => {
+                    upstream = Some((choice, cluster));
                     let req = Request {
                         scope,
                         head: &head,
@@ -330,9 +327,15 @@ impl Left {
         }
     }
 
-    /// [`Left::Unread`] when `unread`, else [`Left::Nothing`].
-    fn unread_if(unread: bool) -> Left {
-        if unread { Left::Unread } else { Left::Nothing }
+    /// What is left of the body of `head` (framed as `framing`) after an upstream attempt:
+    /// nothing unless `unread`; all of it, maybe discardable, when none of it was read
+    /// (`body`); else the rest, unread.
+    fn after(body: &body::RequestBody, unread: bool, head: &RequestHead, framing: Framing) -> Left {
+        match (unread, body.started()) {
+            (false, _) => Left::Nothing,
+            (true, false) => Left::of(head, framing),
+            (true, true) => Left::Unread,
+        }
     }
 }
 
@@ -359,7 +362,7 @@ async fn local_error(
 
 /// The summary of the proxy's own answer with `status`, after which the connection was
 /// to be `kept`: a discardable body is read and dropped first (not all of it in time:
-/// the connection closes after all).
+/// the connection closes after all). The request ends when the answer went out.
 async fn settle(
     ds: &mut Downstream,
     status: u16,
@@ -367,6 +370,7 @@ async fn settle(
     left: Left,
     timer: &mut Timer<'_>,
 ) -> Summary {
+    let answered = Instant::now();
     let (keep_alive, body_unread) = match left {
         Left::Nothing => (kept, false),
         Left::Discardable(n) if kept => {
@@ -378,6 +382,7 @@ async fn settle(
     Summary {
         keep_alive,
         body_unread,
+        finished: Some(answered),
         ..Summary::local(status)
     }
 }
@@ -656,7 +661,7 @@ async fn proxy(
         };
         let Some((id, addr)) = picked.and_then(|id| Some((id, cluster.lb.addr(id)?))) else {
             let why = "no healthy upstream endpoint";
-            let left = Left::unread_if(body_state.unread());
+            let left = Left::after(&body_state, body_state.unread(), head, framing);
             return local_error(ctx, ds, 503, why, head, left, timer).await;
         };
         tried.push(id);
@@ -811,7 +816,7 @@ async fn proxy(
                         status,
                         reason,
                         head,
-                        Left::unread_if(unread),
+                        Left::after(&body_state, unread, head, framing),
                         timer,
                     )
                     .await

@@ -150,8 +150,9 @@ impl Balancers {
     }
 
     /// Metric cells of route `idx` of `cfg` for its requests to `cluster` (its
-    /// `choice`-th; `None` for the route's own answers). When `cfg` is older than the
-    /// caches, those of the route and cluster of those names.
+    /// `choice`-th; `None` for requests that went to none: the route's first cells, those
+    /// of its own answers or of its one cluster). When `cfg` is older than the caches,
+    /// those of the route and cluster of those names.
     pub fn route_stats_for(
         &self,
         cfg: &RuntimeConfig,
@@ -167,8 +168,13 @@ impl Balancers {
                 .get(cluster.map_or(0, |(choice, _)| choice))
                 .map(|(_, c)| c);
         }
-        let name = cluster.map_or("", |(_, c)| &*cfg.clusters[c].name);
-        cells.iter().find(|(n, _)| **n == *name).map(|(_, c)| c)
+        match cluster {
+            Some((_, c)) => {
+                let name = &*cfg.clusters[c].name;
+                cells.iter().find(|(n, _)| **n == *name).map(|(_, c)| c)
+            }
+            None => cells.first().map(|(_, c)| c),
+        }
     }
 
     /// Metric cells of cluster `idx` of `cfg`.

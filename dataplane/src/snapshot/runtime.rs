@@ -389,6 +389,17 @@ fn invalid(msg: String) -> RejectReason {
     RejectReason::Invalid(msg)
 }
 
+/// Refuses a snapshot whose `section` names an item twice.
+fn unique<'a>(section: &str, names: impl Iterator<Item = &'a str>) -> Result<(), RejectReason> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, name) in names.enumerate() {
+        if !seen.insert(name) {
+            return Err(invalid(format!("{section}[{i}] repeats the name {name:?}")));
+        }
+    }
+    Ok(())
+}
+
 fn addr(text: &str, what: &str) -> Result<SocketAddr, RejectReason> {
     text.parse()
         .map_err(|_| invalid(format!("{what}: {text:?} is not an ip:port address")))
@@ -425,6 +436,9 @@ impl RuntimeConfig {
         strategies: &Strategies,
         prev: Option<&RuntimeConfig>,
     ) -> Result<Self, RejectReason> {
+        // State is carried and metrics are kept by name: two of one name would share it.
+        unique("clusters", s.clusters.iter().map(|c| c.name.as_str()))?;
+        unique("routes", s.routes.iter().map(|r| r.name.as_str()))?;
         let before: HashMap<&str, &ClusterRt> = prev
             .into_iter()
             .flat_map(|p| &p.clusters)
@@ -456,12 +470,14 @@ impl RuntimeConfig {
             .enumerate()
             .map(|(i, r)| {
                 let mut route = route(i, r, clusters.len())?;
-                // A route that keeps its name and limit keeps its bucket (and count).
+                // A route that keeps its name and limit keeps its bucket (and count); a new
+                // limit goes on from the old bucket.
                 route.rate_limit = r.rate_limit.map(|l| {
-                    let limit = (l.requests_per_second, l.burst);
+                    let (rate, burst) = (l.requests_per_second, l.burst);
                     match limiters.get(r.name.as_str()) {
-                        Some(&kept) if kept.config() == limit => Arc::clone(kept),
-                        _ => Arc::new(RateLimiter::new(limit.0, limit.1, Instant::now())),
+                        Some(&kept) if kept.config() == (rate, burst) => Arc::clone(kept),
+                        Some(&old) => Arc::new(RateLimiter::following(rate, burst, old)),
+                        None => Arc::new(RateLimiter::new(rate, burst, Instant::now())),
                     }
                 });
                 Ok(route)
@@ -1100,7 +1116,7 @@ mod tests {
 
     /// A route's rate limiter is carried to the next snapshot while the route keeps its
     /// name and limit (a config change elsewhere does not refill it); a changed limit
-    /// starts a new one; a limit of 0 is refused.
+    /// gets a new one that goes on from it; a limit of 0 is refused.
     #[test]
     fn a_rate_limiter_is_kept_while_its_route_and_limit_are() {
         let limit = |requests_per_second, burst| {
@@ -1124,12 +1140,15 @@ mod tests {
         s.version = 3;
         s.routes[0].rate_limit = limit(20, 5);
         let v3 = RuntimeConfig::build_after(&s, &strategies(), Some(&v2)).unwrap();
-        assert!(!Arc::ptr_eq(
-            &first,
-            v3.routes[0].rate_limit.as_ref().unwrap()
-        ));
+        let third = v3.routes[0].rate_limit.as_ref().unwrap();
+        assert!(!Arc::ptr_eq(&first, third));
+        assert_eq!(third.config(), (20, 5));
         let e = refused(|s| s.routes[0].rate_limit = limit(0, 1));
         assert!(e.contains("routes[0] (r) rate_limit"), "{e}");
+        let e = refused(|s| s.routes.push(s.routes[0].clone()));
+        assert!(e.contains("routes[1] repeats the name \"r\""), "{e}");
+        let e = refused(|s| s.clusters.push(s.clusters[0].clone()));
+        assert!(e.contains("clusters[1] repeats the name \"c\""), "{e}");
     }
 
     /// A health-checked cluster carries each endpoint's state to the next snapshot by
