@@ -15,7 +15,6 @@ use std::{
     hash::{BuildHasher as _, RandomState},
     net::SocketAddr,
     sync::Arc,
-    time::Duration,
 };
 
 use bytes::BytesMut;
@@ -32,9 +31,6 @@ use crate::{
     telemetry::Metrics,
 };
 
-/// How often the checker looks for a new snapshot version.
-const FOLLOW_EVERY: Duration = Duration::from_millis(200);
-
 /// One endpoint's checks: its cluster, its address and how it is checked.
 type Key = (Arc<str>, SocketAddr, HealthCheckRt);
 
@@ -43,14 +39,23 @@ pub fn spawn(holder: Arc<SnapshotHolder>, metrics: Arc<Metrics>) -> std::io::Res
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let swaps = holder.subscribe()?;
     std::thread::Builder::new()
         .name("health-checks".into())
-        .spawn(move || runtime.block_on(follow(holder, metrics)))?;
+        .spawn(move || {
+            runtime.block_on(async move {
+                match tokio::net::UnixStream::from_std(swaps) {
+                    Ok(swaps) => follow(holder, metrics, swaps).await,
+                    Err(e) => tracing::error!("health checks stopped: {e}"),
+                }
+            });
+        })?;
     Ok(())
 }
 
-/// Keeps one task per checked endpoint of the running snapshot.
-async fn follow(holder: Arc<SnapshotHolder>, metrics: Arc<Metrics>) {
+/// Keeps one task per checked endpoint of the running snapshot, looking again at each
+/// swap the holder announces on `swaps` (see [`SnapshotHolder::subscribe`]).
+async fn follow(holder: Arc<SnapshotHolder>, metrics: Arc<Metrics>, swaps: tokio::net::UnixStream) {
     let mut tasks: HashMap<Key, JoinHandle<()>> = HashMap::new();
     let mut seen = 0;
     loop {
@@ -76,7 +81,14 @@ async fn follow(holder: Arc<SnapshotHolder>, metrics: Arc<Metrics>) {
                 }
             }
         }
-        tokio::time::sleep(FOLLOW_EVERY).await;
+        // The next swap: a byte for each (several may be read at once).
+        if swaps.readable().await.is_err() {
+            return tracing::error!("health checks stopped: the snapshot subscription failed");
+        }
+        let mut bytes = [0u8; 64];
+        if let Ok(0) = swaps.try_read(&mut bytes) {
+            return tracing::error!("health checks stopped: the snapshot subscription closed");
+        }
     }
 }
 

@@ -1262,7 +1262,7 @@ fn endpoints_failing_their_health_checks_get_no_requests() {
             ))
         })
     };
-    // The checker looks for a new version every 200 ms: a check may still be under way.
+    // A check under way when the version changed may still finish and count.
     std::thread::sleep(std::time::Duration::from_millis(500));
     let before = checks();
     std::thread::sleep(std::time::Duration::from_millis(600));
