@@ -7,7 +7,12 @@ use std::{fmt::Write as _, net::SocketAddr, sync::Arc};
 use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use serde_json::json;
 
-use crate::{lb::Policy, proxy::Drain, snapshot::SnapshotHolder, telemetry::Metrics};
+use crate::{
+    lb::Policy,
+    proxy::Drain,
+    snapshot::{HealthCheckRt, Probe, SnapshotHolder},
+    telemetry::Metrics,
+};
 
 #[derive(Clone)]
 struct AdminState {
@@ -123,8 +128,37 @@ async fn snapshot(State(s): State<AdminState>) -> impl IntoResponse {
     }))
 }
 
-/// The running snapshot's clusters: policy and endpoints (address, weight and, for a
-/// health-checked cluster, `health`: `in`, or `out` when its checks took it out).
+/// How a cluster's endpoints are checked, as `/clusters` shows it.
+fn check_json(h: &HealthCheckRt) -> serde_json::Value {
+    let mut out = json!({
+        "interval_ms": h.interval.as_millis(),
+        "timeout_ms": h.timeout.as_millis(),
+        "unhealthy_threshold": h.unhealthy_threshold,
+        "healthy_threshold": h.healthy_threshold,
+    });
+    out["protocol"] = match &h.probe {
+        Probe::Http {
+            path,
+            host,
+            expected,
+        } => {
+            out["path"] = json!(path);
+            out["host"] = json!(host);
+            let ranges = expected.iter().map(|&(lo, hi)| match lo == hi {
+                true => lo.to_string(),
+                false => format!("{lo}-{hi}"),
+            });
+            out["expected_statuses"] = ranges.collect();
+            json!("http")
+        }
+        Probe::Tcp => json!("tcp"),
+    };
+    out
+}
+
+/// The running snapshot's clusters: policy, health check (or null) and endpoints
+/// (address, weight and, for a health-checked cluster, `health`: `in`, or `out` when its
+/// checks took it out).
 /// Outlier ejections are each worker's own and not shown (see the metrics).
 async fn clusters(State(s): State<AdminState>) -> impl IntoResponse {
     let body = s.holder.peek(|cfg| {
@@ -148,6 +182,7 @@ async fn clusters(State(s): State<AdminState>) -> impl IntoResponse {
                     "name": &*c.name,
                     "policy": policy_name(c.lb.policy()),
                     "health_checked": c.health_check.is_some(),
+                    "health_check": c.health_check.as_ref().map(check_json),
                     "endpoints": endpoints,
                 })
             })

@@ -1,9 +1,9 @@
-//! Active health checks (Envoy's HTTP health checker): every endpoint of a cluster that
-//! sets `health_check` gets an HTTP/1.1 GET each interval from one thread of the data
-//! plane, and its verdict goes into the running snapshot's [`Health`] of that cluster,
-//! which every worker's picks read.
+//! Active health checks (Envoy's HTTP and TCP health checkers): every endpoint of a
+//! cluster that sets `health_check` gets an HTTP/1.1 GET (or, for TCP, a connection) each
+//! interval from one thread of the data plane, and its verdict goes into the running
+//! snapshot's [`Health`] of that cluster, which every worker's picks read.
 //!
-//! An endpoint is in until checks take it out: a response with a status other than 2xx
+//! An endpoint is in until checks take it out: a response with a status not expected
 //! takes it out at once, as in Envoy; connect failures and timeouts count toward
 //! `unhealthy_threshold` in a row; `healthy_threshold` passes in a row bring it back. The
 //! checker follows the snapshot: a new version starts checks for new endpoints and stops
@@ -27,7 +27,7 @@ use tokio::{
 use crate::{
     http1::{self, ParseStatus, ResponseHead},
     lb::{Health, SplitMix64},
-    snapshot::{HealthCheckRt, RuntimeConfig, SnapshotHolder},
+    snapshot::{HealthCheckRt, Probe, RuntimeConfig, SnapshotHolder},
     telemetry::Metrics,
 };
 
@@ -146,7 +146,7 @@ fn with_health<R>(
 /// What one check found.
 #[derive(Debug)]
 enum Verdict {
-    /// A 2xx response.
+    /// An expected response status, or for TCP a connection.
     Passed,
     /// A response with another status: out at once.
     Refused(u16),
@@ -233,21 +233,30 @@ async fn check(key: Key, holder: Arc<SnapshotHolder>, metrics: Arc<Metrics>) {
 
 /// One check of `addr`.
 async fn probe(addr: SocketAddr, how: &HealthCheckRt) -> Verdict {
-    match tokio::time::timeout(how.timeout, status_of(addr, how)).await {
-        Err(_) => Verdict::Failed(format!("no response within {:?}", how.timeout)),
-        Ok(Err(e)) => Verdict::Failed(e.to_string()),
-        Ok(Ok(status)) if (200..300).contains(&status) => Verdict::Passed,
-        Ok(Ok(status)) => Verdict::Refused(status),
+    match &how.probe {
+        Probe::Http { path, host, .. } => {
+            match tokio::time::timeout(how.timeout, status_of(addr, path, host)).await {
+                Err(_) => Verdict::Failed(format!("no response within {:?}", how.timeout)),
+                Ok(Err(e)) => Verdict::Failed(e.to_string()),
+                Ok(Ok(status)) if how.probe.expects(status) => Verdict::Passed,
+                Ok(Ok(status)) => Verdict::Refused(status),
+            }
+        }
+        // The connection is closed at once; nothing is sent.
+        Probe::Tcp => match tokio::time::timeout(how.timeout, TcpStream::connect(addr)).await {
+            Err(_) => Verdict::Failed(format!("no connection within {:?}", how.timeout)),
+            Ok(Err(e)) => Verdict::Failed(e.to_string()),
+            Ok(Ok(_)) => Verdict::Passed,
+        },
     }
 }
 
 /// The status of `addr`'s response to the check's GET (interim responses skipped).
-async fn status_of(addr: SocketAddr, how: &HealthCheckRt) -> std::io::Result<u16> {
+async fn status_of(addr: SocketAddr, path: &str, host: &str) -> std::io::Result<u16> {
     let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let request = format!(
-        "GET {} HTTP/1.1\r\nhost: {}\r\nuser-agent: omnirelay-health-check\r\nconnection: close\r\n\r\n",
-        how.path, how.host
+        "GET {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: omnirelay-health-check\r\nconnection: close\r\n\r\n",
     );
     stream.write_all(request.as_bytes()).await?;
     let mut buf = BytesMut::with_capacity(1024);
@@ -274,12 +283,11 @@ mod tests {
     use std::time::Duration;
 
     use super::{State, Verdict};
-    use crate::snapshot::HealthCheckRt;
+    use crate::snapshot::{HealthCheckRt, Probe};
 
     fn how(unhealthy_threshold: u32, healthy_threshold: u32) -> HealthCheckRt {
         HealthCheckRt {
-            path: "/".into(),
-            host: "c".into(),
+            probe: Probe::Tcp,
             interval: Duration::from_secs(1),
             timeout: Duration::from_millis(100),
             unhealthy_threshold,

@@ -1130,6 +1130,123 @@ fn a_route_splits_its_requests_over_weighted_clusters() {
     assert_eq!((count("one"), count("two")), (ones, n - ones));
 }
 
+/// `expected_statuses` lets an HTTP check pass on a status other than 2xx, and a TCP check
+/// only connects: up1 answers the check's path `/flaky` with 503, which the check expects
+/// (in, and it takes requests); a mute listener that accepts connections but never
+/// answers fails the HTTP check by its timeout (out) and passes the TCP check (in); a dead
+/// address is out under both.
+#[test]
+fn health_checks_expect_statuses_and_tcp_checks_only_connect() {
+    require_caps!(Capability::Program("nginx"));
+    let stack = Stack::start();
+    let port = free_port();
+    let dead = free_port();
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = mute.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        // Holds what it accepts, unanswered, for the rest of the test (bounded).
+        let held: Vec<_> = mute.incoming().take(1000).collect();
+        drop(held);
+    });
+    let (up1, up2) = (stack.ports.up1, stack.ports.up2);
+    let listener = |check: &str| {
+        format!(
+            "routes = [\"checked\"]\n\n\
+             [[routes]]\nname = \"checked\"\ncluster = \"four\"\n\n\
+             [[clusters]]\nname = \"four\"\n\
+             endpoints = [\"127.0.0.1:{up1}\", \"127.0.0.1:{up2}\", \"127.0.0.1:{silent}\", \
+             \"127.0.0.1:{dead}\"]\n\
+             health_check = {{ {check}, interval_ms = 100, timeout_ms = 100, \
+             unhealthy_threshold = 2, healthy_threshold = 1 }}\n"
+        )
+    };
+    let http = r#"path = "/flaky", expected_statuses = ["200-299", 503]"#;
+    let addr = stack.add_listener(
+        "checked",
+        &format!("127.0.0.1:{port}"),
+        &listener(http),
+        port,
+    );
+    let cluster = || {
+        let listed = curl(&["-s", &stack.dp_admin("/clusters")]);
+        let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+        listed["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "four")
+            .cloned()
+            .unwrap()
+    };
+    let health = || {
+        cluster()["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["health"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    // Reached, and still so after several more checks of each endpoint.
+    let settles = |want: [&str; 4]| {
+        assert!(
+            omnirelay_test_support::process::wait_until(std::time::Duration::from_secs(10), || {
+                health() == want
+            }),
+            "endpoints {:?}, expected {want:?}",
+            health()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert_eq!(health(), want);
+    };
+    settles(["in", "in", "out", "out"]);
+    let check = cluster()["health_check"].clone();
+    assert_eq!(
+        (
+            &check["protocol"],
+            &check["path"],
+            &check["expected_statuses"]
+        ),
+        (
+            &serde_json::json!("http"),
+            &serde_json::json!("/flaky"),
+            &serde_json::json!(["200-299", "503"])
+        )
+    );
+    // up1 takes requests: its 503 to the check was expected.
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    let ones = (0..20)
+        .filter(|_| {
+            let got = exchange(&mut conn, "GET /who HTTP/1.1\r\nhost: a\r\n\r\n", |got| {
+                got.ends_with(b"one\n") || got.ends_with(b"two\n")
+            });
+            assert!(got.starts_with("HTTP/1.1 200 "), "{got}");
+            got.ends_with("one\n")
+        })
+        .count();
+    assert!(
+        (1..20).contains(&ones),
+        "{ones} of 20 requests to up1: both endpoints in take requests"
+    );
+
+    // A TCP check: the mute listener accepts connections, so it comes back.
+    let v = stack.dp_version();
+    write_config(
+        &stack.config_path,
+        &format!(
+            "{}\n[[listeners]]\nname = \"checked\"\naddress = \"127.0.0.1:{port}\"\n{}",
+            common::config(&stack.ports, "one"),
+            listener(r#"protocol = "tcp""#)
+        ),
+    );
+    stack.wait_dp_version_above(v);
+    settles(["in", "in", "in", "out"]);
+    let check = cluster()["health_check"].clone();
+    assert_eq!(
+        (&check["protocol"], &check["path"]),
+        (&serde_json::json!("tcp"), &serde_json::Value::Null)
+    );
+}
+
 /// A cluster's `health_check` takes out the endpoints that fail it, and requests go to
 /// the others: up1 answers the check's path `/flaky` with 503 (out at once), a dead
 /// address refuses connections (out after two checks), up2 passes. With the path changed

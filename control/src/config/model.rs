@@ -489,13 +489,18 @@ pub struct Cluster {
     pub health_check: Option<HealthCheck>,
 }
 
-/// `health_check`: an HTTP GET to each endpoint every `interval_ms`.
+/// `health_check`: an HTTP GET to (or a TCP connection with) each endpoint every
+/// `interval_ms`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthCheck {
-    /// The request target (path and query).
+    /// How each endpoint is checked.
+    pub protocol: HealthCheckProtocol,
+    /// The request target (path and query); HTTP only.
     pub path: String,
-    /// The Host field; empty: the cluster's name.
+    /// The Host field; empty: the cluster's name. HTTP only.
     pub host: String,
+    /// The statuses that pass an HTTP check, inclusive ranges; empty: 200-299.
+    pub expected_statuses: Vec<(u16, u16)>,
     /// Between checks of one endpoint.
     pub interval_ms: u32,
     /// For one check, connect to response head.
@@ -504,6 +509,16 @@ pub struct HealthCheck {
     pub unhealthy_threshold: u32,
     /// Passed checks in a row that bring it back.
     pub healthy_threshold: u32,
+}
+
+/// `health_check.protocol`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HealthCheckProtocol {
+    /// An HTTP/1.1 GET whose response status decides.
+    #[default]
+    Http,
+    /// A connection alone (Envoy's TCP health check with nothing sent).
+    Tcp,
 }
 
 /// `[[budgets]]`: a kernel rate-limit budget.

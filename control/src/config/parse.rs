@@ -755,6 +755,53 @@ const MIN_TIMEOUT: i64 = limits::MIN_HEALTH_CHECK_TIMEOUT_MS as i64;
 const THRESHOLD: i64 = limits::MAX_HEALTH_CHECK_THRESHOLD as i64;
 
 fn health_check(o: Obj<'_>) -> HealthCheck {
+    let protocol = match o.opt_str("protocol").as_deref() {
+        None | Some("http") => HealthCheckProtocol::Http,
+        Some("tcp") => HealthCheckProtocol::Tcp,
+        Some(other) => {
+            o.error(
+                "protocol",
+                format!("unknown protocol {other:?}; expected \"http\" or \"tcp\""),
+            );
+            HealthCheckProtocol::Http
+        }
+    };
+    let (path, host, expected_statuses) = match protocol {
+        HealthCheckProtocol::Http => http_check(&o),
+        HealthCheckProtocol::Tcp => {
+            for key in ["path", "host", "expected_statuses"] {
+                o.refuse(
+                    key,
+                    "only for protocol = \"http\" (a TCP check connects and sends nothing)",
+                );
+            }
+            Default::default()
+        }
+    };
+    let interval_ms = o.int_or("interval_ms", 5000, MIN_INTERVAL, MAX_MS) as u32;
+    let timeout_ms = o.int_or("timeout_ms", 1000, MIN_TIMEOUT, MAX_MS) as u32;
+    if timeout_ms > interval_ms {
+        o.error(
+            "timeout_ms",
+            format!("{timeout_ms} ms is longer than interval_ms ({interval_ms} ms)"),
+        );
+    }
+    let check = HealthCheck {
+        protocol,
+        path,
+        host,
+        expected_statuses,
+        interval_ms,
+        timeout_ms,
+        unhealthy_threshold: o.int_or("unhealthy_threshold", 3, 1, THRESHOLD) as u32,
+        healthy_threshold: o.int_or("healthy_threshold", 2, 1, THRESHOLD) as u32,
+    };
+    o.finish();
+    check
+}
+
+/// An HTTP check's path, host and expected statuses.
+fn http_check(o: &Obj<'_>) -> (String, String, Vec<(u16, u16)>) {
     let path = o.str("path").unwrap_or_default();
     if !path.is_empty() && !omnirelay_http1::valid_origin_form(&path) {
         o.error(
@@ -772,24 +819,58 @@ fn health_check(o: Obj<'_>) -> HealthCheck {
             format!("{host:?} is not a Host value (a name or address, with an optional :port)"),
         );
     }
-    let interval_ms = o.int_or("interval_ms", 5000, MIN_INTERVAL, MAX_MS) as u32;
-    let timeout_ms = o.int_or("timeout_ms", 1000, MIN_TIMEOUT, MAX_MS) as u32;
-    if timeout_ms > interval_ms {
+    (path, host, expected_statuses(o))
+}
+
+/// `expected_statuses`: statuses (`204`) and inclusive ranges (`"200-299"`).
+fn expected_statuses(o: &Obj<'_>) -> Vec<(u16, u16)> {
+    let items = o.array("expected_statuses");
+    let key = "expected_statuses";
+    if o.table_has(key) && items.is_empty() {
         o.error(
-            "timeout_ms",
-            format!("{timeout_ms} ms is longer than interval_ms ({interval_ms} ms)"),
+            key,
+            "empty: list the statuses that pass, or leave it out for 200-299",
         );
     }
-    let check = HealthCheck {
-        path,
-        host,
-        interval_ms,
-        timeout_ms,
-        unhealthy_threshold: o.int_or("unhealthy_threshold", 3, 1, THRESHOLD) as u32,
-        healthy_threshold: o.int_or("healthy_threshold", 2, 1, THRESHOLD) as u32,
-    };
-    o.finish();
-    check
+    if items.len() > limits::MAX_EXPECTED_STATUS_RANGES {
+        o.error(
+            key,
+            format!(
+                "{} entries; at most {}",
+                items.len(),
+                limits::MAX_EXPECTED_STATUS_RANGES
+            ),
+        );
+    }
+    let ok = &limits::EXPECTABLE_STATUSES;
+    items
+        .into_iter()
+        .filter_map(|(path, v)| {
+            let range = match v {
+                Value::Integer(n) => u16::try_from(*n).ok().map(|n| (n, n)),
+                Value::String(s) => match s.split_once('-') {
+                    Some((a, b)) => a.trim().parse().ok().zip(b.trim().parse().ok()),
+                    None => s.trim().parse().ok().map(|n| (n, n)),
+                },
+                _ => None,
+            };
+            match range {
+                Some((a, b)) if ok.contains(&a) && ok.contains(&b) && a <= b => Some((a, b)),
+                _ => {
+                    o.error_at(
+                        path,
+                        format!(
+                            "{v} is not a status ({}-{}) or a range of them, low to high \
+                             (\"200-299\")",
+                            ok.start(),
+                            ok.end()
+                        ),
+                    );
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// Highest rate per source the XDP limiter keeps precisely (whole-nanosecond intervals).

@@ -220,6 +220,14 @@ impl<'a> Obj<'a> {
         self.table.contains_key(key)
     }
 
+    /// Records `message` at `key` when the table has it (a field that does not apply
+    /// here); read, so it is not reported as unknown too.
+    pub(crate) fn refuse(&self, key: &str, message: &str) {
+        if self.get(key).is_some() {
+            self.error(key, message);
+        }
+    }
+
     /// Records an error at an explicit path.
     pub(crate) fn error_at(&self, path: impl Into<String>, message: impl Into<String>) {
         self.sink.push(path, message);

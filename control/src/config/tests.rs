@@ -659,8 +659,10 @@ fn a_health_check_names_its_bad_fields() {
     assert_eq!(
         c.clusters[1].health_check,
         Some(HealthCheck {
+            protocol: HealthCheckProtocol::Http,
             path: "/healthz?full=1".into(),
             host: String::new(),
+            expected_statuses: Vec::new(),
             interval_ms: 5000,
             timeout_ms: 1000,
             unhealthy_threshold: 3,
@@ -694,6 +696,62 @@ fn a_health_check_names_its_bad_fields() {
             "clusters[1].health_check.unhealthy_threshold"
         )
         .contains("out of range")
+    );
+}
+
+/// A health check's `expected_statuses` (statuses and ranges) and `protocol = "tcp"`
+/// (which takes no HTTP fields); each bad value named by its path.
+#[test]
+fn health_check_statuses_and_tcp_checks() {
+    let with = |check: &str| {
+        GOOD.replace(
+            "endpoints = [\"[::1]:9003\"]",
+            &format!("endpoints = [\"[::1]:9003\"]\nhealth_check = {check}"),
+        )
+    };
+    let check = |text: &str| {
+        parse(&with(text), "t.toml").unwrap().clusters[1]
+            .health_check
+            .clone()
+            .unwrap()
+    };
+    let http = check(r#"{ path = "/h", expected_statuses = [200, "204", "300 - 399"] }"#);
+    assert_eq!(http.expected_statuses, [(200, 200), (204, 204), (300, 399)]);
+    let tcp = check(r#"{ protocol = "tcp", interval_ms = 2000 }"#);
+    assert_eq!(tcp.protocol, HealthCheckProtocol::Tcp);
+    assert_eq!(
+        (tcp.path.as_str(), tcp.interval_ms, tcp.timeout_ms),
+        ("", 2000, 1000)
+    );
+    let at = |check: &str, path: &str| error_at(&with(check), path);
+    let statuses = "clusters[1].health_check.expected_statuses";
+    for bad in ["99", "600", "\"299-200\"", "\"2xx\"", "true"] {
+        let text = format!("{{ path = \"/h\", expected_statuses = [200, {bad}] }}");
+        assert!(
+            at(&text, &format!("{statuses}[1]")).contains("not a status (100-599)"),
+            "{bad}"
+        );
+    }
+    assert!(at(r#"{ path = "/h", expected_statuses = [] }"#, statuses).contains("empty"));
+    let many = format!(
+        "{{ path = \"/h\", expected_statuses = [{}] }}",
+        vec!["200"; 33].join(", ")
+    );
+    assert!(at(&many, statuses).contains("33 entries; at most 32"));
+    for key in ["path", "host", "expected_statuses"] {
+        let text = match key {
+            "expected_statuses" => r#"{ protocol = "tcp", expected_statuses = [200] }"#.to_owned(),
+            _ => format!("{{ protocol = \"tcp\", {key} = \"/h\" }}"),
+        };
+        let got = at(&text, &format!("clusters[1].health_check.{key}"));
+        assert!(got.contains("only for protocol = \"http\""), "{key}: {got}");
+    }
+    assert!(
+        at(
+            r#"{ protocol = "udp" }"#,
+            "clusters[1].health_check.protocol"
+        )
+        .contains("unknown protocol \"udp\"")
     );
 }
 

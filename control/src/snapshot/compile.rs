@@ -51,6 +51,20 @@ pub fn required_capabilities(config: &Config) -> Vec<String> {
     if config.clusters.iter().any(|c| c.health_check.is_some()) {
         caps.push("cluster.health_check".to_owned());
     }
+    let checks = || {
+        config
+            .clusters
+            .iter()
+            .filter_map(|c| c.health_check.as_ref())
+    };
+    // One that does not know them would send GETs with an empty path (and refuse the
+    // snapshot), or take out endpoints that answer an expected status.
+    if checks().any(|h| h.protocol == config::HealthCheckProtocol::Tcp) {
+        caps.push("cluster.health_check_tcp".to_owned());
+    }
+    if checks().any(|h| !h.expected_statuses.is_empty()) {
+        caps.push("cluster.health_check_statuses".to_owned());
+    }
     // One that does not know them would send the route to cluster 0.
     if config
         .routes
@@ -221,8 +235,20 @@ fn cluster(c: &config::Cluster) -> v1::Cluster {
         max_idle_per_endpoint: c.max_idle_per_endpoint,
         max_requests: c.max_requests,
         health_check: c.health_check.as_ref().map(|h| v1::HealthCheck {
+            protocol: match h.protocol {
+                config::HealthCheckProtocol::Http => v1::HealthCheckProtocol::Http,
+                config::HealthCheckProtocol::Tcp => v1::HealthCheckProtocol::Tcp,
+            } as i32,
             path: h.path.clone(),
             host: h.host.clone(),
+            expected_statuses: h
+                .expected_statuses
+                .iter()
+                .map(|&(start, end)| v1::StatusRange {
+                    start: start.into(),
+                    end: end.into(),
+                })
+                .collect(),
             interval_ms: h.interval_ms,
             timeout_ms: h.timeout_ms,
             unhealthy_threshold: h.unhealthy_threshold,
@@ -458,10 +484,12 @@ rate_per_second = 50
                 "route.weighted_clusters",
                 "cluster.health_check",
                 "route.rate_limit",
+                "cluster.health_check_tcp",
+                "cluster.health_check_statuses",
             ]
             .map(|c| s.required_capabilities.contains(&c.to_owned()))
         };
-        assert_eq!(caps(&plain), [false; 5]);
+        assert_eq!(caps(&plain), [false; 7]);
         let text = CONFIG.to_owned()
             + "\n[[routes]]\nname = \"gone\"\ndirect_response = { status = 410, body = \"gone\" }\n\
                \n[[routes]]\nname = \"moved\"\nredirect = { scheme = \"https\", prefix = \"/v2/\", code = 308 }\n\
@@ -469,7 +497,12 @@ rate_per_second = 50
                rate_limit = { requests_per_second = 10 }\n";
         let text = text.replace(
             "name = \"one\"\n",
-            "name = \"one\"\nhealth_check = { path = \"/healthz\", interval_ms = 2000 }\n",
+            "name = \"one\"\nhealth_check = { path = \"/healthz\", interval_ms = 2000, \
+             expected_statuses = [204, \"300-399\"] }\n",
+        );
+        let text = text.replace(
+            "name = \"two\"\n",
+            "name = \"two\"\nhealth_check = { protocol = \"tcp\" }\n",
         );
         let s = compile(
             &crate::config::parse(&text, "t.toml").unwrap(),
@@ -478,16 +511,24 @@ rate_per_second = 50
             "t.toml",
             "abc",
         );
-        assert_eq!(caps(&s), [true; 5]);
+        assert_eq!(caps(&s), [true; 7]);
         let limited = s.routes.iter().find_map(|r| r.rate_limit).unwrap();
         assert_eq!((limited.requests_per_second, limited.burst), (10, 10));
-        let check = s
-            .clusters
-            .iter()
-            .find_map(|c| c.health_check.clone())
-            .unwrap();
-        assert_eq!((check.path.as_str(), check.interval_ms), ("/healthz", 2000));
-        assert_eq!((check.timeout_ms, check.unhealthy_threshold), (1000, 3));
+        let check = |name: &str| {
+            s.clusters
+                .iter()
+                .find(|c| c.name == name)
+                .and_then(|c| c.health_check.clone())
+                .unwrap()
+        };
+        let (http, tcp) = (check("one"), check("two"));
+        assert_eq!((http.path.as_str(), http.interval_ms), ("/healthz", 2000));
+        assert_eq!((http.timeout_ms, http.unhealthy_threshold), (1000, 3));
+        assert_eq!(http.protocol(), v1::HealthCheckProtocol::Http);
+        let range = |start, end| v1::StatusRange { start, end };
+        assert_eq!(http.expected_statuses, [range(204, 204), range(300, 399)]);
+        assert_eq!(tcp.protocol(), v1::HealthCheckProtocol::Tcp);
+        assert_eq!((tcp.path.as_str(), tcp.expected_statuses.len()), ("", 0));
         let split = s.routes.iter().find(|r| r.name == "split").unwrap();
         assert_eq!(
             split.weighted_clusters,

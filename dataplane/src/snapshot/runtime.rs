@@ -303,22 +303,49 @@ pub struct ClusterRt {
     pub health_check: Option<HealthCheckRt>,
 }
 
-/// How a cluster's endpoints are checked: an HTTP/1.1 GET of `path` with `host`.
+/// How a cluster's endpoints are checked.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HealthCheckRt {
-    /// The request target.
-    pub path: Box<str>,
-    /// The Host field (the cluster's name unless configured).
-    pub host: Box<str>,
+    /// What one check does.
+    pub probe: Probe,
     /// Between checks of one endpoint.
     pub interval: Duration,
-    /// For one check, connect to response head.
+    /// For one check, connect to response head (or to the connection, for TCP).
     pub timeout: Duration,
     /// Failed checks in a row (connect failures, timeouts) that take an endpoint out; a
-    /// response with a status other than 2xx takes it out at once.
+    /// response with a status not expected takes it out at once.
     pub unhealthy_threshold: u32,
     /// Passed checks in a row that bring it back.
     pub healthy_threshold: u32,
+}
+
+/// What one health check of an endpoint does.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Probe {
+    /// An HTTP/1.1 GET of `path` with `host`; a status within one of `expected` (inclusive
+    /// ranges) passes.
+    Http {
+        /// The request target.
+        path: Box<str>,
+        /// The Host field (the cluster's name unless configured).
+        host: Box<str>,
+        /// The statuses that pass (200-299 unless configured).
+        expected: Box<[(u16, u16)]>,
+    },
+    /// A TCP connection, nothing sent: one made within the timeout passes.
+    Tcp,
+}
+
+impl Probe {
+    /// Whether an HTTP check's response `status` passes.
+    pub fn expects(&self, status: u16) -> bool {
+        match self {
+            Probe::Http { expected, .. } => {
+                expected.iter().any(|&(lo, hi)| (lo..=hi).contains(&status))
+            }
+            Probe::Tcp => false,
+        }
+    }
 }
 
 /// Requests in flight to a cluster, counted over all workers against a limit (Envoy's
@@ -588,45 +615,87 @@ fn health_check(
     c: &v1::Cluster,
     h: &v1::HealthCheck,
 ) -> Result<HealthCheckRt, RejectReason> {
-    let bad = |what: String| {
-        Err(invalid(format!(
-            "clusters[{i}] ({}) health_check {what}",
-            c.name
-        )))
+    let bad = |what: String| invalid(format!("clusters[{i}] ({}) health_check {what}", c.name));
+    let probe = match v1::HealthCheckProtocol::try_from(h.protocol) {
+        Ok(v1::HealthCheckProtocol::Http) => http_probe(&c.name, h).map_err(bad)?,
+        Ok(v1::HealthCheckProtocol::Tcp) => {
+            if !h.path.is_empty() || !h.host.is_empty() || !h.expected_statuses.is_empty() {
+                return Err(bad(
+                    "of protocol TCP has a path, host or expected statuses".into()
+                ));
+            }
+            Probe::Tcp
+        }
+        Err(_) => return Err(bad(format!("protocol {} is unknown", h.protocol))),
     };
-    if !crate::http1::valid_origin_form(&h.path) {
-        return bad(format!("path {:?} is not a request target", h.path));
-    }
-    // Without a host of its own, the check names the cluster (a name no control daemon
-    // would let through otherwise is refused, not sent).
-    let host = if h.host.is_empty() { &c.name } else { &h.host };
-    if !crate::http1::valid_host(host.as_bytes()) {
-        return bad(format!("host {host:?} is not a Host value"));
-    }
     if h.interval_ms < limits::MIN_HEALTH_CHECK_INTERVAL_MS
         || h.timeout_ms < limits::MIN_HEALTH_CHECK_TIMEOUT_MS
         || h.timeout_ms > h.interval_ms
     {
-        return bad(format!(
+        return Err(bad(format!(
             "interval_ms {} and timeout_ms {}: at least {} and {} ms, the timeout within the \
              interval",
             h.interval_ms,
             h.timeout_ms,
             limits::MIN_HEALTH_CHECK_INTERVAL_MS,
             limits::MIN_HEALTH_CHECK_TIMEOUT_MS
-        ));
+        )));
     }
     let max = limits::MAX_HEALTH_CHECK_THRESHOLD;
     if !(1..=max).contains(&h.unhealthy_threshold) || !(1..=max).contains(&h.healthy_threshold) {
-        return bad(format!("thresholds must be 1-{max}"));
+        return Err(bad(format!("thresholds must be 1-{max}")));
     }
     Ok(HealthCheckRt {
-        path: h.path.as_str().into(),
-        host: host.as_str().into(),
+        probe,
         interval: Duration::from_millis(u64::from(h.interval_ms)),
         timeout: Duration::from_millis(u64::from(h.timeout_ms)),
         unhealthy_threshold: h.unhealthy_threshold,
         healthy_threshold: h.healthy_threshold,
+    })
+}
+
+/// An HTTP health check's request and expected statuses; the error names what is wrong.
+fn http_probe(cluster: &str, h: &v1::HealthCheck) -> Result<Probe, String> {
+    if !crate::http1::valid_origin_form(&h.path) {
+        return Err(format!("path {:?} is not a request target", h.path));
+    }
+    // Without a host of its own, the check names the cluster (a name no control daemon
+    // would let through otherwise is refused, not sent).
+    let host = if h.host.is_empty() { cluster } else { &h.host };
+    if !crate::http1::valid_host(host.as_bytes()) {
+        return Err(format!("host {host:?} is not a Host value"));
+    }
+    if h.expected_statuses.len() > limits::MAX_EXPECTED_STATUS_RANGES {
+        return Err(format!(
+            "expects {} status ranges, more than {}",
+            h.expected_statuses.len(),
+            limits::MAX_EXPECTED_STATUS_RANGES
+        ));
+    }
+    let ok = &limits::EXPECTABLE_STATUSES;
+    let expected = match &h.expected_statuses[..] {
+        [] => vec![(200, 299)],
+        ranges => ranges
+            .iter()
+            .map(|r| {
+                let status = |n: u32| u16::try_from(n).ok().filter(|n| ok.contains(n));
+                match (status(r.start), status(r.end)) {
+                    (Some(lo), Some(hi)) if lo <= hi => Ok((lo, hi)),
+                    _ => Err(format!(
+                        "expected statuses {}-{} are not a range within {}-{}",
+                        r.start,
+                        r.end,
+                        ok.start(),
+                        ok.end()
+                    )),
+                }
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(Probe::Http {
+        path: h.path.as_str().into(),
+        host: host.into(),
+        expected: expected.into(),
     })
 }
 
@@ -1004,7 +1073,9 @@ mod tests {
 
     use omnirelay_proto::v1;
 
-    use super::{DEFAULT_CLIENT_HEAD_TIMEOUT, DEFAULT_CLIENT_IDLE_TIMEOUT, RuntimeConfig, Split};
+    use super::{
+        DEFAULT_CLIENT_HEAD_TIMEOUT, DEFAULT_CLIENT_IDLE_TIMEOUT, Probe, RuntimeConfig, Split,
+    };
     use crate::lb::test_util::strategies;
 
     /// One listener, one route (prefix `/`) to one cluster of one endpoint.
@@ -1173,7 +1244,14 @@ mod tests {
         s.clusters[0].health_check = Some(check.clone());
         let v1 = RuntimeConfig::build(&s, &strategies()).unwrap();
         let c = &v1.clusters[0];
-        assert_eq!(c.health_check.as_ref().unwrap().host.as_ref(), "c");
+        let probe = &c.health_check.as_ref().unwrap().probe;
+        assert!(
+            matches!(probe, Probe::Http { host, .. } if host.as_ref() == "c"),
+            "{probe:?}"
+        );
+        // Without expected statuses, 2xx passes.
+        let passes = |p: &Probe| [199, 200, 204, 299, 300, 503].map(|s| p.expects(s));
+        assert_eq!(passes(probe), [false, true, true, true, false, false]);
         let health = c.lb.health().unwrap();
         assert!(health.set(1, true));
 
@@ -1216,6 +1294,53 @@ mod tests {
             s.clusters[0].health_check = Some(check.clone());
         });
         assert!(e.contains("health_check host"), "{e}");
+        // Expected statuses replace 2xx; each range must lie within 100-599, low to high.
+        let range = |start, end| v1::StatusRange { start, end };
+        s.clusters[0].health_check = Some(v1::HealthCheck {
+            expected_statuses: vec![range(200, 200), range(500, 503)],
+            ..check.clone()
+        });
+        let v3 = RuntimeConfig::build(&s, &strategies()).unwrap();
+        let probe = &v3.clusters[0].health_check.as_ref().unwrap().probe;
+        assert_eq!(passes(probe), [false, true, false, false, false, true]);
+        for bad in [
+            range(99, 200),
+            range(300, 200),
+            range(500, 600),
+            range(65736, 65736),
+        ] {
+            let e = refused(|s| {
+                s.clusters[0].health_check = Some(v1::HealthCheck {
+                    expected_statuses: vec![range(200, 200), bad],
+                    ..check.clone()
+                });
+            });
+            assert!(e.contains("are not a range within 100-599"), "{e}");
+        }
+        // A TCP check connects alone: it takes no HTTP fields, and passes no status.
+        let tcp = v1::HealthCheck {
+            protocol: v1::HealthCheckProtocol::Tcp as i32,
+            path: String::new(),
+            ..check.clone()
+        };
+        s.clusters[0].health_check = Some(tcp.clone());
+        let v4 = RuntimeConfig::build(&s, &strategies()).unwrap();
+        let probe = &v4.clusters[0].health_check.as_ref().unwrap().probe;
+        assert_eq!((probe, passes(probe)), (&Probe::Tcp, [false; 6]));
+        let e = refused(|s| {
+            s.clusters[0].health_check = Some(v1::HealthCheck {
+                path: "/healthz".into(),
+                ..tcp.clone()
+            });
+        });
+        assert!(e.contains("of protocol TCP has a path"), "{e}");
+        let e = refused(|s| {
+            s.clusters[0].health_check = Some(v1::HealthCheck {
+                protocol: 7,
+                ..check.clone()
+            });
+        });
+        assert!(e.contains("health_check protocol 7 is unknown"), "{e}");
         for (interval_ms, timeout_ms) in [(1, 1), (1000, 2000), (1000, 0)] {
             let e = refused(|s| {
                 s.clusters[0].health_check = Some(v1::HealthCheck {

@@ -23,6 +23,8 @@ pub const CAPABILITIES: &[&str] = &[
     "route.weighted_clusters",
     "cluster.health_check",
     "route.rate_limit",
+    "cluster.health_check_tcp",
+    "cluster.health_check_statuses",
 ];
 
 /// Largest signed snapshot accepted (bytes).
