@@ -851,8 +851,9 @@ fn a_route_sets_and_removes_fields_both_ways() {
 /// nginx's and Envoy's do: a 404 (no route), 503 (connect failed), 504 (upstream timed
 /// out), also to a HEAD (its head says the length, no body follows) and to an HTTP/1.0
 /// client that asked to keep the connection, after a body that went up whole, and after
-/// a small one that went nowhere (read and dropped). After one whose body is not dropped,
-/// a 400 about the request, or a client's `connection: close`, it closes.
+/// a small one that went nowhere (read and dropped, Content-Length or chunked). After one
+/// whose body is not dropped, a 400 about the request, or a client's `connection: close`,
+/// it closes.
 #[test]
 fn the_proxys_own_answers_keep_the_connection_when_the_request_was_read_whole() {
     require_caps!(Capability::Program("nginx"));
@@ -916,6 +917,17 @@ fn the_proxys_own_answers_keep_the_connection_when_the_request_was_read_whole() 
     assert!(!dropped.contains("connection:"), "{dropped}");
     let moved = ask("worldGET /who HTTP/1.1\r\nhost: a\r\n\r\n", "one\n");
     assert!(moved.starts_with("http/1.1 200 "), "{moved}");
+    // So is a chunked one, its last chunk and trailer after the answer.
+    let dropped = ask(
+        "POST /nowhere HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        "no route matches this request\n",
+    );
+    assert!(!dropped.contains("connection:"), "{dropped}");
+    let moved = ask(
+        "6\r\n world\r\n0\r\nx-sum: 1\r\n\r\nGET /who HTTP/1.1\r\nhost: a\r\n\r\n",
+        "one\n",
+    );
+    assert!(moved.starts_with("http/1.1 200 "), "{moved}");
     // Also a body of exactly 64 KiB, and one whose upstream could not be reached (none of
     // it was read).
     let full = format!(
@@ -946,14 +958,9 @@ fn the_proxys_own_answers_keep_the_connection_when_the_request_was_read_whole() 
     assert!(last.contains("\r\nconnection: close\r\n"), "{last}");
     assert!(closed(&mut conn), "open after the client's close");
 
-    // A body the proxy does not drop (chunked, over 64 KiB, or awaiting 100 Continue),
-    // and a 400 about the request itself, close.
+    // A body the proxy does not drop (over 64 KiB, or awaiting 100 Continue), and a 400
+    // about the request itself, close.
     for (request, status, tail) in [
-        (
-            "POST /nowhere HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
-            "404",
-            "no route matches this request\n",
-        ),
         (
             "POST /nowhere HTTP/1.1\r\nhost: a\r\ncontent-length: 65537\r\n\r\nhello",
             "404",
@@ -978,6 +985,26 @@ fn the_proxys_own_answers_keep_the_connection_when_the_request_was_read_whole() 
         );
         assert!(got.contains("\r\nconnection: close\r\n"), "{got}");
         assert!(closed(&mut conn), "{request:?}: open after {got}");
+    }
+    // A chunked body that turns out larger than 64 KiB, or malformed, closes the
+    // connection after the answer (which could not know it).
+    let chunk = "x".repeat(70 * 1024);
+    for body in [
+        format!("{:x}\r\n{chunk}\r\n0\r\n\r\n", chunk.len()),
+        "5\r\nhello\r\nzz\r\n".to_owned(),
+    ] {
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        let request = format!(
+            "POST /nowhere HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n{body}"
+        );
+        let got = exchange(&mut conn, &request, ends("no route matches this request\n"));
+        assert!(got.starts_with("HTTP/1.1 404 "), "{got}");
+        let waited = std::time::Instant::now();
+        assert!(closed(&mut conn), "open after {:.20}", body);
+        assert!(
+            waited.elapsed() < std::time::Duration::from_millis(1500),
+            "closed only when the drop timed out"
+        );
     }
     // A body that does not come whole within 2 s: the connection closes after all.
     let mut conn = std::net::TcpStream::connect(addr).unwrap();

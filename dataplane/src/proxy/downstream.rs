@@ -140,26 +140,43 @@ async fn send_within<C: Stream>(
     }
 }
 
-/// The largest request body the proxy reads and drops after answering the request itself,
-/// so the connection can carry the next request (nginx discards any size; this bounds
-/// what a refused request can cost).
+/// The most a request body may take on the wire (with its chunk framing, when chunked)
+/// for the proxy to read and drop it after answering the request itself, so the
+/// connection can carry the next request (nginx discards any size; this bounds what a
+/// refused request can cost).
 pub(crate) const DISCARD_MAX: u64 = 64 * 1024;
 
 /// How long the rest of such a body may take to arrive.
 const DISCARD_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Reads and drops the `n` body bytes of the request just answered (those in `ds.buf`
-/// first), leaving what follows them (a pipelined request) in `ds.buf`. False when they
-/// did not all arrive within [`DISCARD_TIMEOUT`] or the client closed: the connection
-/// then closes.
-pub(crate) async fn discard_body(ds: &mut Downstream, mut n: u64, timer: &mut Timer<'_>) -> bool {
+/// Reads and drops the body, framed as `framing`, of the request just answered (the bytes
+/// in `ds.buf` first), leaving what follows it (a pipelined request) in `ds.buf`. False
+/// when it did not all arrive within [`DISCARD_TIMEOUT`], took more than [`DISCARD_MAX`]
+/// bytes, was malformed, or the client closed: the connection then closes.
+pub(crate) async fn discard_body(
+    ds: &mut Downstream,
+    framing: http1::Framing,
+    timer: &mut Timer<'_>,
+) -> bool {
     let until = Instant::now() + DISCARD_TIMEOUT;
+    let mut body = http1::BodyDecoder::new(framing, &http1::Limits::default());
+    let mut budget = DISCARD_MAX;
     loop {
-        let here = n.min(ds.buf.len() as u64);
-        // `here` is at most the buffer's length: the cast is exact.
-        bytes::Buf::advance(&mut ds.buf, here as usize);
-        n -= here;
-        if n == 0 {
+        while !body.is_done() {
+            let used = match body.decode(&ds.buf) {
+                Ok(d) => d.consumed,
+                Err(_) => return false,
+            };
+            if used == 0 {
+                break;
+            }
+            budget = match budget.checked_sub(used as u64) {
+                Some(left) => left,
+                None => return false,
+            };
+            bytes::Buf::advance(&mut ds.buf, used);
+        }
+        if body.is_done() {
             return true;
         }
         let buf = std::mem::take(&mut ds.buf);

@@ -304,25 +304,25 @@ fn admitted(route: &RouteRt, now: Instant) -> bool {
 enum Left {
     /// Nothing: it had none, or it was read whole.
     Nothing,
-    /// A body of this many bytes, none of it read, small enough to read and drop after
-    /// the answer, so the connection can carry the next request (as nginx does).
-    Discardable(u64),
+    /// A body so framed, none of it read, to read and drop after the answer (when it
+    /// takes at most [`downstream::DISCARD_MAX`] bytes), so the connection can carry the
+    /// next request (as nginx does).
+    Discardable(Framing),
     /// A body not read whole: the connection closes after the answer.
     Unread,
 }
 
 impl Left {
     /// What is left of `head`'s body framed as `framing`, none of it read yet. Not
-    /// discardable: a chunked body, one larger than [`downstream::DISCARD_MAX`], or one
-    /// the client waits for a `100 Continue` to send (it may never come).
+    /// discardable: a Content-Length larger than [`downstream::DISCARD_MAX`], or a body
+    /// the client waits for a `100 Continue` to send (it may never come). A chunked body
+    /// is, until it turns out larger.
     fn of(head: &RequestHead, framing: Framing) -> Left {
         match framing {
             f if !f.has_body() => Left::Nothing,
-            Framing::ContentLength(n)
-                if n <= downstream::DISCARD_MAX && !head.expects_continue() =>
-            {
-                Left::Discardable(n)
-            }
+            _ if head.expects_continue() => Left::Unread,
+            Framing::ContentLength(n) if n <= downstream::DISCARD_MAX => Left::Discardable(framing),
+            Framing::Chunked => Left::Discardable(framing),
             _ => Left::Unread,
         }
     }
@@ -373,8 +373,8 @@ async fn settle(
     let answered = Instant::now();
     let (keep_alive, body_unread) = match left {
         Left::Nothing => (kept, false),
-        Left::Discardable(n) if kept => {
-            let dropped = downstream::discard_body(ds, n, timer).await;
+        Left::Discardable(framing) if kept => {
+            let dropped = downstream::discard_body(ds, framing, timer).await;
             (dropped, !dropped)
         }
         Left::Discardable(_) | Left::Unread => (false, true),
