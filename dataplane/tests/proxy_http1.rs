@@ -1117,27 +1117,43 @@ fn routes_answer_with_a_fixed_response_or_a_redirect() {
 
 /// `weighted_clusters` shares a route's requests by weight (up1 says "one", up2 "two"):
 /// 1:1 sends many to each, and the route's requests are counted per cluster; a cluster
-/// of weight 0 gets none.
+/// of weight 0 gets none; split by hash, each user keeps to one cluster, and users go to
+/// both.
 #[test]
 fn a_route_splits_its_requests_over_weighted_clusters() {
     require_caps!(Capability::Program("nginx"));
     let stack = Stack::start();
     let port = free_port();
-    let extra = "routes = [\"even\", \"dark\"]\n\n\
+    let extra = "routes = [\"even\", \"sticky\", \"dark\"]\n\n\
          [[routes]]\nname = \"even\"\npath_exact = \"/who\"\n\
          weighted_clusters = [{ name = \"one\", weight = 5 }, { name = \"two\", weight = 5 }]\n\n\
+         [[routes]]\nname = \"sticky\"\npath_prefix = \"/who/sticky\"\n\
+         weighted_clusters = [{ name = \"one\", weight = 5 }, { name = \"two\", weight = 5 }]\n\
+         split_by_hash = true\nhash_on = { header = \"x-user\" }\n\n\
          [[routes]]\nname = \"dark\"\npath_prefix = \"/\"\n\
          weighted_clusters = [{ name = \"one\", weight = 0 }, { name = \"two\", weight = 1 }]\n";
     let addr = stack.add_listener("split", &format!("127.0.0.1:{port}"), extra, port);
     let mut conn = std::net::TcpStream::connect(addr).unwrap();
-    let mut who = |target: &str| {
-        let request = format!("GET {target} HTTP/1.1\r\nhost: a\r\n\r\n");
+    let mut who_is = |target: &str, fields: &str| {
+        let request = format!("GET {target} HTTP/1.1\r\nhost: a\r\n{fields}\r\n");
         let got = exchange(&mut conn, &request, |got| {
             got.ends_with(b"one\n") || got.ends_with(b"two\n")
         });
         assert!(got.starts_with("HTTP/1.1 200 "), "{got}");
         got.ends_with("one\n")
     };
+    // Each user's requests go to one cluster; 24 users all to one: odds 2 in 2^24.
+    let users: Vec<bool> = (0..24)
+        .map(|u| {
+            let seen: Vec<bool> = (0..4)
+                .map(|_| who_is("/who/sticky", &format!("x-user: user-{u}\r\n")))
+                .collect();
+            assert!(seen.iter().all(|&s| s == seen[0]), "user-{u}: {seen:?}");
+            seen[0]
+        })
+        .collect();
+    assert!(users.contains(&true) && users.contains(&false), "{users:?}");
+    let mut who = |target: &str| who_is(target, "");
     let n = 200;
     let ones = (0..n).filter(|_| who("/who")).count();
     // Binomial(200, 1/2): outside 60..=140 with probability below 1e-8.

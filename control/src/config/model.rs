@@ -254,6 +254,9 @@ pub struct Route {
     pub cluster: String,
     /// Clusters sharing the route's requests by weight (Envoy's `weighted_clusters`).
     pub weighted_clusters: Vec<WeightedCluster>,
+    /// The split follows the hash of `hash_on` instead of a random draw (Envoy's
+    /// `use_hash_policy`).
+    pub split_by_hash: bool,
     /// What the route answers itself with instead of going to a cluster.
     pub answer: Option<Answer>,
     /// Overrides of the cluster's timeouts.

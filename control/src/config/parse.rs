@@ -571,6 +571,7 @@ fn route(o: Obj<'_>) -> Route {
             String::new()
         },
         weighted_clusters: weighted_clusters(&o),
+        split_by_hash: o.bool_or("split_by_hash", false),
         answer: None,
         timeouts: timeouts(o.table("timeouts")),
         retry: retry(o.table("retry")),
@@ -605,6 +606,12 @@ fn route(o: Obj<'_>) -> Route {
             o.path_of("cluster"),
             "set one of cluster, weighted_clusters, direct_response or redirect, not several",
         ),
+    }
+    if route.split_by_hash && !o.table_has("weighted_clusters") {
+        o.error(
+            "split_by_hash",
+            "only a route with weighted_clusters has a split to pick by hash",
+        );
     }
     let answer = direct
         .map(Answer::Direct)

@@ -643,6 +643,14 @@ fn weighted_clusters_name_known_clusters_with_weights() {
         "name = \"default\"\ncluster = \"web\"\nweighted_clusters = [{ name = \"api\" }]",
     );
     assert!(error_at(&both, "routes[1].cluster").contains("not several"));
+    let unsplit = GOOD.replace(
+        "name = \"default\"\ncluster = \"web\"",
+        "name = \"default\"\ncluster = \"web\"\nsplit_by_hash = true",
+    );
+    assert!(
+        error_at(&unsplit, "routes[1].split_by_hash")
+            .contains("only a route with weighted_clusters")
+    );
 }
 
 /// A cluster's `health_check`: a request target, defaults Envoy-like, a timeout within

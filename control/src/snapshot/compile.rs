@@ -73,6 +73,10 @@ pub fn required_capabilities(config: &Config) -> Vec<String> {
     {
         caps.push("route.weighted_clusters".to_owned());
     }
+    // One that does not know it would draw at random.
+    if config.routes.iter().any(|r| r.split_by_hash) {
+        caps.push("route.split_by_hash".to_owned());
+    }
     if config
         .routes
         .iter()
@@ -181,6 +185,7 @@ fn route(r: &config::Route, config: &Config) -> v1::Route {
                 weight: w.weight,
             })
             .collect(),
+        split_by_hash: r.split_by_hash,
     }
 }
 
@@ -486,15 +491,16 @@ rate_per_second = 50
                 "route.rate_limit",
                 "cluster.health_check_tcp",
                 "cluster.health_check_statuses",
+                "route.split_by_hash",
             ]
             .map(|c| s.required_capabilities.contains(&c.to_owned()))
         };
-        assert_eq!(caps(&plain), [false; 7]);
+        assert_eq!(caps(&plain), [false; 8]);
         let text = CONFIG.to_owned()
             + "\n[[routes]]\nname = \"gone\"\ndirect_response = { status = 410, body = \"gone\" }\n\
                \n[[routes]]\nname = \"moved\"\nredirect = { scheme = \"https\", prefix = \"/v2/\", code = 308 }\n\
                \n[[routes]]\nname = \"split\"\nweighted_clusters = [{ name = \"two\", weight = 9 }, { name = \"one\" }]\n\
-               rate_limit = { requests_per_second = 10 }\n";
+               rate_limit = { requests_per_second = 10 }\nsplit_by_hash = true\n";
         let text = text.replace(
             "name = \"one\"\n",
             "name = \"one\"\nhealth_check = { path = \"/healthz\", interval_ms = 2000, \
@@ -511,7 +517,7 @@ rate_per_second = 50
             "t.toml",
             "abc",
         );
-        assert_eq!(caps(&s), [true; 7]);
+        assert_eq!(caps(&s), [true; 8]);
         let limited = s.routes.iter().find_map(|r| r.rate_limit).unwrap();
         assert_eq!((limited.requests_per_second, limited.burst), (10, 10));
         let check = |name: &str| {
@@ -530,6 +536,7 @@ rate_per_second = 50
         assert_eq!(tcp.protocol(), v1::HealthCheckProtocol::Tcp);
         assert_eq!((tcp.path.as_str(), tcp.expected_statuses.len()), ("", 0));
         let split = s.routes.iter().find(|r| r.name == "split").unwrap();
+        assert!(split.split_by_hash);
         assert_eq!(
             split.weighted_clusters,
             [

@@ -207,7 +207,10 @@ pub(crate) async fn handle(
                 let why = "rate limited: the route's requests per second are taken";
                 refuse(scope, ds, 429, why, &head, timer).await
             }
-            Ok(framing) => match cfg.routes[idx].dispatch(|| ctx.random()) {
+            Ok(framing) => match cfg.routes[idx].dispatch(
+                || ctx.random(),
+                || request_hash(&cfg.routes[idx], &view, ds.peer),
+            ) {
                 Dispatch::Upstream { choice, cluster } => {
                     upstream = Some((choice, cluster));
                     let req = Request {
@@ -519,17 +522,12 @@ async fn proxy(
         }
         b.cluster_stats_for(cfg, cluster_idx)
     };
-    let key = match &route.hash_on {
-        HashKey::ClientIp => hash_ip(ds.peer.ip()),
-        HashKey::Header(h) => {
-            let view = View {
-                head,
-                path: normalized.unwrap_or(head.path()),
-                request_id,
-            };
-            header_hash(&view, h).unwrap_or_else(|| hash_ip(ds.peer.ip()))
-        }
+    let view = View {
+        head,
+        path: normalized.unwrap_or(head.path()),
+        request_id,
     };
+    let key = request_hash(route, &view, ds.peer);
     // The path as the upstream gets it: on a route that rewrites it, the routed path with
     // its matched prefix replaced. A rewrite that makes a dot segment (`/pub../x` on a
     // route on `/pub` rewritten to `/in/` is `/in/../x`) is refused: the upstream would
@@ -1044,6 +1042,15 @@ async fn attempt(
         finished,
         pending: None,
     })
+}
+
+/// The hash of the request by the route's `hash_on`: the header's values, or the client's
+/// address (also when the header is absent).
+fn request_hash(route: &RouteRt, view: &View<'_>, peer: SocketAddr) -> u64 {
+    match &route.hash_on {
+        HashKey::ClientIp => hash_ip(peer.ip()),
+        HashKey::Header(h) => header_hash(view, h).unwrap_or_else(|| hash_ip(peer.ip())),
+    }
 }
 
 /// The hash key of field `name`: its value, or for a field sent more than once all its

@@ -139,6 +139,8 @@ pub enum RouteAction {
 pub struct Split {
     /// Each cluster's index and the sum of the weights up to and including its own.
     clusters: Box<[(usize, u64)]>,
+    /// Picked by the request's hash (the route's `hash_on`) instead of at random.
+    pub by_hash: bool,
 }
 
 impl Split {
@@ -152,7 +154,10 @@ impl Split {
                 (c, sum)
             })
             .collect();
-        (sum > 0).then_some(Split { clusters })
+        (sum > 0).then_some(Split {
+            clusters,
+            by_hash: false,
+        })
     }
 
     /// The position in the split and the cluster index that `random` picks: each
@@ -246,15 +251,26 @@ impl HeaderEdits {
 }
 
 impl RouteRt {
-    /// Where a request goes: `random` is drawn only for a split.
-    pub fn dispatch(&self, random: impl FnOnce() -> u64) -> Dispatch<'_> {
+    /// Where a request goes: for a split only, `random` is drawn, or `hash` taken (the
+    /// request's hash of the route's `hash_on`) when the split is by hash.
+    pub fn dispatch(
+        &self,
+        random: impl FnOnce() -> u64,
+        hash: impl FnOnce() -> u64,
+    ) -> Dispatch<'_> {
         match &self.action {
             RouteAction::Cluster(c) => Dispatch::Upstream {
                 choice: 0,
                 cluster: *c,
             },
             RouteAction::Split(s) => {
-                let (choice, cluster) = s.pick(random());
+                // Mixed first: ring-hash and rendezvous balancers in the chosen cluster use
+                // the same hash, and the split must not take only some of its values.
+                let draw = match s.by_hash {
+                    true => crate::lb::SplitMix64::new(hash()).next_u64(),
+                    false => random(),
+                };
+                let (choice, cluster) = s.pick(draw);
                 Dispatch::Upstream { choice, cluster }
             }
             RouteAction::Answer(a) => Dispatch::Answer(a),
@@ -886,6 +902,12 @@ fn route(i: usize, r: &v1::Route, clusters: usize) -> Result<RouteRt, RejectReas
         }
     };
     let action = match &r.answer {
+        _ if r.split_by_hash && r.weighted_clusters.is_empty() => {
+            return Err(invalid(format!(
+                "routes[{i}] ({}) splits by hash without weighted clusters",
+                r.name
+            )));
+        }
         Some(_) if !r.weighted_clusters.is_empty() => {
             return Err(invalid(format!(
                 "routes[{i}] ({}) has both an answer and weighted clusters",
@@ -930,12 +952,13 @@ fn route(i: usize, r: &v1::Route, clusters: usize) -> Result<RouteRt, RejectReas
                 .iter()
                 .map(|w| Ok((in_range(w.cluster_index)?, w.weight)))
                 .collect::<Result<Vec<_>, RejectReason>>()?;
-            let split = Split::new(weighted).ok_or_else(|| {
+            let mut split = Split::new(weighted).ok_or_else(|| {
                 invalid(format!(
                     "routes[{i}] ({}) weighted clusters all weigh 0",
                     r.name
                 ))
             })?;
+            split.by_hash = r.split_by_hash;
             RouteAction::Split(Box::new(split))
         }
         None => RouteAction::Cluster(in_range(r.cluster_index)?),
@@ -1183,6 +1206,45 @@ mod tests {
         assert!(e.contains("cluster 0 twice"), "{e}");
         let e = refused(|s| s.routes[0].weighted_clusters = vec![weighted(0, 10_001)]);
         assert!(e.contains("weight 10001 is over 10000"), "{e}");
+    }
+
+    /// A split by hash gives one hash one cluster whatever the random draw, and the
+    /// hashes still divide by weight; it needs a split.
+    #[test]
+    fn a_split_by_hash_keeps_a_hash_to_one_cluster() {
+        let weighted = |c, w| v1::WeightedCluster {
+            cluster_index: c,
+            weight: w,
+        };
+        let mut s = minimal();
+        let mut other = s.clusters[0].clone();
+        other.name = "d".into();
+        s.clusters.push(other);
+        s.routes[0].weighted_clusters = vec![weighted(0, 1), weighted(1, 3)];
+        let cluster_of = |d: super::Dispatch<'_>| match d {
+            super::Dispatch::Upstream { cluster, .. } => cluster,
+            super::Dispatch::Answer(_) => panic!("answered"),
+        };
+        // Drawn at random: the hash is not asked for.
+        let random = RuntimeConfig::build(&s, &strategies()).unwrap();
+        let d = random.routes[0].dispatch(|| 0, || panic!("hashed"));
+        assert_eq!(cluster_of(d), 0);
+        s.routes[0].split_by_hash = true;
+        let hashed = RuntimeConfig::build(&s, &strategies()).unwrap();
+        let route = &hashed.routes[0];
+        let mut counts = [0usize; 2];
+        for h in 0..4000u64 {
+            let first = cluster_of(route.dispatch(|| panic!("drawn"), || h));
+            assert_eq!(cluster_of(route.dispatch(|| 0, || h)), first);
+            counts[first] += 1;
+        }
+        // Consecutive hashes (client addresses) are mixed before the pick: 1 to 3.
+        assert!((900..1100).contains(&counts[0]), "{counts:?}");
+        let e = refused(|s| s.routes[0].split_by_hash = true);
+        assert!(
+            e.contains("splits by hash without weighted clusters"),
+            "{e}"
+        );
     }
 
     /// A route's rate limiter is carried to the next snapshot while the route keeps its

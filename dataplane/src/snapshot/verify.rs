@@ -25,6 +25,7 @@ pub const CAPABILITIES: &[&str] = &[
     "route.rate_limit",
     "cluster.health_check_tcp",
     "cluster.health_check_statuses",
+    "route.split_by_hash",
 ];
 
 /// Largest signed snapshot accepted (bytes).
