@@ -19,11 +19,13 @@ pub const REQUIRED: &[(&str, &str)] = &[
 ];
 
 /// What the VM harness (`cargo xtask vm-test`, and its smoke run in `cargo xtask test`)
-/// needs besides [`REQUIRED`]: qemu, and depmod to generate the `modules.dep` that kernel
-/// packages leave to their postinst.
+/// needs besides [`REQUIRED`]: qemu, depmod to generate the `modules.dep` that kernel
+/// packages leave to their postinst, and GNU cpio, which its test reads the harness's
+/// initramfs archives back with.
 pub const VM_REQUIRED: &[(&str, &str)] = &[
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("depmod", "kmod"),
+    ("cpio", "cpio"),
 ];
 
 /// Installs the packages of every missing program in [`REQUIRED`].
