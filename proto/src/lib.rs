@@ -31,8 +31,9 @@ pub mod limits {
     pub const MAX_HEALTH_CHECK_THRESHOLD: u32 = 100;
     /// Ranges of statuses one health check may expect.
     pub const MAX_EXPECTED_STATUS_RANGES: usize = 32;
-    /// The statuses a health check may expect (Envoy's: 100 up to 600).
-    pub const EXPECTABLE_STATUSES: std::ops::RangeInclusive<u16> = 100..=599;
+    /// The statuses a health check may expect: final ones (a check reads past interim
+    /// 1xx responses, so expecting one could never pass).
+    pub const EXPECTABLE_STATUSES: std::ops::RangeInclusive<u16> = 200..=599;
     /// The highest rate (and burst) of a route's rate limit, requests per second.
     pub const MAX_ROUTE_RATE: u32 = 10_000_000;
 }

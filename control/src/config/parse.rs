@@ -494,7 +494,7 @@ fn redirect(o: Obj<'_>) -> Redirect {
 
 fn weighted_clusters(o: &Obj<'_>) -> Vec<WeightedCluster> {
     let items = o.tables("weighted_clusters");
-    if o.table_has("weighted_clusters") && items.is_empty() {
+    if o.is_empty_array("weighted_clusters") {
         o.error("weighted_clusters", "empty: name at least one cluster");
     }
     if items.len() > limits::MAX_WEIGHTED_CLUSTERS {
@@ -763,19 +763,26 @@ const THRESHOLD: i64 = limits::MAX_HEALTH_CHECK_THRESHOLD as i64;
 
 fn health_check(o: Obj<'_>) -> HealthCheck {
     let protocol = match o.opt_str("protocol").as_deref() {
-        None | Some("http") => HealthCheckProtocol::Http,
-        Some("tcp") => HealthCheckProtocol::Tcp,
+        None | Some("http") => Some(HealthCheckProtocol::Http),
+        Some("tcp") => Some(HealthCheckProtocol::Tcp),
         Some(other) => {
             o.error(
                 "protocol",
                 format!("unknown protocol {other:?}; expected \"http\" or \"tcp\""),
             );
-            HealthCheckProtocol::Http
+            None
         }
     };
     let (path, host, expected_statuses) = match protocol {
-        HealthCheckProtocol::Http => http_check(&o),
-        HealthCheckProtocol::Tcp => {
+        Some(HealthCheckProtocol::Http) => http_check(&o),
+        // Which fields apply is not known: none is judged.
+        None => {
+            for key in ["path", "host", "expected_statuses"] {
+                o.skip(key);
+            }
+            Default::default()
+        }
+        Some(HealthCheckProtocol::Tcp) => {
             for key in ["path", "host", "expected_statuses"] {
                 o.refuse(
                     key,
@@ -794,7 +801,7 @@ fn health_check(o: Obj<'_>) -> HealthCheck {
         );
     }
     let check = HealthCheck {
-        protocol,
+        protocol: protocol.unwrap_or_default(),
         path,
         host,
         expected_statuses,
@@ -833,7 +840,7 @@ fn http_check(o: &Obj<'_>) -> (String, String, Vec<(u16, u16)>) {
 fn expected_statuses(o: &Obj<'_>) -> Vec<(u16, u16)> {
     let items = o.array("expected_statuses");
     let key = "expected_statuses";
-    if o.table_has(key) && items.is_empty() {
+    if o.is_empty_array(key) {
         o.error(
             key,
             "empty: list the statuses that pass, or leave it out for 200-299",

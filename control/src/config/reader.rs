@@ -220,6 +220,20 @@ impl<'a> Obj<'a> {
         self.table.contains_key(key)
     }
 
+    /// Whether `key` holds an empty array (read or not).
+    pub(crate) fn is_empty_array(&self, key: &str) -> bool {
+        self.table
+            .get(key)
+            .and_then(Value::as_array)
+            .is_some_and(Vec::is_empty)
+    }
+
+    /// Marks `key` read without reading it (a field whose errors would only repeat
+    /// another's).
+    pub(crate) fn skip(&self, key: &str) {
+        self.seen.borrow_mut().insert(key.to_owned());
+    }
+
     /// Records `message` at `key` when the table has it (a field that does not apply
     /// here); read, so it is not reported as unknown too.
     pub(crate) fn refuse(&self, key: &str, message: &str) {

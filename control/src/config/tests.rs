@@ -733,10 +733,21 @@ fn health_check_statuses_and_tcp_checks() {
     );
     let at = |check: &str, path: &str| error_at(&with(check), path);
     let statuses = "clusters[1].health_check.expected_statuses";
-    for bad in ["99", "600", "\"299-200\"", "\"2xx\"", "true"] {
+    let bad_values = [
+        "100",
+        "\"199\"",
+        "600",
+        "65736",
+        "\"299-200\"",
+        "\"200-\"",
+        "\" - \"",
+        "\"2xx\"",
+        "true",
+    ];
+    for bad in bad_values {
         let text = format!("{{ path = \"/h\", expected_statuses = [200, {bad}] }}");
         assert!(
-            at(&text, &format!("{statuses}[1]")).contains("not a status (100-599)"),
+            at(&text, &format!("{statuses}[1]")).contains("not a status (200-599)"),
             "{bad}"
         );
     }
@@ -760,6 +771,21 @@ fn health_check_statuses_and_tcp_checks() {
             "clusters[1].health_check.protocol"
         )
         .contains("unknown protocol \"udp\"")
+    );
+    // One error each, not a second one that follows from it.
+    let only = |check: &str| {
+        let err = parse(&with(check), "t.toml").unwrap_err();
+        err.errors
+            .iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect::<Vec<_>>()
+    };
+    let errors = only(r#"{ protocol = "udp", path = "/h" }"#);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let errors = only(r#"{ path = "/h", expected_statuses = 200 }"#);
+    assert_eq!(
+        errors,
+        ["clusters[1].health_check.expected_statuses: expected an array, found an integer"]
     );
 }
 

@@ -159,25 +159,18 @@ pub(crate) async fn discard_body(
     timer: &mut Timer<'_>,
 ) -> bool {
     let until = Instant::now() + DISCARD_TIMEOUT;
-    let mut body = http1::BodyDecoder::new(framing, &http1::Limits::default());
+    // Data never takes more than the wire: a chunk announced larger fails at its size.
+    let limits = http1::Limits {
+        max_body_bytes: Some(DISCARD_MAX),
+        ..http1::Limits::default()
+    };
+    let mut body = http1::BodyDecoder::new(framing, &limits);
     let mut budget = DISCARD_MAX;
     loop {
-        while !body.is_done() {
-            let used = match body.decode(&ds.buf) {
-                Ok(d) => d.consumed,
-                Err(_) => return false,
-            };
-            if used == 0 {
-                break;
-            }
-            budget = match budget.checked_sub(used as u64) {
-                Some(left) => left,
-                None => return false,
-            };
-            bytes::Buf::advance(&mut ds.buf, used);
-        }
-        if body.is_done() {
-            return true;
+        match drop_buffered(&mut body, &mut ds.buf, &mut budget) {
+            Some(true) => return true,
+            Some(false) => {}
+            None => return false,
         }
         let buf = std::mem::take(&mut ds.buf);
         match within(timer, until, io::read_more(&mut ds.stream, buf)).await {
@@ -190,6 +183,25 @@ pub(crate) async fn discard_body(
             Err(_) => return false,
         }
     }
+}
+
+/// Drops what `buf` holds of the body `body` decodes, each byte (framing too) taken from
+/// `budget`: `Some(true)` when the body ended (what follows it stays in `buf`),
+/// `Some(false)` when more is to be read, `None` when it is malformed or over the budget.
+fn drop_buffered(
+    body: &mut http1::BodyDecoder,
+    buf: &mut BytesMut,
+    budget: &mut u64,
+) -> Option<bool> {
+    while !body.is_done() {
+        let used = body.decode(buf).ok()?.consumed;
+        if used == 0 {
+            return Some(false);
+        }
+        *budget = budget.checked_sub(used as u64)?;
+        bytes::Buf::advance(buf, used);
+    }
+    Some(true)
 }
 
 /// How long a client still sending a request body after its (final) response is read,
@@ -557,9 +569,75 @@ mod tests {
     use bytes::BytesMut;
     use monoio::net::TcpStream;
 
-    use super::{ToClient, send_within};
-    use crate::http1::{self, LocalReply};
+    use super::{DISCARD_MAX, ToClient, drop_buffered, send_within};
+    use crate::http1::{self, Framing, LocalReply};
     use crate::proxy::{deadline::timer, io::tests::on_both_drivers};
+
+    /// Drops `pieces` in turn as they would arrive (each appended to what is left) from a
+    /// budget of [`DISCARD_MAX`]; the result after each, and what the buffer holds then.
+    fn drop_pieces(framing: Framing, pieces: &[&[u8]]) -> (Vec<Option<bool>>, BytesMut) {
+        let limits = http1::Limits {
+            max_body_bytes: Some(DISCARD_MAX),
+            ..http1::Limits::default()
+        };
+        let mut body = http1::BodyDecoder::new(framing, &limits);
+        let (mut buf, mut budget) = (BytesMut::new(), DISCARD_MAX);
+        let seen = pieces
+            .iter()
+            .map(|p| {
+                buf.extend_from_slice(p);
+                drop_buffered(&mut body, &mut buf, &mut budget)
+            })
+            .collect();
+        (seen, buf)
+    }
+
+    /// A chunked body of exactly 64 KiB on the wire (framing included) is dropped; one
+    /// byte more is not; nor is a chunk announced larger, before its data comes.
+    #[test]
+    fn a_dropped_body_takes_at_most_64_kib_on_the_wire() {
+        let chunked = |n: usize| {
+            let mut wire = format!("{n:x}\r\n").into_bytes();
+            wire.resize(wire.len() + n, b'x');
+            wire.extend_from_slice(b"\r\n0\r\n\r\n");
+            wire
+        };
+        let exact = chunked(65_523);
+        assert_eq!(exact.len() as u64, DISCARD_MAX);
+        let (seen, rest) = drop_pieces(Framing::Chunked, &[&exact, b"GET"]);
+        assert_eq!(
+            (seen, &rest[..]),
+            (vec![Some(true), Some(true)], &b"GET"[..])
+        );
+        let over = chunked(65_524);
+        assert_eq!(drop_pieces(Framing::Chunked, &[&over]).0, [None]);
+        assert_eq!(drop_pieces(Framing::Chunked, &[b"10001\r\n"]).0, [None]);
+        let (seen, _) = drop_pieces(Framing::Chunked, &[b"5\r\nhe", b"llo\r\nzz\r\n"]);
+        assert_eq!(seen, [Some(false), None], "a malformed size fails");
+    }
+
+    /// What follows a dropped body (after its trailer, or its Content-Length) stays for
+    /// the next request, also when the body comes a byte at a time.
+    #[test]
+    fn a_dropped_body_leaves_the_next_request() {
+        let wire = b"5\r\nhello\r\n0\r\nx-sum: 1\r\n\r\nGET / HTTP/1.1\r\n";
+        let (seen, rest) = drop_pieces(Framing::Chunked, &[wire]);
+        assert_eq!(
+            (seen, &rest[..]),
+            (vec![Some(true)], &b"GET / HTTP/1.1\r\n"[..])
+        );
+        let bytes: Vec<&[u8]> = wire.chunks(1).collect();
+        let (seen, rest) = drop_pieces(Framing::Chunked, &bytes);
+        let ended = seen.iter().position(|s| *s == Some(true)).unwrap();
+        assert_eq!(ended, wire.len() - b"GET / HTTP/1.1\r\n".len() - 1);
+        assert!(seen[..ended].iter().all(|s| *s == Some(false)), "{seen:?}");
+        assert_eq!(&rest[..], b"GET / HTTP/1.1\r\n");
+        let (seen, rest) = drop_pieces(Framing::ContentLength(10), &[b"hello", b"worldGET"]);
+        assert_eq!(
+            (seen, &rest[..]),
+            (vec![Some(false), Some(true)], &b"GET"[..])
+        );
+    }
 
     /// Writes on `fd` without blocking until the socket takes no more.
     fn fill(fd: i32) {

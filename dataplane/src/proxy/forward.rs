@@ -112,6 +112,8 @@ struct Request<'a> {
     response_headers: Option<&'a HeaderEdits>,
     /// When the head was parsed.
     started: Instant,
+    /// The request's hash by the route's `hash_on`, when a split by hash took it.
+    hash: Option<u64>,
 }
 
 /// One upstream attempt: where it goes and when it must be done.
@@ -187,6 +189,8 @@ pub(crate) async fn handle(
         .flatten();
     // The cluster it went to (a split's drawn once, for every attempt), if it went on.
     let mut upstream = None;
+    // Its hash, if a split by hash took it (the balancer's picks use it again).
+    let mut hash = None;
     let summary = match route_idx {
         None if ambiguous => {
             ctx.stats.bad_requests.fetch_add(1, Relaxed);
@@ -209,11 +213,12 @@ pub(crate) async fn handle(
             }
             Ok(framing) => match cfg.routes[idx].dispatch(
                 || ctx.random(),
-                || request_hash(&cfg.routes[idx], &view, ds.peer),
+                || *hash.insert(request_hash(&cfg.routes[idx], &view, ds.peer)),
             ) {
                 Dispatch::Upstream { choice, cluster } => {
                     upstream = Some((choice, cluster));
                     let req = Request {
+                        hash,
                         scope,
                         head: &head,
                         request_id,
@@ -508,6 +513,7 @@ async fn proxy(
         normalized,
         response_headers,
         started,
+        hash,
     } = req;
     let route = &cfg.routes[route_idx];
     let cluster = &cfg.clusters[cluster_idx];
@@ -527,7 +533,7 @@ async fn proxy(
         path: normalized.unwrap_or(head.path()),
         request_id,
     };
-    let key = request_hash(route, &view, ds.peer);
+    let key = hash.unwrap_or_else(|| request_hash(route, &view, ds.peer));
     // The path as the upstream gets it: on a route that rewrites it, the routed path with
     // its matched prefix replaced. A rewrite that makes a dot segment (`/pub../x` on a
     // route on `/pub` rewritten to `/in/` is `/in/../x`) is refused: the upstream would

@@ -161,10 +161,13 @@ impl Split {
     }
 
     /// The position in the split and the cluster index that `random` picks: each
-    /// cluster with its weight's share of random values.
+    /// cluster with its weight's share of random values. The weights are laid end to end
+    /// in their order over the range of `random` (by multiplication, not a remainder): a
+    /// value keeps its cluster while the weights keep their proportions.
     pub fn pick(&self, random: u64) -> (usize, usize) {
         let total = self.clusters.last().map_or(1, |&(_, sum)| sum);
-        let x = random % total;
+        // Below `total`, since `random` is below 2^64.
+        let x = ((u128::from(random) * u128::from(total)) >> 64) as u64;
         // The first cluster whose running sum passes `x` (one of weight 0 never does).
         let at = self.clusters.partition_point(|&(_, upto)| upto <= x);
         (at, self.clusters[at].0)
@@ -267,7 +270,7 @@ impl RouteRt {
                 // Mixed first: ring-hash and rendezvous balancers in the chosen cluster use
                 // the same hash, and the split must not take only some of its values.
                 let draw = match s.by_hash {
-                    true => crate::lb::SplitMix64::new(hash()).next_u64(),
+                    true => omnirelay_abstractions::topology::hash::mix64(hash()),
                     false => random(),
                 };
                 let (choice, cluster) = s.pick(draw);
@@ -1169,10 +1172,17 @@ mod tests {
         assert_eq!(counts[1], 0, "weight 0 picked: {counts:?}");
         assert!((900..1100).contains(&counts[0]), "{counts:?}");
         assert_eq!(counts[0] + counts[2], 4000);
-        // Every value in the first cluster's share (0) and the last's (1..=3).
+        // Values from the first quarter of the range go to the first cluster (weight 1 of
+        // 4), the others to the last; scaled weights keep every value where it was.
+        let quarter = 1u64 << 62;
         assert_eq!(split.pick(0), (0, 4));
-        assert_eq!(split.pick(1), (2, 6));
-        assert_eq!(split.pick(3), (2, 6));
+        assert_eq!(split.pick(quarter - 1), (0, 4));
+        assert_eq!(split.pick(quarter), (2, 6));
+        assert_eq!(split.pick(u64::MAX), (2, 6));
+        let scaled = Split::new([(4, 10), (5, 0), (6, 30)]).unwrap();
+        for r in (0..1000u64).map(|r| r.wrapping_mul(0x9e37_79b9_7f4a_7c15)) {
+            assert_eq!(scaled.pick(r), split.pick(r));
+        }
         assert!(Split::new([(0, 0)]).is_none());
 
         let weighted = |c, w| v1::WeightedCluster {
@@ -1238,8 +1248,14 @@ mod tests {
             assert_eq!(cluster_of(route.dispatch(|| 0, || h)), first);
             counts[first] += 1;
         }
-        // Consecutive hashes (client addresses) are mixed before the pick: 1 to 3.
         assert!((900..1100).contains(&counts[0]), "{counts:?}");
+        // Hashes are mixed before the pick: ones alike in their high bits (or multiples of
+        // the weights' sum) still go to both.
+        let mut counts = [0usize; 2];
+        for h in (0..400u64).map(|k| k * 4) {
+            counts[cluster_of(route.dispatch(|| 0, || h))] += 1;
+        }
+        assert!(counts[0] > 50 && counts[1] > 200, "{counts:?}");
         let e = refused(|s| s.routes[0].split_by_hash = true);
         assert!(
             e.contains("splits by hash without weighted clusters"),
@@ -1356,7 +1372,8 @@ mod tests {
             s.clusters[0].health_check = Some(check.clone());
         });
         assert!(e.contains("health_check host"), "{e}");
-        // Expected statuses replace 2xx; each range must lie within 100-599, low to high.
+        // Expected statuses replace 2xx; each range must lie within 200-599 (a check
+        // reads past 1xx), low to high.
         let range = |start, end| v1::StatusRange { start, end };
         s.clusters[0].health_check = Some(v1::HealthCheck {
             expected_statuses: vec![range(200, 200), range(500, 503)],
@@ -1366,7 +1383,7 @@ mod tests {
         let probe = &v3.clusters[0].health_check.as_ref().unwrap().probe;
         assert_eq!(passes(probe), [false, true, false, false, false, true]);
         for bad in [
-            range(99, 200),
+            range(100, 200),
             range(300, 200),
             range(500, 600),
             range(65736, 65736),
@@ -1377,7 +1394,7 @@ mod tests {
                     ..check.clone()
                 });
             });
-            assert!(e.contains("are not a range within 100-599"), "{e}");
+            assert!(e.contains("are not a range within 200-599"), "{e}");
         }
         // A TCP check connects alone: it takes no HTTP fields, and passes no status.
         let tcp = v1::HealthCheck {
