@@ -295,6 +295,65 @@ fn a_5xx_is_retried_on_another_endpoint_and_forwarded_when_retries_run_out() {
     assert_eq!(get(&stack.url("/flaky")), (503, b"flaky one\n".to_vec()));
 }
 
+/// `retry.on = ["retriable-status-codes"]` with `statuses = [409]`: up2's 409 is held back
+/// and retried on up1; `"gateway-error"` retries up1's 503 on up2 but forwards up2's 409,
+/// which it does not name.
+#[test]
+fn named_statuses_and_gateway_errors_are_retried() {
+    require_caps!(Capability::Program("nginx"));
+    let stack = Stack::start();
+    let ports = &stack.ports;
+    let with_retry = |retry: &str| {
+        common::config(ports, "both").replace(
+            "retry = { max_retries = 2, on = [\"connect-failure\"] }",
+            &format!(
+                "retry = {{ max_retries = 1, {retry}, budget_percent = 100, \
+                 min_retries_per_second = 100 }}"
+            ),
+        ) + &format!(
+            "\n[[clusters]]\nname = \"both\"\nendpoints = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n",
+            ports.up1, ports.up2
+        )
+    };
+    let v = stack.dp_version();
+    common::write_config(
+        &stack.config_path,
+        &with_retry(r#"on = ["retriable-status-codes"], statuses = [409]"#),
+    );
+    let v = stack.wait_dp_version_above(v);
+    // up1 answers /conflict with "one", up2 with 409: every request ends at up1.
+    for i in 0..8 {
+        assert_eq!(
+            get(&stack.url("/conflict")),
+            (200, b"one\n".to_vec()),
+            "request {i}"
+        );
+    }
+    let retries = || {
+        stack
+            .dp_metric("omnirelay_upstream_retries_total{cluster=\"both\"}")
+            .unwrap_or(0.0)
+    };
+    let named = retries();
+    assert!(named >= 1.0, "no retry: {named}");
+
+    common::write_config(&stack.config_path, &with_retry(r#"on = ["gateway-error"]"#));
+    stack.wait_dp_version_above(v);
+    for i in 0..8 {
+        assert_eq!(
+            get(&stack.url("/flaky")),
+            (200, b"two\n".to_vec()),
+            "request {i}"
+        );
+    }
+    assert!(retries() > named, "no retry of a 503");
+    let answers: Vec<_> = (0..8).map(|_| get(&stack.url("/conflict"))).collect();
+    assert!(
+        answers.contains(&(409, b"busy two\n".to_vec())),
+        "a 409 was retried: {answers:?}"
+    );
+}
+
 /// A backend that refuses a large upload at once (413) and closes without reading the
 /// rest: the client gets the backend's 413, with and without `Expect: 100-continue`.
 #[test]

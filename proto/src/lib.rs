@@ -29,6 +29,10 @@ pub mod limits {
     pub const MIN_HEALTH_CHECK_TIMEOUT_MS: u32 = 10;
     /// The largest health check threshold.
     pub const MAX_HEALTH_CHECK_THRESHOLD: u32 = 100;
+    /// Statuses one route's retry policy may name.
+    pub const MAX_RETRIABLE_STATUSES: usize = 32;
+    /// The statuses a retry policy may name: those of failures.
+    pub const RETRIABLE_STATUSES: std::ops::RangeInclusive<u16> = 400..=599;
     /// Ranges of statuses one health check may expect.
     pub const MAX_EXPECTED_STATUS_RANGES: usize = 32;
     /// The statuses a health check may expect: final ones (a check reads past interim

@@ -370,7 +370,7 @@ pub struct Timeouts {
 }
 
 /// Retry policy of a route.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Retry {
     /// Retries after the first attempt.
     pub max_retries: u32,
@@ -386,6 +386,10 @@ pub struct Retry {
     pub on_connect_failure: bool,
     /// Retry on a 5xx response.
     pub on_5xx: bool,
+    /// Retry on a 502, 503 or 504 response.
+    pub on_gateway_error: bool,
+    /// Retry on these statuses (`retriable-status-codes` with `statuses`).
+    pub statuses: Vec<u16>,
     /// Retry on an upstream timeout (needs `per_try_timeout_ms`).
     pub on_timeout: bool,
     /// How long one attempt waits for the response head once the request is sent; 0:
@@ -403,6 +407,8 @@ impl Default for Retry {
             max_backoff_ms: 250,
             on_connect_failure: true,
             on_5xx: false,
+            on_gateway_error: false,
+            statuses: Vec::new(),
             on_timeout: false,
             per_try_timeout_ms: 0,
         }

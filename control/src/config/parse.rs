@@ -261,12 +261,21 @@ fn retry(o: Option<Obj<'_>>) -> Retry {
         per_try_timeout_ms: o.int_or("per_try_timeout_ms", 0, 1, MAX_MS) as u32,
         ..d
     };
+    let statuses = retriable_statuses(&o);
+    let mut on_statuses = false;
     if o.table_has("on") {
         r.on_connect_failure = false;
         for (path, v) in o.array("on") {
             match v.as_str() {
                 Some("connect-failure") => r.on_connect_failure = true,
                 Some("5xx") => r.on_5xx = true,
+                Some("gateway-error") => r.on_gateway_error = true,
+                Some("retriable-status-codes") => {
+                    on_statuses = true;
+                    if !o.table_has("statuses") {
+                        o.error_at(path, "\"retriable-status-codes\" needs statuses (e.g. [409])");
+                    }
+                }
                 Some("timeout") => {
                     r.on_timeout = true;
                     if !o.table_has("per_try_timeout_ms") {
@@ -276,15 +285,62 @@ fn retry(o: Option<Obj<'_>>) -> Retry {
                         );
                     }
                 }
-                _ => o.error_at(path, format!("unknown retry condition {v}; expected \"connect-failure\", \"5xx\" or \"timeout\"")),
+                _ => o.error_at(path, format!("unknown retry condition {v}; expected \"connect-failure\", \"5xx\", \"gateway-error\", \"retriable-status-codes\" or \"timeout\"")),
             }
         }
+    }
+    if on_statuses {
+        r.statuses = statuses;
+    } else if o.table_has("statuses") {
+        o.error(
+            "statuses",
+            "only with \"retriable-status-codes\" in on (as Envoy's retriable_status_codes)",
+        );
     }
     if r.max_backoff_ms < r.base_backoff_ms {
         o.error("max_backoff_ms", "must not be smaller than base_backoff_ms");
     }
     o.finish();
     r
+}
+
+/// `retry.statuses`: the statuses `retriable-status-codes` retries on.
+fn retriable_statuses(o: &Obj<'_>) -> Vec<u16> {
+    let items = o.array("statuses");
+    if o.is_empty_array("statuses") {
+        o.error("statuses", "empty: name the statuses to retry on");
+    }
+    if items.len() > limits::MAX_RETRIABLE_STATUSES {
+        o.error(
+            "statuses",
+            format!(
+                "{} statuses; at most {}",
+                items.len(),
+                limits::MAX_RETRIABLE_STATUSES
+            ),
+        );
+    }
+    let ok = &limits::RETRIABLE_STATUSES;
+    items
+        .into_iter()
+        .filter_map(|(path, v)| {
+            let status = v.as_integer().and_then(|n| u16::try_from(n).ok());
+            match status.filter(|s| ok.contains(s)) {
+                Some(s) => Some(s),
+                None => {
+                    o.error_at(
+                        path,
+                        format!(
+                            "{v} is not a status of a failure ({}-{})",
+                            ok.start(),
+                            ok.end()
+                        ),
+                    );
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 fn hash_on(o: Option<Obj<'_>>) -> HashOn {

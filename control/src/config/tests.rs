@@ -268,6 +268,44 @@ fn retry_on_timeout_needs_a_per_try_timeout() {
     assert_eq!(retry.per_try_timeout_ms, 250);
 }
 
+/// `gateway-error` and `retriable-status-codes` (with `statuses`, failures only), each
+/// without the other's field refused by name.
+#[test]
+fn retry_on_named_statuses_and_gateway_errors() {
+    let with = |retry: &str| GOOD.replace(r#"on = ["connect-failure", "5xx"]"#, retry);
+    let cfg = parse(
+        &with(r#"on = ["gateway-error", "retriable-status-codes"], statuses = [409, 429]"#),
+        "t.toml",
+    )
+    .unwrap();
+    let retry = &cfg.routes[0].retry;
+    assert!(retry.on_gateway_error && !retry.on_5xx && !retry.on_connect_failure);
+    assert_eq!(retry.statuses, [409, 429]);
+    let at = |retry: &str, path: &str| error_at(&with(retry), path);
+    assert!(
+        at(
+            r#"on = ["retriable-status-codes"]"#,
+            "routes[0].retry.on[0]"
+        )
+        .contains("needs statuses")
+    );
+    assert!(
+        at(
+            r#"on = ["5xx"], statuses = [409]"#,
+            "routes[0].retry.statuses"
+        )
+        .contains("only with \"retriable-status-codes\"")
+    );
+    for bad in ["200", "399", "600", "\"409\""] {
+        let retry = format!(r#"on = ["retriable-status-codes"], statuses = [409, {bad}]"#);
+        assert!(
+            at(&retry, "routes[0].retry.statuses[1]").contains("not a status of a failure"),
+            "{bad}"
+        );
+    }
+    assert!(at(r#"on = ["reset"]"#, "routes[0].retry.on[0]").contains("\"gateway-error\""));
+}
+
 #[test]
 fn a_listener_on_port_zero_or_on_the_control_daemons_port_is_refused() {
     let zero = GOOD.replace("address = \"127.0.0.1:8080\"", "address = \"127.0.0.1:0\"");

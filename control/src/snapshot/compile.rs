@@ -73,6 +73,14 @@ pub fn required_capabilities(config: &Config) -> Vec<String> {
     {
         caps.push("route.weighted_clusters".to_owned());
     }
+    // One that does not know them would forward those answers without a retry.
+    if config
+        .routes
+        .iter()
+        .any(|r| r.retry.on_gateway_error || !r.retry.statuses.is_empty())
+    {
+        caps.push("route.retry_statuses".to_owned());
+    }
     // One that does not know it would draw at random.
     if config.routes.iter().any(|r| r.split_by_hash) {
         caps.push("route.split_by_hash".to_owned());
@@ -159,6 +167,8 @@ fn route(r: &config::Route, config: &Config) -> v1::Route {
             max_backoff_ms: r.retry.max_backoff_ms,
             on_connect_failure: r.retry.on_connect_failure,
             on_5xx: r.retry.on_5xx,
+            on_gateway_error: r.retry.on_gateway_error,
+            retriable_statuses: r.retry.statuses.iter().map(|&s| s.into()).collect(),
             on_timeout: r.retry.on_timeout,
             per_try_timeout_ms: r.retry.per_try_timeout_ms,
         }),
@@ -492,15 +502,17 @@ rate_per_second = 50
                 "cluster.health_check_tcp",
                 "cluster.health_check_statuses",
                 "route.split_by_hash",
+                "route.retry_statuses",
             ]
             .map(|c| s.required_capabilities.contains(&c.to_owned()))
         };
-        assert_eq!(caps(&plain), [false; 8]);
+        assert_eq!(caps(&plain), [false; 9]);
         let text = CONFIG.to_owned()
             + "\n[[routes]]\nname = \"gone\"\ndirect_response = { status = 410, body = \"gone\" }\n\
                \n[[routes]]\nname = \"moved\"\nredirect = { scheme = \"https\", prefix = \"/v2/\", code = 308 }\n\
                \n[[routes]]\nname = \"split\"\nweighted_clusters = [{ name = \"two\", weight = 9 }, { name = \"one\" }]\n\
-               rate_limit = { requests_per_second = 10 }\nsplit_by_hash = true\n";
+               rate_limit = { requests_per_second = 10 }\nsplit_by_hash = true\n\
+               retry = { on = [\"gateway-error\", \"retriable-status-codes\"], statuses = [409] }\n";
         let text = text.replace(
             "name = \"one\"\n",
             "name = \"one\"\nhealth_check = { path = \"/healthz\", interval_ms = 2000, \
@@ -517,7 +529,7 @@ rate_per_second = 50
             "t.toml",
             "abc",
         );
-        assert_eq!(caps(&s), [true; 8]);
+        assert_eq!(caps(&s), [true; 9]);
         let limited = s.routes.iter().find_map(|r| r.rate_limit).unwrap();
         assert_eq!((limited.requests_per_second, limited.burst), (10, 10));
         let check = |name: &str| {
@@ -537,6 +549,9 @@ rate_per_second = 50
         assert_eq!((tcp.path.as_str(), tcp.expected_statuses.len()), ("", 0));
         let split = s.routes.iter().find(|r| r.name == "split").unwrap();
         assert!(split.split_by_hash);
+        let retry = split.retry.as_ref().unwrap();
+        assert!(retry.on_gateway_error && !retry.on_5xx);
+        assert_eq!(retry.retriable_statuses, [409]);
         assert_eq!(
             split.weighted_clusters,
             [

@@ -1,8 +1,8 @@
 //! One request through the proxy: route, pick an endpoint, send the head and stream the
 //! body upstream, read the response head, stream the response back. Retries (connect
-//! failures before the body was read, 5xx and timeouts for idempotent requests whose
-//! body, if any, was kept whole) within the route's retry budget; outcomes feed outlier
-//! detection.
+//! failures before the body was read, the statuses the route names and timeouts for
+//! idempotent requests whose body, if any, was kept whole) within the route's retry
+//! budget; outcomes feed outlier detection.
 
 use std::{
     borrow::Cow,
@@ -27,7 +27,9 @@ use crate::{
     http1::{self, Framing, LocalReply, ParseStatus, RequestHead, ResponseHead},
     lb::{EndpointId, FailureKind, Outcome, hash_ip, hash_key},
     router::{self, RequestView},
-    snapshot::{Answer, ClusterRt, Dispatch, HashKey, HeaderEdits, RouteRt, RuntimeConfig},
+    snapshot::{
+        Answer, ClusterRt, Dispatch, HashKey, HeaderEdits, RetryRt, RouteRt, RuntimeConfig,
+    },
     telemetry::{AccessRecord, ClusterStats},
 };
 
@@ -127,6 +129,8 @@ struct Target<'a> {
     deadline: Instant,
     /// How long the attempt waits for the response head once the request is sent.
     per_try: Option<Duration>,
+    /// The route's retry policy: which statuses are held back.
+    retry: &'a RetryRt,
 }
 
 fn idempotent(method: &str) -> bool {
@@ -687,6 +691,7 @@ async fn proxy(
             t0: now,
             deadline,
             per_try: route.retry.per_try_timeout,
+            retry: &route.retry,
         };
         let result = attempt(req, &target, &mut up_head, &mut body_state, ds, timer).await;
         drop(in_flight);
@@ -730,7 +735,7 @@ async fn proxy(
                     (*reused || route.retry.on_connect_failure) && replayable
                 }
                 Err(AttemptError::Timeout) => route.retry.on_timeout && replayable,
-                Ok(r) => r.pending_5xx && route.retry.on_5xx && replayable,
+                Ok(r) => r.held && route.retry.retries(r.status) && replayable,
                 _ => false,
             };
         if retry_allowed {
@@ -740,7 +745,7 @@ async fn proxy(
                     .is_some_and(|bud| bud.try_acquire_retry(done))
             };
             if granted {
-                // The held-back 5xx is dropped for the retry: its read buffer goes back to
+                // The held-back response is dropped for the retry: its read buffer goes back to
                 // the pool (the head that points into it first), its connection closes.
                 if let Ok(AttemptResult {
                     pending: Some((resp, up, buf)),
@@ -764,8 +769,8 @@ async fn proxy(
         }
         return match result {
             Ok(mut r) => {
-                if r.pending_5xx {
-                    // A retryable 5xx whose retry was not allowed: forward it now.
+                if r.held {
+                    // A held-back response whose retry was not allowed: forward it now.
                     let reply = reply_for(head, ctx, &body_state, response_headers);
                     r = forward_pending(ctx, ds, r, reply, deadline, timer).await;
                 }
@@ -830,22 +835,23 @@ async fn proxy(
     }
 }
 
-/// A finished (or, for `pending_5xx`, held back) upstream response.
+/// A finished (or, for `held`, held back) upstream response.
 struct AttemptResult {
     status: u16,
     upstream_time: Duration,
     bytes_out: u64,
     client_keep_alive: bool,
-    /// A 5xx whose head was read but not yet forwarded, so it can still be retried.
-    pending_5xx: bool,
-    /// When the response was relayed (for a held-back 5xx: when its head arrived).
+    /// A response (a 5xx, or a status the route retries on) whose head was read but not
+    /// yet forwarded, so it can still be retried.
+    held: bool,
+    /// When the response was relayed (for a held-back one: when its head arrived).
     finished: Instant,
     pending: Option<(ResponseHead, TcpStream, BytesMut)>,
 }
 
 /// One attempt of `req` at `target`: sends the upstream head `up_head` and the body
 /// (`body_state` remembers what of it went out), reads the response head and, unless it is
-/// a retryable 5xx (held back), relays the response.
+/// one that may be retried (held back, see [`RetryRt::holds`]), relays the response.
 async fn attempt(
     req: &Request<'_>,
     target: &Target<'_>,
@@ -861,6 +867,7 @@ async fn attempt(
         t0,
         deadline,
         per_try,
+        retry,
     } = target;
     let ctx = req.scope.ctx;
     let pooled = ctx.pool.borrow_mut().take(addr, cluster.idle_timeout, t0);
@@ -933,7 +940,7 @@ async fn attempt(
                     upstream_time,
                     bytes_out,
                     client_keep_alive: false,
-                    pending_5xx: false,
+                    held: false,
                     finished: Instant::now(),
                     pending: None,
                 });
@@ -1008,14 +1015,14 @@ async fn attempt(
         st.upstream_latency.observe(upstream_time);
     }
     let status = resp.status();
-    if status >= 500 && status != 501 {
+    if retry.holds(status) {
         // Held back so the caller may retry instead of forwarding it.
         return Ok(AttemptResult {
             status,
             upstream_time,
             bytes_out: 0,
             client_keep_alive: false,
-            pending_5xx: true,
+            held: true,
             finished: head_at,
             pending: Some((resp, up, up_buf)),
         });
@@ -1044,7 +1051,7 @@ async fn attempt(
         upstream_time,
         bytes_out,
         client_keep_alive,
-        pending_5xx: false,
+        held: false,
         finished,
         pending: None,
     })
@@ -1096,7 +1103,7 @@ fn send_error(e: body::SendError, closed: AttemptError) -> AttemptError {
     }
 }
 
-/// Forwards a held-back 5xx response (its connection is not reused), by the request's
+/// Forwards a held-back response (its connection is not reused), by the request's
 /// deadline like any response; its read buffer goes back to the pool.
 async fn forward_pending(
     ctx: &WorkerCtx,
@@ -1122,7 +1129,7 @@ async fn forward_pending(
         r.client_keep_alive = keep;
         r.finished = Instant::now();
     }
-    r.pending_5xx = false;
+    r.held = false;
     r
 }
 

@@ -26,6 +26,7 @@ pub const CAPABILITIES: &[&str] = &[
     "cluster.health_check_tcp",
     "cluster.health_check_statuses",
     "route.split_by_hash",
+    "route.retry_statuses",
 ];
 
 /// Largest signed snapshot accepted (bytes).

@@ -111,6 +111,7 @@ server {{
   }}
   location /status {{ stub_status; }}
   location /who {{ return 200 "one\n"; }}
+  location /conflict {{ return 200 "one\n"; }}
   location /uri {{ return 200 "$request_uri\n"; }}
   location /edits {{ return 200 "gw=$http_x_gateway|debug=$http_x_debug|keep=$http_x_keep\n"; }}
   location /headers {{
@@ -121,6 +122,7 @@ server {{
   listen 127.0.0.1:{up2};
   location / {{ return 200 "two\n"; }}
   location /replay {{ return 503 "flaky two\n"; }}
+  location /conflict {{ return 409 "busy two\n"; }}
 }}
 "#,
         up1 = p.up1,
