@@ -296,20 +296,23 @@ fn a_5xx_is_retried_on_another_endpoint_and_forwarded_when_retries_run_out() {
 }
 
 /// `retry.on = ["retriable-status-codes"]` with `statuses = [409]`: up2's 409 is held back
-/// and retried on up1; `"gateway-error"` retries up1's 503 on up2 but forwards up2's 409,
-/// which it does not name.
+/// and retried on up1, or, with no retry left in the budget, forwarded whole; `"gateway-error"`
+/// retries up1's 503 on up2 but forwards up2's 409, which it does not name.
 #[test]
 fn named_statuses_and_gateway_errors_are_retried() {
     require_caps!(Capability::Program("nginx"));
     let stack = Stack::start();
     let ports = &stack.ports;
     let with_retry = |retry: &str| {
+        let budget = "budget_percent = 100, min_retries_per_second = 100";
+        let retry = if retry.contains("budget") {
+            retry.to_owned()
+        } else {
+            format!("{retry}, {budget}")
+        };
         common::config(ports, "both").replace(
             "retry = { max_retries = 2, on = [\"connect-failure\"] }",
-            &format!(
-                "retry = {{ max_retries = 1, {retry}, budget_percent = 100, \
-                 min_retries_per_second = 100 }}"
-            ),
+            &format!("retry = {{ max_retries = 1, {retry} }}"),
         ) + &format!(
             "\n[[clusters]]\nname = \"both\"\nendpoints = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n",
             ports.up1, ports.up2
@@ -336,6 +339,27 @@ fn named_statuses_and_gateway_errors_are_retried() {
     };
     let named = retries();
     assert!(named >= 1.0, "no retry: {named}");
+
+    // No retry in the budget: a held-back 409 goes to the client as up2 sent it.
+    common::write_config(
+        &stack.config_path,
+        &with_retry(
+            r#"on = ["retriable-status-codes"], statuses = [409], budget_percent = 0, min_retries_per_second = 0"#,
+        ),
+    );
+    let v = stack.wait_dp_version_above(v);
+    let answers: Vec<_> = (0..8).map(|_| get(&stack.url("/conflict"))).collect();
+    assert!(
+        answers.contains(&(409, b"busy two\n".to_vec())),
+        "{answers:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|a| *a == (409, b"busy two\n".to_vec()) || *a == (200, b"one\n".to_vec())),
+        "{answers:?}"
+    );
+    assert_eq!(retries(), named, "retried without budget");
 
     common::write_config(&stack.config_path, &with_retry(r#"on = ["gateway-error"]"#));
     stack.wait_dp_version_above(v);

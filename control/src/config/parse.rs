@@ -321,12 +321,20 @@ fn retriable_statuses(o: &Obj<'_>) -> Vec<u16> {
         );
     }
     let ok = &limits::RETRIABLE_STATUSES;
+    let mut seen: Vec<u16> = Vec::new();
     items
         .into_iter()
         .filter_map(|(path, v)| {
             let status = v.as_integer().and_then(|n| u16::try_from(n).ok());
             match status.filter(|s| ok.contains(s)) {
-                Some(s) => Some(s),
+                Some(s) if seen.contains(&s) => {
+                    o.error_at(path, format!("{s} is named twice"));
+                    None
+                }
+                Some(s) => {
+                    seen.push(s);
+                    Some(s)
+                }
                 None => {
                     o.error_at(
                         path,

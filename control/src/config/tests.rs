@@ -304,6 +304,14 @@ fn retry_on_named_statuses_and_gateway_errors() {
         );
     }
     assert!(at(r#"on = ["reset"]"#, "routes[0].retry.on[0]").contains("\"gateway-error\""));
+    let named =
+        |statuses: &str| format!(r#"on = ["retriable-status-codes"], statuses = {statuses}"#);
+    assert!(at(&named("[409, 409]"), "routes[0].retry.statuses[1]").contains("named twice"));
+    assert!(at(&named("[]"), "routes[0].retry.statuses").contains("empty"));
+    assert!(at(&named("409"), "routes[0].retry.statuses").contains("expected an array"));
+    let many: Vec<String> = (400..433).map(|s| s.to_string()).collect();
+    let many = named(&format!("[{}]", many.join(", ")));
+    assert!(at(&many, "routes[0].retry.statuses").contains("33 statuses; at most 32"));
 }
 
 #[test]

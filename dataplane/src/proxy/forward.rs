@@ -129,8 +129,11 @@ struct Target<'a> {
     deadline: Instant,
     /// How long the attempt waits for the response head once the request is sent.
     per_try: Option<Duration>,
-    /// The route's retry policy: which statuses are held back.
+    /// The route's retry policy: which statuses may be retried.
     retry: &'a RetryRt,
+    /// Whether another attempt may follow this one (an idempotent request with attempts
+    /// left): only then is a response the policy retries held back.
+    may_retry: bool,
 }
 
 fn idempotent(method: &str) -> bool {
@@ -692,6 +695,7 @@ async fn proxy(
             deadline,
             per_try: route.retry.per_try_timeout,
             retry: &route.retry,
+            may_retry: idempotent && attempts < max_attempts,
         };
         let result = attempt(req, &target, &mut up_head, &mut body_state, ds, timer).await;
         drop(in_flight);
@@ -721,10 +725,16 @@ async fn proxy(
                 tracing::warn!(cluster = %cluster.name, endpoint = %addr, "endpoint ejected by outlier detection");
             }
         }
-        // Decide whether to retry.
+        // Decide whether to retry: within the deadline after the backoff too.
         let replayable = idempotent && body_state.replayable();
+        let delay = crate::lb::backoff(
+            attempts - 1,
+            route.retry.base_backoff,
+            route.retry.max_backoff,
+            &mut || ctx.random(),
+        );
         let retry_allowed = attempts < max_attempts
-            && done < deadline
+            && done + delay < deadline
             && match &result {
                 Err(AttemptError::Connect(_) | AttemptError::ConnectTimeout) => {
                     route.retry.on_connect_failure && (!body_state.started() || replayable)
@@ -755,12 +765,6 @@ async fn proxy(
                     drop((resp, up));
                     ctx.give_buf(buf);
                 }
-                let delay = crate::lb::backoff(
-                    attempts - 1,
-                    route.retry.base_backoff,
-                    route.retry.max_backoff,
-                    &mut || ctx.random(),
-                );
                 if !delay.is_zero() {
                     deadline::sleep_until(timer, Instant::now() + delay).await;
                 }
@@ -851,7 +855,8 @@ struct AttemptResult {
 
 /// One attempt of `req` at `target`: sends the upstream head `up_head` and the body
 /// (`body_state` remembers what of it went out), reads the response head and, unless it is
-/// one that may be retried (held back, see [`RetryRt::holds`]), relays the response.
+/// one that may be retried (held back: the policy retries its status and another attempt
+/// may follow), relays the response.
 async fn attempt(
     req: &Request<'_>,
     target: &Target<'_>,
@@ -868,6 +873,7 @@ async fn attempt(
         deadline,
         per_try,
         retry,
+        may_retry,
     } = target;
     let ctx = req.scope.ctx;
     let pooled = ctx.pool.borrow_mut().take(addr, cluster.idle_timeout, t0);
@@ -1015,7 +1021,7 @@ async fn attempt(
         st.upstream_latency.observe(upstream_time);
     }
     let status = resp.status();
-    if retry.holds(status) {
+    if may_retry && retry.retries(status) && body_state.replayable() {
         // Held back so the caller may retry instead of forwarding it.
         return Ok(AttemptResult {
             status,

@@ -100,14 +100,9 @@ pub struct RetryRt {
 }
 
 impl RetryRt {
-    /// Whether a response with `status` is held back from the client until it is known
-    /// whether it is retried: every 5xx but 501 (not implemented: another endpoint would
-    /// say the same), and the statuses retried on.
-    pub fn holds(&self, status: u16) -> bool {
-        (status >= 500 && status != 501) || self.statuses.contains(&status)
-    }
-
-    /// Whether a response held back with `status` is retried (budget and body allowing).
+    /// Whether a response with `status` is retried (budget, body and deadline allowing):
+    /// `on_5xx` takes every 5xx but 501 (not implemented: another endpoint would say the
+    /// same).
     pub fn retries(&self, status: u16) -> bool {
         (self.on_5xx && status >= 500 && status != 501)
             || (self.on_gateway_error && (502..=504).contains(&status))
@@ -1262,10 +1257,9 @@ mod tests {
         assert!(e.contains("weight 10001 is over 10000"), "{e}");
     }
 
-    /// Every 5xx but 501 is held back, and a status the route retries on; each condition
-    /// retries its own statuses; a status outside 400-599 is refused.
+    /// Each condition retries its own statuses; a status outside 400-599 is refused.
     #[test]
-    fn a_retry_policy_holds_and_retries_its_statuses() {
+    fn a_retry_policy_retries_its_statuses() {
         let mut s = minimal();
         let policy = |s: &v1::Snapshot| {
             RuntimeConfig::build(s, &strategies()).unwrap().routes[0]
@@ -1273,18 +1267,14 @@ mod tests {
                 .clone()
         };
         let statuses = [409, 429, 500, 501, 502, 503, 504];
-        let holds = |r: &super::RetryRt| statuses.map(|st| r.holds(st));
         let retries = |r: &super::RetryRt| statuses.map(|st| r.retries(st));
-        let plain = policy(&s);
-        assert_eq!(holds(&plain), [false, false, true, false, true, true, true]);
-        assert_eq!(retries(&plain), [false; 7]);
+        assert_eq!(retries(&policy(&s)), [false; 7]);
         s.routes[0].retry = Some(v1::RetryPolicy {
             on_gateway_error: true,
             retriable_statuses: vec![409],
             ..Default::default()
         });
         let named = policy(&s);
-        assert_eq!(holds(&named), [true, false, true, false, true, true, true]);
         assert_eq!(
             retries(&named),
             [true, false, false, false, true, true, true]
@@ -1309,6 +1299,13 @@ mod tests {
                 "{e}"
             );
         }
+        let e = refused(|s| {
+            s.routes[0].retry = Some(v1::RetryPolicy {
+                retriable_statuses: (400..433).collect(),
+                ..Default::default()
+            });
+        });
+        assert!(e.contains("retries on 33 statuses, over 32"), "{e}");
     }
 
     /// A split by hash gives one hash one cluster whatever the random draw, and the

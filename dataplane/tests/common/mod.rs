@@ -74,7 +74,8 @@ endpoints = ["127.0.0.1:{up2}"]
 }
 
 /// nginx servers: `up1` serves files, echoes bodies at /echo (and /replay), says "one"
-/// at /who and the request target it got at /uri; `up2` says "two" everywhere but /replay, where it answers 503.
+/// at /who and /conflict, answers /flaky with 503 and the request target it got at /uri;
+/// `up2` says "two" everywhere but /replay, where it answers 503, and /conflict, 409.
 pub fn nginx_servers(p: &Ports) -> String {
     format!(
         r#"
