@@ -157,8 +157,8 @@ fn check_json(h: &HealthCheckRt) -> serde_json::Value {
 }
 
 /// The running snapshot's clusters: policy, health check (or null) and endpoints
-/// (address, weight and, for a health-checked cluster, `health`: `in`, or `out` when its
-/// checks took it out).
+/// (address, weight and, for a health-checked cluster, `health`: `in`, `out` when its
+/// checks took it out, or `pending` while it waits out for its first check).
 /// Outlier ejections are each worker's own and not shown (see the metrics).
 async fn clusters(State(s): State<AdminState>) -> impl IntoResponse {
     let body = s.holder.peek(|cfg| {
@@ -170,11 +170,16 @@ async fn clusters(State(s): State<AdminState>) -> impl IntoResponse {
                 let endpoints: Vec<serde_json::Value> =
                     c.lb.ids()
                         .map(|id| {
-                            let out = health.map(|h| h.is_down(id.index()));
+                            let i = id.index();
+                            let state = health.map(|h| match (h.is_pending(i), h.is_down(i)) {
+                                (true, _) => "pending",
+                                (false, true) => "out",
+                                (false, false) => "in",
+                            });
                             json!({
                                 "address": c.lb.addr(id).map(|a| a.to_string()),
                                 "weight": c.lb.weight(id),
-                                "health": out.map(|out| if out { "out" } else { "in" }),
+                                "health": state,
                             })
                         })
                         .collect();

@@ -3,12 +3,13 @@
 //! interval from one thread of the data plane, and its verdict goes into the running
 //! snapshot's [`Health`] of that cluster, which every worker's picks read.
 //!
-//! An endpoint is in until checks take it out: a response with a status not expected
-//! takes it out at once, as in Envoy; connect failures and timeouts count toward
-//! `unhealthy_threshold` in a row; `healthy_threshold` passes in a row bring it back. The
-//! checker follows the snapshot: a new version starts checks for new endpoints and stops
-//! those of endpoints gone; one whose check changed starts over from the state the
-//! snapshot carried over.
+//! An endpoint new to the checks (at start, or added by a config change) is out until its
+//! first check, which comes at once: one pass brings it in, as in Envoy. After that, a
+//! response with a status not expected takes it out at once; connect failures and
+//! timeouts count toward `unhealthy_threshold` in a row; `healthy_threshold` passes in a
+//! row bring it back. The checker follows the snapshot: a new version starts checks for
+//! new endpoints and stops those of endpoints gone; one whose check changed starts over
+//! from the state the snapshot carried over.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -158,6 +159,8 @@ enum Verdict {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct State {
     down: bool,
+    /// Out until its first check: one pass brings it in.
+    pending: bool,
     /// In a row: failures while in, passes while out.
     streak: u32,
 }
@@ -166,6 +169,14 @@ impl State {
     /// Takes one check's `verdict` by `how`'s thresholds; true when the endpoint went
     /// out or came back.
     fn step(&mut self, verdict: &Verdict, how: &HealthCheckRt) -> bool {
+        if std::mem::take(&mut self.pending) {
+            // The first check decides alone: a pass brings the endpoint in; otherwise it
+            // stays out, to come back as any endpoint out does.
+            self.streak = 0;
+            let passed = matches!(verdict, Verdict::Passed);
+            self.down = !passed;
+            return passed;
+        }
         let (goes, threshold) = match verdict {
             Verdict::Passed => (self.down, how.healthy_threshold),
             Verdict::Refused(_) => (!self.down, 1),
@@ -181,6 +192,7 @@ impl State {
         }
         *self = State {
             down: !self.down,
+            pending: false,
             streak: 0,
         };
         true
@@ -194,23 +206,34 @@ impl State {
 async fn check(key: Key, holder: Arc<SnapshotHolder>, metrics: Arc<Metrics>) {
     let (cluster, addr, how) = key;
     let mut place = None;
-    let down = with_health(&holder, &cluster, addr, &mut place, |h, i| h.is_down(i));
+    let now = with_health(&holder, &cluster, addr, &mut place, |h, i| {
+        (h.is_down(i), h.is_pending(i))
+    });
+    let (down, pending) = now.unwrap_or_default();
     let mut state = State {
-        down: down.unwrap_or(false),
+        down,
+        pending,
         streak: 0,
     };
-    // The first check at a random point of the first interval, so a cluster's endpoints
-    // (and data planes) are not all checked at once.
-    let mut rng = SplitMix64::new(RandomState::new().hash_one(addr));
-    let first = how
-        .interval
-        .mul_f64((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64);
-    tokio::time::sleep(first).await;
+    // The first check of an endpoint waiting for it at once; of others at a random point
+    // of the first interval, so a cluster's endpoints (and data planes) are not all
+    // checked at once.
+    if !pending {
+        let mut rng = SplitMix64::new(RandomState::new().hash_one(addr));
+        let first = how
+            .interval
+            .mul_f64((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64);
+        tokio::time::sleep(first).await;
+    }
     loop {
         let verdict = probe(addr, &how).await;
         metrics.health_checked(&cluster, matches!(verdict, Verdict::Passed));
+        let first = state.pending;
         if state.step(&verdict, &how) {
             match &verdict {
+                Verdict::Passed if first => {
+                    tracing::info!(%cluster, endpoint = %addr, "endpoint passed its first health check: in");
+                }
                 Verdict::Passed => {
                     tracing::info!(%cluster, endpoint = %addr, "endpoint passed its health checks: back in");
                 }
@@ -224,8 +247,12 @@ async fn check(key: Key, holder: Arc<SnapshotHolder>, metrics: Arc<Metrics>) {
         }
         // Written each time, not only on a change: a snapshot swapped in meanwhile holds it
         // from the next check on.
+        if first && state.down {
+            tracing::warn!(%cluster, endpoint = %addr, ?verdict, "endpoint failed its first health check: stays out");
+        }
         with_health(&holder, &cluster, addr, &mut place, |h, i| {
-            h.set(i, state.down)
+            h.set(i, state.down);
+            h.set_pending(i, state.pending);
         });
         tokio::time::sleep(how.interval).await;
     }
@@ -321,7 +348,7 @@ mod tests {
         // Out: a pass, a failure (starts over), two passes: back.
         let out = State {
             down: true,
-            streak: 0,
+            ..State::default()
         };
         let seen = run(
             out,
@@ -329,6 +356,27 @@ mod tests {
             &[Verdict::Passed, fail(), Verdict::Passed, Verdict::Passed],
         );
         assert_eq!(seen, [true, true, true, false]);
+    }
+
+    /// An endpoint new to the checks is out until its first: one pass brings it in
+    /// whatever `healthy_threshold` says; after a first failure it comes back as any
+    /// endpoint out does.
+    #[test]
+    fn a_first_check_decides_alone() {
+        let how = how(3, 2);
+        let pending = State {
+            down: true,
+            pending: true,
+            streak: 0,
+        };
+        let mut s = pending;
+        assert!(s.step(&Verdict::Passed, &how), "in at the first pass");
+        assert_eq!(s, State::default());
+        let fail = || Verdict::Failed("refused".into());
+        let seen = run(pending, &how, &[fail(), Verdict::Passed, Verdict::Passed]);
+        assert_eq!(seen, [true, true, false]);
+        let seen = run(pending, &how, &[Verdict::Refused(503), Verdict::Passed]);
+        assert_eq!(seen, [true, true]);
     }
 
     #[test]

@@ -1256,11 +1256,12 @@ fn a_route_splits_its_requests_over_weighted_clusters() {
     assert_eq!((count("one"), count("two")), (ones, n - ones));
 }
 
-/// `expected_statuses` lets an HTTP check pass on a status other than 2xx, and a TCP check
-/// only connects: up1 answers the check's path `/flaky` with 503, which the check expects
-/// (in, and it takes requests); a mute listener that accepts connections but never
-/// answers fails the HTTP check by its timeout (out) and passes the TCP check (in); a dead
-/// address is out under both.
+/// `expected_statuses` lets an HTTP check pass on a status other than 2xx, an endpoint
+/// added to a cluster waits out for its first check, and a TCP check only connects: up1
+/// answers the check's path `/flaky` with 503, which the check expects (in, and it takes
+/// requests); a mute listener that accepts connections but never answers, added later,
+/// gets no request while its first check waits for its timeout, fails it (out), and
+/// passes the TCP check (in); a dead address is out under both.
 #[test]
 fn health_checks_expect_statuses_and_tcp_checks_only_connect() {
     require_caps!(Capability::Program("nginx"));
@@ -1275,24 +1276,38 @@ fn health_checks_expect_statuses_and_tcp_checks_only_connect() {
         drop(held);
     });
     let (up1, up2) = (stack.ports.up1, stack.ports.up2);
-    let listener = |check: &str| {
+    let listener = |endpoints: &[u16], check: &str| {
+        let endpoints: Vec<String> = endpoints
+            .iter()
+            .map(|p| format!("\"127.0.0.1:{p}\""))
+            .collect();
         format!(
             "routes = [\"checked\"]\n\n\
              [[routes]]\nname = \"checked\"\ncluster = \"four\"\n\n\
-             [[clusters]]\nname = \"four\"\n\
-             endpoints = [\"127.0.0.1:{up1}\", \"127.0.0.1:{up2}\", \"127.0.0.1:{silent}\", \
-             \"127.0.0.1:{dead}\"]\n\
-             health_check = {{ {check}, interval_ms = 100, timeout_ms = 100, \
-             unhealthy_threshold = 2, healthy_threshold = 1 }}\n"
+             [[clusters]]\nname = \"four\"\nendpoints = [{}]\n\
+             health_check = {{ {check}, interval_ms = 4000, timeout_ms = 3000, \
+             unhealthy_threshold = 2, healthy_threshold = 1 }}\n",
+            endpoints.join(", ")
         )
     };
     let http = r#"path = "/flaky", expected_statuses = ["200-299", 503]"#;
     let addr = stack.add_listener(
         "checked",
         &format!("127.0.0.1:{port}"),
-        &listener(http),
+        &listener(&[up1, up2], http),
         port,
     );
+    let change = |text: String| {
+        let v = stack.dp_version();
+        write_config(
+            &stack.config_path,
+            &format!(
+                "{}\n[[listeners]]\nname = \"checked\"\naddress = \"127.0.0.1:{port}\"\n{text}",
+                common::config(&stack.ports, "one"),
+            ),
+        );
+        stack.wait_dp_version_above(v);
+    };
     let cluster = || {
         let listed = curl(&["-s", &stack.dp_admin("/clusters")]);
         let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
@@ -1312,19 +1327,17 @@ fn health_checks_expect_statuses_and_tcp_checks_only_connect() {
             .map(|e| e["health"].as_str().unwrap().to_owned())
             .collect::<Vec<_>>()
     };
-    // Reached, and still so after several more checks of each endpoint.
-    let settles = |want: [&str; 4]| {
+    let reached = |want: &[&str]| {
         assert!(
-            omnirelay_test_support::process::wait_until(std::time::Duration::from_secs(10), || {
+            omnirelay_test_support::process::wait_until(std::time::Duration::from_secs(15), || {
                 health() == want
             }),
             "endpoints {:?}, expected {want:?}",
             health()
         );
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        assert_eq!(health(), want);
     };
-    settles(["in", "in", "out", "out"]);
+    // up1 passes: its 503 to the check is expected.
+    reached(&["in", "in"]);
     let check = cluster()["health_check"].clone();
     assert_eq!(
         (
@@ -1338,8 +1351,14 @@ fn health_checks_expect_statuses_and_tcp_checks_only_connect() {
             &serde_json::json!(["200-299", "503"])
         )
     );
-    // up1 takes requests: its 503 to the check was expected.
+
+    // The mute and the dead endpoint join: pending, they get no request meanwhile (one
+    // sent to the mute endpoint would not be answered); the mute one's first check takes
+    // its whole 3 s timeout.
+    change(listener(&[up1, up2, silent, dead], http));
     let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
     let ones = (0..20)
         .filter(|_| {
             let got = exchange(&mut conn, "GET /who HTTP/1.1\r\nhost: a\r\n\r\n", |got| {
@@ -1353,19 +1372,16 @@ fn health_checks_expect_statuses_and_tcp_checks_only_connect() {
         (1..20).contains(&ones),
         "{ones} of 20 requests to up1: both endpoints in take requests"
     );
+    assert_eq!(
+        health()[2],
+        "pending",
+        "the mute endpoint's check has not timed out yet"
+    );
+    reached(&["in", "in", "out", "out"]);
 
     // A TCP check: the mute listener accepts connections, so it comes back.
-    let v = stack.dp_version();
-    write_config(
-        &stack.config_path,
-        &format!(
-            "{}\n[[listeners]]\nname = \"checked\"\naddress = \"127.0.0.1:{port}\"\n{}",
-            common::config(&stack.ports, "one"),
-            listener(r#"protocol = "tcp""#)
-        ),
-    );
-    stack.wait_dp_version_above(v);
-    settles(["in", "in", "in", "out"]);
+    change(listener(&[up1, up2, silent, dead], r#"protocol = "tcp""#));
+    reached(&["in", "in", "in", "out"]);
     let check = cluster()["health_check"].clone();
     assert_eq!(
         (&check["protocol"], &check["path"]),
@@ -1427,37 +1443,49 @@ fn endpoints_failing_their_health_checks_get_no_requests() {
         answers(20).iter().all(|&one| !one),
         "a request went to an endpoint out"
     );
-    // The admin API names the endpoints out.
-    let listed = curl(&["-s", &stack.dp_admin("/clusters")]);
-    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    let both = listed["clusters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "both")
-        .unwrap();
-    assert_eq!(both["health_checked"], true);
-    let health: Vec<(String, String)> = both["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            let port = e["address"].as_str().unwrap().rsplit(':').next().unwrap();
-            (port.to_owned(), e["health"].as_str().unwrap().to_owned())
-        })
-        .collect();
-    assert_eq!(
-        health,
-        [
-            (up1.to_string(), "out".to_owned()),
-            (up2.to_string(), "in".to_owned()),
-            (dead.to_string(), "out".to_owned())
-        ]
+    // The admin API names the endpoints out (once their first checks are done).
+    let health = || {
+        let listed = curl(&["-s", &stack.dp_admin("/clusters")]);
+        let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+        let both = listed["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "both")
+            .cloned()
+            .unwrap();
+        assert_eq!(both["health_checked"], true);
+        both["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let port = e["address"].as_str().unwrap().rsplit(':').next().unwrap();
+                (port.to_owned(), e["health"].as_str().unwrap().to_owned())
+            })
+            .collect::<Vec<(String, String)>>()
+    };
+    let want = [
+        (up1.to_string(), "out".to_owned()),
+        (up2.to_string(), "in".to_owned()),
+        (dead.to_string(), "out".to_owned()),
+    ];
+    let wait = std::time::Duration::from_secs(10);
+    assert!(
+        omnirelay_test_support::process::wait_until(wait, || health() == want),
+        "{:?}",
+        health()
     );
-    let failed = stack
-        .dp_metric("omnirelay_health_checks_total{cluster=\"both\",result=\"failed\"}")
-        .unwrap();
-    assert!(failed >= 3.0, "{failed} failed checks");
+    let failed = || {
+        stack
+            .dp_metric("omnirelay_health_checks_total{cluster=\"both\",result=\"failed\"}")
+            .unwrap_or(0.0)
+    };
+    assert!(
+        omnirelay_test_support::process::wait_until(wait, || failed() >= 3.0),
+        "{} failed checks",
+        failed()
+    );
 
     // The check changes: up1 passes it and comes back; the dead address stays out.
     let v = stack.dp_version();

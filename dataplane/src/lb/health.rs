@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 #[derive(Debug)]
 pub struct Health {
     down: Box<[AtomicBool]>,
+    /// Out only until a first check: endpoints new to the cluster.
+    pending: Box<[AtomicBool]>,
     count: AtomicUsize,
 }
 
@@ -17,7 +19,24 @@ impl Health {
     pub fn new(n: usize) -> Self {
         Health {
             down: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            pending: (0..n).map(|_| AtomicBool::new(false)).collect(),
             count: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether endpoint `i` is out because it has not been checked yet.
+    pub fn is_pending(&self, i: usize) -> bool {
+        self.pending.get(i).is_some_and(|p| p.load(Relaxed))
+    }
+
+    /// Marks endpoint `i` as waiting for its first check (`true`: it is taken out too)
+    /// or as checked.
+    pub fn set_pending(&self, i: usize, pending: bool) {
+        if let Some(p) = self.pending.get(i) {
+            p.store(pending, Relaxed);
+            if pending {
+                self.set(i, true);
+            }
         }
     }
 
@@ -72,5 +91,12 @@ mod tests {
         assert!(h.set(2, true) && h.down_count() == 2);
         assert!(h.set(1, false) && !h.is_down(1) && h.down_count() == 1);
         assert!(!h.set(7, true) && !h.is_down(7), "out of range is ignored");
+        h.set_pending(0, true);
+        assert!(h.is_pending(0) && h.is_down(0) && h.down_count() == 2);
+        h.set_pending(0, false);
+        assert!(
+            !h.is_pending(0) && h.is_down(0),
+            "checked, still out until it passes"
+        );
     }
 }

@@ -625,18 +625,30 @@ struct Carried<'a> {
 
 /// A cluster's active health, each endpoint's taken from `before` (the same cluster in the
 /// snapshot before, when it was checked) by address: an endpoint out stays out until its
-/// checks bring it back, one new starts in.
+/// checks bring it back; one new to the checks starts out, pending its first check.
 fn carried_health(lb: &ClusterLb, before: Option<&ClusterLb>) -> Health {
     let health = Health::new(lb.len());
-    if let Some((old, old_health)) = before.and_then(|b| Some((b, b.health()?))) {
-        let down: HashMap<SocketAddr, bool> = old
-            .ids()
-            .filter_map(|id| Some((old.addr(id)?, old_health.is_down(id.index()))))
-            .collect();
-        for id in lb.ids() {
-            if lb.addr(id).is_some_and(|a| down.get(&a) == Some(&true)) {
-                health.set(id.index(), true);
+    // (out, pending) by address.
+    let was: HashMap<SocketAddr, (bool, bool)> = match before {
+        Some(old) => old.health().map_or_else(HashMap::new, |h| {
+            old.ids()
+                .filter_map(|id| {
+                    let i = id.index();
+                    Some((old.addr(id)?, (h.is_down(i), h.is_pending(i))))
+                })
+                .collect()
+        }),
+        None => HashMap::new(),
+    };
+    for id in lb.ids() {
+        let i = id.index();
+        // An endpoint new to the checks waits out for its first one, as in Envoy.
+        match lb.addr(id).and_then(|a| was.get(&a)) {
+            Some(&(down, pending)) => {
+                health.set(i, down);
+                health.set_pending(i, pending);
             }
+            None => health.set_pending(i, true),
         }
     }
     health
@@ -1420,18 +1432,28 @@ mod tests {
         // Without expected statuses, 2xx passes.
         let passes = |p: &Probe| [199, 200, 204, 299, 300, 503].map(|s| p.expects(s));
         assert_eq!(passes(probe), [false, true, true, true, false, false]);
+        // Both start out, pending their first checks; then port 2 passes, 3 fails.
         let health = c.lb.health().unwrap();
-        assert!(health.set(1, true));
+        let states = |h: &crate::lb::Health| {
+            (0..h.len())
+                .map(|i| (h.is_down(i), h.is_pending(i)))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(states(health), [(true, true), (true, true)]);
+        health.set(0, false);
+        health.set_pending(0, false);
+        health.set_pending(1, false);
 
         s.version = 2;
         s.clusters[0].endpoints = vec![endpoint(4), endpoint(3), endpoint(2)];
         let v2 = RuntimeConfig::build_after(&s, &strategies(), Some(&v1)).unwrap();
         let health = v2.clusters[0].lb.health().unwrap();
+        // Port 4 is new: out, pending; 3 stays out, 2 in.
         assert_eq!(
-            (0..3).map(|i| health.is_down(i)).collect::<Vec<_>>(),
-            [false, true, false]
+            states(health),
+            [(true, true), (true, false), (false, false)]
         );
-        assert_eq!(health.down_count(), 1);
+        assert_eq!(health.down_count(), 2);
         // Without a check, no health is kept.
         assert!(
             RuntimeConfig::build(&minimal(), &strategies())
