@@ -3,8 +3,8 @@
 //! interval from one thread of the data plane, and its verdict goes into the running
 //! snapshot's [`Health`] of that cluster, which every worker's picks read.
 //!
-//! An endpoint new to the checks (at start, or added by a config change) is out until its
-//! first check, which comes at once: one pass brings it in, as in Envoy. After that, a
+//! An endpoint new to the checks (at start, added by a config change, or when its cluster
+//! gains its check) is out until its first check, which comes at once: one pass brings it in, as in Envoy. After that, a
 //! response with a status not expected takes it out at once; connect failures and
 //! timeouts count toward `unhealthy_threshold` in a row; `healthy_threshold` passes in a
 //! row bring it back. The checker follows the snapshot: a new version starts checks for
@@ -15,7 +15,10 @@ use std::{
     collections::{HashMap, HashSet},
     hash::{BuildHasher as _, RandomState},
     net::SocketAddr,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU8, Ordering::Relaxed},
+    },
 };
 
 use bytes::BytesMut;
@@ -27,13 +30,24 @@ use tokio::{
 
 use crate::{
     http1::{self, ParseStatus, ResponseHead},
-    lb::{Health, SplitMix64},
+    lb::{Checked, Health, SplitMix64},
     snapshot::{HealthCheckRt, Probe, RuntimeConfig, SnapshotHolder},
     telemetry::Metrics,
 };
 
-/// One endpoint's checks: its cluster, its address and how it is checked.
-type Key = (Arc<str>, SocketAddr, HealthCheckRt);
+/// One endpoint's checks: its cluster, its address, how it is checked, and the snapshot
+/// version from which it has been checked (a new one when it comes back after a break).
+type Key = (Arc<str>, SocketAddr, HealthCheckRt, u64);
+
+/// A running task of one endpoint's checks, and what its last check found (`NONE` before
+/// the first).
+struct Task {
+    handle: JoinHandle<()>,
+    last: Arc<AtomicU8>,
+}
+
+/// [`Task::last`] before any check.
+const NONE: u8 = u8::MAX;
 
 /// Starts the checker's thread, which runs for the life of the process.
 pub fn spawn(holder: Arc<SnapshotHolder>, metrics: Arc<Metrics>) -> std::io::Result<()> {
@@ -57,7 +71,7 @@ pub fn spawn(holder: Arc<SnapshotHolder>, metrics: Arc<Metrics>) -> std::io::Res
 /// Keeps one task per checked endpoint of the running snapshot, looking again at each
 /// swap the holder announces on `swaps` (see [`SnapshotHolder::subscribe`]).
 async fn follow(holder: Arc<SnapshotHolder>, metrics: Arc<Metrics>, swaps: tokio::net::UnixStream) {
-    let mut tasks: HashMap<Key, JoinHandle<()>> = HashMap::new();
+    let mut tasks: HashMap<Key, Task> = HashMap::new();
     let mut seen = 0;
     loop {
         let version = holder.version();
@@ -67,18 +81,28 @@ async fn follow(holder: Arc<SnapshotHolder>, metrics: Arc<Metrics>, swaps: tokio
             tasks.retain(|key, task| {
                 let keep = wanted.contains(key);
                 if !keep {
-                    task.abort();
+                    task.handle.abort();
                 }
                 keep
             });
+            // What a task kept found goes into the new snapshot at once: it was built
+            // from the one before, which a check that ended meanwhile may have missed.
+            for ((cluster, addr, ..), task) in &tasks {
+                if let Some(found) = Checked::decode(task.last.load(Relaxed)) {
+                    with_health(&holder, cluster, *addr, &mut None, |h, i| h.put(i, found));
+                }
+            }
             for key in wanted {
                 if let std::collections::hash_map::Entry::Vacant(place) = tasks.entry(key) {
                     let key = place.key().clone();
-                    place.insert(tokio::spawn(check(
+                    let last = Arc::new(AtomicU8::new(NONE));
+                    let handle = tokio::spawn(check(
                         key,
+                        Arc::clone(&last),
                         Arc::clone(&holder),
                         Arc::clone(&metrics),
-                    )));
+                    ));
+                    place.insert(Task { handle, last });
                 }
             }
         }
@@ -99,9 +123,12 @@ fn checked(cfg: &RuntimeConfig) -> HashSet<Key> {
         .iter()
         .filter_map(|c| Some((c, c.health_check.as_ref()?)))
         .flat_map(|(c, check)| {
-            c.lb.ids()
-                .filter_map(|id| c.lb.addr(id))
-                .map(move |addr| (Arc::clone(&c.name), addr, check.clone()))
+            let since =
+                move |id: crate::lb::EndpointId| c.lb.health().map_or(0, |h| h.since(id.index()));
+            c.lb.ids().filter_map(move |id| {
+                let addr = c.lb.addr(id)?;
+                Some((Arc::clone(&c.name), addr, check.clone(), since(id)))
+            })
         })
         .collect()
 }
@@ -166,6 +193,15 @@ struct State {
 }
 
 impl State {
+    /// What the endpoint is in the snapshot's terms.
+    fn checked(&self) -> Checked {
+        match (self.pending, self.down) {
+            (true, _) => Checked::Pending,
+            (false, true) => Checked::Out,
+            (false, false) => Checked::In,
+        }
+    }
+
     /// Takes one check's `verdict` by `how`'s thresholds; true when the endpoint went
     /// out or came back.
     fn step(&mut self, verdict: &Verdict, how: &HealthCheckRt) -> bool {
@@ -200,18 +236,16 @@ impl State {
 }
 
 /// Checks one endpoint every interval for as long as the task runs, writing its state into
-/// each snapshot that holds it. A task starts from the state the snapshot carries: when a
-/// cluster's check changes, a change the previous task made after that snapshot was built
-/// is found again by the next check.
-async fn check(key: Key, holder: Arc<SnapshotHolder>, metrics: Arc<Metrics>) {
-    let (cluster, addr, how) = key;
+/// each snapshot that holds it, and into `last` for the snapshots to come. A task starts
+/// from the state the snapshot carries: when a cluster's check changes, a change the
+/// previous task made after that snapshot was built is found again by the next check.
+async fn check(key: Key, last: Arc<AtomicU8>, holder: Arc<SnapshotHolder>, metrics: Arc<Metrics>) {
+    let (cluster, addr, how, _) = key;
     let mut place = None;
-    let now = with_health(&holder, &cluster, addr, &mut place, |h, i| {
-        (h.is_down(i), h.is_pending(i))
-    });
-    let (down, pending) = now.unwrap_or_default();
+    let now = with_health(&holder, &cluster, addr, &mut place, |h, i| h.get(i));
+    let pending = now == Some(Checked::Pending);
     let mut state = State {
-        down,
+        down: now.is_some_and(|c| c != Checked::In),
         pending,
         streak: 0,
     };
@@ -245,15 +279,14 @@ async fn check(key: Key, holder: Arc<SnapshotHolder>, metrics: Arc<Metrics>) {
                 }
             }
         }
-        // Written each time, not only on a change: a snapshot swapped in meanwhile holds it
-        // from the next check on.
+        // Written each time, not only on a change; a snapshot swapped in meanwhile gets it
+        // from `follow`, through `last`.
         if first && state.down {
             tracing::warn!(%cluster, endpoint = %addr, ?verdict, "endpoint failed its first health check: stays out");
         }
-        with_health(&holder, &cluster, addr, &mut place, |h, i| {
-            h.set(i, state.down);
-            h.set_pending(i, state.pending);
-        });
+        let found = state.checked();
+        last.store(found as u8, Relaxed);
+        with_health(&holder, &cluster, addr, &mut place, |h, i| h.put(i, found));
         tokio::time::sleep(how.interval).await;
     }
 }

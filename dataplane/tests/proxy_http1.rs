@@ -1257,11 +1257,13 @@ fn a_route_splits_its_requests_over_weighted_clusters() {
 }
 
 /// `expected_statuses` lets an HTTP check pass on a status other than 2xx, an endpoint
-/// added to a cluster waits out for its first check, and a TCP check only connects: up1
-/// answers the check's path `/flaky` with 503, which the check expects (in, and it takes
-/// requests); a mute listener that accepts connections but never answers, added later,
-/// gets no request while its first check waits for its timeout, fails it (out), and
-/// passes the TCP check (in); a dead address is out under both.
+/// new to the checks waits out for its first one, which comes at once (the interval is
+/// 20 s) and brings it in on one pass (the threshold is 3), and a TCP check only
+/// connects: up1 answers the check's path `/flaky` with 503, which the check expects (in,
+/// and it takes requests); a mute listener that accepts connections but never answers,
+/// added later, gets no request while its first check waits for its 10 s timeout, and
+/// when the check turns to TCP, its new first check passes at once; a dead address, added
+/// with it, fails its first check and stays out.
 #[test]
 fn health_checks_expect_statuses_and_tcp_checks_only_connect() {
     require_caps!(Capability::Program("nginx"));
@@ -1285,8 +1287,8 @@ fn health_checks_expect_statuses_and_tcp_checks_only_connect() {
             "routes = [\"checked\"]\n\n\
              [[routes]]\nname = \"checked\"\ncluster = \"four\"\n\n\
              [[clusters]]\nname = \"four\"\nendpoints = [{}]\n\
-             health_check = {{ {check}, interval_ms = 4000, timeout_ms = 3000, \
-             unhealthy_threshold = 2, healthy_threshold = 1 }}\n",
+             health_check = {{ {check}, interval_ms = 20000, timeout_ms = 10000, \
+             unhealthy_threshold = 2, healthy_threshold = 3 }}\n",
             endpoints.join(", ")
         )
     };
@@ -1353,8 +1355,8 @@ fn health_checks_expect_statuses_and_tcp_checks_only_connect() {
     );
 
     // The mute and the dead endpoint join: pending, they get no request meanwhile (one
-    // sent to the mute endpoint would not be answered); the mute one's first check takes
-    // its whole 3 s timeout.
+    // sent to the mute endpoint would not be answered, one to the dead one would count a
+    // connect failure).
     change(listener(&[up1, up2, silent, dead], http));
     let mut conn = std::net::TcpStream::connect(addr).unwrap();
     conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
@@ -1373,13 +1375,14 @@ fn health_checks_expect_statuses_and_tcp_checks_only_connect() {
         "{ones} of 20 requests to up1: both endpoints in take requests"
     );
     assert_eq!(
-        health()[2],
-        "pending",
-        "the mute endpoint's check has not timed out yet"
+        stack.dp_metric("omnirelay_upstream_connect_failures_total{cluster=\"four\"}"),
+        Some(0.0),
+        "a request was sent to the dead endpoint"
     );
-    reached(&["in", "in", "out", "out"]);
+    reached(&["in", "in", "pending", "out"]);
 
-    // A TCP check: the mute listener accepts connections, so it comes back.
+    // A TCP check: the mute endpoint, still pending, is checked again at once, and comes
+    // in (it accepts connections).
     change(listener(&[up1, up2, silent, dead], r#"protocol = "tcp""#));
     reached(&["in", "in", "in", "out"]);
     let check = cluster()["health_check"].clone();

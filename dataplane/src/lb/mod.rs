@@ -91,7 +91,7 @@ use std::fmt;
 
 pub use backoff::{backoff, backoff_ceiling};
 pub use cluster::{ClusterLb, LbError, MAX_ENDPOINTS, Policy};
-pub use health::Health;
+pub use health::{Checked, Health};
 pub use omnirelay_abstractions::topology::hash::{
     hash_ip, hash_key, hash_key_seeded, hash_socket_addr, mix64,
 };

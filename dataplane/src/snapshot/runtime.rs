@@ -16,7 +16,7 @@ use omnirelay_proto::{limits, v1};
 
 use super::RejectReason;
 use crate::{
-    lb::{ClusterLb, Health, OutlierConfig, Policy, RetryBudgetConfig, Strategies},
+    lb::{Checked, ClusterLb, Health, OutlierConfig, Policy, RetryBudgetConfig, Strategies},
     limit::RateLimiter,
     router::{HeaderCondition, HostMatch, PathMatch, RouteMatcher},
 };
@@ -516,6 +516,7 @@ impl RuntimeConfig {
                         .and_then(|w| w.max_requests.as_ref())
                         .map(|m| Arc::clone(&m.count)),
                     health: was.map(|w| &w.lb).filter(|lb| lb.health().is_some()),
+                    version: s.version,
                 };
                 cluster(i, c, strategies, carried).map(Arc::new)
             })
@@ -621,37 +622,30 @@ struct Carried<'a> {
     count: Option<Arc<AtomicU64>>,
     /// Its endpoints and their active health, when it was health-checked.
     health: Option<&'a ClusterLb>,
+    /// The version of the snapshot being built (an endpoint new to the checks is checked
+    /// from it).
+    version: u64,
 }
 
 /// A cluster's active health, each endpoint's taken from `before` (the same cluster in the
 /// snapshot before, when it was checked) by address: an endpoint out stays out until its
 /// checks bring it back; one new to the checks starts out, pending its first check.
-fn carried_health(lb: &ClusterLb, before: Option<&ClusterLb>) -> Health {
-    let health = Health::new(lb.len());
-    // (out, pending) by address.
-    let was: HashMap<SocketAddr, (bool, bool)> = match before {
+fn carried_health(lb: &ClusterLb, before: Option<&ClusterLb>, version: u64) -> Health {
+    // (state, checked since) by address.
+    let was: HashMap<SocketAddr, (Checked, u64)> = match before {
         Some(old) => old.health().map_or_else(HashMap::new, |h| {
             old.ids()
-                .filter_map(|id| {
-                    let i = id.index();
-                    Some((old.addr(id)?, (h.is_down(i), h.is_pending(i))))
-                })
+                .filter_map(|id| Some((old.addr(id)?, (h.get(id.index()), h.since(id.index())))))
                 .collect()
         }),
         None => HashMap::new(),
     };
-    for id in lb.ids() {
-        let i = id.index();
-        // An endpoint new to the checks waits out for its first one, as in Envoy.
-        match lb.addr(id).and_then(|a| was.get(&a)) {
-            Some(&(down, pending)) => {
-                health.set(i, down);
-                health.set_pending(i, pending);
-            }
-            None => health.set_pending(i, true),
-        }
-    }
-    health
+    // An endpoint new to the checks waits out for its first one, as in Envoy.
+    Health::with(lb.ids().map(|id| {
+        lb.addr(id)
+            .and_then(|a| was.get(&a).copied())
+            .unwrap_or((Checked::Pending, version))
+    }))
 }
 
 /// A cluster's health check, checked as the control daemon checks its config (its path
@@ -788,7 +782,7 @@ fn cluster(
     };
     let lb = match health_check {
         Some(_) => {
-            let health = carried_health(&lb, carried.health);
+            let health = carried_health(&lb, carried.health, carried.version);
             lb.with_health(Arc::new(health))
         }
         None => lb,
@@ -1403,7 +1397,8 @@ mod tests {
     }
 
     /// A health-checked cluster carries each endpoint's state to the next snapshot by
-    /// address (one out stays out, one new starts in); the check's host defaults to the
+    /// address (one out stays out, one new starts out, pending, checked from that version;
+    /// one back after a break is new again); the check's host defaults to the
     /// cluster's name; a path or host that would break the request is refused.
     #[test]
     fn health_is_carried_by_address_and_a_bad_check_is_refused() {
@@ -1441,8 +1436,7 @@ mod tests {
         };
         assert_eq!(states(health), [(true, true), (true, true)]);
         health.set(0, false);
-        health.set_pending(0, false);
-        health.set_pending(1, false);
+        health.set(1, true);
 
         s.version = 2;
         s.clusters[0].endpoints = vec![endpoint(4), endpoint(3), endpoint(2)];
@@ -1454,6 +1448,19 @@ mod tests {
             [(true, true), (true, false), (false, false)]
         );
         assert_eq!(health.down_count(), 2);
+        let since = |h: &crate::lb::Health| (0..h.len()).map(|i| h.since(i)).collect::<Vec<_>>();
+        assert_eq!(since(health), [2, 1, 1]);
+        // Port 4, still pending, stays so; port 3 leaves and comes back: new to the checks
+        // again, from the version it came back in.
+        s.version = 3;
+        s.clusters[0].endpoints = vec![endpoint(4), endpoint(2)];
+        let v3 = RuntimeConfig::build_after(&s, &strategies(), Some(&v2)).unwrap();
+        s.version = 4;
+        s.clusters[0].endpoints = vec![endpoint(4), endpoint(3), endpoint(2)];
+        let v4 = RuntimeConfig::build_after(&s, &strategies(), Some(&v3)).unwrap();
+        let health = v4.clusters[0].lb.health().unwrap();
+        assert_eq!(states(health), [(true, true), (true, true), (false, false)]);
+        assert_eq!(since(health), [2, 4, 1]);
         // Without a check, no health is kept.
         assert!(
             RuntimeConfig::build(&minimal(), &strategies())
