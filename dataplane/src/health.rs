@@ -78,6 +78,14 @@ async fn follow(holder: Arc<SnapshotHolder>, metrics: Arc<Metrics>, swaps: tokio
         if version != seen {
             seen = version;
             let wanted: HashSet<Key> = holder.peek(|cfg| cfg.map(checked).unwrap_or_default());
+            // What each task found last, by endpoint and the version it is checked since.
+            let found: HashMap<(Arc<str>, SocketAddr, u64), Checked> = tasks
+                .iter()
+                .filter_map(|((cluster, addr, _, since), task)| {
+                    let found = Checked::decode(task.last.load(Relaxed))?;
+                    Some(((Arc::clone(cluster), *addr, *since), found))
+                })
+                .collect();
             tasks.retain(|key, task| {
                 let keep = wanted.contains(key);
                 if !keep {
@@ -85,10 +93,11 @@ async fn follow(holder: Arc<SnapshotHolder>, metrics: Arc<Metrics>, swaps: tokio
                 }
                 keep
             });
-            // What a task kept found goes into the new snapshot at once: it was built
-            // from the one before, which a check that ended meanwhile may have missed.
-            for ((cluster, addr, ..), task) in &tasks {
-                if let Some(found) = Checked::decode(task.last.load(Relaxed)) {
+            // That goes into the new snapshot at once (for a task whose check changed too,
+            // before the next one starts from it): it was built from the one before, which
+            // a check that ended meanwhile may have missed.
+            for (cluster, addr, _, since) in &wanted {
+                if let Some(&found) = found.get(&(Arc::clone(cluster), *addr, *since)) {
                     with_health(&holder, cluster, *addr, &mut None, |h, i| h.put(i, found));
                 }
             }
@@ -237,8 +246,8 @@ impl State {
 
 /// Checks one endpoint every interval for as long as the task runs, writing its state into
 /// each snapshot that holds it, and into `last` for the snapshots to come. A task starts
-/// from the state the snapshot carries: when a cluster's check changes, a change the
-/// previous task made after that snapshot was built is found again by the next check.
+/// from the state the snapshot holds, into which [`follow`] put what the previous task of
+/// the endpoint (one of an older check) found last.
 async fn check(key: Key, last: Arc<AtomicU8>, holder: Arc<SnapshotHolder>, metrics: Arc<Metrics>) {
     let (cluster, addr, how, _) = key;
     let mut place = None;
