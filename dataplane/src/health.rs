@@ -4,12 +4,13 @@
 //! snapshot's [`Health`] of that cluster, which every worker's picks read.
 //!
 //! An endpoint new to the checks (at start, added by a config change, or when its cluster
-//! gains its check) is out until its first check, which comes at once: one pass brings it in, as in Envoy. After that, a
-//! response with a status not expected takes it out at once; connect failures and
-//! timeouts count toward `unhealthy_threshold` in a row; `healthy_threshold` passes in a
-//! row bring it back. The checker follows the snapshot: a new version starts checks for
-//! new endpoints and stops those of endpoints gone; one whose check changed starts over
-//! from the state the snapshot carried over.
+//! gains its check) is out until its first check, which comes at once: one pass brings it
+//! in, as in Envoy. After that, a response with a status not expected takes it out at
+//! once; connect failures and timeouts count toward `unhealthy_threshold` in a row;
+//! `healthy_threshold` passes in a row bring it back. The checker follows the snapshot: a
+//! new version starts checks for new endpoints and stops those of endpoints gone; one
+//! whose check changed starts over from what the checks before found. At each swap, what
+//! every task found last goes into the new snapshot.
 
 use std::{
     collections::{HashMap, HashSet},

@@ -727,14 +727,8 @@ async fn proxy(
         }
         // Decide whether to retry: within the deadline after the backoff too.
         let replayable = idempotent && body_state.replayable();
-        let delay = crate::lb::backoff(
-            attempts - 1,
-            route.retry.base_backoff,
-            route.retry.max_backoff,
-            &mut || ctx.random(),
-        );
-        let retry_allowed = attempts < max_attempts
-            && done + delay < deadline
+        let wanted = attempts < max_attempts
+            && done < deadline
             && match &result {
                 Err(AttemptError::Connect(_) | AttemptError::ConnectTimeout) => {
                     route.retry.on_connect_failure && (!body_state.started() || replayable)
@@ -748,15 +742,24 @@ async fn proxy(
                 Ok(r) => r.held && route.retry.retries(r.status) && replayable,
                 _ => false,
             };
-        if retry_allowed {
+        let delay = match wanted {
+            true => crate::lb::backoff(
+                attempts - 1,
+                route.retry.base_backoff,
+                route.retry.max_backoff,
+                &mut || ctx.random(),
+            ),
+            false => Duration::ZERO,
+        };
+        if wanted && done + delay < deadline {
             let granted = {
                 let mut b = ctx.balancers.borrow_mut();
                 b.budget_for(cfg, route_idx)
                     .is_some_and(|bud| bud.try_acquire_retry(done))
             };
             if granted {
-                // The held-back response is dropped for the retry: its read buffer goes back to
-                // the pool (the head that points into it first), its connection closes.
+                // The held-back response is dropped for the retry: its read buffer goes back
+                // to the pool (the head that points into it first), its connection closes.
                 if let Ok(AttemptResult {
                     pending: Some((resp, up, buf)),
                     ..
