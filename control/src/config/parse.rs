@@ -307,19 +307,14 @@ fn retry(o: Option<Obj<'_>>) -> Retry {
 /// `retry.statuses`: the statuses `retriable-status-codes` retries on.
 fn retriable_statuses(o: &Obj<'_>) -> Vec<u16> {
     let items = o.array("statuses");
-    if o.is_empty_array("statuses") {
-        o.error("statuses", "empty: name the statuses to retry on");
-    }
-    if items.len() > limits::MAX_RETRIABLE_STATUSES {
-        o.error(
-            "statuses",
-            format!(
-                "{} statuses; at most {}",
-                items.len(),
-                limits::MAX_RETRIABLE_STATUSES
-            ),
-        );
-    }
+    let max = limits::MAX_RETRIABLE_STATUSES;
+    o.check_list_len(
+        "statuses",
+        items.len(),
+        max,
+        "statuses",
+        "name the statuses to retry on",
+    );
     let ok = &limits::RETRIABLE_STATUSES;
     let mut seen: Vec<u16> = Vec::new();
     items
@@ -558,19 +553,14 @@ fn redirect(o: Obj<'_>) -> Redirect {
 
 fn weighted_clusters(o: &Obj<'_>) -> Vec<WeightedCluster> {
     let items = o.tables("weighted_clusters");
-    if o.is_empty_array("weighted_clusters") {
-        o.error("weighted_clusters", "empty: name at least one cluster");
-    }
-    if items.len() > limits::MAX_WEIGHTED_CLUSTERS {
-        o.error(
-            "weighted_clusters",
-            format!(
-                "{} clusters; at most {}",
-                items.len(),
-                limits::MAX_WEIGHTED_CLUSTERS
-            ),
-        );
-    }
+    let max = limits::MAX_WEIGHTED_CLUSTERS;
+    o.check_list_len(
+        "weighted_clusters",
+        items.len(),
+        max,
+        "clusters",
+        "name at least one cluster",
+    );
     let mut split: Vec<WeightedCluster> = Vec::new();
     for w in items {
         let name = w.str("name").unwrap_or_default();
@@ -903,23 +893,13 @@ fn http_check(o: &Obj<'_>) -> (String, String, Vec<(u16, u16)>) {
 /// `expected_statuses`: statuses (`204`) and inclusive ranges (`"200-299"`).
 fn expected_statuses(o: &Obj<'_>) -> Vec<(u16, u16)> {
     let items = o.array("expected_statuses");
-    let key = "expected_statuses";
-    if o.is_empty_array(key) {
-        o.error(
-            key,
-            "empty: list the statuses that pass, or leave it out for 200-299",
-        );
-    }
-    if items.len() > limits::MAX_EXPECTED_STATUS_RANGES {
-        o.error(
-            key,
-            format!(
-                "{} entries; at most {}",
-                items.len(),
-                limits::MAX_EXPECTED_STATUS_RANGES
-            ),
-        );
-    }
+    o.check_list_len(
+        "expected_statuses",
+        items.len(),
+        limits::MAX_EXPECTED_STATUS_RANGES,
+        "entries",
+        "list the statuses that pass, or leave it out for 200-299",
+    );
     let ok = &limits::EXPECTABLE_STATUSES;
     items
         .into_iter()

@@ -220,12 +220,27 @@ impl<'a> Obj<'a> {
         self.table.contains_key(key)
     }
 
-    /// Whether `key` holds an empty array (read or not).
-    pub(crate) fn is_empty_array(&self, key: &str) -> bool {
-        self.table
+    /// Records an error at `key` when it holds an empty array (`empty: {when_empty}`), or
+    /// an array of more than `max` items (`len` of them, `{len} {items}; at most {max}`).
+    pub(crate) fn check_list_len(
+        &self,
+        key: &str,
+        len: usize,
+        max: usize,
+        items: &str,
+        when_empty: &str,
+    ) {
+        let empty = self
+            .table
             .get(key)
             .and_then(Value::as_array)
-            .is_some_and(Vec::is_empty)
+            .is_some_and(Vec::is_empty);
+        if empty {
+            self.error(key, format!("empty: {when_empty}"));
+        }
+        if len > max {
+            self.error(key, format!("{len} {items}; at most {max}"));
+        }
     }
 
     /// Marks `key` read without reading it (a field whose errors would only repeat
