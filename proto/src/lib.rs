@@ -12,6 +12,72 @@ pub mod v1 {
     tonic::include_proto!("omnirelay.v1");
 }
 
+/// The names of the features a snapshot may require (`required_capabilities`): the
+/// control daemon names those a config uses, a data plane refuses a snapshot requiring one
+/// it does not know.
+pub mod capability {
+    /// HTTP/1.1 proxying (every snapshot requires it).
+    pub const HTTP1: &str = "http1";
+    /// Round-robin balancing.
+    pub const LB_ROUND_ROBIN: &str = "lb.round_robin";
+    /// Least-request balancing.
+    pub const LB_LEAST_REQUEST: &str = "lb.least_request";
+    /// Ring-hash balancing.
+    pub const LB_RING_HASH: &str = "lb.ring_hash";
+    /// Rendezvous balancing.
+    pub const LB_RENDEZVOUS: &str = "lb.rendezvous";
+    /// A listener's `replace_request_id`.
+    pub const LISTENER_REPLACE_REQUEST_ID: &str = "listener.replace_request_id";
+    /// A listener's `merge_slashes`.
+    pub const LISTENER_MERGE_SLASHES: &str = "listener.merge_slashes";
+    /// A route's prefix or host rewrite.
+    pub const ROUTE_REWRITE: &str = "route.rewrite";
+    /// A cluster's `max_requests` circuit breaker.
+    pub const CLUSTER_MAX_REQUESTS: &str = "cluster.max_requests";
+    /// A route's request or response header edits.
+    pub const ROUTE_HEADER_EDITS: &str = "route.header_edits";
+    /// A route's own fixed response.
+    pub const ROUTE_DIRECT_RESPONSE: &str = "route.direct_response";
+    /// A route's own redirect.
+    pub const ROUTE_REDIRECT: &str = "route.redirect";
+    /// A route's split over weighted clusters.
+    pub const ROUTE_WEIGHTED_CLUSTERS: &str = "route.weighted_clusters";
+    /// A cluster's active health checks.
+    pub const CLUSTER_HEALTH_CHECK: &str = "cluster.health_check";
+    /// A route's rate limit.
+    pub const ROUTE_RATE_LIMIT: &str = "route.rate_limit";
+    /// A TCP health check.
+    pub const CLUSTER_HEALTH_CHECK_TCP: &str = "cluster.health_check_tcp";
+    /// A health check's expected statuses.
+    pub const CLUSTER_HEALTH_CHECK_STATUSES: &str = "cluster.health_check_statuses";
+    /// A split picked by the route's hash.
+    pub const ROUTE_SPLIT_BY_HASH: &str = "route.split_by_hash";
+    /// Retries on gateway errors or named statuses.
+    pub const ROUTE_RETRY_STATUSES: &str = "route.retry_statuses";
+    /// Every one this release's data plane implements.
+    pub const ALL: &[&str] = &[
+        HTTP1,
+        LB_ROUND_ROBIN,
+        LB_LEAST_REQUEST,
+        LB_RING_HASH,
+        LB_RENDEZVOUS,
+        LISTENER_REPLACE_REQUEST_ID,
+        LISTENER_MERGE_SLASHES,
+        ROUTE_REWRITE,
+        CLUSTER_MAX_REQUESTS,
+        ROUTE_HEADER_EDITS,
+        ROUTE_DIRECT_RESPONSE,
+        ROUTE_REDIRECT,
+        ROUTE_WEIGHTED_CLUSTERS,
+        CLUSTER_HEALTH_CHECK,
+        ROUTE_RATE_LIMIT,
+        CLUSTER_HEALTH_CHECK_TCP,
+        CLUSTER_HEALTH_CHECK_STATUSES,
+        ROUTE_SPLIT_BY_HASH,
+        ROUTE_RETRY_STATUSES,
+    ];
+}
+
 /// Bounds of snapshot values that the control daemon checks when it reads the config and
 /// each data plane checks again when it takes a snapshot (whatever signed it).
 pub mod limits {

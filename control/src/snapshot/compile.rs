@@ -1,19 +1,19 @@
 //! Compiles a validated [`Config`] into the wire [`Snapshot`](v1::Snapshot): names become indices, defaults
 //! are resolved, so the data plane only does lookups.
 
-use omnirelay_proto::v1;
+use omnirelay_proto::{capability, v1};
 
 use crate::config::{self, Config, HashOn, HeaderCondition, LbPolicy, PathMatch};
 
 /// Capabilities a data plane needs to apply the snapshot compiled from `config`.
 pub fn required_capabilities(config: &Config) -> Vec<String> {
-    let mut caps = vec!["http1".to_owned()];
+    let mut caps = vec![capability::HTTP1.to_owned()];
     for c in &config.clusters {
         let cap = match c.lb {
-            LbPolicy::RoundRobin => "lb.round_robin",
-            LbPolicy::LeastRequest => "lb.least_request",
-            LbPolicy::RingHash => "lb.ring_hash",
-            LbPolicy::Rendezvous => "lb.rendezvous",
+            LbPolicy::RoundRobin => capability::LB_ROUND_ROBIN,
+            LbPolicy::LeastRequest => capability::LB_LEAST_REQUEST,
+            LbPolicy::RingHash => capability::LB_RING_HASH,
+            LbPolicy::Rendezvous => capability::LB_RENDEZVOUS,
         };
         if !caps.iter().any(|x| x == cap) {
             caps.push(cap.to_owned());
@@ -21,11 +21,11 @@ pub fn required_capabilities(config: &Config) -> Vec<String> {
     }
     // A data plane that would keep the clients' ids must not take such a snapshot.
     if config.listeners.iter().any(|l| !l.preserve_request_id) {
-        caps.push("listener.replace_request_id".to_owned());
+        caps.push(capability::LISTENER_REPLACE_REQUEST_ID.to_owned());
     }
     // One that would not limit them would let a cluster be flooded.
     if config.clusters.iter().any(|c| c.max_requests > 0) {
-        caps.push("cluster.max_requests".to_owned());
+        caps.push(capability::CLUSTER_MAX_REQUESTS.to_owned());
     }
     // One that would not edit them would pass on fields meant to be removed.
     if config
@@ -33,7 +33,7 @@ pub fn required_capabilities(config: &Config) -> Vec<String> {
         .iter()
         .any(|r| !r.request_headers.is_empty() || !r.response_headers.is_empty())
     {
-        caps.push("route.header_edits".to_owned());
+        caps.push(capability::ROUTE_HEADER_EDITS.to_owned());
     }
     // One that would not rewrite would send requests where they were not meant to go.
     if config
@@ -41,15 +41,15 @@ pub fn required_capabilities(config: &Config) -> Vec<String> {
         .iter()
         .any(|r| r.rewrite != config::Rewrite::default())
     {
-        caps.push("route.rewrite".to_owned());
+        caps.push(capability::ROUTE_REWRITE.to_owned());
     }
     // One that does not know it would not limit the route.
     if config.routes.iter().any(|r| r.rate_limit.is_some()) {
-        caps.push("route.rate_limit".to_owned());
+        caps.push(capability::ROUTE_RATE_LIMIT.to_owned());
     }
     // One that does not know them would never take an endpoint out.
     if config.clusters.iter().any(|c| c.health_check.is_some()) {
-        caps.push("cluster.health_check".to_owned());
+        caps.push(capability::CLUSTER_HEALTH_CHECK.to_owned());
     }
     let checks = || {
         config
@@ -60,10 +60,10 @@ pub fn required_capabilities(config: &Config) -> Vec<String> {
     // One that does not know them would send GETs with an empty path (and refuse the
     // snapshot), or take out endpoints that answer an expected status.
     if checks().any(|h| h.protocol == config::HealthCheckProtocol::Tcp) {
-        caps.push("cluster.health_check_tcp".to_owned());
+        caps.push(capability::CLUSTER_HEALTH_CHECK_TCP.to_owned());
     }
     if checks().any(|h| !h.expected_statuses.is_empty()) {
-        caps.push("cluster.health_check_statuses".to_owned());
+        caps.push(capability::CLUSTER_HEALTH_CHECK_STATUSES.to_owned());
     }
     // One that does not know them would send the route to cluster 0.
     if config
@@ -71,7 +71,7 @@ pub fn required_capabilities(config: &Config) -> Vec<String> {
         .iter()
         .any(|r| !r.weighted_clusters.is_empty())
     {
-        caps.push("route.weighted_clusters".to_owned());
+        caps.push(capability::ROUTE_WEIGHTED_CLUSTERS.to_owned());
     }
     // One that does not know them would forward those answers without a retry.
     if config
@@ -79,29 +79,29 @@ pub fn required_capabilities(config: &Config) -> Vec<String> {
         .iter()
         .any(|r| r.retry.on_gateway_error || !r.retry.statuses.is_empty())
     {
-        caps.push("route.retry_statuses".to_owned());
+        caps.push(capability::ROUTE_RETRY_STATUSES.to_owned());
     }
     // One that does not know it would draw at random.
     if config.routes.iter().any(|r| r.split_by_hash) {
-        caps.push("route.split_by_hash".to_owned());
+        caps.push(capability::ROUTE_SPLIT_BY_HASH.to_owned());
     }
     if config
         .routes
         .iter()
         .any(|r| matches!(r.answer, Some(config::Answer::Direct(_))))
     {
-        caps.push("route.direct_response".to_owned());
+        caps.push(capability::ROUTE_DIRECT_RESPONSE.to_owned());
     }
     if config
         .routes
         .iter()
         .any(|r| matches!(r.answer, Some(config::Answer::Redirect(_))))
     {
-        caps.push("route.redirect".to_owned());
+        caps.push(capability::ROUTE_REDIRECT.to_owned());
     }
     // One that would not merge them would route `//admin` apart from `/admin`.
     if config.listeners.iter().any(|l| l.merge_slashes) {
-        caps.push("listener.merge_slashes".to_owned());
+        caps.push(capability::LISTENER_MERGE_SLASHES.to_owned());
     }
     caps
 }

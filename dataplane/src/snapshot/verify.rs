@@ -7,27 +7,7 @@ use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 
 /// Features this data plane implements; a snapshot requiring anything else is rejected.
-pub const CAPABILITIES: &[&str] = &[
-    "http1",
-    "lb.round_robin",
-    "lb.least_request",
-    "lb.ring_hash",
-    "lb.rendezvous",
-    "listener.replace_request_id",
-    "listener.merge_slashes",
-    "route.rewrite",
-    "cluster.max_requests",
-    "route.header_edits",
-    "route.direct_response",
-    "route.redirect",
-    "route.weighted_clusters",
-    "cluster.health_check",
-    "route.rate_limit",
-    "cluster.health_check_tcp",
-    "cluster.health_check_statuses",
-    "route.split_by_hash",
-    "route.retry_statuses",
-];
+pub const CAPABILITIES: &[&str] = omnirelay_proto::capability::ALL;
 
 /// Largest signed snapshot accepted (bytes).
 pub const MAX_SNAPSHOT_BYTES: usize = 64 << 20;
