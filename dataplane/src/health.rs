@@ -11,6 +11,13 @@
 //! new version starts checks for new endpoints and stops those of endpoints gone; one
 //! whose check changed starts over from what the checks before found. At each swap, what
 //! every task found last goes into the new snapshot.
+//!
+//! A checked cluster none of whose endpoints has been checked yet (a new one, one that
+//! gained its check, or any at start) is warmed first, as Envoy warms a new cluster:
+//! [`warm`] runs the first checks of its endpoints before the snapshot is swapped in,
+//! so the cluster starts with its dead endpoints out rather than with all of them pending
+//! (which would send requests to all, as in panic mode, and then all to the first that
+//! passes).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -20,6 +27,7 @@ use std::{
         Arc,
         atomic::{AtomicU8, Ordering::Relaxed},
     },
+    time::{Duration, Instant},
 };
 
 use bytes::BytesMut;
@@ -49,6 +57,113 @@ struct Task {
 
 /// [`Task::last`] before any check.
 const NONE: u8 = u8::MAX;
+
+/// The longest a snapshot waits for the warming checks of its new clusters; endpoints
+/// that have not answered by then stay pending, and the checker goes on with them.
+pub const WARM_LIMIT: Duration = Duration::from_secs(5);
+
+/// The warmer of the data plane's [`SnapshotHolder`](crate::snapshot::SnapshotHolder):
+/// [`warm`], counting its checks in `metrics`.
+pub fn warmer(metrics: Arc<Metrics>) -> crate::snapshot::Warmer {
+    crate::snapshot::Warmer::new(move |cfg| warm(cfg, &metrics))
+}
+
+/// Runs the first checks of every endpoint of each checked cluster of `cfg` whose
+/// endpoints all wait for them, all at once, and writes what they find into `cfg` (not
+/// yet swapped in). Each check is bounded by its own timeout, all of them by
+/// [`WARM_LIMIT`]. Blocks the calling thread meanwhile (the checks run on a runtime of
+/// their own, so any thread may call it).
+pub fn warm(cfg: &RuntimeConfig, metrics: &Metrics) {
+    let firsts: Vec<(usize, usize, SocketAddr, HealthCheckRt)> = cfg
+        .clusters
+        .iter()
+        .enumerate()
+        .filter_map(|(at, c)| Some((at, c, c.health_check.as_ref()?, c.lb.health()?)))
+        .filter(|(.., h)| !h.is_empty() && (0..h.len()).all(|i| h.is_pending(i)))
+        .flat_map(|(at, c, how, _)| {
+            c.lb.ids()
+                .filter_map(move |id| Some((at, id.index(), c.lb.addr(id)?, how.clone())))
+        })
+        .collect();
+    if firsts.is_empty() {
+        return;
+    }
+    let started = Instant::now();
+    let checks: Vec<(SocketAddr, HealthCheckRt)> = firsts
+        .iter()
+        .map(|(.., addr, how)| (*addr, how.clone()))
+        .collect();
+    let verdicts = std::thread::scope(|s| {
+        let run = s.spawn(|| first_checks(checks));
+        run.join().unwrap_or_default()
+    });
+    let mut done = 0;
+    for ((at, i, addr, how), verdict) in firsts.iter().zip(verdicts) {
+        let (Some(verdict), Some(health)) = (verdict, cfg.clusters[*at].lb.health()) else {
+            continue;
+        };
+        let cluster = &cfg.clusters[*at].name;
+        metrics.health_checked(cluster, matches!(verdict, Verdict::Passed));
+        let mut state = State {
+            down: true,
+            pending: true,
+            streak: 0,
+        };
+        state.step(&verdict, how);
+        log_first(cluster, *addr, &verdict, &state);
+        health.put(*i, state.checked());
+        done += 1;
+    }
+    tracing::info!(
+        version = cfg.version,
+        endpoints = firsts.len(),
+        checked = done,
+        took_ms = started.elapsed().as_millis() as u64,
+        "new health-checked clusters warmed before the snapshot is swapped in"
+    );
+}
+
+/// One check of each of `checks`, all at once, on a runtime of this thread's own; what
+/// each found by [`WARM_LIMIT`] (`None`: no verdict by then).
+fn first_checks(checks: Vec<(SocketAddr, HealthCheckRt)>) -> Vec<Option<Verdict>> {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::warn!("new clusters not warmed (no runtime for their checks): {e}");
+            return Vec::new();
+        }
+    };
+    let n = checks.len();
+    runtime.block_on(async move {
+        let mut found: Vec<Option<Verdict>> = std::iter::repeat_with(|| None).take(n).collect();
+        let mut running = tokio::task::JoinSet::new();
+        for (at, (addr, how)) in checks.into_iter().enumerate() {
+            running.spawn(async move { (at, probe(addr, &how).await) });
+        }
+        let by = tokio::time::Instant::now() + WARM_LIMIT;
+        loop {
+            match tokio::time::timeout_at(by, running.join_next()).await {
+                Ok(Some(Ok((at, verdict)))) => found[at] = Some(verdict),
+                // A check that panicked leaves its endpoint pending.
+                Ok(Some(Err(_))) => {}
+                // All done, or out of time (the rest are dropped with the runtime).
+                Ok(None) | Err(_) => return found,
+            }
+        }
+    })
+}
+
+/// Logs what an endpoint's first check found (`state`: after it).
+fn log_first(cluster: &str, addr: SocketAddr, verdict: &Verdict, state: &State) {
+    if state.down {
+        tracing::warn!(%cluster, endpoint = %addr, ?verdict, "endpoint failed its first health check: stays out");
+    } else {
+        tracing::info!(%cluster, endpoint = %addr, "endpoint passed its first health check: in");
+    }
+}
 
 /// Starts the checker's thread, which runs for the life of the process.
 pub fn spawn(holder: Arc<SnapshotHolder>, metrics: Arc<Metrics>) -> std::io::Result<()> {
@@ -273,11 +388,11 @@ async fn check(key: Key, last: Arc<AtomicU8>, holder: Arc<SnapshotHolder>, metri
         let verdict = probe(addr, &how).await;
         metrics.health_checked(&cluster, matches!(verdict, Verdict::Passed));
         let first = state.pending;
-        if state.step(&verdict, &how) {
+        let changed = state.step(&verdict, &how);
+        if first {
+            log_first(&cluster, addr, &verdict, &state);
+        } else if changed {
             match &verdict {
-                Verdict::Passed if first => {
-                    tracing::info!(%cluster, endpoint = %addr, "endpoint passed its first health check: in");
-                }
                 Verdict::Passed => {
                     tracing::info!(%cluster, endpoint = %addr, "endpoint passed its health checks: back in");
                 }
@@ -291,9 +406,6 @@ async fn check(key: Key, last: Arc<AtomicU8>, holder: Arc<SnapshotHolder>, metri
         }
         // Written each time, not only on a change; a snapshot swapped in meanwhile gets it
         // from `follow`, through `last`.
-        if first && state.down {
-            tracing::warn!(%cluster, endpoint = %addr, ?verdict, "endpoint failed its first health check: stays out");
-        }
         let found = state.checked();
         last.store(found as u8, Relaxed);
         with_health(&holder, &cluster, addr, &mut place, |h, i| h.put(i, found));
@@ -352,8 +464,14 @@ async fn status_of(addr: SocketAddr, path: &str, host: &str) -> std::io::Result<
 mod tests {
     use std::time::Duration;
 
-    use super::{State, Verdict};
-    use crate::snapshot::{HealthCheckRt, Probe};
+    use omnirelay_proto::v1;
+
+    use super::{State, Verdict, warm};
+    use crate::{
+        lb::{Checked, test_util::strategies},
+        snapshot::{HealthCheckRt, Probe, RuntimeConfig},
+        telemetry::Metrics,
+    };
 
     fn how(unhealthy_threshold: u32, healthy_threshold: u32) -> HealthCheckRt {
         HealthCheckRt {
@@ -431,5 +549,65 @@ mod tests {
         assert!(!s.step(&Verdict::Refused(503), &how), "already out");
         assert!(s.step(&Verdict::Passed, &how));
         assert!(!s.down);
+    }
+
+    /// A cluster whose endpoints all wait for their first checks is warmed: after [`warm`]
+    /// a live endpoint is in and a dead one out. One with an endpoint checked already is
+    /// not: its new endpoint stays pending, for the checker.
+    #[test]
+    fn warming_checks_the_endpoints_of_new_clusters_only() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let live = listener.local_addr().unwrap().port();
+        let dead = {
+            let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            gone.local_addr().unwrap().port()
+        };
+        let snapshot = |version: u64, ports: &[u16]| v1::Snapshot {
+            version,
+            listeners: vec![v1::Listener {
+                name: "l".into(),
+                address: "127.0.0.1:1".into(),
+                ..Default::default()
+            }],
+            routes: vec![v1::Route {
+                name: "r".into(),
+                path: Some(v1::route::Path::Prefix("/".into())),
+                ..Default::default()
+            }],
+            clusters: vec![v1::Cluster {
+                name: "c".into(),
+                endpoints: ports
+                    .iter()
+                    .map(|p| v1::Endpoint {
+                        address: format!("127.0.0.1:{p}"),
+                        weight: 1,
+                    })
+                    .collect(),
+                health_check: Some(v1::HealthCheck {
+                    protocol: v1::HealthCheckProtocol::Tcp as i32,
+                    interval_ms: 1000,
+                    timeout_ms: 500,
+                    unhealthy_threshold: 3,
+                    healthy_threshold: 2,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let states = |cfg: &RuntimeConfig| {
+            let h = cfg.clusters[0].lb.health().unwrap();
+            (0..h.len()).map(|i| h.get(i)).collect::<Vec<_>>()
+        };
+        let metrics = Metrics::default();
+        let first = RuntimeConfig::build(&snapshot(1, &[live, dead]), &strategies()).unwrap();
+        assert_eq!(states(&first), [Checked::Pending, Checked::Pending]);
+        warm(&first, &metrics);
+        assert_eq!(states(&first), [Checked::In, Checked::Out]);
+
+        let next = snapshot(2, &[live, dead, live + 1]);
+        let next = RuntimeConfig::build_after(&next, &strategies(), Some(&first)).unwrap();
+        warm(&next, &metrics);
+        assert_eq!(states(&next), [Checked::In, Checked::Out, Checked::Pending]);
     }
 }

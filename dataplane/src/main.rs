@@ -151,7 +151,12 @@ fn main() -> anyhow::Result<()> {
     };
     let verifier =
         SnapshotVerifier::from_hex(&key_text).map_err(|e| anyhow::anyhow!("--public-key: {e}"))?;
-    let holder = Arc::new(SnapshotHolder::new(verifier, providers()));
+    let metrics = Arc::new(Metrics::default());
+    // New health-checked clusters are warmed before their snapshot is swapped in.
+    let holder = Arc::new(
+        SnapshotHolder::new(verifier, providers())
+            .with_warmer(health::warmer(Arc::clone(&metrics))),
+    );
 
     if let Some(path) = &cli.snapshot_file {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -209,7 +214,6 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    let metrics = Arc::new(Metrics::default());
     let access_log = match cli.access_log.as_str() {
         "off" => AccessLog::disabled(Arc::clone(&metrics)),
         "-" => AccessLog::start(Box::new(std::io::stdout()), 8192, Arc::clone(&metrics))?,

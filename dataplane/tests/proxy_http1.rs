@@ -1392,6 +1392,86 @@ fn health_checks_expect_statuses_and_tcp_checks_only_connect() {
     );
 }
 
+/// A new health-checked cluster is warmed before its snapshot is swapped in (as Envoy
+/// warms a new cluster): when the version that adds it is current, the first checks of
+/// its endpoints are done, so a dead endpoint and a mute one (which never answers: out
+/// at its check's 1 s timeout) are out from the first request, and every request goes to
+/// the live one. Without warming all three would be pending then, and requests would go
+/// to all of them (panic mode).
+#[test]
+fn a_new_checked_cluster_starts_with_its_first_checks_done() {
+    require_caps!(Capability::Program("nginx"));
+    let stack = Stack::start();
+    let port = free_port();
+    let dead = free_port();
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = mute.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        // Holds what it accepts, unanswered, for the rest of the test (bounded).
+        let held: Vec<_> = mute.incoming().take(100).collect();
+        drop(held);
+    });
+    let up2 = stack.ports.up2;
+    let addr = stack.add_listener(
+        "warmed",
+        &format!("127.0.0.1:{port}"),
+        &format!(
+            "routes = [\"warmed\"]\n\n\
+             [[routes]]\nname = \"warmed\"\ncluster = \"new\"\n\n\
+             [[clusters]]\nname = \"new\"\n\
+             endpoints = [\"127.0.0.1:{dead}\", \"127.0.0.1:{silent}\", \"127.0.0.1:{up2}\"]\n\
+             health_check = {{ path = \"/who\", interval_ms = 20000, timeout_ms = 1000 }}\n"
+        ),
+        port,
+    );
+    // Read at once: nothing is pending.
+    let listed = curl(&["-s", &stack.dp_admin("/clusters")]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let health: Vec<&str> = listed["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "new")
+        .unwrap()["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["health"].as_str().unwrap())
+        .collect();
+    assert_eq!(health, ["out", "out", "in"]);
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    for _ in 0..20 {
+        let got = exchange(&mut conn, "GET /who HTTP/1.1\r\nhost: a\r\n\r\n", |got| {
+            got.ends_with(b"one\n") || got.ends_with(b"two\n")
+        });
+        assert!(
+            got.starts_with("HTTP/1.1 200 ") && got.ends_with("two\n"),
+            "{got}"
+        );
+    }
+    assert_eq!(
+        stack.dp_metric("omnirelay_upstream_connect_failures_total{cluster=\"new\"}"),
+        Some(0.0),
+        "a request was sent to the dead endpoint"
+    );
+    // The warming checks are counted (the next ones come within the 20 s interval).
+    let checks = |result: &str| {
+        stack
+            .dp_metric(&format!(
+                "omnirelay_health_checks_total{{cluster=\"new\",result=\"{result}\"}}"
+            ))
+            .unwrap_or(0.0)
+    };
+    assert!(
+        checks("passed") >= 1.0 && checks("failed") >= 2.0,
+        "{} passed, {} failed",
+        checks("passed"),
+        checks("failed")
+    );
+}
+
 /// A cluster's `health_check` takes out the endpoints that fail it, and requests go to
 /// the others: up1 answers the check's path `/flaky` with 503 (out at once), a dead
 /// address refuses connections (out after two checks), up2 passes. With the path changed

@@ -37,6 +37,26 @@ pub struct SnapshotHolder {
     apply: Mutex<()>,
     /// Write ends of the sockets handed out by [`SnapshotHolder::subscribe`].
     watchers: Mutex<Vec<UnixStream>>,
+    /// Runs on each compiled snapshot before it is swapped in.
+    warmer: Option<Warmer>,
+}
+
+/// Work done on a compiled snapshot before it is swapped in, while the one before keeps
+/// serving (the data plane's binary warms new health-checked clusters with it; see
+/// [`SnapshotHolder::with_warmer`]).
+pub struct Warmer(Box<dyn Fn(&RuntimeConfig) + Send + Sync>);
+
+impl Warmer {
+    /// A warmer that runs `f`.
+    pub fn new(f: impl Fn(&RuntimeConfig) + Send + Sync + 'static) -> Self {
+        Warmer(Box::new(f))
+    }
+}
+
+impl std::fmt::Debug for Warmer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Warmer")
+    }
 }
 
 impl SnapshotHolder {
@@ -51,7 +71,15 @@ impl SnapshotHolder {
             applied: AtomicU64::new(0),
             apply: Mutex::new(()),
             watchers: Mutex::new(Vec::new()),
+            warmer: None,
         }
+    }
+
+    /// The holder, running `warmer` on each compiled snapshot before it is swapped in
+    /// (the snapshot's version becomes current only after it).
+    pub fn with_warmer(mut self, warmer: Warmer) -> Self {
+        self.warmer = Some(warmer);
+        self
     }
 
     /// The current snapshot (one atomic load and reference-count increment).
@@ -122,6 +150,9 @@ impl SnapshotHolder {
         let prev = self.current.load_full();
         let compiled = RuntimeConfig::build_after(snapshot, &self.strategies, prev.as_deref())?;
         let version = compiled.version;
+        if let Some(warmer) = &self.warmer {
+            (warmer.0)(&compiled);
+        }
         self.current.store(Some(Arc::new(compiled)));
         self.notify();
         Ok(version)
