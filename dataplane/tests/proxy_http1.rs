@@ -296,7 +296,8 @@ fn a_5xx_is_retried_on_another_endpoint_and_forwarded_when_retries_run_out() {
 }
 
 /// `retry.on = ["retriable-status-codes"]` with `statuses = [409]`: up2's 409 is held back
-/// and retried on up1, or, with no retry left in the budget, forwarded whole; `"gateway-error"`
+/// and retried on up1, or, with no retry left in the budget, forwarded whole (its upstream
+/// connection then goes back to the pool); `"gateway-error"`
 /// retries up1's 503 on up2 but forwards up2's 409, which it does not name.
 #[test]
 fn named_statuses_and_gateway_errors_are_retried() {
@@ -348,10 +349,24 @@ fn named_statuses_and_gateway_errors_are_retried() {
         ),
     );
     let v = stack.wait_dp_version_above(v);
-    let answers: Vec<_> = (0..8).map(|_| get(&stack.url("/conflict"))).collect();
+    let opened = || {
+        stack
+            .dp_metric("omnirelay_upstream_connections_opened_total{cluster=\"both\"}")
+            .unwrap_or(0.0)
+    };
+    let before = opened();
+    let answers: Vec<_> = (0..16).map(|_| get(&stack.url("/conflict"))).collect();
     assert!(
         answers.contains(&(409, b"busy two\n".to_vec())),
         "{answers:?}"
+    );
+    // A forwarded 409 leaves its connection in the pool, as any response does: at most
+    // one new connection per endpoint and worker (2), where a closed one would take one
+    // per 409.
+    let new = opened() - before;
+    assert!(
+        new <= 4.0,
+        "{new} upstream connections opened for 16 requests"
     );
     assert!(
         answers

@@ -777,9 +777,19 @@ async fn proxy(
         return match result {
             Ok(mut r) => {
                 if r.held {
-                    // A held-back response whose retry was not allowed: forward it now.
+                    // A held-back response whose retry was not allowed: forward it now; its
+                    // connection goes back to the pool as any other's would.
                     let reply = reply_for(head, ctx, &body_state, response_headers);
-                    r = forward_pending(ctx, ds, r, reply, deadline, timer).await;
+                    let reusable;
+                    (r, reusable) = forward_pending(ctx, ds, r, reply, deadline, timer).await;
+                    if let Some(up) = reusable.filter(|_| !body_state.unread()) {
+                        ctx.pool.borrow_mut().put(
+                            addr,
+                            up,
+                            cluster.max_idle_per_endpoint,
+                            r.finished,
+                        );
+                    }
                 }
                 Summary {
                     status: r.status,
@@ -1112,8 +1122,9 @@ fn send_error(e: body::SendError, closed: AttemptError) -> AttemptError {
     }
 }
 
-/// Forwards a held-back response (its connection is not reused), by the request's
-/// deadline like any response; its read buffer goes back to the pool.
+/// Forwards a held-back response, by the request's deadline like any response; its read
+/// buffer goes back to the pool, and its connection is handed back when it can carry
+/// another request (the caller decides whether the request's side allows that).
 async fn forward_pending(
     ctx: &WorkerCtx,
     ds: &mut Downstream,
@@ -1121,9 +1132,10 @@ async fn forward_pending(
     reply: body::Reply<'_>,
     deadline: Instant,
     timer: &mut Timer<'_>,
-) -> AttemptResult {
+) -> (AttemptResult, Option<TcpStream>) {
+    let mut reusable = None;
     if let Some((resp, mut up, up_buf)) = r.pending.take() {
-        let (bytes, keep, _) = body::relay_response(
+        let (bytes, keep, reuse) = body::relay_response(
             ctx,
             resp,
             reply,
@@ -1137,9 +1149,10 @@ async fn forward_pending(
         r.bytes_out = bytes;
         r.client_keep_alive = keep;
         r.finished = Instant::now();
+        reusable = reuse.then_some(up);
     }
     r.held = false;
-    r
+    (r, reusable)
 }
 
 #[cfg(test)]
