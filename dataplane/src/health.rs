@@ -469,7 +469,7 @@ mod tests {
     use super::{State, Verdict, warm};
     use crate::{
         lb::{Checked, test_util::strategies},
-        snapshot::{HealthCheckRt, Probe, RuntimeConfig},
+        snapshot::{HealthCheckRt, Probe, RuntimeConfig, test_util::minimal},
         telemetry::Metrics,
     };
 
@@ -562,38 +562,26 @@ mod tests {
             let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             gone.local_addr().unwrap().port()
         };
-        let snapshot = |version: u64, ports: &[u16]| v1::Snapshot {
-            version,
-            listeners: vec![v1::Listener {
-                name: "l".into(),
-                address: "127.0.0.1:1".into(),
+        let snapshot = |version: u64, ports: &[u16]| {
+            let mut s = minimal();
+            s.version = version;
+            let c = &mut s.clusters[0];
+            c.endpoints = ports
+                .iter()
+                .map(|p| v1::Endpoint {
+                    address: format!("127.0.0.1:{p}"),
+                    weight: 1,
+                })
+                .collect();
+            c.health_check = Some(v1::HealthCheck {
+                protocol: v1::HealthCheckProtocol::Tcp as i32,
+                interval_ms: 1000,
+                timeout_ms: 500,
+                unhealthy_threshold: 3,
+                healthy_threshold: 2,
                 ..Default::default()
-            }],
-            routes: vec![v1::Route {
-                name: "r".into(),
-                path: Some(v1::route::Path::Prefix("/".into())),
-                ..Default::default()
-            }],
-            clusters: vec![v1::Cluster {
-                name: "c".into(),
-                endpoints: ports
-                    .iter()
-                    .map(|p| v1::Endpoint {
-                        address: format!("127.0.0.1:{p}"),
-                        weight: 1,
-                    })
-                    .collect(),
-                health_check: Some(v1::HealthCheck {
-                    protocol: v1::HealthCheckProtocol::Tcp as i32,
-                    interval_ms: 1000,
-                    timeout_ms: 500,
-                    unhealthy_threshold: 3,
-                    healthy_threshold: 2,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }],
-            ..Default::default()
+            });
+            s
         };
         let states = |cfg: &RuntimeConfig| {
             let h = cfg.clusters[0].lb.health().unwrap();

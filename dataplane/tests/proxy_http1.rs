@@ -1285,13 +1285,7 @@ fn health_checks_expect_statuses_and_tcp_checks_only_connect() {
     let stack = Stack::start();
     let port = free_port();
     let dead = free_port();
-    let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let silent = mute.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        // Holds what it accepts, unanswered, for the rest of the test (bounded).
-        let held: Vec<_> = mute.incoming().take(1000).collect();
-        drop(held);
-    });
+    let silent = mute_listener();
     let (up1, up2) = (stack.ports.up1, stack.ports.up2);
     let listener = |endpoints: &[u16], check: &str| {
         let endpoints: Vec<String> = endpoints
@@ -1407,6 +1401,18 @@ fn health_checks_expect_statuses_and_tcp_checks_only_connect() {
     );
 }
 
+/// The port of a listener that accepts connections and never answers on them (it holds
+/// up to 1,000 of them, unread, for the rest of the test).
+fn mute_listener() -> u16 {
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = mute.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let held: Vec<_> = mute.incoming().take(1000).collect();
+        drop(held);
+    });
+    port
+}
+
 /// A new health-checked cluster is warmed before its snapshot is swapped in (as Envoy
 /// warms a new cluster): when the version that adds it is current, the first checks of
 /// its endpoints are done, so a dead endpoint and a mute one (which never answers: out
@@ -1419,13 +1425,7 @@ fn a_new_checked_cluster_starts_with_its_first_checks_done() {
     let stack = Stack::start();
     let port = free_port();
     let dead = free_port();
-    let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let silent = mute.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        // Holds what it accepts, unanswered, for the rest of the test (bounded).
-        let held: Vec<_> = mute.incoming().take(100).collect();
-        drop(held);
-    });
+    let silent = mute_listener();
     let up2 = stack.ports.up2;
     let addr = stack.add_listener(
         "warmed",

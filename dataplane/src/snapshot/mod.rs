@@ -199,6 +199,38 @@ impl SnapshotHolder {
     }
 }
 
+/// Snapshots for the data plane's unit tests.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use omnirelay_proto::v1;
+
+    /// One listener, one route (prefix `/`) to one cluster of one endpoint.
+    pub(crate) fn minimal() -> v1::Snapshot {
+        v1::Snapshot {
+            version: 1,
+            listeners: vec![v1::Listener {
+                name: "l".into(),
+                address: "127.0.0.1:1".into(),
+                ..Default::default()
+            }],
+            routes: vec![v1::Route {
+                name: "r".into(),
+                path: Some(v1::route::Path::Prefix("/".into())),
+                ..Default::default()
+            }],
+            clusters: vec![v1::Cluster {
+                name: "c".into(),
+                endpoints: vec![v1::Endpoint {
+                    address: "127.0.0.1:2".into(),
+                    weight: 1,
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(

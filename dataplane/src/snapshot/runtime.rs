@@ -1147,33 +1147,7 @@ mod tests {
     use super::{
         DEFAULT_CLIENT_HEAD_TIMEOUT, DEFAULT_CLIENT_IDLE_TIMEOUT, Probe, RuntimeConfig, Split,
     };
-    use crate::lb::test_util::strategies;
-
-    /// One listener, one route (prefix `/`) to one cluster of one endpoint.
-    fn minimal() -> v1::Snapshot {
-        v1::Snapshot {
-            version: 1,
-            listeners: vec![v1::Listener {
-                name: "l".into(),
-                address: "127.0.0.1:1".into(),
-                ..Default::default()
-            }],
-            routes: vec![v1::Route {
-                name: "r".into(),
-                path: Some(v1::route::Path::Prefix("/".into())),
-                ..Default::default()
-            }],
-            clusters: vec![v1::Cluster {
-                name: "c".into(),
-                endpoints: vec![v1::Endpoint {
-                    address: "127.0.0.1:2".into(),
-                    weight: 1,
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }
-    }
+    use crate::{lb::test_util::strategies, snapshot::test_util::minimal};
 
     /// The error `edit` of [`minimal`] is refused with.
     fn refused(edit: impl FnOnce(&mut v1::Snapshot)) -> String {
