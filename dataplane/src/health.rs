@@ -40,7 +40,7 @@ use tokio::{
 use crate::{
     http1::{self, ParseStatus, ResponseHead},
     lb::{Checked, Health, SplitMix64},
-    snapshot::{HealthCheckRt, Probe, RuntimeConfig, SnapshotHolder},
+    snapshot::{AfterSwap, HealthCheckRt, Probe, RuntimeConfig, SnapshotHolder, Warmer},
     telemetry::Metrics,
 };
 
@@ -59,34 +59,58 @@ struct Task {
 const NONE: u8 = u8::MAX;
 
 /// The longest a snapshot waits for the warming checks of its new clusters; endpoints
-/// that have not answered by then stay pending, and the checker goes on with them.
+/// whose first check has not ended by then stay pending, and the checker goes on with
+/// them.
 pub const WARM_LIMIT: Duration = Duration::from_secs(5);
 
 /// The warmer of the data plane's [`SnapshotHolder`](crate::snapshot::SnapshotHolder):
-/// [`warm`], counting its checks in `metrics`.
-pub fn warmer(metrics: Arc<Metrics>) -> crate::snapshot::Warmer {
-    crate::snapshot::Warmer::new(move |cfg| warm(cfg, &metrics))
+/// [`warm`], its checks counted in `metrics` once the snapshot is current (the counts of
+/// clusters not running are dropped at each scrape).
+pub fn warmer(metrics: Arc<Metrics>) -> Warmer {
+    Warmer::new(move |cfg| {
+        let counts = warm(cfg);
+        if counts.is_empty() {
+            return None;
+        }
+        let metrics = Arc::clone(&metrics);
+        let count = move || {
+            for (cluster, passed) in counts {
+                metrics.health_checked(&cluster, passed);
+            }
+        };
+        Some(Box::new(count) as AfterSwap)
+    })
 }
 
-/// Runs the first checks of every endpoint of each checked cluster of `cfg` whose
-/// endpoints all wait for them, all at once, and writes what they find into `cfg` (not
-/// yet swapped in). Each check is bounded by its own timeout, all of them by
-/// [`WARM_LIMIT`]. Blocks the calling thread meanwhile (the checks run on a runtime of
-/// their own, so any thread may call it).
-pub fn warm(cfg: &RuntimeConfig, metrics: &Metrics) {
-    let firsts: Vec<(usize, usize, SocketAddr, HealthCheckRt)> = cfg
-        .clusters
+/// The endpoints [`warm`] checks: those of each checked cluster of `cfg` whose endpoints
+/// are all new to the checks in this very version (a new cluster, one that gained its
+/// check or whose endpoints were all replaced, every checked one at start). A cluster
+/// still waiting for first checks that began in an earlier version is the checker's.
+fn to_warm(cfg: &RuntimeConfig) -> Vec<(usize, usize, SocketAddr, HealthCheckRt)> {
+    let new = |h: &Health| {
+        !h.is_empty() && (0..h.len()).all(|i| h.is_pending(i) && h.since(i) == cfg.version)
+    };
+    cfg.clusters
         .iter()
         .enumerate()
         .filter_map(|(at, c)| Some((at, c, c.health_check.as_ref()?, c.lb.health()?)))
-        .filter(|(.., h)| !h.is_empty() && (0..h.len()).all(|i| h.is_pending(i)))
+        .filter(|(.., h)| new(h))
         .flat_map(|(at, c, how, _)| {
             c.lb.ids()
                 .filter_map(move |id| Some((at, id.index(), c.lb.addr(id)?, how.clone())))
         })
-        .collect();
+        .collect()
+}
+
+/// Runs the first checks of the endpoints [`to_warm`] names, all at once, and writes what
+/// they find into `cfg` (not yet swapped in); returns each check's cluster and whether it
+/// passed. Each check is bounded by its own timeout, all of them by [`WARM_LIMIT`].
+/// Blocks the calling thread meanwhile (the checks run on a thread and runtime of their
+/// own, so any thread may call it).
+pub fn warm(cfg: &RuntimeConfig) -> Vec<(Arc<str>, bool)> {
+    let firsts = to_warm(cfg);
     if firsts.is_empty() {
-        return;
+        return Vec::new();
     }
     let started = Instant::now();
     let checks: Vec<(SocketAddr, HealthCheckRt)> = firsts
@@ -94,16 +118,24 @@ pub fn warm(cfg: &RuntimeConfig, metrics: &Metrics) {
         .map(|(.., addr, how)| (*addr, how.clone()))
         .collect();
     let verdicts = std::thread::scope(|s| {
-        let run = s.spawn(|| first_checks(checks));
-        run.join().unwrap_or_default()
+        let run = std::thread::Builder::new()
+            .name("health-warm".into())
+            .spawn_scoped(s, || first_checks(checks));
+        match run {
+            Ok(run) => run.join().unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!("new clusters not warmed (no thread for their checks): {e}");
+                Vec::new()
+            }
+        }
     });
-    let mut done = 0;
+    let mut counts = Vec::new();
     for ((at, i, addr, how), verdict) in firsts.iter().zip(verdicts) {
         let (Some(verdict), Some(health)) = (verdict, cfg.clusters[*at].lb.health()) else {
             continue;
         };
         let cluster = &cfg.clusters[*at].name;
-        metrics.health_checked(cluster, matches!(verdict, Verdict::Passed));
+        counts.push((Arc::clone(cluster), matches!(verdict, Verdict::Passed)));
         let mut state = State {
             down: true,
             pending: true,
@@ -112,15 +144,15 @@ pub fn warm(cfg: &RuntimeConfig, metrics: &Metrics) {
         state.step(&verdict, how);
         log_first(cluster, *addr, &verdict, &state);
         health.put(*i, state.checked());
-        done += 1;
     }
     tracing::info!(
         version = cfg.version,
         endpoints = firsts.len(),
-        checked = done,
+        checked = counts.len(),
         took_ms = started.elapsed().as_millis() as u64,
         "new health-checked clusters warmed before the snapshot is swapped in"
     );
+    counts
 }
 
 /// One check of each of `checks`, all at once, on a runtime of this thread's own; what
@@ -466,11 +498,10 @@ mod tests {
 
     use omnirelay_proto::v1;
 
-    use super::{State, Verdict, warm};
+    use super::{State, Verdict, to_warm, warm};
     use crate::{
         lb::{Checked, test_util::strategies},
         snapshot::{HealthCheckRt, Probe, RuntimeConfig, test_util::minimal},
-        telemetry::Metrics,
     };
 
     fn how(unhealthy_threshold: u32, healthy_threshold: u32) -> HealthCheckRt {
@@ -551,17 +582,19 @@ mod tests {
         assert!(!s.down);
     }
 
-    /// A cluster whose endpoints all wait for their first checks is warmed: after [`warm`]
-    /// a live endpoint is in and a dead one out. One with an endpoint checked already is
-    /// not: its new endpoint stays pending, for the checker.
+    /// A cluster whose endpoints are all new to the checks in this version is warmed:
+    /// after [`warm`] a live endpoint is in and a dead one out. One with an endpoint
+    /// checked already is not (its new endpoint stays pending, for the checker), nor is
+    /// one whose endpoints still wait for first checks begun in an earlier version.
     #[test]
     fn warming_checks_the_endpoints_of_new_clusters_only() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let live = listener.local_addr().unwrap().port();
-        let dead = {
+        let closed = || {
             let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             gone.local_addr().unwrap().port()
         };
+        let (dead, other) = (closed(), closed());
         let snapshot = |version: u64, ports: &[u16]| {
             let mut s = minimal();
             s.version = version;
@@ -587,15 +620,25 @@ mod tests {
             let h = cfg.clusters[0].lb.health().unwrap();
             (0..h.len()).map(|i| h.get(i)).collect::<Vec<_>>()
         };
-        let metrics = Metrics::default();
         let first = RuntimeConfig::build(&snapshot(1, &[live, dead]), &strategies()).unwrap();
         assert_eq!(states(&first), [Checked::Pending, Checked::Pending]);
-        warm(&first, &metrics);
+        let counts = warm(&first);
         assert_eq!(states(&first), [Checked::In, Checked::Out]);
+        let counts: Vec<(&str, bool)> = counts.iter().map(|(c, p)| (&**c, *p)).collect();
+        assert_eq!(counts, [("c", true), ("c", false)]);
 
-        let next = snapshot(2, &[live, dead, live + 1]);
+        let next = snapshot(2, &[live, dead, other]);
         let next = RuntimeConfig::build_after(&next, &strategies(), Some(&first)).unwrap();
-        warm(&next, &metrics);
+        assert!(warm(&next).is_empty());
         assert_eq!(states(&next), [Checked::In, Checked::Out, Checked::Pending]);
+
+        // Not warmed in version 1 (as when its checks outlast the limit): in version 2
+        // its endpoints are the checker's.
+        let unwarmed = RuntimeConfig::build(&snapshot(1, &[live]), &strategies()).unwrap();
+        let again =
+            RuntimeConfig::build_after(&snapshot(2, &[live]), &strategies(), Some(&unwarmed))
+                .unwrap();
+        assert!(to_warm(&again).is_empty());
+        assert_eq!(to_warm(&unwarmed).len(), 1);
     }
 }

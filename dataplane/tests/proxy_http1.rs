@@ -1414,11 +1414,11 @@ fn mute_listener() -> u16 {
 }
 
 /// A new health-checked cluster is warmed before its snapshot is swapped in (as Envoy
-/// warms a new cluster): when the version that adds it is current, the first checks of
-/// its endpoints are done, so a dead endpoint and a mute one (which never answers: out
-/// at its check's 1 s timeout) are out from the first request, and every request goes to
-/// the live one. Without warming all three would be pending then, and requests would go
-/// to all of them (panic mode).
+/// warms a new cluster): the version that adds it becomes current only once the first
+/// checks of its endpoints are done (the mute one's takes its 3 s timeout), so a dead
+/// endpoint and a mute one are out from the first request, and every request goes to the
+/// live one. Without warming the version would be current at once, with the mute
+/// endpoint pending.
 #[test]
 fn a_new_checked_cluster_starts_with_its_first_checks_done() {
     require_caps!(Capability::Program("nginx"));
@@ -1427,6 +1427,7 @@ fn a_new_checked_cluster_starts_with_its_first_checks_done() {
     let dead = free_port();
     let silent = mute_listener();
     let up2 = stack.ports.up2;
+    let asked = std::time::Instant::now();
     let addr = stack.add_listener(
         "warmed",
         &format!("127.0.0.1:{port}"),
@@ -1435,9 +1436,14 @@ fn a_new_checked_cluster_starts_with_its_first_checks_done() {
              [[routes]]\nname = \"warmed\"\ncluster = \"new\"\n\n\
              [[clusters]]\nname = \"new\"\n\
              endpoints = [\"127.0.0.1:{dead}\", \"127.0.0.1:{silent}\", \"127.0.0.1:{up2}\"]\n\
-             health_check = {{ path = \"/who\", interval_ms = 20000, timeout_ms = 1000 }}\n"
+             health_check = {{ path = \"/who\", interval_ms = 20000, timeout_ms = 3000 }}\n"
         ),
         port,
+    );
+    let took = asked.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(2500),
+        "the version was current after {took:?}, before the mute endpoint's check ended"
     );
     // Read at once: nothing is pending.
     let listed = curl(&["-s", &stack.dp_admin("/clusters")]);

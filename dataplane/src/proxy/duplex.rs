@@ -38,10 +38,12 @@ use crate::{
 /// How sending a request with a body ended.
 pub(super) enum Sent {
     /// The response began after the body went up (or after the upstream stopped taking
-    /// it): what arrived of it so far, and when its head is due.
+    /// it): what arrived of it so far, when its head is due, and whether the body went up
+    /// whole (if not, the connection's write half is shut: it carries no other request).
     Response {
         buf: BytesMut,
         head_by: Instant,
+        body_up: bool,
     },
     /// The upstream answered before the body was all sent: the response was relayed, and
     /// both connections close (the client's once what it still sends was dropped).
@@ -127,7 +129,11 @@ pub(super) async fn send_body(
                 }
                 let head_by = per_try.map_or(deadline, |p| deadline.min(Instant::now() + p));
                 return match within(timer, head_by, watch.as_mut()).await {
-                    Ok((Ok(n), buf)) if n > 0 => Sent::Response { buf, head_by },
+                    Ok((Ok(n), buf)) if n > 0 => Sent::Response {
+                        buf,
+                        head_by,
+                        body_up: pumped.is_ok(),
+                    },
                     Ok((_, buf)) => {
                         ctx.give_buf(buf);
                         pumped.map_or_else(Sent::Failed, |()| Sent::Closed)

@@ -864,6 +864,9 @@ struct AttemptResult {
     /// When the response was relayed (for a held-back one: when its head arrived).
     finished: Instant,
     pending: Option<(ResponseHead, TcpStream, BytesMut)>,
+    /// Whether `pending`'s connection can carry another request once the response is
+    /// read (the request went up whole).
+    reusable_up: bool,
 }
 
 /// One attempt of `req` at `target`: sends the upstream head `up_head` and the body
@@ -929,7 +932,9 @@ async fn attempt(
     };
 
     // Request head and body. A body goes up with the upstream watched for an early answer.
-    let (mut up_buf, head_by) = if body_state.has_body() {
+    // Whether the connection can carry another request once the response is read: not
+    // when the request's end failed to go up (its write half is shut).
+    let (mut up_buf, head_by, reusable_up) = if body_state.has_body() {
         let sent = duplex::send_body(
             ctx,
             req.head,
@@ -944,7 +949,11 @@ async fn attempt(
         .await;
         let closed = AttemptError::UpstreamClosed { reused };
         match sent {
-            duplex::Sent::Response { buf, head_by } => (buf, head_by),
+            duplex::Sent::Response {
+                buf,
+                head_by,
+                body_up,
+            } => (buf, head_by, body_up),
             duplex::Sent::Answered {
                 status,
                 head_at,
@@ -962,6 +971,7 @@ async fn attempt(
                     held: false,
                     finished: Instant::now(),
                     pending: None,
+                    reusable_up: false,
                 });
             }
             duplex::Sent::Failed(e) => return Err(send_error(e, closed)),
@@ -983,7 +993,7 @@ async fn attempt(
         }
         // The response head is due within the attempt's own timeout.
         let head_by = per_try.map_or(deadline, |p| deadline.min(Instant::now() + p));
-        (ctx.take_buf(), head_by)
+        (ctx.take_buf(), head_by, true)
     };
 
     // Response head (skipping interim 1xx responses).
@@ -1044,6 +1054,7 @@ async fn attempt(
             held: true,
             finished: head_at,
             pending: Some((resp, up, up_buf)),
+            reusable_up,
         });
     }
     let reply = reply_for(req.head, ctx, body_state, req.response_headers);
@@ -1060,7 +1071,7 @@ async fn attempt(
     .await;
     let finished = Instant::now();
     // Not after a body the upstream stopped taking: the request on it never ended.
-    if reusable && !body_state.unread() {
+    if reusable && reusable_up && !body_state.unread() {
         ctx.pool
             .borrow_mut()
             .put(addr, up, cluster.max_idle_per_endpoint, finished);
@@ -1073,6 +1084,7 @@ async fn attempt(
         held: false,
         finished,
         pending: None,
+        reusable_up: false,
     })
 }
 
@@ -1149,7 +1161,7 @@ async fn forward_pending(
         r.bytes_out = bytes;
         r.client_keep_alive = keep;
         r.finished = Instant::now();
-        reusable = reuse.then_some(up);
+        reusable = (reuse && r.reusable_up).then_some(up);
     }
     r.held = false;
     (r, reusable)

@@ -43,12 +43,18 @@ pub struct SnapshotHolder {
 
 /// Work done on a compiled snapshot before it is swapped in, while the one before keeps
 /// serving (the data plane's binary warms new health-checked clusters with it; see
-/// [`SnapshotHolder::with_warmer`]).
-pub struct Warmer(Box<dyn Fn(&RuntimeConfig) + Send + Sync>);
+/// [`SnapshotHolder::with_warmer`]); what it returns runs once the snapshot is current.
+pub struct Warmer(Box<WarmFn>);
+
+/// What a [`Warmer`] runs.
+type WarmFn = dyn Fn(&RuntimeConfig) -> Option<AfterSwap> + Send + Sync;
+
+/// What a [`Warmer`] leaves to do once its snapshot is current.
+pub type AfterSwap = Box<dyn FnOnce() + Send>;
 
 impl Warmer {
     /// A warmer that runs `f`.
-    pub fn new(f: impl Fn(&RuntimeConfig) + Send + Sync + 'static) -> Self {
+    pub fn new(f: impl Fn(&RuntimeConfig) -> Option<AfterSwap> + Send + Sync + 'static) -> Self {
         Warmer(Box::new(f))
     }
 }
@@ -150,11 +156,15 @@ impl SnapshotHolder {
         let prev = self.current.load_full();
         let compiled = RuntimeConfig::build_after(snapshot, &self.strategies, prev.as_deref())?;
         let version = compiled.version;
-        if let Some(warmer) = &self.warmer {
-            (warmer.0)(&compiled);
-        }
+        let after = self
+            .warmer
+            .as_ref()
+            .and_then(|warmer| (warmer.0)(&compiled));
         self.current.store(Some(Arc::new(compiled)));
         self.notify();
+        if let Some(after) = after {
+            after();
+        }
         Ok(version)
     }
 
