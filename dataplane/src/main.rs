@@ -92,8 +92,9 @@ struct Cli {
     steering_pin_dir: Option<PathBuf>,
     /// After a response on a reused connection, read the next request directly (buffers
     /// kept) for this long before falling back to a buffer-less readiness wait
-    /// (milliseconds; 0: always wait).
-    #[arg(long, default_value_t = 2)]
+    /// (milliseconds; 0: always wait). Keep it above the kernel's tick (4 ms at HZ=250):
+    /// a shorter window makes every sleep of a busy worker reprogram the CPU's timer.
+    #[arg(long, default_value_t = 20)]
     client_hot_read_ms: u64,
     /// Seconds to wait for the first snapshot.
     #[arg(long, default_value_t = 30)]

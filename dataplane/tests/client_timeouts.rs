@@ -192,14 +192,14 @@ fn roundtrip(conn: &mut TcpStream) -> String {
 
 #[test]
 fn requests_on_either_side_of_the_hot_read_window_are_served() {
-    // After a response the worker reads the next request directly for 2 ms (the default
-    // `--client-hot-read-ms`), then cancels that read, takes the buffer back and waits for
-    // readability. Requests sent before, at and after the expiry take each path: the hot
+    // After a response the worker reads the next request directly for 2 ms (set here;
+    // the default `--client-hot-read-ms` is 20), then cancels that read, takes the buffer
+    // back and waits for readability. Requests sent before, at and after the expiry take each path: the hot
     // read, the cancelled read followed by the readiness wait, and (at the edge) a read
     // that completes as it is cancelled, whose bytes must be kept. That last race is
     // handled by construction (the cancelled read is awaited, never dropped); this test
     // cannot force it, only give it chances.
-    let s = site();
+    let s = site_with(&["--client-hot-read-ms", "2"]);
     let mut conn = TcpStream::connect(("127.0.0.1", s.ports.proxy)).unwrap();
     for i in 0..60u64 {
         // 0 to 4.75 ms, in 250 µs steps, three times over.

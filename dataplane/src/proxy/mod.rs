@@ -39,6 +39,12 @@ pub struct ProxySettings {
     /// connection keeps its buffers and reads the next request directly for this long, one operation per request instead of a readiness wait and
     /// then a read. A connection quiet for longer gives its buffers back and waits for
     /// readability holding none. Zero waits for readability after every response.
+    ///
+    /// The default, 20 ms, is longer than a scheduler tick (4 ms at HZ=250, 10 ms at
+    /// HZ=100) on purpose: the worker sleeps in `io_uring_enter` with a timeout at its
+    /// nearest timer, and a window shorter than a tick puts that timer before the next
+    /// tick at almost every sleep, so the kernel reprograms the CPU's timer on the way to
+    /// sleep and back (a VM exit each in a guest); see docs/status.md.
     pub client_hot_read: Duration,
     /// Pooled upstream connections are closed after this, whatever the cluster says.
     pub upstream_idle_max: Duration,
@@ -47,7 +53,7 @@ pub struct ProxySettings {
 impl Default for ProxySettings {
     fn default() -> Self {
         ProxySettings {
-            client_hot_read: Duration::from_millis(2),
+            client_hot_read: Duration::from_millis(20),
             upstream_idle_max: Duration::from_secs(300),
         }
     }
