@@ -102,7 +102,7 @@ fn to_warm(cfg: &RuntimeConfig) -> Vec<(usize, usize, SocketAddr, HealthCheckRt)
         .collect()
 }
 
-/// Runs the first checks of the endpoints [`to_warm`] names, all at once, and writes what
+/// Runs the first checks of the endpoints `to_warm` names, all at once, and writes what
 /// they find into `cfg` (not yet swapped in); returns each check's cluster and whether it
 /// passed. Each check is bounded by its own timeout, all of them by [`WARM_LIMIT`].
 /// Blocks the calling thread meanwhile (the checks run on a thread and runtime of their
