@@ -63,7 +63,7 @@ const NONE: u8 = u8::MAX;
 /// them.
 pub const WARM_LIMIT: Duration = Duration::from_secs(5);
 
-/// The warmer of the data plane's [`SnapshotHolder`](crate::snapshot::SnapshotHolder):
+/// The warmer of the data plane's [`SnapshotHolder`]:
 /// [`warm`], its checks counted in `metrics` once the snapshot is current (the counts of
 /// clusters not running are dropped at each scrape).
 pub fn warmer(metrics: Arc<Metrics>) -> Warmer {
