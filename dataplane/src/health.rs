@@ -12,9 +12,10 @@
 //! whose check changed starts over from what the checks before found. At each swap, what
 //! every task found last goes into the new snapshot.
 //!
-//! A checked cluster none of whose endpoints has been checked yet (a new one, one that
-//! gained its check, or any at start) is warmed first, as Envoy warms a new cluster:
-//! [`warm`] runs the first checks of its endpoints before the snapshot is swapped in,
+//! A checked cluster whose endpoints are all new to the checks in the version that brings
+//! them (a new cluster, one that gained its check or whose endpoints were all replaced,
+//! every checked one at start) is warmed first, as Envoy warms a new cluster: [`warm`]
+//! runs the first checks of its endpoints before that version is swapped in,
 //! so the cluster starts with its dead endpoints out rather than with all of them pending
 //! (which would send requests to all, as in panic mode, and then all to the first that
 //! passes).

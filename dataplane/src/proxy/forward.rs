@@ -761,7 +761,13 @@ async fn proxy(
                 // The held-back response is dropped for the retry: its read buffer goes back
                 // to the pool (the head that points into it first), its connection closes.
                 if let Ok(AttemptResult {
-                    pending: Some((resp, up, buf)),
+                    pending:
+                        Some(Pending {
+                            head: resp,
+                            up,
+                            buf,
+                            ..
+                        }),
                     ..
                 }) = result
                 {
@@ -863,10 +869,17 @@ struct AttemptResult {
     held: bool,
     /// When the response was relayed (for a held-back one: when its head arrived).
     finished: Instant,
-    pending: Option<(ResponseHead, TcpStream, BytesMut)>,
-    /// Whether `pending`'s connection can carry another request once the response is
-    /// read (the request went up whole).
-    reusable_up: bool,
+    pending: Option<Pending>,
+}
+
+/// A held-back response: its head, its connection, what was read after the head.
+struct Pending {
+    head: ResponseHead,
+    up: TcpStream,
+    buf: BytesMut,
+    /// Whether the connection can carry another request once the response is read (the
+    /// request went up whole).
+    reusable: bool,
 }
 
 /// One attempt of `req` at `target`: sends the upstream head `up_head` and the body
@@ -971,7 +984,6 @@ async fn attempt(
                     held: false,
                     finished: Instant::now(),
                     pending: None,
-                    reusable_up: false,
                 });
             }
             duplex::Sent::Failed(e) => return Err(send_error(e, closed)),
@@ -1053,8 +1065,12 @@ async fn attempt(
             client_keep_alive: false,
             held: true,
             finished: head_at,
-            pending: Some((resp, up, up_buf)),
-            reusable_up,
+            pending: Some(Pending {
+                head: resp,
+                up,
+                buf: up_buf,
+                reusable: reusable_up,
+            }),
         });
     }
     let reply = reply_for(req.head, ctx, body_state, req.response_headers);
@@ -1084,7 +1100,6 @@ async fn attempt(
         held: false,
         finished,
         pending: None,
-        reusable_up: false,
     })
 }
 
@@ -1146,7 +1161,13 @@ async fn forward_pending(
     timer: &mut Timer<'_>,
 ) -> (AttemptResult, Option<TcpStream>) {
     let mut reusable = None;
-    if let Some((resp, mut up, up_buf)) = r.pending.take() {
+    if let Some(Pending {
+        head: resp,
+        mut up,
+        buf: up_buf,
+        reusable: reusable_up,
+    }) = r.pending.take()
+    {
         let (bytes, keep, reuse) = body::relay_response(
             ctx,
             resp,
@@ -1161,7 +1182,7 @@ async fn forward_pending(
         r.bytes_out = bytes;
         r.client_keep_alive = keep;
         r.finished = Instant::now();
-        reusable = (reuse && r.reusable_up).then_some(up);
+        reusable = (reuse && reusable_up).then_some(up);
     }
     r.held = false;
     (r, reusable)
