@@ -170,12 +170,7 @@ async fn clusters(State(s): State<AdminState>) -> impl IntoResponse {
                 let endpoints: Vec<serde_json::Value> =
                     c.lb.ids()
                         .map(|id| {
-                            let i = id.index();
-                            let state = health.map(|h| match (h.is_pending(i), h.is_down(i)) {
-                                (true, _) => "pending",
-                                (false, true) => "out",
-                                (false, false) => "in",
-                            });
+                            let state = health.map(|h| h.get(id.index()).name());
                             json!({
                                 "address": c.lb.addr(id).map(|a| a.to_string()),
                                 "weight": c.lb.weight(id),

@@ -25,6 +25,15 @@ impl Checked {
         }
     }
 
+    /// How the admin API names it: `in`, `out` or `pending`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Checked::In => "in",
+            Checked::Out => "out",
+            Checked::Pending => "pending",
+        }
+    }
+
     fn from_u8(v: u8) -> Checked {
         Checked::decode(v).unwrap_or(Checked::Pending)
     }
